@@ -1,0 +1,102 @@
+"""Every setting the bot and the pipeline read, with its documented default.
+
+Values come from the environment and an optional `.env` file. A bad value stops the
+program at start with the field's name and what is allowed (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DISCORD_API_BASE = "https://discord.com/api/v10"
+DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+
+
+class Settings(BaseSettings):
+    """The bot's configuration. Field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Discord connection
+    discord_token: SecretStr = Field(SecretStr(""), description="Bot token; never logged.")
+    discord_api_base: str = Field(DISCORD_API_BASE, description="REST base URL (or a proxy).")
+    discord_gateway_url: str = Field(DISCORD_GATEWAY_URL, description="Gateway URL (or a proxy).")
+    dev_guild_id: int | None = Field(None, description="Sync commands to this guild only.")
+
+    # Model and device
+    model_id: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        description="HuggingFace hub id or local diffusers folder.",
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="Where to run.")
+    dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
+        "auto", description="auto: fp16 on CUDA/MPS, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the UNet (slow first run).")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    default_steps: int = Field(30, ge=1, le=150, description="Steps when a user gives none.")
+    default_guidance: float = Field(7.5, ge=0.0, le=30.0, description="Classifier-free guidance.")
+    resolution: int | None = Field(
+        None, ge=64, le=2048, description="Long side in px; default: the model's native size."
+    )
+    max_batch: int = Field(4, ge=1, le=16, description="Most compatible jobs in one call.")
+
+    # Input limits
+    max_input_bytes: int = Field(10_000_000, ge=1, description="Largest accepted upload.")
+    min_input_side: int = Field(256, ge=1, description="Smallest accepted short side in px.")
+
+    # Storage
+    data_dir: Path = Field(Path("./data"), description="SQLite database and image files.")
+    storage_max_gb: float = Field(20.0, gt=0, description="Prune oldest image files above this.")
+
+    # Queue caps
+    max_jobs_per_user: int = Field(3, ge=1, description="Waiting + running jobs per user.")
+    max_queue_per_guild: int = Field(25, ge=1, description="Waiting + running jobs per server.")
+    max_queue_total: int = Field(200, ge=1, description="Waiting + running jobs in total.")
+
+    # Quotas (rolling 24 h)
+    quota_user_daily: int = Field(20, ge=0, description="Images per user per 24 h.")
+    quota_guild_daily: int = Field(200, ge=0, description="Images per server per 24 h.")
+    quota_user_ceiling: int = Field(100, ge=0, description="Highest per-user limit admins set.")
+    quota_guild_ceiling: int = Field(1000, ge=0, description="Highest per-server limit admins set.")
+
+    # Worker behaviour
+    progress_interval_s: float = Field(2.0, ge=0.0, description="Least time between edits.")
+    worker_start_timeout_s: float = Field(600.0, gt=0, description="Model load time limit.")
+
+    @field_validator("discord_api_base", "discord_gateway_url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ValueError("must start with http://, https://, ws:// or wss://")
+        return value.rstrip("/") if value.startswith("http") else value
+
+    @model_validator(mode="after")
+    def _caps_ordered(self) -> Settings:
+        if self.max_jobs_per_user > self.max_queue_per_guild:
+            raise ValueError("MAX_JOBS_PER_USER must not exceed MAX_QUEUE_PER_GUILD")
+        return self
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "bot.sqlite3"
+
+
+class SettingsError(Exception):
+    """A setting has a value the bot cannot use; the message names the field."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning pydantic's report into one readable error per field."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]).upper() or "SETTINGS"
+            lines.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

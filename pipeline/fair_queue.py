@@ -1,0 +1,153 @@
+"""Per-guild queues served in round-robin order, with caps and fair batching.
+
+A server with 50 waiting jobs delays another server's job by at most one job: the
+scheduler takes one job from each guild in turn. Pure data structure; the bot rebuilds it
+from SQLite at start, so nothing here needs to survive a restart.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """What the scheduler needs to know of a job. `batch_key` groups jobs that can share
+    one pipeline call (same size, steps and guidance); None means never batch."""
+
+    job_id: str
+    guild_id: int
+    user_id: int
+    batch_key: Hashable | None = None
+
+
+class QueueFull(Exception):
+    """A cap would be exceeded; the message says which one, for the user."""
+
+
+@dataclass
+class Caps:
+    per_user: int = 3
+    per_guild: int = 25
+    total: int = 200
+
+
+@dataclass
+class FairQueue:
+    """Round-robin over guilds; FIFO within a guild.
+
+    `running` jobs count towards the caps until `finish` is called.
+    """
+
+    caps: Caps = field(default_factory=Caps)
+    _queues: OrderedDict[int, deque[QueuedJob]] = field(default_factory=OrderedDict)
+    _running: dict[str, QueuedJob] = field(default_factory=dict)
+
+    # -- inspection -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def __contains__(self, job_id: str) -> bool:
+        return any(j.job_id == job_id for j in self._iter_waiting())
+
+    @property
+    def running(self) -> list[QueuedJob]:
+        return list(self._running.values())
+
+    def _iter_waiting(self) -> Iterator[QueuedJob]:
+        for q in self._queues.values():
+            yield from q
+
+    def _active(self) -> list[QueuedJob]:
+        return [*self._running.values(), *self._iter_waiting()]
+
+    def count(self, *, guild_id: int | None = None, user_id: int | None = None) -> int:
+        """Waiting + running jobs, optionally for one guild and/or user."""
+        return sum(
+            1
+            for j in self._active()
+            if (guild_id is None or j.guild_id == guild_id)
+            and (user_id is None or j.user_id == user_id)
+        )
+
+    def guild_waiting(self, guild_id: int) -> list[QueuedJob]:
+        return list(self._queues.get(guild_id, ()))
+
+    def order(self) -> list[QueuedJob]:
+        """The order in which waiting jobs will be served if nothing else arrives."""
+        queues = [list(q) for q in self._queues.values()]
+        out: list[QueuedJob] = []
+        depth = 0
+        while True:
+            layer = [q[depth] for q in queues if depth < len(q)]
+            if not layer:
+                return out
+            out.extend(layer)
+            depth += 1
+
+    def position(self, job_id: str) -> tuple[int, int] | None:
+        """(1-based place in its guild's queue, number of jobs served before it overall)."""
+        for overall, job in enumerate(self.order()):
+            if job.job_id == job_id:
+                guild_place = [j.job_id for j in self._queues[job.guild_id]].index(job_id) + 1
+                return guild_place, overall
+        return None
+
+    # -- changes ----------------------------------------------------------------------
+    def check_caps(self, guild_id: int, user_id: int) -> None:
+        """Raise `QueueFull` if one more job from this user in this guild breaks a cap."""
+        if self.count(user_id=user_id) >= self.caps.per_user:
+            raise QueueFull(
+                f"You already have {self.caps.per_user} jobs waiting or running. "
+                "Wait for one to finish (or cancel one) and try again."
+            )
+        if self.count(guild_id=guild_id) >= self.caps.per_guild:
+            raise QueueFull(
+                f"This server's queue is full ({self.caps.per_guild} jobs). Try again in a few minutes."
+            )
+        if self.count() >= self.caps.total:
+            raise QueueFull("The bot is at capacity right now. Try again in a few minutes.")
+
+    def push(self, job: QueuedJob, *, enforce_caps: bool = True) -> None:
+        if enforce_caps:
+            self.check_caps(job.guild_id, job.user_id)
+        self._queues.setdefault(job.guild_id, deque()).append(job)
+
+    def remove(self, job_id: str) -> QueuedJob | None:
+        """Take a waiting job out of the queue (cancel). Returns it, or None if not waiting."""
+        for guild_id, q in self._queues.items():
+            for job in q:
+                if job.job_id == job_id:
+                    q.remove(job)
+                    if not q:
+                        del self._queues[guild_id]
+                    return job
+        return None
+
+    def pop_batch(self, max_batch: int = 1) -> list[QueuedJob]:
+        """Take the next jobs to run and mark them running.
+
+        The batch is always a prefix of `order()` whose jobs share one batch key, so
+        batching never lets a job jump ahead of one that round-robin would serve first.
+        The served guilds move to the back of the rotation.
+        """
+        batch: list[QueuedJob] = []
+        for job in self.order():
+            if len(batch) >= max_batch:
+                break
+            if batch and (job.batch_key is None or job.batch_key != batch[0].batch_key):
+                break
+            batch.append(job)
+        for job in batch:
+            q = self._queues[job.guild_id]
+            q.popleft()
+            self._queues.move_to_end(job.guild_id)
+            if not q:
+                del self._queues[job.guild_id]
+            self._running[job.job_id] = job
+        return batch
+
+    def finish(self, job_id: str) -> None:
+        self._running.pop(job_id, None)

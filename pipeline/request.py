@@ -1,0 +1,102 @@
+"""What one image job asks for and what it gives back, plus the pure rules about them.
+
+These types cross the process boundary between the bot and the worker, so they are plain
+frozen dataclasses of builtins (picklable, no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_STRENGTH = 0.05
+MAX_STRENGTH = 1.0
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 150
+
+
+class InputError(ValueError):
+    """Bad user input; the message is shown to the user as is, so it says how to fix it."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to generate. `image_path` is the stored, normalized RGB input image."""
+
+    job_id: str
+    image_path: str
+    prompt: str
+    strength: float
+    seed: int
+    steps: int
+    guidance: float
+    output_path: str
+    negative_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What came out: where the PNG is and what actually ran."""
+
+    job_id: str
+    output_path: str
+    seed: int
+    steps_run: int
+    steps_total: int
+    width: int
+    height: int
+    seconds: float
+
+
+def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:
+    """Return the stripped prompt or raise an `InputError` saying what is wrong."""
+    text = (prompt or "").strip()
+    if required and not text:
+        raise InputError(f"The {field} is empty. Describe the picture you want, e.g. 'a watercolor fox'.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"The {field} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}. "
+            "Shorten it and try again."
+        )
+    return text
+
+
+def check_strength(strength: float) -> float:
+    """Strength must lie in 0.05–1.0: below that nothing changes, above is meaningless."""
+    if not (MIN_STRENGTH <= strength <= MAX_STRENGTH) or strength != strength:
+        raise InputError(
+            f"Strength {strength} is out of range. Use a number from {MIN_STRENGTH} (keep the "
+            f"picture) to {MAX_STRENGTH} (ignore it); 0.5 is a balanced start."
+        )
+    return float(strength)
+
+
+def check_seed(seed: int | None) -> int | None:
+    if seed is not None and not (0 <= seed <= MAX_SEED):
+        raise InputError(f"Seed {seed} is out of range. Use a whole number from 0 to {MAX_SEED}.")
+    return seed
+
+
+def check_steps(steps: int | None) -> int | None:
+    if steps is not None and not (1 <= steps <= MAX_STEPS):
+        raise InputError(f"Steps {steps} is out of range. Use 1 to {MAX_STEPS}; 20–30 is typical.")
+    return steps
+
+
+def effective_steps(steps: int, strength: float) -> int:
+    """Denoising steps diffusers' img2img actually runs: int(steps × strength), capped."""
+    return min(int(steps * strength), steps)
+
+
+def plan_steps(steps: int, strength: float) -> tuple[int, int]:
+    """Return (steps to ask diffusers for, denoising steps that will run).
+
+    Every accepted strength runs at least one step: where int(steps × strength) would be 0
+    (a few-step model such as SD-Turbo at low strength), the step count is raised to the
+    smallest value that gives one step.
+    """
+    check_strength(strength)
+    total = max(1, steps)
+    while effective_steps(total, strength) < 1:
+        total += 1
+    return total, effective_steps(total, strength)
