@@ -105,7 +105,8 @@ class FairQueue:
             )
         if self.count(guild_id=guild_id) >= self.caps.per_guild:
             raise QueueFull(
-                f"This server's queue is full ({self.caps.per_guild} jobs). Try again in a few minutes."
+                f"This server's queue is full ({self.caps.per_guild} jobs). "
+                "Try again in a few minutes."
             )
         if self.count() >= self.caps.total:
             raise QueueFull("The bot is at capacity right now. Try again in a few minutes.")

@@ -52,7 +52,9 @@ def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = 
     """Return the stripped prompt or raise an `InputError` saying what is wrong."""
     text = (prompt or "").strip()
     if required and not text:
-        raise InputError(f"The {field} is empty. Describe the picture you want, e.g. 'a watercolor fox'.")
+        raise InputError(
+            f"The {field} is empty. Describe the picture you want, e.g. 'a watercolor fox'."
+        )
     if len(text) > MAX_PROMPT_CHARS:
         raise InputError(
             f"The {field} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}. "

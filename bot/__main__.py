@@ -1,0 +1,65 @@
+"""`python -m bot`: read the settings, connect to Discord, run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import discord
+
+from bot.app import ImgBot, configure_endpoints
+from bot.store import StoreError
+from config import load_settings
+from config.settings import SettingsError
+
+log = logging.getLogger("bot")
+
+
+async def run(bot: ImgBot, token: str) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+    async with bot:
+        await bot.start(token)
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    token = settings.discord_token.get_secret_value()
+    if not token:
+        print(
+            "error: DISCORD_TOKEN is not set. Put your bot's token in the environment or in .env "
+            "(Discord Developer Portal → your application → Bot → Reset Token).",
+            file=sys.stderr,
+        )
+        return 2
+    configure_endpoints(settings)
+    bot = ImgBot(settings)
+    try:
+        asyncio.run(run(bot, token))
+    except discord.LoginFailure:
+        print(
+            "error: Discord rejected DISCORD_TOKEN; check that it is the bot's current token.",
+            file=sys.stderr,
+        )
+        return 1
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if bot.fatal_error:
+        print(f"error: {bot.fatal_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

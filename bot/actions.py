@@ -1,0 +1,241 @@
+"""What the bot does for a command or a click: validate, queue, answer.
+
+Visibility rule: a private error can only come before a public acknowledgement, so
+`/img2img` acknowledges privately, checks the image, and only then posts the public status
+message that later becomes the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import discord
+from pipeline.prepare import check_declared_size, load_input
+
+from bot.buttons import cancel_view
+from bot.errors import UserError
+from bot.jobs import NewJob
+from bot.render import job_summary, queue_text
+from bot.store import Job
+from bot.variants import variant_strength
+from pipeline.request import InputError, check_prompt, check_seed, check_steps, check_strength
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+
+log = logging.getLogger(__name__)
+
+Interaction = discord.Interaction[Any]
+
+
+def _role_ids(interaction: Interaction) -> tuple[int, ...]:
+    roles = getattr(interaction.user, "_roles", None) or getattr(interaction.user, "roles", [])
+    return tuple(int(getattr(r, "id", r)) for r in roles)
+
+
+class Actions:
+    def __init__(self, bot: ImgBot) -> None:
+        self.bot = bot
+
+    @property
+    def settings(self):
+        return self.bot.settings
+
+    async def _say(self, interaction: Interaction, text: str) -> None:
+        """An ephemeral answer, whether or not the interaction was acknowledged."""
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+    async def precheck(self, interaction: Interaction) -> None:
+        """Refusals that need no download: where it is used, queue caps, quotas."""
+        if interaction.guild_id is None:
+            raise UserError("Use this command in a server, not in direct messages.")
+        for check in self.bot.prechecks:
+            await check(interaction)
+        self.bot.jobs.check_caps(interaction.guild_id, interaction.user.id)
+        if self.bot.jobs.fatal:
+            raise UserError("The image model failed to load, so no images can be made right now.")
+
+    # -- /img2img ---------------------------------------------------------------------
+    async def img2img(
+        self,
+        interaction: Interaction,
+        image: discord.Attachment,
+        prompt: str,
+        strength: float,
+        negative_prompt: str | None,
+        seed: int | None,
+        steps: int | None,
+    ) -> None:
+        try:
+            prompt = check_prompt(prompt)
+            negative = (
+                check_prompt(negative_prompt, field="negative prompt", required=False) or None
+            )
+            check_strength(strength)
+            check_seed(seed)
+            check_steps(steps)
+            check_declared_size(image.size, max_bytes=self.settings.max_input_bytes)
+            await self.precheck(interaction)
+        except (InputError, UserError) as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        assert interaction.guild_id is not None
+        stored: Path | None = None
+        try:
+            data = await image.read()
+            rel, width, height = await asyncio.to_thread(self._store_input, data)
+            stored = self.settings.data_dir / rel
+            job = await self.bot.jobs.submit(
+                NewJob(
+                    guild_id=interaction.guild_id,
+                    channel_id=interaction.channel_id or 0,
+                    user_id=interaction.user.id,
+                    prompt=prompt,
+                    negative_prompt=negative,
+                    strength=strength,
+                    seed=seed,
+                    steps=steps or self.settings.default_steps,
+                    guidance=self.settings.default_guidance,
+                    input_path=rel,
+                    input_width=width,
+                    input_height=height,
+                    application_id=interaction.application_id,
+                    interaction_token=interaction.token,
+                    role_ids=_role_ids(interaction),
+                )
+            )
+        except (InputError, UserError) as exc:
+            if stored is not None:
+                stored.unlink(missing_ok=True)
+            await interaction.edit_original_response(content=f"❌ {exc}")
+            return
+        except discord.HTTPException as exc:
+            await interaction.edit_original_response(
+                content=f"❌ Could not download the attachment ({exc.status}). Upload it again."
+            )
+            return
+        await interaction.edit_original_response(
+            content=f"✅ Queued as job #{job.id}. Your picture will appear in this channel."
+        )
+        message = await interaction.followup.send(
+            content=f"{job_summary(job)}\n{self._place(job)}", view=cancel_view(job.id), wait=True
+        )
+        await self.bot.jobs.attach_status_message(job.id, message.id)
+
+    def _store_input(self, data: bytes) -> tuple[str, int, int]:
+        """Validate and normalize an upload, keep it as PNG under DATA_DIR (runs in a thread)."""
+        image = load_input(
+            data, max_bytes=self.settings.max_input_bytes, min_side=self.settings.min_input_side
+        )
+        rel = f"inputs/{uuid.uuid4().hex}.png"
+        path = self.settings.data_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, format="PNG")
+        return rel, image.width, image.height
+
+    def _place(self, job: Job) -> str:
+        eta = self.bot.jobs.eta(job.id)
+        return queue_text(*eta) if eta else "⏳ Waiting for the worker…"
+
+    # -- buttons ----------------------------------------------------------------------
+    async def _source_job(self, interaction: Interaction, job_id: int) -> Job:
+        job = await self.bot.store.get_job(job_id)
+        if job is None or job.guild_id != interaction.guild_id:
+            raise UserError("This image is no longer known to the bot.")
+        return job
+
+    async def variant(self, interaction: Interaction, job_id: int, delta: float) -> None:
+        try:
+            parent = await self._source_job(interaction, job_id)
+            strength = variant_strength(parent.strength, delta)
+            if strength is None:
+                raise UserError(
+                    f"Strength is already at {parent.strength:.2f}; it cannot move further."
+                )
+            await self._requeue(
+                interaction, parent, strength=strength, seed=parent.seed, kind="variant"
+            )
+        except UserError as exc:
+            await self._say(interaction, f"❌ {exc}")
+
+    async def reroll(self, interaction: Interaction, job_id: int) -> None:
+        try:
+            parent = await self._source_job(interaction, job_id)
+            await self._requeue(
+                interaction, parent, strength=parent.strength, seed=None, kind="reroll"
+            )
+        except UserError as exc:
+            await self._say(interaction, f"❌ {exc}")
+
+    async def _requeue(
+        self, interaction: Interaction, parent: Job, *, strength: float, seed: int | None, kind: str
+    ) -> None:
+        """Queue a new job for the clicker from a stored job's input; the result replies to
+        the message that was clicked."""
+        await self.precheck(interaction)
+        if not (self.settings.data_dir / parent.input_path).exists():
+            raise UserError("The original image of this picture is no longer stored.")
+        assert interaction.guild_id is not None
+        job = await self.bot.jobs.submit(
+            NewJob(
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or parent.channel_id,
+                user_id=interaction.user.id,
+                prompt=parent.prompt,
+                negative_prompt=parent.negative_prompt,
+                strength=strength,
+                seed=seed,
+                steps=parent.steps,
+                guidance=parent.guidance,
+                input_path=parent.input_path,
+                input_width=parent.input_width,
+                input_height=parent.input_height,
+                kind=kind,
+                parent_id=parent.id,
+                application_id=interaction.application_id,
+                interaction_token=interaction.token,
+                reply_to_message_id=interaction.message.id if interaction.message else None,
+                role_ids=_role_ids(interaction),
+            )
+        )
+        await interaction.response.send_message(
+            content=f"{job_summary(job)}\n{self._place(job)}", view=cancel_view(job.id)
+        )
+        message = await interaction.original_response()
+        await self.bot.jobs.attach_status_message(job.id, message.id)
+
+    async def delete(self, interaction: Interaction, job_id: int) -> None:
+        try:
+            job = await self._source_job(interaction, job_id)
+            if job.user_id != interaction.user.id and not interaction.permissions.manage_messages:
+                raise UserError(
+                    "Only the person who made this image, or someone with Manage "
+                    "Messages, can delete it."
+                )
+        except UserError as exc:
+            await self._say(interaction, f"❌ {exc}")
+            return
+        await interaction.response.send_message("🗑️ Deleted.", ephemeral=True)
+        if interaction.message is not None:
+            try:
+                await interaction.message.delete()
+            except discord.HTTPException:
+                log.warning("could not delete message of job %d", job.id)
+        await self.bot.jobs.mark_deleted(job)
+
+    async def cancel(self, interaction: Interaction, job_id: int) -> None:
+        try:
+            text = await self.bot.jobs.cancel(
+                job_id, interaction.user.id, interaction.permissions.manage_messages
+            )
+        except UserError as exc:
+            text = f"❌ {exc}"
+        await self._say(interaction, text)

@@ -1,0 +1,28 @@
+"""/help: how to use the bot, with the strength guide."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.render import HELP_TEXT
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+
+
+class HelpCog(commands.Cog):
+    def __init__(self, bot: ImgBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="help", description="How to use the image bot")
+    async def help(self, interaction: discord.Interaction[Any]) -> None:
+        embed = discord.Embed(title="Image-to-image bot", description=HELP_TEXT)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def setup(bot: ImgBot) -> None:
+    await bot.add_cog(HelpCog(bot))

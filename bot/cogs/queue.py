@@ -1,0 +1,53 @@
+"""/queue: what runs now in this server, and where your jobs stand."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.render import job_summary, ordinal, progress_bar
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+
+
+class QueueCog(commands.Cog):
+    def __init__(self, bot: ImgBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="This server's image queue")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction[Any]) -> None:
+        jobs = self.bot.jobs
+        guild_id = interaction.guild_id
+        lines: list[str] = []
+        running = [q for q in jobs.queue.running if q.guild_id == guild_id]
+        for queued in running:
+            job = await self.bot.store.get_job(int(queued.job_id))
+            if job is None:
+                continue
+            step, total = jobs.progress_of(job.id)
+            mine = " (yours)" if job.user_id == interaction.user.id else ""
+            lines.append(f"🎨 Now: {job_summary(job)}{mine} `{progress_bar(step, total, 10)}`")
+        if not running:
+            lines.append("🎨 Nothing of this server is running right now.")
+        waiting = jobs.queue.guild_waiting(guild_id or 0)
+        lines.append(f"⏳ Waiting in this server: {len(waiting)}")
+        for place, queued in enumerate(waiting, start=1):
+            if queued.user_id == interaction.user.id:
+                job = await self.bot.store.get_job(int(queued.job_id))
+                if job is not None:
+                    lines.append(f"• {ordinal(place)}: {job_summary(job)}")
+        others = len(jobs.queue) - len(waiting)
+        if others:
+            lines.append(
+                f"Other servers have {others} waiting; servers take turns, one image each."
+            )
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+
+async def setup(bot: ImgBot) -> None:
+    await bot.add_cog(QueueCog(bot))

@@ -1,0 +1,53 @@
+"""Versioned schema migrations, applied in order at start.
+
+`PRAGMA user_version` records how far a database has come. A migration is appended, never
+edited: databases made by older versions upgrade by running only what they lack.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "jobs and their images",
+        [
+            """
+            CREATE TABLE jobs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                kind TEXT NOT NULL DEFAULT 'new',
+                parent_id INTEGER REFERENCES jobs(id),
+                prompt TEXT NOT NULL,
+                negative_prompt TEXT,
+                strength REAL NOT NULL,
+                seed INTEGER NOT NULL,
+                steps INTEGER NOT NULL,
+                guidance REAL NOT NULL,
+                input_path TEXT NOT NULL,
+                input_width INTEGER NOT NULL,
+                input_height INTEGER NOT NULL,
+                output_path TEXT,
+                state TEXT NOT NULL DEFAULT 'queued',
+                counted INTEGER NOT NULL DEFAULT 1,
+                error TEXT,
+                steps_run INTEGER,
+                steps_total INTEGER,
+                seconds REAL,
+                model TEXT,
+                application_id INTEGER,
+                interaction_token TEXT,
+                token_expires_at REAL,
+                status_message_id INTEGER,
+                result_message_id INTEGER,
+                reply_to_message_id INTEGER,
+                created_at REAL NOT NULL,
+                started_at REAL,
+                finished_at REAL
+            )
+            """,
+            "CREATE INDEX jobs_state ON jobs(state, id)",
+            "CREATE INDEX jobs_usage ON jobs(guild_id, user_id, created_at)",
+        ],
+    ),
+]

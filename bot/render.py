@@ -1,0 +1,88 @@
+"""Text and embeds the bot shows: queue places, progress bars, results, help.
+
+Pure functions of values, so tests need neither Discord nor a model.
+"""
+
+from __future__ import annotations
+
+import discord
+
+from bot.store import Job
+
+BAR_WIDTH = 16
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, sec = divmod(seconds, 60)
+    return f"{minutes} min {sec:02d} s" if minutes < 10 else f"{minutes} min"
+
+
+def queue_text(guild_place: int, eta_s: float) -> str:
+    """E.g. `3rd in this server's queue, about 40 s`."""
+    return f"⏳ {ordinal(guild_place)} in this server's queue, about {duration(eta_s)}"
+
+
+def progress_bar(step: int, total: int, width: int = BAR_WIDTH) -> str:
+    total = max(1, total)
+    step = min(max(0, step), total)
+    filled = round(width * step / total)
+    return "█" * filled + "░" * (width - filled)
+
+
+def progress_text(step: int, total: int) -> str:
+    """E.g. `🎨 step 3 of 10 `█████░░░…` 30%`."""
+    pct = round(100 * min(step, total) / max(1, total))
+    return f"🎨 Generating: step {step} of {total}\n`{progress_bar(step, total)}` {pct}%"
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def job_summary(job: Job) -> str:
+    """One line naming a job for status messages and /queue."""
+    return f"#{job.id} · strength {job.strength:.2f} · “{truncate(job.prompt, 60)}”"
+
+
+def result_embed(job: Job) -> discord.Embed:
+    """The result's embed; field names are part of the contract (tests and users rely on them)."""
+    embed = discord.Embed(colour=discord.Colour.blurple())
+    embed.add_field(name="Prompt", value=truncate(job.prompt, 1024), inline=False)
+    if job.negative_prompt:
+        embed.add_field(
+            name="Negative prompt", value=truncate(job.negative_prompt, 1024), inline=False
+        )
+    embed.add_field(name="Strength", value=f"{job.strength:.2f}")
+    embed.add_field(name="Seed", value=str(job.seed))
+    embed.add_field(name="Steps", value=f"{job.steps_run} of {job.steps_total}")
+    embed.set_footer(text=f"{job.model or 'model'} · {duration(job.seconds or 0)} · job #{job.id}")
+    return embed
+
+
+STRENGTH_GUIDE = (
+    "**Strength** decides how far the picture may move from your image:\n"
+    "• 0.1–0.2: subtle detail, colours and texture\n"
+    "• 0.3–0.4: light restyle, composition kept\n"
+    "• 0.5–0.6: balanced style transfer\n"
+    "• 0.7–0.8: loose reinterpretation, rough layout kept\n"
+    "• 1.0: about text-to-image; the image barely matters"
+)
+
+HELP_TEXT = (
+    "**/img2img** `image` `prompt` `strength` `[negative_prompt]` `[seed]` `[steps]`\n"
+    "Turns your photo or sketch into a new picture. PNG, JPEG or WebP, at least 512×512 works "
+    "best; the aspect ratio is kept.\n\n"
+    f"{STRENGTH_GUIDE}\n\n"
+    "Under each result: **−0.15 / +0.15** re-run it weaker or stronger with the same seed, "
+    "**Reroll** tries a new seed, **Delete** removes it (yours, or with Manage Messages).\n"
+    "**/queue** shows this server's queue. Servers are served in turn, so a busy server "
+    "never blocks yours for more than one image."
+)

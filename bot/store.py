@@ -1,0 +1,183 @@
+"""SQLite (WAL, aiosqlite) holding everything that must survive a restart.
+
+One connection per bot; writes happen in explicit transactions. A database that cannot be
+read is an error at start: it is never re-created, because that would wipe usage history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.migrations import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("queued", "running")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message says which file and what to do."""
+
+
+@dataclass
+class Job:
+    """One row of `jobs`. Paths are relative to DATA_DIR."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    kind: str
+    parent_id: int | None
+    prompt: str
+    negative_prompt: str | None
+    strength: float
+    seed: int
+    steps: int
+    guidance: float
+    input_path: str
+    input_width: int
+    input_height: int
+    output_path: str | None
+    state: str
+    counted: int
+    error: str | None
+    steps_run: int | None
+    steps_total: int | None
+    seconds: float | None
+    model: str | None
+    application_id: int | None
+    interaction_token: str | None
+    token_expires_at: float | None
+    status_message_id: int | None
+    result_message_id: int | None
+    reply_to_message_id: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+    def token_valid(self, now: float) -> bool:
+        return bool(self.interaction_token) and (self.token_expires_at or 0) > now
+
+
+JOB_INSERT_FIELDS = (
+    "guild_id", "channel_id", "user_id", "kind", "parent_id", "prompt", "negative_prompt",
+    "strength", "seed", "steps", "guidance", "input_path", "input_width", "input_height",
+    "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
+    "created_at",
+)  # fmt: skip
+
+
+class Store:
+    """The bot's database. Use `Store.open(path)`; close with `close()`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        store = cls(db, path)
+        try:
+            await store._check_readable()
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await store._migrate()
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise StoreError(
+                f"The database {path} cannot be read ({exc}). It was left untouched; restore it "
+                "from a backup or move it away to start with an empty one."
+            ) from None
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _check_readable(self) -> None:
+        result = await (await self.db.execute("PRAGMA quick_check")).fetchone()
+        if result is None or result[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result[0] if result else '?'}")
+
+    async def schema_version(self) -> int:
+        row = await (await self.db.execute("PRAGMA user_version")).fetchone()
+        return int(row[0])
+
+    async def _migrate(self) -> None:
+        current = await self.schema_version()
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"The database {self.path} has schema version {current}, newer than this bot "
+                f"knows ({len(MIGRATIONS)}). Upgrade the bot."
+            )
+        for version, (name, statements) in enumerate(MIGRATIONS, start=1):
+            if version <= current:
+                continue
+            log.info("migrating database to version %d: %s", version, name)
+            async with self.transaction() as db:
+                for sql in statements:
+                    await db.execute(sql)
+                await db.execute(f"PRAGMA user_version={version}")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time (BEGIN IMMEDIATE), committed or rolled back."""
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            else:
+                await self.db.execute("COMMIT")
+
+    # -- jobs -------------------------------------------------------------------------
+    async def insert_job(self, db: aiosqlite.Connection, **values: Any) -> int:
+        """Insert a job inside a caller's transaction; returns its id."""
+        values.setdefault("created_at", time.time())
+        cols = [c for c in JOB_INSERT_FIELDS if c in values]
+        sql = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        cursor = await db.execute(sql, [values[c] for c in cols])
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await (await self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))).fetchone()
+        return Job.from_row(row) if row else None
+
+    async def jobs_in_states(self, states: Iterable[str]) -> list[Job]:
+        states = list(states)
+        sql = f"SELECT * FROM jobs WHERE state IN ({', '.join('?' for _ in states)}) ORDER BY id"
+        rows = await (await self.db.execute(sql, states)).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    async def update_job(self, job_id: int, **values: Any) -> None:
+        async with self.transaction() as db:
+            await self.update_job_in(db, job_id, **values)
+
+    async def update_job_in(self, db: aiosqlite.Connection, job_id: int, **values: Any) -> None:
+        sets = ", ".join(f"{k}=?" for k in values)
+        await db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values.values(), job_id])

@@ -1,0 +1,25 @@
+"""Strength variants: the −/+ buttons re-run a job a notch weaker or stronger."""
+
+from __future__ import annotations
+
+from pipeline.request import MAX_STRENGTH, MIN_STRENGTH
+
+STEP = 0.15
+
+
+def variant_strength(strength: float, delta: float) -> float | None:
+    """New strength after `delta`, clamped to the accepted range; None when it cannot move."""
+    new = round(min(MAX_STRENGTH, max(MIN_STRENGTH, strength + delta)), 2)
+    return None if abs(new - strength) < 1e-9 else new
+
+
+def variant_label(strength: float, delta: float) -> str:
+    """Button text such as `−0.15 → 0.35`; shows the real change where clamping shortened it."""
+    new = variant_strength(strength, delta)
+    if new is None:
+        return f"{_signed(delta)} → {strength:.2f}"
+    return f"{_signed(new - strength)} → {new:.2f}"
+
+
+def _signed(value: float) -> str:
+    return f"{'−' if value < 0 else '+'}{abs(value):.2f}"
