@@ -50,4 +50,47 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX jobs_usage ON jobs(guild_id, user_id, created_at)",
         ],
     ),
+    (
+        "quotas and server settings",
+        [
+            """
+            CREATE TABLE guild_settings (
+                guild_id INTEGER PRIMARY KEY,
+                user_daily INTEGER,
+                guild_daily INTEGER,
+                allowed_channels TEXT,  -- JSON list of channel ids; NULL = every channel
+                gallery_channel_id INTEGER,
+                updated_at REAL
+            )
+            """,
+            """
+            CREATE TABLE role_limits (
+                guild_id INTEGER,
+                role_id INTEGER,
+                user_daily INTEGER,
+                exempt INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (guild_id, role_id)
+            )
+            """,
+            """
+            CREATE TABLE settings_audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER,
+                user_id INTEGER,
+                at REAL,
+                change TEXT
+            )
+            """,
+            "CREATE INDEX settings_audit_guild ON settings_audit(guild_id, at)",
+            """
+            CREATE TABLE usage_resets (
+                guild_id INTEGER,
+                user_id INTEGER,
+                at REAL,
+                PRIMARY KEY (guild_id, user_id)
+            )
+            """,
+            "CREATE INDEX jobs_guild_usage ON jobs(guild_id, created_at)",
+        ],
+    ),
 ]
