@@ -1,0 +1,124 @@
+"""Fair-queue order and caps: pure tables, no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.fair_queue import Caps, FairQueue, QueuedJob, QueueFull
+
+
+def job(n: int, guild: int, user: int = 0, key: object = "k") -> QueuedJob:
+    return QueuedJob(str(n), guild, user or guild * 100 + n, key)
+
+
+def drain(q: FairQueue, max_batch: int = 1) -> list[list[str]]:
+    out = []
+    while len(q):
+        batch = q.pop_batch(max_batch)
+        out.append([j.job_id for j in batch])
+        for j in batch:
+            q.finish(j.job_id)
+    return out
+
+
+def test_round_robin_busy_guild_delays_other_by_at_most_one_job() -> None:
+    q = FairQueue(Caps(per_user=99, per_guild=99, total=999))
+    for n in range(50):
+        q.push(job(n, guild=1))
+    q.push(job(1000, guild=2))
+    served = [b[0] for b in drain(q)]
+    assert served.index("1000") <= 1
+
+
+@pytest.mark.parametrize(
+    ("pushes", "expected"),
+    [
+        ([(1, 1), (2, 1), (3, 1), (4, 2), (5, 2)], ["1", "4", "2", "5", "3"]),
+        ([(1, 1), (2, 2), (3, 3), (4, 1)], ["1", "2", "3", "4"]),
+        ([(1, 2), (2, 1), (3, 2), (4, 1)], ["1", "2", "3", "4"]),
+    ],
+)
+def test_order_is_round_robin_and_fifo_within_guild(
+    pushes: list[tuple[int, int]], expected: list[str]
+) -> None:
+    q = FairQueue(Caps(99, 99, 999))
+    for n, guild in pushes:
+        q.push(job(n, guild))
+    assert [j.job_id for j in q.order()] == expected
+    assert [b[0] for b in drain(q)] == expected
+
+
+def test_served_guild_moves_to_back_and_new_guilds_join_at_the_back() -> None:
+    q = FairQueue(Caps(99, 99, 999))
+    q.push(job(1, 1))
+    q.push(job(2, 1))
+    q.push(job(3, 2))
+    assert [j.job_id for j in q.pop_batch()] == ["1"]
+    q.push(job(4, 3))
+    assert [j.job_id for j in q.order()] == ["3", "2", "4"]
+
+
+def test_batch_is_a_compatible_prefix_of_the_fair_order() -> None:
+    q = FairQueue(Caps(99, 99, 999))
+    q.push(job(1, 1, key="a"))
+    q.push(job(2, 2, key="a"))
+    q.push(job(3, 1, key="b"))
+    q.push(job(4, 2, key="a"))
+    # "4" would fit with "3"'s neighbours, but never jumps ahead of the fair order
+    assert drain(q, max_batch=4) == [["1", "2"], ["3"], ["4"]]
+
+
+def test_batch_respects_max_batch_and_none_key() -> None:
+    q = FairQueue(Caps(99, 99, 999))
+    for n in range(5):
+        q.push(job(n, guild=n % 2 + 1))
+    assert [len(b) for b in drain(q, max_batch=2)] == [2, 2, 1]
+    q.push(job(10, 1, key=None))
+    q.push(job(11, 2, key=None))
+    assert drain(q, max_batch=4) == [["10"], ["11"]]
+
+
+def test_position_reports_guild_place_and_jobs_before() -> None:
+    q = FairQueue(Caps(99, 99, 999))
+    for n, guild in [(1, 1), (2, 1), (3, 1), (4, 2)]:
+        q.push(job(n, guild))
+    assert q.position("3") == (3, 3)
+    assert q.position("4") == (1, 1)
+    assert q.position("nope") is None
+
+
+@pytest.mark.parametrize(
+    ("caps", "existing", "new", "message"),
+    [
+        (Caps(1, 9, 9), [(1, 1, 7)], (1, 7), "You already have 1 jobs"),
+        (Caps(9, 2, 9), [(1, 1, 7), (2, 1, 8)], (1, 9), "This server's queue is full"),
+        (Caps(9, 9, 2), [(1, 1, 7), (2, 2, 8)], (3, 9), "at capacity"),
+    ],
+)
+def test_caps_refuse_with_a_clear_message(
+    caps: Caps, existing: list[tuple[int, int, int]], new: tuple[int, int], message: str
+) -> None:
+    q = FairQueue(caps)
+    for n, guild, user in existing:
+        q.push(QueuedJob(str(n), guild, user))
+    with pytest.raises(QueueFull, match=message):
+        q.push(QueuedJob("new", *new))
+
+
+def test_running_jobs_count_towards_caps_until_finished() -> None:
+    q = FairQueue(Caps(1, 9, 9))
+    q.push(QueuedJob("1", 1, 7))
+    q.pop_batch()
+    with pytest.raises(QueueFull):
+        q.push(QueuedJob("2", 1, 7))
+    q.finish("1")
+    q.push(QueuedJob("2", 1, 7))
+
+
+def test_remove_takes_a_waiting_job_out() -> None:
+    q = FairQueue(Caps(9, 9, 9))
+    q.push(job(1, 1))
+    q.push(job(2, 1))
+    assert q.remove("1") is not None
+    assert q.remove("1") is None
+    assert [j.job_id for j in q.order()] == ["2"]
