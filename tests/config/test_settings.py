@@ -50,3 +50,11 @@ def test_token_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings()
     assert "very-secret" not in repr(s) and "very-secret" not in str(s.model_dump())
     assert s.discord_token.get_secret_value() == "very-secret"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
+    assert missing == []
