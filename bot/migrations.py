@@ -93,4 +93,48 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX jobs_guild_usage ON jobs(guild_id, created_at)",
         ],
     ),
+    (
+        "server galleries",
+        [
+            """
+            CREATE TABLE gallery (
+                job_id INTEGER PRIMARY KEY REFERENCES jobs(id),
+                guild_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                message_id INTEGER,
+                prompt TEXT NOT NULL,
+                negative_prompt TEXT,
+                strength REAL NOT NULL,
+                seed INTEGER NOT NULL,
+                image_path TEXT NOT NULL,
+                search_text TEXT NOT NULL,  -- the prompt, case-folded
+                created_at REAL NOT NULL,
+                pruned INTEGER NOT NULL DEFAULT 0,
+                removed INTEGER NOT NULL DEFAULT 0,
+                shared_channel_id INTEGER,
+                shared_message_id INTEGER
+            )
+            """,
+            "CREATE INDEX gallery_browse ON gallery(guild_id, removed, created_at, job_id)",
+            "CREATE INDEX gallery_user ON gallery(guild_id, user_id, removed, created_at)",
+            "CREATE INDEX gallery_image ON gallery(image_path)",
+            """
+            CREATE TABLE gallery_searches (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER NOT NULL,
+                search TEXT NOT NULL,
+                UNIQUE (guild_id, search)
+            )
+            """,
+            """
+            INSERT INTO gallery (job_id, guild_id, user_id, channel_id, message_id, prompt,
+                negative_prompt, strength, seed, image_path, search_text, created_at)
+            SELECT id, guild_id, user_id, channel_id, result_message_id, prompt,
+                negative_prompt, strength, seed, output_path, lower(prompt),
+                COALESCE(finished_at, created_at)
+            FROM jobs WHERE state = 'done' AND output_path IS NOT NULL
+            """,
+        ],
+    ),
 ]
