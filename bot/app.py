@@ -16,6 +16,7 @@ from bot.buttons import DYNAMIC_ITEMS
 from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
 from bot.cogs.queue import QueueCog
+from bot.cogs.settings import setup_quotas
 from bot.delivery import DiscordDelivery
 from bot.errors import UserError
 from bot.jobs import JobService
@@ -80,6 +81,7 @@ class ImgBot(commands.Bot):
 
     async def add_feature_cogs(self) -> None:
         """Cogs of features that build on the job service (quotas, gallery)."""
+        await setup_quotas(self)
 
     async def sync_commands(self) -> None:
         if self.settings.dev_guild_id:

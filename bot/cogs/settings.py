@@ -1,0 +1,198 @@
+"""/settings: a server's limits, channels, gallery channel, role limits and usage resets.
+
+Only for members with Manage Server: Discord hides the group from others by default
+permissions, and every subcommand checks the permission again at run time because a server
+can override command permissions. Every change is audited; `/settings show` lists them.
+`setup_quotas` wires the whole quota feature into the bot.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cogs.quota import QuotaCog, member_role_ids
+from bot.quota import plural
+from bot.quota_store import QuotaStore
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+
+log = logging.getLogger(__name__)
+
+Interaction = discord.Interaction[Any]
+Count = app_commands.Range[int, 0, None]
+
+
+async def _done(interaction: Interaction, change: str) -> None:
+    await interaction.response.send_message(f"✅ Changed: {change}.", ephemeral=True)
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class SettingsCog(
+    commands.GroupCog,
+    group_name="settings",
+    group_description="The image bot's settings for this server (Manage Server)",
+):
+    def __init__(self, bot: ImgBot, quotas: QuotaStore) -> None:
+        self.bot = bot
+        self.quotas = quotas
+        super().__init__()
+
+    async def interaction_check(self, interaction: Interaction) -> bool:
+        """Default permissions only hide the command; a server may show it to anyone."""
+        if interaction.guild_id is None:
+            raise app_commands.NoPrivateMessage("Use this command in a server.")
+        if not interaction.permissions.manage_guild:
+            raise app_commands.CheckFailure(
+                "Only members with the Manage Server permission can see or change the image "
+                "bot's settings."
+            )
+        return True
+
+    @app_commands.command(name="show", description="This server's settings and recent changes")
+    async def show(self, interaction: Interaction) -> None:
+        assert interaction.guild_id is not None
+        q = self.quotas
+        gs = await q.guild_settings(interaction.guild_id)
+        user_limit, guild_limit = q.limits(gs)
+        s = q.settings
+        channels = (
+            "every channel"
+            if gs.allowed_channels is None
+            else ", ".join(f"<#{c}>" for c in gs.allowed_channels)
+        )
+        user_note = "" if gs.user_daily is not None else " (default)"
+        guild_note = "" if gs.guild_daily is not None else " (default)"
+        gallery = f"<#{gs.gallery_channel_id}>" if gs.gallery_channel_id else "none"
+        lines = [
+            "**Image bot settings**",
+            f"• Per member: {plural(user_limit, 'image')} per 24 h{user_note}; "
+            f"most allowed {s.quota_user_ceiling}",
+            f"• Whole server: {plural(guild_limit, 'image')} per 24 h{guild_note}; "
+            f"most allowed {s.quota_guild_ceiling}",
+            f"• Channels: {channels}",
+            f"• Gallery channel: {gallery}",
+        ]
+        for rule in await q.role_limits(interaction.guild_id):
+            what = "no per-member limit" if rule.exempt else plural(rule.user_daily or 0, "image")
+            lines.append(f"• Role <@&{rule.role_id}>: {what}")
+        audit = await q.audit_log(interaction.guild_id)
+        lines.append("**Recent changes**" if audit else "No changes yet.")
+        for entry in audit:
+            lines.append(f"• <t:{int(entry.at)}:R> by <@{entry.user_id}>: {entry.change}")
+        await interaction.response.send_message(
+            "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    @app_commands.command(name="limits", description="Images per member and per server (24 h)")
+    @app_commands.describe(
+        user="Images each member may make in 24 hours", guild="Images the whole server may make"
+    )
+    async def limits(
+        self, interaction: Interaction, user: Count | None = None, guild: Count | None = None
+    ) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.set_limits(
+            interaction.guild_id, interaction.user.id, user, guild
+        )
+        await _done(interaction, change)
+
+    @app_commands.command(name="channel-allow", description="Let the bot work in this channel")
+    @app_commands.describe(channel="A channel where images may be made")
+    async def channel_allow(
+        self, interaction: Interaction, channel: app_commands.AppCommandChannel
+    ) -> None:
+        assert interaction.guild_id is not None
+        if channel.type == discord.ChannelType.category:
+            await interaction.response.send_message(
+                "❌ Choose a channel, not a category.", ephemeral=True
+            )
+            return
+        change = await self.quotas.allow_channel(
+            interaction.guild_id, interaction.user.id, channel.id
+        )
+        await _done(interaction, f"{change}; the bot now works only in the allowed channels")
+
+    @app_commands.command(
+        name="channel-disallow", description="Take a channel off the allowed channels"
+    )
+    @app_commands.describe(channel="The channel to take off the list")
+    async def channel_disallow(
+        self, interaction: Interaction, channel: app_commands.AppCommandChannel
+    ) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.disallow_channel(
+            interaction.guild_id, interaction.user.id, channel.id
+        )
+        await _done(interaction, change)
+
+    @app_commands.command(name="channel-all", description="Let the bot work in every channel")
+    async def channel_all(self, interaction: Interaction) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.allow_all_channels(interaction.guild_id, interaction.user.id)
+        await _done(interaction, change)
+
+    @app_commands.command(name="gallery-channel", description="Where finished images are collected")
+    @app_commands.describe(channel="The gallery channel; leave empty for no gallery")
+    async def gallery_channel(
+        self, interaction: Interaction, channel: app_commands.AppCommandChannel | None = None
+    ) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.set_gallery_channel(
+            interaction.guild_id, interaction.user.id, channel.id if channel else None
+        )
+        await _done(interaction, change)
+
+    @app_commands.command(name="role-limit", description="A role's own per-member limit")
+    @app_commands.describe(
+        role="The role",
+        limit="Images per member with this role in 24 hours (empty: the server's limit)",
+        exempt="Members with this role have no per-member limit",
+    )
+    async def role_limit(
+        self,
+        interaction: Interaction,
+        role: discord.Role,
+        limit: Count | None = None,
+        exempt: bool = False,
+    ) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.set_role_limit(
+            interaction.guild_id, interaction.user.id, role.id, limit, exempt
+        )
+        await _done(interaction, change)
+
+    @app_commands.command(name="reset-usage", description="Start a member's 24 h count afresh")
+    @app_commands.describe(member="The member whose images so far stop counting")
+    async def reset_usage(self, interaction: Interaction, member: discord.User) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.reset_usage(interaction.guild_id, interaction.user.id, member.id)
+        await _done(interaction, change)
+
+
+async def setup_quotas(bot: ImgBot) -> QuotaStore:
+    """Add /quota and /settings, the reserve hook, and the channel and quota prechecks."""
+    quotas = QuotaStore(bot.store, bot.settings, clock=bot.jobs.clock)
+
+    async def channel_precheck(interaction: Interaction) -> None:
+        if interaction.guild_id is None:
+            return
+        parent = getattr(interaction.channel, "parent_id", None)
+        await quotas.check_channel(interaction.guild_id, interaction.channel_id, parent)
+
+    async def quota_precheck(interaction: Interaction) -> None:
+        if interaction.guild_id is None:
+            return
+        await quotas.check(interaction.guild_id, interaction.user.id, member_role_ids(interaction))
+
+    bot.prechecks.extend([channel_precheck, quota_precheck])
+    bot.jobs.hooks.reserve.append(quotas.reserve)
+    await bot.add_cog(QuotaCog(bot, quotas))
+    await bot.add_cog(SettingsCog(bot, quotas))
+    return quotas
