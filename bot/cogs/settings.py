@@ -48,7 +48,8 @@ class SettingsCog(
         """Default permissions only hide the command; a server may show it to anyone."""
         if interaction.guild_id is None:
             raise app_commands.NoPrivateMessage("Use this command in a server.")
-        if not interaction.permissions.manage_guild:
+        perms = interaction.permissions
+        if not (perms.manage_guild or perms.administrator):
             raise app_commands.CheckFailure(
                 "Only members with the Manage Server permission can see or change the image "
                 "bot's settings."
