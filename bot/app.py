@@ -13,6 +13,7 @@ from discord.ext import commands
 
 from bot.actions import Actions
 from bot.buttons import DYNAMIC_ITEMS
+from bot.cogs.gallery import setup_gallery
 from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
 from bot.cogs.queue import QueueCog
@@ -82,6 +83,7 @@ class ImgBot(commands.Bot):
     async def add_feature_cogs(self) -> None:
         """Cogs of features that build on the job service (quotas, gallery)."""
         await setup_quotas(self)
+        await setup_gallery(self)
 
     async def sync_commands(self) -> None:
         if self.settings.dev_guild_id:
