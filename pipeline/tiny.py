@@ -1,0 +1,160 @@
+"""A tiny random-weight Stable Diffusion img2img pipeline, saved in diffusers format.
+
+Tests and the benchmark need a model that loads through exactly the same path as a real
+one (`AutoPipelineForImage2Image.from_pretrained` on a folder) without any download. The
+component sizes follow diffusers' own fast tests; the VAE keeps Stable Diffusion's 8×
+downscale and the UNet's sample_size is 64, so the native resolution is 512 like SD 1.x.
+The tokenizer's vocab.json/merges.txt are written here (byte-level characters only, no
+merges), so nothing is fetched from the hub.
+
+torch/diffusers are imported inside `make_tiny`: only `pipeline.engine` may import them at
+module level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the raw bytes."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in chars]
+
+
+def write_tokenizer_files(folder: Path) -> dict[str, int]:
+    """Write a minimal CLIP vocab.json/merges.txt into `folder`; return the vocabulary.
+
+    Every word tokenizes to its bytes (the last one with "</w>"), which is all a
+    random-weight text encoder needs.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars] + [BOS_TOKEN, EOS_TOKEN]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return vocab
+
+
+def _drop_load_time_keys(config_path: Path) -> None:
+    """transformers records how the tokenizer was loaded here (e.g. local_files_only);
+    that says nothing about the model, so keep it out of the saved config."""
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for key in ("is_local", "local_files_only", "name_or_path"):
+        config.pop(key, None)
+    config_path.write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+
+
+def make_tiny(path: str | Path) -> Path:
+    """Build the tiny pipeline with deterministic weights and save it to `path`."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=64,  # × VAE 8 = 512 px native
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        # 4 heads of 16 instead of the default 8 of 8: same weights' size, but CPU attention
+        # at 1024 tokens is ~40% faster, which keeps a 20-step 512 px job near 2 s.
+        attention_head_dim=4,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 32, 32),  # four blocks: Stable Diffusion's 8× downscale
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=512,
+    )
+    # Euler runs exactly int(steps × strength) denoising steps (order 1).
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = write_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(
+            tmp,
+            bos_token=BOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            pad_token=EOS_TOKEN,
+            unk_token=EOS_TOKEN,
+            model_max_length=77,
+        )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=vocab[BOS_TOKEN],
+            eos_token_id=vocab[EOS_TOKEN],
+            pad_token_id=vocab[EOS_TOKEN],
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=1000,
+            max_position_embeddings=77,
+        )
+    )
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+    _drop_load_time_keys(out / "tokenizer" / "tokenizer_config.json")
+    # Newer transformers save only tokenizer.json; keep the plain files for older readers.
+    write_tokenizer_files(out / "tokenizer")
+    log.info("wrote tiny img2img pipeline to %s", out)
+    return out
