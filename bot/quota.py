@@ -148,11 +148,13 @@ def refusal_text(state: QuotaState, now: float) -> str:
     """Why an image is refused, and when the next one frees up."""
     blocked = state.blocked_by
     if blocked in ("user", "both"):
-        head = f"You have used your {state.user.limit} images for the last 24 hours in this server."
+        mine = plural(state.user.limit or 0, "image")
+        head = f"You have used your {mine} for the last 24 hours in this server."
         if blocked == "both":
             head += f" The server has also used its {state.guild.limit}."
     else:
-        head = f"This server has used its {state.guild.limit} images for the last 24 hours."
+        theirs = plural(state.guild.limit or 0, "image")
+        head = f"This server has used its {theirs} for the last 24 hours."
     at = state.available_at()
     if at is None:
         return f"{head} Image-making is switched off here (limit 0); ask a server admin."
