@@ -19,7 +19,6 @@ import re
 import time
 import types
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from pipeline.prepare import fit_to_resolution, target_size
-from pipeline.request import GenerationRequest, GenerationResult, plan_steps
+from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, plan_steps
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +56,6 @@ class JobCancelled(Exception):
         super().__init__(message)
         self.job_ids = tuple(job_ids)
         self.steps_run = steps_run
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What was loaded, for logs and the bot's status command."""
-
-    model_id: str
-    device: str
-    dtype: str
-    resolution: int
-    pipeline_class: str
 
 
 def resolve_device(device: str) -> str:

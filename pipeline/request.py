@@ -48,6 +48,18 @@ class GenerationResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the worker loaded. Lives here, torch-free, because it crosses the pipe: the bot
+    must be able to unpickle it without importing torch."""
+
+    model_id: str
+    device: str
+    dtype: str
+    resolution: int
+    pipeline_class: str
+
+
 def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:
     """Return the stripped prompt or raise an `InputError` saying what is wrong."""
     text = (prompt or "").strip()

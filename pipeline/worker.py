@@ -140,7 +140,7 @@ class _Worker:
                 self._send(LoadFailed(_load_message(self.config.model_id, exc)))
                 return EXIT_LOAD_FAILED
             self.phase = "idle"
-            if not self._send(Ready(EngineInfo.from_engine(engine.info))):
+            if not self._send(Ready(engine.info)):
                 return EXIT_OK
             log.info("ready: %s", engine.info)
             while not self.stopping.is_set():

@@ -1,17 +1,14 @@
 """Messages between the bot process and the model worker process.
 
 Everything here crosses a `multiprocessing` pipe, so every type is a frozen dataclass of
-builtins and `pipeline.request` types: picklable, and unpickling never imports torch. That
-is also why `EngineInfo` is mirrored here instead of taken from `pipeline.engine` (which
-imports torch): the parent would import torch just by unpickling `Ready`.
+builtins and `pipeline.request` types: picklable, and unpickling never imports torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
-from pipeline.request import GenerationRequest, GenerationResult
+from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
 
 
 @dataclass(frozen=True)
@@ -24,22 +21,6 @@ class WorkerConfig:
     resolution: int | None = None
     compile: bool = False
     channels_last: bool = True
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What the worker loaded. Same fields as `pipeline.engine.EngineInfo`, torch-free."""
-
-    model_id: str
-    device: str
-    dtype: str
-    resolution: int
-    pipeline_class: str
-
-    @classmethod
-    def from_engine(cls, info: Any) -> EngineInfo:
-        """Copy the engine's own info object (any object with these attributes)."""
-        return cls(**{f.name: getattr(info, f.name) for f in fields(cls)})
 
 
 # -- commands: parent → worker ----------------------------------------------------------
