@@ -1,4 +1,9 @@
-"""`python -m bot`: read the settings, connect to Discord, run until stopped."""
+"""`python -m bot`: read the settings, connect to Discord, run until stopped.
+
+The imports of discord and the bot live inside the functions: the worker process is started
+with multiprocessing's spawn, which re-imports this main module, and the worker needs none
+of them.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,10 @@ import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-import discord
-
-from bot.app import ImgBot, configure_endpoints
-from bot.store import StoreError
-from config import load_settings
-from config.settings import SettingsError
+if TYPE_CHECKING:
+    from bot.app import ImgBot
 
 log = logging.getLogger("bot")
 
@@ -26,6 +28,13 @@ async def run(bot: ImgBot, token: str) -> None:
 
 
 def main() -> int:
+    import discord
+
+    from bot.app import ImgBot, configure_endpoints
+    from bot.store import StoreError
+    from config import load_settings
+    from config.settings import SettingsError
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -174,3 +174,28 @@ async def test_queue_and_help_answer_privately(
     handle = await fd.send_slash(world.guild, world.channel, world.alice, "queue")
     msg = await handle.wait_original()
     assert msg["ephemeral"] and "Waiting in this server: 0" in msg["content"]
+
+
+async def test_queue_caps_refuse_privately(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    bot = await make_bot(max_jobs_per_user=1, max_queue_per_guild=2)
+    first = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=150)
+    await first.wait_original(lambda m: not m["loading"])
+    second = await slash_img2img(fd, world.guild, world.channel, world.alice)
+    msg = await second.wait_original()
+    assert second.response_type == 4 and msg["ephemeral"]
+    assert "You already have 1 jobs waiting or running" in msg["content"]
+    third = await slash_img2img(fd, world.guild, world.channel, world.bob)
+    await third.wait_original(lambda m: not m["loading"])
+    fourth = await slash_img2img(fd, world.guild, world.channel, world.carol)
+    assert "This server's queue is full" in (await fourth.wait_original())["content"]
+    assert len(await bot.store.jobs_in_states(["queued", "running"])) == 2
+
+
+async def test_dev_guild_syncs_commands_to_that_guild(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    await make_bot(dev_guild_id=world.guild, wait_worker=False)
+    assert {c["name"] for c in fd.commands(guild_id=world.guild)} >= {"img2img", "queue"}
+    assert fd.commands() == []
