@@ -187,13 +187,13 @@ class GalleryCog(commands.Cog, name="Gallery"):
         await interaction.response.send_message(
             f"🗑️ Removed picture #{job} from the gallery and deleted its message.", ephemeral=True
         )
-        if entry.message_id:
-            await self._delete_message(entry.guild_id, entry.channel_id, entry.message_id)
         row = await self.bot.store.get_job(job)
         if row is not None:
             await self.bot.jobs.mark_deleted(row)  # runs on_deleted through the hook
         else:
             await self.on_deleted_entry(job)
+        if entry.message_id:
+            await self._delete_message(entry.guild_id, entry.channel_id, entry.message_id)
 
     # -- paging -----------------------------------------------------------------------
     async def turn_page(
@@ -269,9 +269,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
 
     async def on_deleted(self, job: Job) -> None:
         """A result was deleted: out of the gallery, its copy and its file gone too."""
-        await self.on_deleted_entry(job.id)
         if job.output_path:
             await asyncio.to_thread((self.data_dir / job.output_path).unlink, missing_ok=True)
+        await self.on_deleted_entry(job.id)
 
     async def on_deleted_entry(self, job_id: int) -> None:
         entry = await self.entries.remove(job_id)
