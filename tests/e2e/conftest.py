@@ -12,8 +12,11 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,3 +217,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def worker_paused(bot: ImgBot) -> Iterator[None]:
+    """Freeze the worker process (SIGSTOP) so the queue can be arranged without racing it;
+    the bot itself keeps running, as it would while a real GPU is busy."""
+    pid = bot.jobs.worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)

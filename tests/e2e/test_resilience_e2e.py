@@ -21,6 +21,7 @@ from tests.e2e.conftest import (
     slash_img2img,
     status_message,
     wait_result,
+    worker_paused,
 )
 from tests.fakediscord import FakeDiscord, InteractionHandle
 
@@ -48,19 +49,20 @@ async def test_cancel_waiting_and_running_jobs(
     bot = await make_bot()
     running = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
     run_msg = await wait_status(fd, running, "step")
-    waiting = await slash_img2img(fd, world.guild, world.channel, world.bob)
-    wait_msg = await wait_status(fd, waiting, "in this server's queue")
-    assert "1st in this server's queue" in wait_msg["content"]
+    with worker_paused(bot):
+        waiting = await slash_img2img(fd, world.guild, world.channel, world.bob)
+        wait_msg = await wait_status(fd, waiting, "in this server's queue")
+        assert "1st in this server's queue" in wait_msg["content"]
 
-    refused = await fd.click(wait_msg["id"], cancel_id(wait_msg), world.carol)
-    assert "Manage Messages" in (await refused.wait_original())["content"]
+        refused = await fd.click(wait_msg["id"], cancel_id(wait_msg), world.carol)
+        assert "Manage Messages" in (await refused.wait_original())["content"]
 
-    ok = await fd.click(wait_msg["id"], cancel_id(wait_msg), world.bob)
-    assert "Cancelled" in (await ok.wait_original())["content"]
-    await wait_status(fd, waiting, "Cancelled")
+        ok = await fd.click(wait_msg["id"], cancel_id(wait_msg), world.bob)
+        assert "Cancelled" in (await ok.wait_original())["content"]
+        await wait_status(fd, waiting, "Cancelled")
 
-    stop = await fd.click(run_msg["id"], cancel_id(run_msg), world.mod)
-    assert "next step" in (await stop.wait_original())["content"]
+        stop = await fd.click(run_msg["id"], cancel_id(run_msg), world.mod)
+        assert "next step" in (await stop.wait_original())["content"]
     await wait_status(fd, running, "Cancelled")
 
     async def both_cancelled() -> bool:
@@ -78,15 +80,16 @@ async def test_round_robin_across_two_guilds(
     blocker = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
     block_msg = await wait_status(fd, blocker, "step")
     handles = {}
-    for name, guild, channel in [
-        ("bob", world.guild, world.channel),
-        ("carol", world.guild, world.channel),
-        ("mod", world.guild, world.channel),
-        ("dave", world.guild2, world.channel2),
-    ]:
-        handles[name] = await slash_img2img(fd, guild, channel, getattr(world, name))
-        await wait_status(fd, handles[name], "queue")
-    await fd.click(block_msg["id"], cancel_id(block_msg), world.alice)
+    with worker_paused(bot):
+        for name, guild, channel in [
+            ("bob", world.guild, world.channel),
+            ("carol", world.guild, world.channel),
+            ("mod", world.guild, world.channel),
+            ("dave", world.guild2, world.channel2),
+        ]:
+            handles[name] = await slash_img2img(fd, guild, channel, getattr(world, name))
+            await wait_status(fd, handles[name], "queue")
+        await fd.click(block_msg["id"], cancel_id(block_msg), world.alice)
     for handle in handles.values():
         await wait_result(fd, handle)
     done = await bot.store.jobs_in_states(["done"])
@@ -101,9 +104,10 @@ async def test_restart_keeps_waiting_jobs_and_old_buttons(
     first = await wait_result(fd, await slash_img2img(fd, world.guild, world.channel, world.alice))
     blocker = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
     block_msg = await wait_status(fd, blocker, "step")
-    waiting = await slash_img2img(fd, world.guild, world.channel, world.bob)
-    await wait_status(fd, waiting, "queue")
-    await fd.settle()
+    with worker_paused(bot):
+        waiting = await slash_img2img(fd, world.guild, world.channel, world.bob)
+        await wait_status(fd, waiting, "queue")
+        await fd.settle()
     await bot.close()
 
     bot = await make_bot()
@@ -123,11 +127,12 @@ async def test_restart_keeps_waiting_jobs_and_old_buttons(
 async def test_gateway_disconnect_and_resume_during_a_job(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
-    await make_bot()
+    bot = await make_bot()
     handle = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=40)
     await wait_status(fd, handle, "step")
-    await fd.disconnect(4000)
-    await fd.wait_resumed()
+    with worker_paused(bot):  # the job is surely still running while the gateway drops
+        await fd.disconnect(4000)
+        await fd.wait_resumed()
     result = await wait_result(fd, handle)
     assert embed_fields(result)["Steps"] == "20 of 40"
     assert fd.identify_count == 1 and fd.resume_count >= 1
@@ -157,33 +162,35 @@ async def test_worker_killed_during_a_job(
 async def test_heartbeats_and_commands_keep_flowing_during_a_long_job(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
-    await make_bot()
-    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=120)
+    await make_bot(resolution=256)
+    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
     await wait_status(fd, handle, "step")
     start = time.monotonic()
     answers = []
-    while time.monotonic() - start < 3.0:
+    while time.monotonic() - start < 4.0 and not status_message(fd, handle)["attachments"]:
         sent = time.monotonic()
         probe = await fd.send_slash(world.guild, world.channel, world.bob, "help")
         await probe.response()
         answers.append(time.monotonic() - sent)
         await asyncio.sleep(0.3)
-    beats = [t for t in fd.heartbeats if t >= start]
-    gaps = [b - a for a, b in itertools.pairwise(beats)]
-    assert len(beats) >= 5
+    busy = time.monotonic() - start
+    beats = [t for t in fd.heartbeats if start <= t <= start + busy]
+    gaps = [b - a for a, b in itertools.pairwise([start, *beats])]
+    assert busy >= 1.0, "the job ended too soon to measure anything"
+    assert len(beats) >= 3
     # generous bounds: the exact lag is measured by `make bench`
     assert max(gaps) < 0.25 + 1.0, gaps
     assert max(answers) < 2.0, answers
-    assert status_message(fd, handle)["attachments"] == []  # it was still running
 
 
 async def test_result_after_token_expiry_goes_to_the_channel(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
-    await make_bot()
-    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=20)
-    await wait_status(fd, handle, "#")
-    handle.expire()
+    bot = await make_bot()
+    with worker_paused(bot):
+        handle = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=20)
+        await wait_status(fd, handle, "#")
+        handle.expire()
     result = await fd.wait_for_message(
         lambda m: m["kind"] == "channel" and bool(m["attachments"]), timeout=60
     )
