@@ -84,5 +84,9 @@ HELP_TEXT = (
     "Under each result: **−0.15 / +0.15** re-run it weaker or stronger with the same seed, "
     "**Reroll** tries a new seed, **Delete** removes it (yours, or with Manage Messages).\n"
     "**/queue** shows this server's queue. Servers are served in turn, so a busy server "
-    "never blocks yours for more than one image."
+    "never blocks yours for more than one image.\n"
+    "**/quota** shows how many images you and this server have left today.\n"
+    "**/gallery browse** `[user]` `[search]` `[public]` pages through this server's pictures; "
+    "**/gallery remove** deletes one.\n"
+    "**/settings** (Manage Server): limits, allowed channels, gallery channel, role limits."
 )
