@@ -34,10 +34,13 @@ class DirectRun:
     outputs: list[str]
     images: int
 
+    batch: int = 1
+
     @property
-    def per_image(self) -> list[float]:
-        n = max(1, self.images // max(1, len(self.calls)))
-        return [c / n for c in self.calls]
+    def unit_times(self) -> list[float]:
+        """Seconds per image of each call (a call's time shared by its images)."""
+        sizes = [min(self.batch, self.images - i * self.batch) for i in range(len(self.calls))]
+        return [c / n for c, n in zip(self.calls, sizes, strict=True) for _ in range(n)]
 
 
 def _direct_main(conn: Connection, model_id: str, device: str, dtype: str) -> None:
@@ -96,7 +99,7 @@ def _direct_main(conn: Connection, model_id: str, device: str, dtype: str) -> No
                 outputs.append(path)
             calls.append(time.perf_counter() - t)
         wall = time.perf_counter() - started
-        conn.send(("done", DirectRun(calls, wall, outputs, len(jobs))))
+        conn.send(("done", DirectRun(calls, wall, outputs, len(jobs), batch)))
 
 
 class DirectRunner:

@@ -109,10 +109,27 @@ class FullRun:
     batches: list[tuple[str, ...]]  # job ids of each worker call, in dispatch order
     specs: dict[str, JobSpec] = field(default_factory=dict)  # job id → spec
     outputs: dict[str, str] = field(default_factory=dict)  # job id → absolute PNG path
+    released_at: float = 0.0  # monotonic
+    delivered_at: dict[str, float] = field(default_factory=dict)  # job id → monotonic
 
     @property
     def images(self) -> int:
         return len(self.latencies)
+
+    @property
+    def unit_times(self) -> list[float]:
+        """Seconds per image of each worker call, from the steady flow of deliveries.
+
+        The gap between one call's last delivery and the next one's (the first counted
+        from the release) is what that call cost end to end — dispatch, generation,
+        events, SQLite, delivery — shared by the images of the call.
+        """
+        done = sorted((max(self.delivered_at[j] for j in b), len(b)) for b in self.batches)
+        out, previous = [], self.released_at
+        for finished, size in done:
+            out.extend([(finished - previous) / size] * size)
+            previous = finished
+        return out
 
     def served(self) -> list[list[JobSpec]]:
         return [[self.specs[j] for j in batch] for batch in self.batches]
@@ -218,6 +235,8 @@ class FullPath:
                 str(j): str(self.settings.data_dir / (self.delivery.results[j].output_path or ""))
                 for j in submitted
             },
+            released_at=released,
+            delivered_at={str(j): delivered[j] for j in submitted},
         )
 
     async def idle(self, timeout: float = 60.0) -> None:

@@ -56,26 +56,37 @@ def vm_hwm_bytes(pid: int) -> int | None:
     return None
 
 
-class RssSampler:
-    """Samples the RSS of named processes every 50 ms; keeps each name's peak.
+class ProcessSampler:
+    """Samples named processes every 50 ms: peak RSS per name, CPU seconds per process.
 
-    A name may point at several processes over time (a restarted worker): the peak is
-    the largest seen. `note_hwm` adds the kernel's own peak just before a process ends.
+    A name may point at several processes over time (a restarted worker): the peak is the
+    largest seen. `note_hwm` adds the kernel's own peak just before a process ends. The CPU
+    figures tell how much of the machine *other* programs used during the run, since on a
+    shared machine that is what makes timings wobble.
     """
 
     def __init__(self, interval: float = SAMPLE_S) -> None:
         self.interval = interval
         self.peaks: dict[str, int] = {}
         self._procs: dict[str, psutil.Process] = {}
+        self._cpu: dict[int, tuple[float, float]] = {}  # pid → (first, last) CPU seconds
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
+        self._started = 0.0
+        self._system_start = 0.0
+        self.elapsed = 0.0
+        self.others_cores = float("nan")
 
-    def watch(self, name: str, pid: int | None) -> None:
+    def watch(self, name: str, pid: int | None, *, started_in_window: bool = True) -> None:
+        """Sample `pid` as `name`; `started_in_window`: all its CPU time counts as ours."""
         if pid is None:
             return
         with self._lock, contextlib.suppress(psutil.Error):
-            self._procs[name] = psutil.Process(pid)
+            proc = psutil.Process(pid)
+            self._procs[name] = proc
+            now = _cpu_seconds(proc)
+            self._cpu.setdefault(pid, (0.0 if started_in_window else now, now))
 
     def note_hwm(self, name: str, pid: int | None) -> None:
         """Fold in the kernel's peak RSS of `pid` (call before it exits)."""
@@ -83,22 +94,48 @@ class RssSampler:
         if peak is not None:
             with self._lock:
                 self.peaks[name] = max(self.peaks.get(name, 0), peak)
+        self._sample()
 
     def start(self) -> None:
+        self._started = time.monotonic()
+        self._system_start = _system_busy()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2.0)
+        self._sample()
+        self.elapsed = time.monotonic() - self._started
+        ours = sum(last - first for first, last in self._cpu.values())
+        others = _system_busy() - self._system_start - ours
+        self.others_cores = max(0.0, others) / self.elapsed if self.elapsed > 0 else float("nan")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            with self._lock:
-                procs = list(self._procs.items())
-            for name, proc in procs:
-                try:
+            self._sample()
+
+    def _sample(self) -> None:
+        with self._lock:
+            procs = list(self._procs.items())
+        for name, proc in procs:
+            try:
+                with proc.oneshot():
                     rss = proc.memory_info().rss
-                except psutil.Error:
-                    continue
-                with self._lock:
-                    self.peaks[name] = max(self.peaks.get(name, 0), rss)
+                    cpu = _cpu_seconds(proc)
+            except psutil.Error:
+                continue
+            with self._lock:
+                self.peaks[name] = max(self.peaks.get(name, 0), rss)
+                first, _ = self._cpu.get(proc.pid, (cpu, cpu))
+                self._cpu[proc.pid] = (first, cpu)
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def _system_busy() -> float:
+    """CPU seconds all cores spent on anything but idling since boot."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))

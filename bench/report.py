@@ -53,3 +53,160 @@ def rounded(value: Any, digits: int = 3) -> Any:
 
 def json_line(figures: dict[str, Any]) -> str:
     return json.dumps(rounded(figures), separators=(", ", ": "))
+
+
+TARGETS = {"ratio_unbatched": 0.90, "ratio_batched": 1.25, "ratio_on_off": 0.95}
+
+
+def _target(name: str, value: float, wall: float) -> str:
+    target = TARGETS[name]
+    return (
+        f"    ratio         {value:.3f}   target ≥ {target:.2f}  {verdict(value, target)}"
+        f"   (by wall time {wall:.3f})"
+    )
+
+
+def _mode(label: str, m: dict[str, Any], extra: str = "") -> str:
+    return (
+        f"    {label:<13} {m['ips']:7.3f} img/s  ({m['per_image_p50_s']:.2f} s/img p50; "
+        f"wall {m['ips_wall']:.3f} img/s){extra}"
+    )
+
+
+def _latency(m: dict[str, Any]) -> str:
+    return (
+        f"    job latency   queued → delivered p50 {m['latency_p50_s']:.2f} s  "
+        f"p95 {m['latency_p95_s']:.2f} s; dispatched → delivered p50 {m['service_p50_s']:.2f} s"
+    )
+
+
+def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The report's lines and the headline figures (for the JSON line) of a run's results."""
+    from pipeline.request import plan_steps
+
+    total, effective = plan_steps(opts.steps, opts.strength)
+    engine, direct = r.get("engine"), r["direct_info"]
+    lines = [
+        "",
+        f"model {r['model']} ({getattr(engine, 'pipeline_class', '?')})",
+        f"worker on {getattr(engine, 'device', '?')}/{getattr(engine, 'dtype', '?')} "
+        f"(compile={opts.compile}, channels_last={opts.channels_last}); direct loop on "
+        f"{direct['device']}/{direct['dtype']}; {direct['threads']} torch threads, "
+        f"{r['cpus']} CPUs",
+        f"{total} steps × strength {opts.strength} → {effective} denoising steps, guidance "
+        f"{opts.guidance}; {opts.rounds} rounds per scenario, modes alternating",
+        "img/s = 1 / median seconds per image (wall = images / total time; see README)",
+    ]
+    figures: dict[str, Any] = {
+        "device": getattr(engine, "device", None),
+        "dtype": getattr(engine, "dtype", None),
+        "denoising_steps": effective,
+    }
+    if "big" in r:
+        b = r["big"]
+        d, f, fb = b["direct"], b["full"], b["batched"]
+        o = b["outputs"]
+        same = (
+            "identical"
+            if o["max"] == 0
+            else f"differ by at most {o['max']:.0f}/255 in {o['share']:.2%} of values"
+        )
+        lines += [
+            "",
+            f"[1] {opts.size} px, batching off (MAX_BATCH=1): {f['images']} images per path",
+            _mode("direct loop", d),
+            _mode("full path", f),
+            _target("ratio_unbatched", b["ratio_unbatched"], b["ratio_unbatched_wall"]),
+            _latency(f),
+            f"    first image, direct loop vs full path: {same}",
+            "",
+            f"[3] {opts.size} px, batching on (MAX_BATCH={opts.max_batch}) vs off, full path",
+            _mode("batched", fb, f"  worker calls of {fb['batch_sizes']}"),
+            _target("ratio_on_off", b["ratio_on_off"], b["ratio_on_off_wall"]),
+            _latency(fb),
+        ]
+        figures |= {
+            "ratio_unbatched": b["ratio_unbatched"],
+            "ratio_on_off": b["ratio_on_off"],
+            "ratio_unbatched_wall": b["ratio_unbatched_wall"],
+            "ratio_on_off_wall": b["ratio_on_off_wall"],
+            "direct_ips": d["ips"],
+            "full_ips": f["ips"],
+            "full_batched_ips": fb["ips"],
+            "latency_p50_s": f["latency_p50_s"],
+            "latency_p95_s": f["latency_p95_s"],
+            "first_image_max_diff": o["max"],
+        }
+    if "small" in r:
+        s = r["small"]
+        d, fb = s["direct"], s["batched"]
+        lines += [
+            "",
+            f"[2] {opts.small_size} px, {opts.n_small} same-shape jobs queued, MAX_BATCH="
+            f"{opts.max_batch} vs the direct loop unbatched: {fb['images']} images per path",
+            _mode("direct loop", d),
+            _mode("full batched", fb, f"  worker calls of {fb['batch_sizes']}"),
+            _target("ratio_batched", s["ratio_batched"], s["ratio_batched_wall"]),
+            _latency(fb),
+        ]
+        figures |= {
+            "ratio_batched": s["ratio_batched"],
+            "ratio_batched_wall": s["ratio_batched_wall"],
+            "direct_small_ips": d["ips"],
+            "full_batched_small_ips": fb["ips"],
+            "batched_latency_p50_s": fb["latency_p50_s"],
+            "batched_latency_p95_s": fb["latency_p95_s"],
+        }
+    if "sweep" in r:
+        sw = r["sweep"]
+        lines += [
+            "",
+            f"[sweep] {opts.size} px, {opts.n_sweep} queued jobs a round; direct loop unbatched "
+            f"{sw['direct']['ips']:.3f} img/s",
+            "    MAX_BATCH  full img/s  ratio  direct same-batch img/s  latency p50/p95 s  "
+            "lag p99 ms",
+        ]
+        for b in opts.sweep:
+            row = sw[str(b)]
+            lines.append(
+                f"    {b:>9}  {row['ips']:>10.3f}  {row['ratio']:>5.2f}  "
+                f"{row['direct_batched_ips']:>23.3f}  {row['latency_p50_s']:>7.2f}/"
+                f"{row['latency_p95_s']:<8.2f}  {row['lag_p99_ms']:>10.2f}"
+            )
+        keys = ("ips", "ratio", "direct_batched_ips", "latency_p50_s", "lag_p99_ms")
+        figures["sweep"] = {str(b): {k: sw[str(b)][k] for k in keys} for b in opts.sweep}
+        figures["sweep"]["direct_ips"] = sw["direct"]["ips"]
+    lag, rss = r["lag"], r["rss"]
+    lag_max = max(lag, default=math.nan)
+    lines += [
+        "",
+        f"event-loop lag while the worker is busy (10 ms ticker, {len(lag)} ticks): "
+        f"p50 {percentile(lag, 50):.2f} ms  p99 {percentile(lag, 99):.2f} ms  max {lag_max:.2f} ms",
+        "peak RSS: bot side {:.0f} MiB, worker {:.0f} MiB, direct loop {:.0f} MiB".format(
+            mib(rss.get("bot", 0)), mib(rss.get("worker", 0)), mib(rss.get("direct", 0))
+        ),
+    ]
+    figures |= {
+        "lag_p50_ms": percentile(lag, 50),
+        "lag_p99_ms": percentile(lag, 99),
+        "lag_max_ms": lag_max,
+        "rss_bot_mib": mib(rss.get("bot", 0)),
+        "rss_worker_mib": mib(rss.get("worker", 0)),
+        "rss_direct_mib": mib(rss.get("direct", 0)),
+    }
+    if "burst" in r:
+        bu = r["burst"]
+        lines += [
+            f"two-guild burst (A queues 6, then B 2): MAX_BATCH=1 served {bu['unbatched']}",
+            f"{'':>39} MAX_BATCH={opts.max_batch} served {bu['batched']}",
+        ]
+        figures |= {"burst_order": bu["unbatched"], "burst_order_batched": bu["batched"]}
+    others = r["others_cores"]
+    lines.append(
+        f"other programs used {others:.2f} of {r['cpus']} CPUs on average during the run"
+        + ("  (busy machine: figures are noisy)" if others > 0.25 else "")
+    )
+    lines.append(f"total {r['seconds']:.0f} s")
+    missed = [k for k, t in TARGETS.items() if k in figures and not figures[k] >= t]
+    figures |= {"others_cpus": others, "seconds": r["seconds"], "targets_missed": missed}
+    return lines, figures

@@ -1,0 +1,193 @@
+"""`python -m bench` (`make bench`): the bot's full job path against a plain diffusers loop.
+
+Scenarios (same model, device and inputs for both paths, in one run):
+  1. SIZE px, batching off (MAX_BATCH=1): full path vs direct loop → ratio_unbatched (≥ 0.90)
+  2. N_SMALL same-shape SMALL_SIZE px jobs queued, MAX_BATCH on, vs the direct unbatched
+     loop → ratio_batched (≥ 1.25)
+  3. SIZE px, batching on vs off on the full path → ratio_on_off (≥ 0.95: never slower)
+plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
+which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs).
+
+Every flag has an environment variable (in brackets); flags win. The last line printed is
+one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench.direct import DirectRunner
+from bench.fullpath import FullPath
+from bench.logs import stderr_to
+from bench.monitor import LagTicker, ProcessSampler
+from bench.options import Options, parse_args
+from bench.report import json_line, render
+from bench.scenarios import (
+    Bench,
+    Lag,
+    Params,
+    batched_vs_direct,
+    burst_order,
+    sweep,
+    unbatched_and_batched,
+)
+
+BURST_STEPS = 4  # the burst only shows an order: 2 denoising steps are plenty
+
+
+def note(text: str) -> None:
+    """Progress for the person waiting; on stderr, so stdout holds only the report."""
+    print(f"… {text}", file=sys.stderr, flush=True)
+
+
+class Run:
+    """One benchmark run: owns the processes, the samplers and the working folder."""
+
+    def __init__(self, opts: Options, work: Path) -> None:
+        self.opts = opts
+        self.work = work
+        self.log = work / "bench.log"
+        self.procs = ProcessSampler()
+        self.full: FullPath | None = None
+        self.bench: Bench | None = None
+        self.ticker = LagTicker(self._busy)
+
+    def _busy(self) -> bool:
+        """The lag ticker counts only while a timed full-path batch is in the worker."""
+        return bool(
+            self.bench is not None
+            and self.bench.measuring
+            and self.full is not None
+            and self.full.worker.generating
+        )
+
+    async def model(self) -> str:
+        if self.opts.model:
+            return self.opts.model
+        path = self.work / "tiny-model"
+        note(f"building the tiny model in {path}")
+        with self.log.open("ab") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pipeline", "make-tiny", str(path), stdout=log, stderr=log
+            )
+            if await proc.wait() != 0:
+                raise RuntimeError(f"make-tiny failed; see {self.log}")
+        return str(path)
+
+    async def start_full(self, model: str, resolution: int) -> FullPath:
+        o = self.opts
+        settings = FullPath.settings_for(
+            self.work / f"data-{resolution}",
+            model_id=model,
+            device=o.device,
+            dtype=o.dtype,
+            compile=o.compile,
+            channels_last=o.channels_last,
+            resolution=resolution,
+            max_batch=o.max_batch,
+        )
+        full = FullPath(settings)
+        note(f"starting the worker ({resolution} px)")
+        with stderr_to(self.log):
+            await full.start()
+        self.procs.watch("worker", full.worker.pid)
+        self.full = full
+        return full
+
+    async def stop_full(self) -> None:
+        if self.full is not None:
+            self.procs.note_hwm("worker", self.full.worker.pid)
+            await self.full.stop()
+            self.full = None
+
+    async def execute(self) -> dict[str, Any]:
+        o = self.opts
+        started = time.perf_counter()
+        model = await self.model()
+        self.procs.watch("bot", os.getpid(), started_in_window=False)
+        self.procs.start()
+        self.ticker.start()
+        direct = DirectRunner(model, device=o.device, dtype=o.dtype)
+        note("starting the direct loop's process")
+        with stderr_to(self.log):
+            info = await direct.start()
+        self.procs.watch("direct", direct.pid)
+        lag = Lag(lambda: self.ticker.samples_ms)
+        self.bench = Bench(direct, Params(o.steps, o.strength, o.guidance), lag, self.work, note)
+        r: dict[str, Any] = {"model": model, "direct_info": info, "cpus": psutil.cpu_count()}
+        try:
+            if o.only & {"big", "sweep"}:
+                full = await self.start_full(model, o.size)
+                r["engine"] = full.worker.info
+                if "big" in o.only:
+                    r["big"] = await unbatched_and_batched(
+                        self.bench, full, o.size, o.n, o.rounds, o.max_batch
+                    )
+                if "sweep" in o.only:
+                    r["sweep"] = await sweep(self.bench, full, o.size, o.n_sweep, o.rounds, o.sweep)
+                await self.stop_full()
+            if o.only & {"small", "burst"}:
+                full = await self.start_full(model, o.small_size)
+                r.setdefault("engine", full.worker.info)
+                if "small" in o.only:
+                    r["small"] = await batched_vs_direct(
+                        self.bench, full, o.small_size, o.n_small, o.rounds, o.max_batch
+                    )
+                if "burst" in o.only:
+                    note("two-guild burst")
+                    params = Params(BURST_STEPS, o.strength, o.guidance)
+                    r["burst"] = await burst_order(full, params, o.small_size, o.max_batch)
+        finally:
+            await self.stop_full()
+            self.procs.note_hwm("direct", direct.pid)
+            await direct.stop()
+            await self.ticker.stop()
+            self.procs.note_hwm("bot", os.getpid())
+            self.procs.stop()
+        bot_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        r["rss"] = {**self.procs.peaks, "bot": max(self.procs.peaks.get("bot", 0), bot_peak)}
+        r["others_cores"] = self.procs.others_cores
+        r["lag"] = lag.all()
+        r["seconds"] = time.perf_counter() - started
+        return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv, __doc__ or "")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    work = opts.out or Path(tempfile.mkdtemp(prefix="img2img-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    run = Run(opts, work)
+    try:
+        results = asyncio.run(run.execute())
+    except Exception as exc:
+        print(f"bench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if run.log.exists():
+            tail = run.log.read_text(errors="replace").splitlines()[-25:]
+            print(f"last lines of {run.log}:", *tail, sep="\n  ", file=sys.stderr)
+        print(f"files kept in {work}", file=sys.stderr)
+        return 1
+    lines, figures = render(opts, results)
+    print("\n".join(lines), flush=True)
+    if opts.out is None:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"outputs and logs in {work}")
+    print(json_line(figures), flush=True)
+    return 1 if opts.strict and figures["targets_missed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
