@@ -22,9 +22,22 @@ def _bot(interaction: discord.Interaction[Any]) -> ImgBot:
     return cast("ImgBot", interaction.client)
 
 
-class VariantButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:v:(?P<sign>[mp]):(?P<job>\d+)"
-):
+Button = discord.ui.Button[Any]
+
+
+class _JobItem:
+    """Every button here carries a job id in its custom_id; this parses it back."""
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: Button, match: re.Match[str]
+    ) -> Any:
+        return cls(int(match["job"]))  # type: ignore[call-arg]
+
+
+class VariantButton(discord.ui.DynamicItem[Button], template=r"i2i:v:(?P<sign>[mp]):(?P<job>\d+)"):
+    """−0.15 / +0.15: the same job at a new strength, for whoever clicks."""
+
     def __init__(self, job_id: int, sign: str, strength: float) -> None:
         delta = STEP if sign == "p" else -STEP
         super().__init__(
@@ -35,41 +48,33 @@ class VariantButton(
                 disabled=variant_strength(strength, delta) is None,
             )
         )
-        self.job_id, self.sign = job_id, sign
+        self.job_id, self.delta = job_id, delta
 
     @classmethod
     async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
-        match: re.Match[str],
+        cls, interaction: discord.Interaction[Any], item: Button, match: re.Match[str]
     ) -> VariantButton:
+        # the label is not needed to handle a click; the stored job has the strength
         return cls(int(match["job"]), match["sign"], 0.5)
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        delta = STEP if self.sign == "p" else -STEP
-        await _bot(interaction).actions.variant(interaction, self.job_id, delta)
+        await _bot(interaction).actions.variant(interaction, self.job_id, self.delta)
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:r:(?P<job>\d+)"):
+class RerollButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:r:(?P<job>\d+)"):
+    """The same job with a new seed."""
+
     def __init__(self, job_id: int) -> None:
         super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", custom_id=f"i2i:r:{job_id}"))
         self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
-        match: re.Match[str],
-    ) -> RerollButton:
-        return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await _bot(interaction).actions.reroll(interaction, self.job_id)
 
 
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:d:(?P<job>\d+)"):
+class DeleteButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:d:(?P<job>\d+)"):
+    """Remove a result (the requester or Manage Messages)."""
+
     def __init__(self, job_id: int) -> None:
         super().__init__(
             discord.ui.Button(
@@ -81,39 +86,16 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2
         )
         self.job_id = job_id
 
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
-        match: re.Match[str],
-    ) -> DeleteButton:
-        return cls(int(match["job"]))
-
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await _bot(interaction).actions.delete(interaction, self.job_id)
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:c:(?P<job>\d+)"):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Cancel",
-                emoji="✖️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"i2i:c:{job_id}",
-            )
-        )
-        self.job_id = job_id
+class CancelButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:c:(?P<job>\d+)"):
+    """Take a waiting job out of the queue, or stop a running one at the next step."""
 
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Button[Any],
-        match: re.Match[str],
-    ) -> CancelButton:
-        return cls(int(match["job"]))
+    def __init__(self, job_id: int) -> None:
+        super().__init__(discord.ui.Button(label="Cancel", emoji="✖️", custom_id=f"i2i:c:{job_id}"))
+        self.job_id = job_id
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await _bot(interaction).actions.cancel(interaction, self.job_id)
