@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
-from pipeline.prepare import check_declared_size, load_input
 
 from bot.buttons import cancel_view
 from bot.errors import UserError
@@ -22,6 +21,7 @@ from bot.jobs import NewJob
 from bot.render import job_summary, queue_text
 from bot.store import Job
 from bot.variants import variant_strength
+from pipeline.prepare import check_declared_size, load_input
 from pipeline.request import InputError, check_prompt, check_seed, check_steps, check_strength
 
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosqlite
-from pipeline.prepare import target_size
 
 from bot.errors import UserError
 from bot.render import progress_text, queue_text
@@ -25,6 +24,7 @@ from bot.status import StatusBoard
 from bot.store import ACTIVE_STATES, Job, Store
 from config import Settings
 from pipeline.fair_queue import Caps, FairQueue, QueuedJob, QueueFull
+from pipeline.prepare import target_size
 from pipeline.request import MAX_SEED, GenerationRequest, plan_steps
 from pipeline.worker import (
     BatchDone,
