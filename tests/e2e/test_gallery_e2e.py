@@ -356,6 +356,11 @@ async def test_pruned_files_are_flagged_and_variants_say_so(
     job_id = int(result["embeds"][0]["footer"]["text"].rsplit("#", 1)[-1])
     job = await bot.store.get_job(job_id)
     assert job is not None and job.output_path
+
+    async def in_gallery() -> bool:  # the finished hook runs just after the result is posted
+        return await gallery_cog(bot).entries.get(world.guild, job_id) is not None
+
+    await eventually(in_gallery, True)
     data = bot.settings.data_dir
     # just made: too young to prune even over the cap
     assert (data / job.output_path).exists() and (data / job.input_path).exists()
