@@ -124,7 +124,7 @@ class JobService:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._progress: dict[int, tuple[int, int]] = {}
-        self._batch_started = 0.0
+        self._cancel_requested: set[str] = set()
 
     @property
     def data_dir(self) -> Path:
@@ -205,6 +205,9 @@ class JobService:
             self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
             self._refresh_positions()
             return "Cancelled; it left the queue and did not count against your quota."
+        # It may be between the queue and the worker (being dispatched): remember the
+        # request so `_dispatch` passes it on once the worker has the job.
+        self._cancel_requested.add(str(job_id))
         self.worker.cancel(str(job_id))
         return "Stopping it at the next step."
 
@@ -291,8 +294,10 @@ class JobService:
                 await self.store.update_job_in(db, job_id, state="running", started_at=now)
                 job = await self._get(db, job_id)
                 requests.append(self._request(job))
-        self._batch_started = time.monotonic()
         self.worker.submit(requests)
+        for request in requests:
+            if request.job_id in self._cancel_requested:
+                self.worker.cancel(request.job_id)
         for queued in batch:
             self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
         self._refresh_positions()
@@ -367,6 +372,7 @@ class JobService:
         """Record a job's final state (and refund, via counted=0) and drop its status."""
         self.status.forget(job_id)
         self._progress.pop(job_id, None)
+        self._cancel_requested.discard(str(job_id))
         self.queue.finish(str(job_id))
         async with self.store.transaction() as db:
             await self.store.update_job_in(db, job_id, finished_at=self.clock(), **values)
