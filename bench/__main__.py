@@ -61,6 +61,7 @@ class Run:
         self.procs = ProcessSampler()
         self.full: FullPath | None = None
         self.bench: Bench | None = None
+        self.engine: object | None = None  # the first worker's EngineInfo
         self.ticker = LagTicker(self._busy)
 
     def _busy(self) -> bool:
@@ -111,6 +112,40 @@ class Run:
             await self.full.stop()
             self.full = None
 
+    async def sections(self, model: str, r: dict[str, Any]) -> None:
+        """Run the chosen sections, storing each one's results in `r` as it finishes.
+
+        The headline scenarios come first, so a run cut short by a time limit still has
+        them; the worker is restarted when the resolution changes (the engine's is fixed).
+        """
+        o, bench = self.opts, self.bench
+        assert bench is not None
+        if "big" in o.only:
+            full = await self.use_full(model, o.size)
+            r["big"] = await unbatched_and_batched(bench, full, o.size, o.n, o.rounds, o.max_batch)
+        if "small" in o.only:
+            full = await self.use_full(model, o.small_size)
+            r["small"] = await batched_vs_direct(
+                bench, full, o.small_size, o.n_small, o.rounds, o.max_batch
+            )
+        if "burst" in o.only:
+            full = await self.use_full(model, o.small_size)
+            note("two-guild burst")
+            params = Params(BURST_STEPS, o.strength, o.guidance)
+            r["burst"] = await burst_order(full, params, o.small_size, o.max_batch)
+        if "sweep" in o.only:
+            full = await self.use_full(model, o.size)
+            r["sweep"] = await sweep(bench, full, o.size, o.n_sweep, o.rounds, o.sweep)
+
+    async def use_full(self, model: str, resolution: int) -> FullPath:
+        """The running full path if it has this resolution, else a fresh one."""
+        if self.full is not None and self.full.settings.resolution == resolution:
+            return self.full
+        await self.stop_full()
+        full = await self.start_full(model, resolution)
+        self.engine = self.engine or full.worker.info
+        return full
+
     async def execute(self) -> dict[str, Any]:
         o = self.opts
         started = time.perf_counter()
@@ -126,38 +161,30 @@ class Run:
         lag = Lag(lambda: self.ticker.samples_ms)
         self.bench = Bench(direct, Params(o.steps, o.strength, o.guidance), lag, self.work, note)
         r: dict[str, Any] = {"model": model, "direct_info": info, "cpus": psutil.cpu_count()}
+        quick = False
         try:
-            if o.only & {"big", "sweep"}:
-                full = await self.start_full(model, o.size)
-                r["engine"] = full.worker.info
-                if "big" in o.only:
-                    r["big"] = await unbatched_and_batched(
-                        self.bench, full, o.size, o.n, o.rounds, o.max_batch
-                    )
-                if "sweep" in o.only:
-                    r["sweep"] = await sweep(self.bench, full, o.size, o.n_sweep, o.rounds, o.sweep)
-                await self.stop_full()
-            if o.only & {"small", "burst"}:
-                full = await self.start_full(model, o.small_size)
-                r.setdefault("engine", full.worker.info)
-                if "small" in o.only:
-                    r["small"] = await batched_vs_direct(
-                        self.bench, full, o.small_size, o.n_small, o.rounds, o.max_batch
-                    )
-                if "burst" in o.only:
-                    note("two-guild burst")
-                    params = Params(BURST_STEPS, o.strength, o.guidance)
-                    r["burst"] = await burst_order(full, params, o.small_size, o.max_batch)
+            await self.sections(model, r)
+        except asyncio.CancelledError:
+            # Ctrl+C or gpu.sh's time limit: report the sections that finished.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            r["interrupted"] = True
+            quick = True
+            note("interrupted: reporting the sections that finished")
         finally:
+            if quick and self.full is not None:
+                await self.full.worker.stop(timeout=2.0)
             await self.stop_full()
             self.procs.note_hwm("direct", direct.pid)
-            await direct.stop()
+            await direct.stop(quick=quick)
             await self.ticker.stop()
             self.procs.note_hwm("bot", os.getpid())
             self.procs.stop()
         bot_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         r["rss"] = {**self.procs.peaks, "bot": max(self.procs.peaks.get("bot", 0), bot_peak)}
         r["others_cores"] = self.procs.others_cores
+        r["engine"] = self.engine
         r["lag"] = lag.all()
         r["seconds"] = time.perf_counter() - started
         return r

@@ -165,12 +165,13 @@ class DirectRunner:
 
         return await asyncio.to_thread(wait)
 
-    async def stop(self) -> None:
-        if self._conn is not None:
+    async def stop(self, *, quick: bool = False) -> None:
+        """End the process: after its current run, or at once if `quick`."""
+        if self._conn is not None and not quick:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("stop",))
         if self._proc is not None:
-            await asyncio.to_thread(self._proc.join, 10.0)
+            await asyncio.to_thread(self._proc.join, 0.0 if quick else 10.0)
             if self._proc.is_alive():
                 self._proc.kill()
                 await asyncio.to_thread(self._proc.join, 5.0)

@@ -104,7 +104,7 @@ class FullRun:
     """One timed burst through the full path."""
 
     wall: float  # from the burst's release to the last delivery
-    latencies: list[float]  # submit → delivered, per job
+    latencies: list[float]  # queued (from the release) → delivered, per job
     service_times: list[float]  # dispatched to the worker → delivered, per job
     batches: list[tuple[str, ...]]  # job ids of each worker call, in dispatch order
     specs: dict[str, JobSpec] = field(default_factory=dict)  # job id → spec

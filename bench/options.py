@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None, description: str) -> Options:
         default=int(_env("BENCH_SMALL_SIZE", "256")),
         help="[BENCH_SMALL_SIZE] px, scenario 2 and the burst",
     )
-    add("--n", type=int, default=int(_env("BENCH_N", "4")), help="[BENCH_N] SIZE px jobs a round")
+    add("--n", type=int, default=int(_env("BENCH_N", "8")), help="[BENCH_N] SIZE px jobs a round")
     add(
         "--n-small",
         type=int,

@@ -206,6 +206,9 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         f"other programs used {others:.2f} of {r['cpus']} CPUs on average during the run"
         + ("  (busy machine: figures are noisy)" if others > 0.25 else "")
     )
+    if r.get("interrupted"):
+        lines.append("INTERRUPTED: only the sections shown above finished")
+        figures["interrupted"] = True
     lines.append(f"total {r['seconds']:.0f} s")
     missed = [k for k, t in TARGETS.items() if k in figures and not figures[k] >= t]
     figures |= {"others_cpus": others, "seconds": r["seconds"], "targets_missed": missed}

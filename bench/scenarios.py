@@ -167,18 +167,25 @@ class Bench:
         self.lag.add(label, since)
         return run
 
-    async def warm(self, full: FullPath, jobs: Sequence[JobSpec], batches: Sequence[int]) -> None:
-        """One call per batch size on both paths, untimed."""
-        for b in batches:
+    async def warm(
+        self,
+        full: FullPath,
+        jobs: Sequence[JobSpec],
+        batches: Sequence[int],
+        direct_batches: Sequence[int] = (1,),
+    ) -> None:
+        """One untimed call per batch size each path will be timed at."""
+        p = self.params
+        for b in direct_batches:
             await self.direct.run(
                 jobs[:b],
                 batch=b,
-                steps=self.params.steps,
-                strength=self.params.strength,
-                guidance=self.params.guidance,
+                steps=p.steps,
+                strength=p.strength,
+                guidance=p.guidance,
                 out_dir=str(self._warm_dir()),
             )
-            p = self.params
+        for b in batches:
             await full.run(
                 jobs[:b], max_batch=b, steps=p.steps, strength=p.strength, guidance=p.guidance
             )
@@ -247,8 +254,8 @@ async def batched_vs_direct(
     data_dir = full.settings.data_dir
     warm = make_jobs(data_dir, size, max_batch, tag=f"warm{size}", seed0=500)
     jobs = make_jobs(data_dir, size, n, tag=f"small{size}")
-    bench.note(f"{size} px: warming up (batch 1 and {max_batch})")
-    await bench.warm(full, warm, sorted({1, max_batch}))
+    bench.note(f"{size} px: warming up (direct 1, full path {max_batch})")
+    await bench.warm(full, warm, [max_batch])
     direct, batched = ModeResult("direct"), ModeResult("batched")
 
     async def d() -> None:
@@ -302,7 +309,7 @@ async def sweep(
     warm = make_jobs(data_dir, size, max(batches), tag=f"warmsweep{size}", seed0=700)
     jobs = make_jobs(data_dir, size, n, tag=f"sweep{size}")
     bench.note(f"sweep at {size} px: warming up batch sizes {list(batches)}")
-    await bench.warm(full, warm, sorted({1, *batches}))
+    await bench.warm(full, warm, sorted({1, *batches}), sorted({1, *batches}))
     direct1 = ModeResult("direct")
     modes: dict[int, tuple[ModeResult, ModeResult]] = {
         b: (ModeResult(f"full{b}"), ModeResult(f"direct{b}")) for b in batches
