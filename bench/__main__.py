@@ -185,6 +185,7 @@ class Run:
         r["rss"] = {**self.procs.peaks, "bot": max(self.procs.peaks.get("bot", 0), bot_peak)}
         r["others_cores"] = self.procs.others_cores
         r["engine"] = self.engine
+        r["bot_side_torch"] = "torch" in sys.modules  # must stay False: the bot never loads it
         r["lag"] = lag.all()
         r["seconds"] = time.perf_counter() - started
         return r

@@ -182,8 +182,11 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         "",
         f"event-loop lag while the worker is busy (10 ms ticker, {len(lag)} ticks): "
         f"p50 {percentile(lag, 50):.2f} ms  p99 {percentile(lag, 99):.2f} ms  max {lag_max:.2f} ms",
-        "peak RSS: bot side {:.0f} MiB, worker {:.0f} MiB, direct loop {:.0f} MiB".format(
-            mib(rss.get("bot", 0)), mib(rss.get("worker", 0)), mib(rss.get("direct", 0))
+        "peak RSS: bot side {:.0f} MiB{}, worker {:.0f} MiB, direct loop {:.0f} MiB".format(
+            mib(rss.get("bot", 0)),
+            " (torch imported!)" if r.get("bot_side_torch") else " (no torch)",
+            mib(rss.get("worker", 0)),
+            mib(rss.get("direct", 0)),
         ),
     ]
     figures |= {
@@ -193,6 +196,7 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         "rss_bot_mib": mib(rss.get("bot", 0)),
         "rss_worker_mib": mib(rss.get("worker", 0)),
         "rss_direct_mib": mib(rss.get("direct", 0)),
+        "bot_side_torch": bool(r.get("bot_side_torch")),
     }
     if "burst" in r:
         bu = r["burst"]
