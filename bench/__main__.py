@@ -62,6 +62,7 @@ class Run:
         self.full: FullPath | None = None
         self.bench: Bench | None = None
         self.engine: object | None = None  # the first worker's EngineInfo
+        self.starts: dict[str, float] = {}  # process start (model load) seconds
         self.ticker = LagTicker(self._busy)
 
     def _busy(self) -> bool:
@@ -100,8 +101,10 @@ class Run:
         )
         full = FullPath(settings)
         note(f"starting the worker ({resolution} px)")
+        started = time.perf_counter()
         with stderr_to(self.log):
             await full.start()
+        self.starts[f"worker {resolution}px"] = time.perf_counter() - started
         self.procs.watch("worker", full.worker.pid)
         self.full = full
         return full
@@ -155,8 +158,10 @@ class Run:
         self.ticker.start()
         direct = DirectRunner(model, device=o.device, dtype=o.dtype)
         note("starting the direct loop's process")
+        t = time.perf_counter()
         with stderr_to(self.log):
             info = await direct.start()
+        self.starts["direct"] = time.perf_counter() - t
         self.procs.watch("direct", direct.pid)
         lag = Lag(lambda: self.ticker.samples_ms)
         self.bench = Bench(direct, Params(o.steps, o.strength, o.guidance), lag, self.work, note)
@@ -185,6 +190,8 @@ class Run:
         r["rss"] = {**self.procs.peaks, "bot": max(self.procs.peaks.get("bot", 0), bot_peak)}
         r["others_cores"] = self.procs.others_cores
         r["engine"] = self.engine
+        r["starts"] = self.starts
+        r["warmups"] = self.bench.warmups if self.bench is not None else {}
         r["bot_side_torch"] = "torch" in sys.modules  # must stay False: the bot never loads it
         r["lag"] = lag.all()
         r["seconds"] = time.perf_counter() - started

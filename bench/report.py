@@ -210,6 +210,18 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         f"other programs used {others:.2f} of {r['cpus']} CPUs on average during the run"
         + ("  (busy machine: figures are noisy)" if others > 0.25 else "")
     )
+    starts = ", ".join(f"{k} {v:.1f}" for k, v in r.get("starts", {}).items())
+    warm = ", ".join(f"{k} {v:.2f}" for k, v in r.get("warmups", {}).items())
+    lines.append(f"start-up s (model load; COMPILE warm-up in the worker): {starts}")
+    if warm:
+        lines.append(f"first calls s (untimed warm-up): {warm}")
+    figures |= {
+        "worker_start_s": max(
+            (v for k, v in r.get("starts", {}).items() if k.startswith("worker")),
+            default=math.nan,
+        ),
+        "direct_start_s": r.get("starts", {}).get("direct", math.nan),
+    }
     if r.get("interrupted"):
         lines.append("INTERRUPTED: only the sections shown above finished")
         figures["interrupted"] = True

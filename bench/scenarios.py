@@ -138,6 +138,7 @@ class Bench:
         self.out_dir = out_dir
         self.note = note
         self.measuring = False  # a timed full-path run is in progress (the lag ticker's cue)
+        self.warmups: dict[str, float] = {}  # first call's seconds, per path, size and batch
 
     async def run_direct(self, jobs: Sequence[JobSpec], batch: int, label: str) -> DirectRun:
         folder = self.out_dir / "direct" / label
@@ -174,10 +175,15 @@ class Bench:
         batches: Sequence[int],
         direct_batches: Sequence[int] = (1,),
     ) -> None:
-        """One untimed call per batch size each path will be timed at."""
+        """One call per batch size each path will be timed at, outside the timings.
+
+        Their durations are kept in `warmups` (first-call costs: allocation, cuDNN
+        autotuning, torch.compile of a new shape).
+        """
         p = self.params
+        size = jobs[0].width
         for b in direct_batches:
-            await self.direct.run(
+            run = await self.direct.run(
                 jobs[:b],
                 batch=b,
                 steps=p.steps,
@@ -185,10 +191,12 @@ class Bench:
                 guidance=p.guidance,
                 out_dir=str(self._warm_dir()),
             )
+            self.warmups.setdefault(f"direct {size}px b{b}", run.wall)
         for b in batches:
-            await full.run(
+            full_run = await full.run(
                 jobs[:b], max_batch=b, steps=p.steps, strength=p.strength, guidance=p.guidance
             )
+            self.warmups.setdefault(f"full {size}px b{b}", full_run.wall)
 
     def _warm_dir(self) -> Path:
         folder = self.out_dir / "direct" / "warm"
