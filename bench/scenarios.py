@@ -3,8 +3,8 @@
 Every scenario warms both paths up first (the first call at a shape or batch size costs
 allocation, and on a GPU kernel selection or compilation), then runs `rounds` rounds. In a
 round each mode gets the same jobs; the modes' order flips every round (A B C, C B A …) so
-that a slow drift of the machine's load touches every mode alike. Rates are images over
-the summed wall time of all rounds.
+that a slow drift of the machine's load touches every mode alike. Rates come from the
+median seconds per image over all rounds (see `ModeResult`); wall-clock rates are kept too.
 """
 
 from __future__ import annotations
