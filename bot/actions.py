@@ -142,8 +142,13 @@ class Actions:
         return rel, image.width, image.height
 
     def _place(self, job: Job) -> str:
+        """The first status line: its place in the queue, or that it already started."""
         eta = self.bot.jobs.eta(job.id)
-        return queue_text(*eta) if eta else "⏳ Waiting for the worker…"
+        if eta is not None:
+            return queue_text(*eta)
+        if any(q.job_id == str(job.id) for q in self.bot.jobs.queue.running):
+            return "🎨 Starting…"
+        return "⏳ Waiting for the worker…"
 
     # -- buttons ----------------------------------------------------------------------
     async def _source_job(self, interaction: Interaction, job_id: int) -> Job:

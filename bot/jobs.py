@@ -25,7 +25,7 @@ from bot.store import ACTIVE_STATES, Job, Store
 from config import Settings
 from pipeline.fair_queue import Caps, FairQueue, QueuedJob, QueueFull
 from pipeline.prepare import target_size
-from pipeline.request import MAX_SEED, GenerationRequest, plan_steps
+from pipeline.request import MAX_SEED, GenerationRequest, GenerationResult, plan_steps
 from pipeline.worker import (
     BatchDone,
     Cancelled,
@@ -253,23 +253,29 @@ class JobService:
             return
         self._on_ready(info)
         event_task: asyncio.Task[WorkerEvent] | None = None
-        while True:
-            if not self.worker.busy and len(self.queue):
-                await self._dispatch()
-            if event_task is None:
-                event_task = asyncio.create_task(self.worker.next_event())
-            self._wake.clear()
-            wake_task = asyncio.create_task(self._wake.wait())
-            done, _ = await asyncio.wait(
-                {event_task, wake_task}, return_when=asyncio.FIRST_COMPLETED
-            )
-            wake_task.cancel()
-            if event_task in done:
-                event, event_task = event_task.result(), None
-                try:
-                    await self._handle(event)
-                except Exception:
-                    log.exception("handling worker event %r failed", event)
+        wake_task: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                if not self.worker.busy and len(self.queue):
+                    await self._dispatch()
+                if event_task is None:
+                    event_task = asyncio.create_task(self.worker.next_event())
+                self._wake.clear()
+                wake_task = asyncio.create_task(self._wake.wait())
+                done, _ = await asyncio.wait(
+                    {event_task, wake_task}, return_when=asyncio.FIRST_COMPLETED
+                )
+                wake_task.cancel()
+                if event_task in done:
+                    event, event_task = event_task.result(), None
+                    try:
+                        await self._handle(event)
+                    except Exception:
+                        log.exception("handling worker event %r failed", event)
+        finally:
+            for task in (event_task, wake_task):
+                if task is not None:
+                    task.cancel()
 
     def _on_ready(self, info: object) -> None:
         self.resolution = self.settings.resolution or getattr(info, "resolution", 512)
@@ -322,18 +328,11 @@ class JobService:
                 self._progress[job_id] = (event.step, event.total)
                 self.status.set(job_id, progress_text(event.step, event.total))
         elif isinstance(event, Finished):
-            r = event.result
-            job = await self._end(
-                int(r.job_id),
-                state="done",
-                output_path=f"outputs/{r.job_id}.png",
-                steps_run=r.steps_run,
-                steps_total=r.steps_total,
-                seconds=r.seconds,
-                model=self.model_name,
-            )
-            self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * r.seconds
-            self._spawn(self._finish(job))
+            # Recorded and delivered in the background, so the loop gets to BatchDone and
+            # hands the worker its next batch without waiting on SQLite or Discord.
+            self.queue.finish(event.result.job_id)
+            self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * event.result.seconds
+            self._spawn(self._complete(event.result))
         elif isinstance(event, Failed):
             job = await self._end(int(event.job_id), state="failed", counted=0, error=event.message)
             self._spawn(self._deliver(job, self.delivery.deliver_failure, event.message))
@@ -377,6 +376,18 @@ class JobService:
         async with self.store.transaction() as db:
             await self.store.update_job_in(db, job_id, finished_at=self.clock(), **values)
             return await self._get(db, job_id)
+
+    async def _complete(self, r: GenerationResult) -> None:
+        job = await self._end(
+            int(r.job_id),
+            state="done",
+            output_path=f"outputs/{r.job_id}.png",
+            steps_run=r.steps_run,
+            steps_total=r.steps_total,
+            seconds=r.seconds,
+            model=self.model_name,
+        )
+        await self._finish(job)
 
     async def _finish(self, job: Job) -> None:
         await self._deliver(job, self.delivery.deliver_result)

@@ -569,6 +569,9 @@ class WorkerClient:
                         f"{self.config.model_id!r} was loaded."
                     )
                 )
+                # start() may have been cancelled (the bot is closing): nobody else will
+                # read it, and asyncio would log it as never retrieved.
+                self._ready.exception()
             return
         if self._stopping and not lost:
             return

@@ -36,10 +36,11 @@ async def test_login_syncs_commands(fd: FakeDiscord, world: World, make_bot: Bot
 async def test_img2img_defers_shows_progress_and_posts_result(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
-    bot = await make_bot(progress_interval_s=0.0)
+    # 256 px and 75 denoising steps: long enough for several progress edits on any machine
+    bot = await make_bot(progress_interval_s=0.0, resolution=256)
     handle = await slash_img2img(
         fd, world.guild, world.channel, world.alice, negative_prompt="blurry", strength=0.5,
-        seed=1234, steps=8,
+        seed=1234, steps=150,
     )  # fmt: skip
     response = await handle.response()
     assert response["type"] == 5 and response["data"]["flags"] & EPHEMERAL
@@ -52,16 +53,16 @@ async def test_img2img_defers_shows_progress_and_posts_result(
     # its history shows the queue place, then the progress bar with step k of n
     texts = [h.get("content") or "" for h in result["history"]]
     assert any("in this server's queue" in t or "Starting" in t for t in texts), texts
-    assert any("step" in t and "of 4" in t for t in texts), texts
+    assert any("step" in t and "of 75" in t for t in texts), texts
 
     png = Image.open(io.BytesIO(fd.attachment_bytes(result)))
-    assert png.format == "PNG" and png.size == (128, 104)  # 320×256 kept its aspect
+    assert png.format == "PNG" and png.size == (256, 208)  # 320×256 kept its aspect
     fields = embed_fields(result)
     assert fields["Prompt"] == "a watercolor fox"
     assert fields["Negative prompt"] == "blurry"
     assert fields["Strength"] == "0.50"
     assert fields["Seed"] == "1234"
-    assert fields["Steps"] == "4 of 8"
+    assert fields["Steps"] == "75 of 150"
     labels = [b["label"] for b in buttons(result)]
     assert labels == ["−0.15 → 0.35", "+0.15 → 0.65", "Reroll", "Delete"]
 

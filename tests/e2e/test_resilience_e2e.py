@@ -128,13 +128,13 @@ async def test_gateway_disconnect_and_resume_during_a_job(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
     bot = await make_bot()
-    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=40)
+    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, steps=150)
     await wait_status(fd, handle, "step")
     with worker_paused(bot):  # the job is surely still running while the gateway drops
         await fd.disconnect(4000)
         await fd.wait_resumed()
     result = await wait_result(fd, handle)
-    assert embed_fields(result)["Steps"] == "20 of 40"
+    assert embed_fields(result)["Steps"] == "75 of 150"
     assert fd.identify_count == 1 and fd.resume_count >= 1
     help_after = await fd.send_slash(world.guild, world.channel, world.bob, "help")
     assert (await help_after.wait_original())["ephemeral"]
