@@ -21,6 +21,7 @@ from bot.jobs import NewJob
 from bot.render import job_summary, queue_text
 from bot.store import Job
 from bot.variants import variant_strength
+from config import Settings
 from pipeline.prepare import check_declared_size, load_input
 from pipeline.request import InputError, check_prompt, check_seed, check_steps, check_strength
 
@@ -42,7 +43,7 @@ class Actions:
         self.bot = bot
 
     @property
-    def settings(self):
+    def settings(self) -> Settings:
         return self.bot.settings
 
     async def _say(self, interaction: Interaction, text: str) -> None:
