@@ -12,7 +12,9 @@ import secrets
 import sys
 import tempfile
 from pathlib import Path
+from typing import TypeVar
 
+from config.settings import SettingsError, load_settings
 from pipeline.request import (
     MAX_SEED,
     GenerationRequest,
@@ -24,20 +26,14 @@ from pipeline.request import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 1
 
 
-def _settings() -> object | None:
-    """The bot's settings supply defaults; the CLI still works when they cannot load."""
-    try:
-        from config.settings import load_settings
-
-        return load_settings()
-    except Exception as exc:
-        log.warning("settings not loaded, using built-in defaults: %s", exc)
-        return None
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -64,18 +60,15 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _pick(value: object, settings: object | None, field: str, fallback: object) -> object:
-    if value is not None:
-        return value
-    return getattr(settings, field, fallback) if settings is not None else fallback
-
-
 def _run(args: argparse.Namespace) -> int:
     from pipeline.prepare import check_declared_size, load_input
 
-    settings = _settings()
-    max_bytes = int(_pick(None, settings, "max_input_bytes", 10_000_000))  # type: ignore[call-overload]
-    min_side = int(_pick(None, settings, "min_input_side", 256))  # type: ignore[call-overload]
+    try:
+        settings = load_settings()  # the defaults of every option, as for the bot
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    max_bytes, min_side = settings.max_input_bytes, settings.min_input_side
     try:
         prompt = check_prompt(args.prompt)
         negative = check_prompt(args.negative_prompt, field="negative prompt", required=False)
@@ -95,14 +88,10 @@ def _run(args: argparse.Namespace) -> int:
     seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
     try:
         engine = Engine.load(
-            str(
-                _pick(
-                    args.model, settings, "model_id", "stable-diffusion-v1-5/stable-diffusion-v1-5"
-                )
-            ),
-            device=str(_pick(args.device, settings, "device", "auto")),
-            dtype=str(_pick(args.dtype, settings, "dtype", "auto")),
-            resolution=_pick(args.resolution, settings, "resolution", None),  # type: ignore[arg-type]
+            _or(args.model, settings.model_id),
+            device=_or(args.device, settings.device),
+            dtype=_or(args.dtype, settings.dtype),
+            resolution=_or(args.resolution, settings.resolution),
         )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -117,8 +106,8 @@ def _run(args: argparse.Namespace) -> int:
             prompt=prompt,
             strength=strength,
             seed=seed,
-            steps=int(_pick(steps, settings, "default_steps", 30)),  # type: ignore[call-overload]
-            guidance=float(_pick(args.guidance, settings, "default_guidance", 7.5)),  # type: ignore[arg-type]
+            steps=_or(steps, settings.default_steps),
+            guidance=_or(args.guidance, settings.default_guidance),
             output_path=str(args.output),
             negative_prompt=negative or None,
         )

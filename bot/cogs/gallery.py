@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -281,12 +280,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
             )
 
     async def gallery_channel_id(self, guild_id: int) -> int | None:
-        try:
-            cursor = await self.bot.store.db.execute(
-                "SELECT gallery_channel_id FROM guild_settings WHERE guild_id=?", (guild_id,)
-            )
-        except sqlite3.OperationalError:  # a database without server settings
-            return None
+        cursor = await self.bot.store.db.execute(
+            "SELECT gallery_channel_id FROM guild_settings WHERE guild_id=?", (guild_id,)
+        )
         row = await cursor.fetchone()
         return int(row[0]) if row and row[0] else None
 

@@ -158,11 +158,7 @@ async def test_bad_inputs_get_a_private_message_and_queue_nothing(
         assert needle in msg["content"], (needle, msg["content"])
         assert status_message(fd, handle) is None
     assert await bot.store.jobs_in_states(["queued", "running", "done"]) == []
-    assert (
-        not list((bot.settings.data_dir / "inputs").glob("*"))
-        if (bot.settings.data_dir / "inputs").exists()
-        else True
-    )
+    assert list((bot.settings.data_dir / "inputs").glob("*")) == []  # no upload kept
 
 
 async def test_queue_and_help_answer_privately(
