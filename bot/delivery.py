@@ -52,12 +52,11 @@ class DiscordDelivery:
     async def deliver_result(self, job: Job) -> None:
         path = self.data_dir / (job.output_path or "")
 
-        def payload() -> dict[str, Any]:
-            return {
-                "embed": result_embed(job),
-                "view": result_view(job.id, job.strength),
-                "allowed_mentions": self._mention(job),
-            }
+        payload: dict[str, Any] = {
+            "embed": result_embed(job),
+            "view": result_view(job.id, job.strength),
+            "allowed_mentions": self._mention(job),
+        }
 
         message_id: int | None = None
         token_ok = job.token_valid(time.time()) and job.status_message_id
@@ -67,7 +66,7 @@ class DiscordDelivery:
                     job.status_message_id,  # type: ignore[arg-type]
                     content=f"<@{job.user_id}>",
                     attachments=[discord.File(path, filename=f"img2img-{job.id}.png")],
-                    **payload(),
+                    **payload,
                 )
                 message_id = msg.id
             except discord.HTTPException as exc:
@@ -85,7 +84,7 @@ class DiscordDelivery:
                 content=content,
                 file=discord.File(path, filename=f"img2img-{job.id}.png"),
                 reference=reference,  # type: ignore[arg-type]
-                **payload(),
+                **payload,
             )
             message_id = msg.id
             if token_ok:
