@@ -404,6 +404,7 @@ class JobService:
                 await fn(job, *args)
             except Exception:
                 log.exception("delivering job %d failed", job.id)
+        self.status.release(job.id)
 
     async def _send_status(self, job_id: int, text: str, cancellable: bool) -> None:
         job = await self.store.get_job(job_id)

@@ -55,7 +55,13 @@ class StatusBoard:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     def forget(self, job_id: int) -> None:
+        """Stop showing status for a job (it ended); its final message comes next."""
         self._entries.pop(job_id, None)
+
+    def release(self, job_id: int) -> None:
+        """The final message is out: nothing will edit this job's message again."""
+        self._entries.pop(job_id, None)
+        self._locks.pop(job_id, None)
 
     async def _loop(self) -> None:
         while True:
