@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.tiny import BOS_TOKEN, EOS_TOKEN, write_tokenizer_files
+from pipeline.tiny import BOS_TOKEN, EOS_TOKEN, own_tokenizer, save_img2img_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +76,14 @@ def build_sd15_random(
     """Build the pipeline (on `device`, which makes the random init fast on a GPU), save it
     to `path` in `dtype` (fp16 halves the 4 GB of fp32 weights) and return `path`."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionImg2ImgPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab = write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(
-            tmp,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-            pad_token=EOS_TOKEN,
-            unk_token=EOS_TOKEN,
-            model_max_length=77,
-        )
+    tokenizer, vocab = own_tokenizer()
     with torch.device(device):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**UNET_CONFIG)
@@ -111,27 +96,14 @@ def build_sd15_random(
                 pad_token_id=vocab[EOS_TOKEN],
             )
         )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-    pipe = StableDiffusionImg2ImgPipeline(
+    save_img2img_pipeline(
+        out,
+        unet=unet,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        dtype=torch_dtype,
     )
-    pipe.to(dtype=torch_dtype)
-    pipe.save_pretrained(out)
-    write_tokenizer_files(out / "tokenizer")  # plain files for older tokenizer readers
     params = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
     log.info(
         "wrote SD1.5-architecture random pipeline (%.0f M parameters, %s) to %s in %.0f s",

@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,62 @@ def _drop_load_time_keys(config_path: Path) -> None:
     )
 
 
+def own_tokenizer() -> tuple[Any, dict[str, int]]:
+    """A CLIP tokenizer from the vocabulary written here, and that vocabulary."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = write_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(
+            tmp,
+            bos_token=BOS_TOKEN,
+            eos_token=EOS_TOKEN,
+            pad_token=EOS_TOKEN,
+            unk_token=EOS_TOKEN,
+            model_max_length=77,
+        )
+    return tokenizer, vocab
+
+
+def save_img2img_pipeline(
+    out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, dtype: Any = None
+) -> None:
+    """Assemble an SD img2img pipeline with an Euler scheduler and save it to `out`.
+
+    Euler runs exactly int(steps × strength) denoising steps (order 1)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    if dtype is not None:
+        pipe.to(dtype=dtype)
+    pipe.save_pretrained(out)
+    _drop_load_time_keys(out / "tokenizer" / "tokenizer_config.json")
+    # Newer transformers save only tokenizer.json; keep the plain files for older readers.
+    write_tokenizer_files(out / "tokenizer")
+
+
 def make_tiny(path: str | Path) -> Path:
     """Build the tiny pipeline with deterministic weights and save it to `path`."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionImg2ImgPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,25 +155,7 @@ def make_tiny(path: str | Path) -> Path:
         norm_num_groups=8,
         sample_size=512,
     )
-    # Euler runs exactly int(steps × strength) denoising steps (order 1).
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        timestep_spacing="leading",
-        steps_offset=1,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab = write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(
-            tmp,
-            bos_token=BOS_TOKEN,
-            eos_token=EOS_TOKEN,
-            pad_token=EOS_TOKEN,
-            unk_token=EOS_TOKEN,
-            model_max_length=77,
-        )
+    tokenizer, vocab = own_tokenizer()
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
@@ -142,19 +171,6 @@ def make_tiny(path: str | Path) -> Path:
             max_position_embeddings=77,
         )
     )
-    pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out)
-    _drop_load_time_keys(out / "tokenizer" / "tokenizer_config.json")
-    # Newer transformers save only tokenizer.json; keep the plain files for older readers.
-    write_tokenizer_files(out / "tokenizer")
+    save_img2img_pipeline(out, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
     log.info("wrote tiny img2img pipeline to %s", out)
     return out
