@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -284,12 +284,20 @@ class JobService:
         self.ready.set()
 
     def _queued(self, job: Job) -> QueuedJob:
-        size = target_size(job.input_width, job.input_height, self.resolution)
+        """The queue's view of a job; its batch key holds the input size, sized later."""
         plan = plan_steps(job.steps, job.strength)
-        return QueuedJob(str(job.id), job.guild_id, job.user_id, (size, plan, job.guidance))
+        raw_key = ((job.input_width, job.input_height), plan, job.guidance)
+        return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key)
+
+    def _batch_key(self, queued: QueuedJob) -> Hashable:
+        """Jobs share a call when they render at one size with one step plan and guidance.
+        The size depends on the model's resolution, known only once the worker is ready,
+        so it is derived here at dispatch time rather than when the job was queued."""
+        (width, height), plan, guidance = queued.batch_key  # type: ignore[misc]
+        return target_size(width, height, self.resolution), plan, guidance
 
     async def _dispatch(self) -> None:
-        batch = self.queue.pop_batch(self.settings.max_batch)
+        batch = self.queue.pop_batch(self.settings.max_batch, key=self._batch_key)
         if not batch:
             return
         now = self.clock()

@@ -8,7 +8,7 @@ from SQLite at start, so nothing here needs to survive a restart.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -127,19 +127,28 @@ class FairQueue:
                     return job
         return None
 
-    def pop_batch(self, max_batch: int = 1) -> list[QueuedJob]:
+    def pop_batch(
+        self, max_batch: int = 1, key: Callable[[QueuedJob], Hashable | None] | None = None
+    ) -> list[QueuedJob]:
         """Take the next jobs to run and mark them running.
 
         The batch is always a prefix of `order()` whose jobs share one batch key, so
         batching never lets a job jump ahead of one that round-robin would serve first.
+        `key` derives the key at dispatch time (default: the job's `batch_key`), for keys
+        that depend on something learnt after queueing, such as the model's resolution.
         The served guilds move to the back of the rotation.
         """
+        key = key or (lambda job: job.batch_key)
         batch: list[QueuedJob] = []
+        first_key: Hashable | None = None
         for job in self.order():
             if len(batch) >= max_batch:
                 break
-            if batch and (job.batch_key is None or job.batch_key != batch[0].batch_key):
+            job_key = key(job)
+            if batch and (job_key is None or job_key != first_key):
                 break
+            if not batch:
+                first_key = job_key
             batch.append(job)
         for job in batch:
             q = self._queues[job.guild_id]

@@ -122,3 +122,11 @@ def test_remove_takes_a_waiting_job_out() -> None:
     assert q.remove("1") is not None
     assert q.remove("1") is None
     assert [j.job_id for j in q.order()] == ["2"]
+
+
+def test_batch_key_can_be_derived_at_dispatch_time() -> None:
+    q = FairQueue(Caps(99, 99, 999))
+    for n, size in [(1, 100), (2, 101), (3, 300)]:
+        q.push(job(n, guild=n, key=size))
+    # the raw keys all differ; a coarser key known only now groups the first two
+    assert [j.job_id for j in q.pop_batch(4, key=lambda j: j.batch_key // 100)] == ["1", "2"]
