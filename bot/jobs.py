@@ -66,6 +66,8 @@ class NewJob:
     interaction_token: str | None = None
     reply_to_message_id: int | None = None
     role_ids: tuple[int, ...] = ()
+    channel_public: bool = True  # the channel is viewable by @everyone
+    channel_nsfw: bool = False  # the channel (or a thread's parent) is age-restricted
 
 
 class Delivery(Protocol):
@@ -179,6 +181,7 @@ class JobService:
                 application_id=new.application_id, interaction_token=new.interaction_token,
                 token_expires_at=now + TOKEN_LIFETIME_S if new.interaction_token else None,
                 reply_to_message_id=new.reply_to_message_id, created_at=now,
+                channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
             )  # fmt: skip
             job = await self._get(db, job_id)
             self.queue.push(self._queued(job), enforce_caps=False)

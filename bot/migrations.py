@@ -137,4 +137,26 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             """,
         ],
     ),
+    (
+        "safety: channel visibility, age-restricted channels, blocked words, command hash",
+        [
+            # Where a job was made: viewable by @everyone (1/0) and age-restricted (1/0).
+            # Rows from before this version are treated as public, as they were shown.
+            "ALTER TABLE jobs ADD COLUMN channel_public INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE jobs ADD COLUMN channel_nsfw INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN nsfw INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE gallery ADD COLUMN channel_public INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE guild_settings ADD COLUMN nsfw_channels TEXT NOT NULL DEFAULT 'filter'",
+            """
+            CREATE TABLE blocked_words (
+                guild_id INTEGER NOT NULL,
+                word TEXT NOT NULL,  -- NFKC-normalised and case-folded
+                added_by INTEGER,
+                added_at REAL,
+                PRIMARY KEY (guild_id, word)
+            )
+            """,
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+        ],
+    ),
 ]

@@ -65,6 +65,9 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    channel_public: int = 1
+    channel_nsfw: int = 0
+    nsfw: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -78,7 +81,7 @@ JOB_INSERT_FIELDS = (
     "guild_id", "channel_id", "user_id", "kind", "parent_id", "prompt", "negative_prompt",
     "strength", "seed", "steps", "guidance", "input_path", "input_width", "input_height",
     "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
-    "created_at",
+    "created_at", "channel_public", "channel_nsfw",
 )  # fmt: skip
 
 

@@ -45,9 +45,27 @@ class Settings(BaseSettings):
     )
     max_batch: int = Field(4, ge=1, le=16, description="Most compatible jobs in one call.")
 
+    # Safety
+    safety_checker: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: the model's checker, else SAFETY_CHECKER_ID, else unfiltered (loud "
+        "warning); on: refuse to start without one; off: no checker (one warning).",
+    )
+    safety_checker_id: str = Field(
+        "CompVis/stable-diffusion-safety-checker",
+        description="Standalone checker for models that ship none (hub id or local folder).",
+    )
+    blocked_words: str = Field(
+        "", description="Comma-separated words refused in prompts on every server."
+    )
+
     # Input limits
     max_input_bytes: int = Field(10_000_000, ge=1, description="Largest accepted upload.")
     min_input_side: int = Field(256, ge=1, description="Smallest accepted short side in px.")
+    max_decodes: int = Field(2, ge=1, le=64, description="Uploads decoded at the same time.")
+    max_stored_side: int = Field(
+        2048, ge=256, le=8192, description="Inputs are stored with at most this long side."
+    )
 
     # Storage
     data_dir: Path = Field(Path("./data"), description="SQLite database and image files.")
@@ -77,9 +95,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _caps_ordered(self) -> Settings:
-        if self.max_jobs_per_user > self.max_queue_per_guild:
-            raise ValueError("MAX_JOBS_PER_USER must not exceed MAX_QUEUE_PER_GUILD")
+        pairs = (
+            ("max_jobs_per_user", "max_queue_per_guild"),
+            ("max_queue_per_guild", "max_queue_total"),
+            ("quota_user_daily", "quota_user_ceiling"),
+            ("quota_guild_daily", "quota_guild_ceiling"),
+        )
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low.upper()} must not exceed {high.upper()}")
         return self
+
+    @property
+    def blocked_word_list(self) -> list[str]:
+        """BLOCKED_WORDS split on commas, blanks dropped (normalised where they are used)."""
+        return [w.strip() for w in self.blocked_words.split(",") if w.strip()]
 
     @property
     def db_path(self) -> Path:
@@ -91,12 +121,15 @@ class SettingsError(Exception):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Build the settings, turning pydantic's report into one readable error per field."""
+    """Build the settings, turning pydantic's report into one readable error per field.
+
+    The message names the field and the rule, never the value: a value may be a secret (or
+    the whole input, token included, for a rule that spans fields)."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
-        for err in exc.errors():
+        for err in exc.errors(include_input=False, include_url=False):
             field = ".".join(str(p) for p in err["loc"]).upper() or "SETTINGS"
-            lines.append(f"{field}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{field}: {err['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

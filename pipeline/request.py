@@ -32,6 +32,9 @@ class GenerationRequest:
     guidance: float
     output_path: str
     negative_prompt: str | None = None
+    allow_nsfw: bool = False
+    """True only for an age-restricted channel whose server allowed unfiltered results: a
+    flagged image is then still written and returned (with `nsfw=True`), not withheld."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class GenerationResult:
     width: int
     height: int
     seconds: float
+    nsfw: bool = False
+    """The safety checker flagged this image."""
+    withheld: bool = False
+    """Flagged and not allowed here: no PNG was written (`output_path` names none)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,9 @@ class EngineInfo:
     dtype: str
     resolution: int
     pipeline_class: str
+    safety_checker: str = "off"
+    """`on` (a checker filters every image), `off` (SAFETY_CHECKER=off) or `missing` (auto,
+    and none could be loaded: results are not filtered)."""
 
 
 def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:

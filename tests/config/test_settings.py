@@ -58,3 +58,49 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("env", "low", "high"),
+    [
+        (
+            {"QUOTA_USER_DAILY": "50", "QUOTA_USER_CEILING": "10"},
+            "QUOTA_USER_DAILY",
+            "QUOTA_USER_CEILING",
+        ),
+        (
+            {"QUOTA_GUILD_DAILY": "50", "QUOTA_GUILD_CEILING": "10"},
+            "QUOTA_GUILD_DAILY",
+            "QUOTA_GUILD_CEILING",
+        ),
+        ({"MAX_QUEUE_PER_GUILD": "300"}, "MAX_QUEUE_PER_GUILD", "MAX_QUEUE_TOTAL"),
+        ({"MAX_JOBS_PER_USER": "30"}, "MAX_JOBS_PER_USER", "MAX_QUEUE_PER_GUILD"),
+    ],
+)
+def test_contradicting_settings_name_both_fields(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], low: str, high: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert low in str(info.value) and high in str(info.value)
+
+
+def test_settings_error_never_prints_the_token(tmp_path) -> None:
+    """`python -m bot` with a bad setting prints the rule, not the input (token included)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "MAX_"))}
+    env.update(DISCORD_TOKEN="tok-abc-secret-123", MAX_JOBS_PER_USER="30")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot"], cwd=tmp_path, env={**env, "PYTHONPATH": root},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "MAX_JOBS_PER_USER" in proc.stderr
+    assert "tok-abc-secret-123" not in proc.stdout + proc.stderr
