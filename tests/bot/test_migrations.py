@@ -62,7 +62,7 @@ async def test_v1_fixture_upgrades_without_losing_rows(tmp_path: Path) -> None:
         assert await store.schema_version() == len(MIGRATIONS)
     finally:
         await store.close()
-    assert _rows(path) == before
+    assert _rows(path) == after
 
 
 def test_fixture_is_still_the_first_schema() -> None:
