@@ -62,6 +62,8 @@ class ImgBot(commands.Bot):
             resolution=s.resolution,
             compile=s.compile,
             channels_last=s.channels_last,
+            safety_checker=s.safety_checker,
+            safety_checker_id=s.safety_checker_id,
         )
 
     async def setup_hook(self) -> None:

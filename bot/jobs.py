@@ -25,7 +25,13 @@ from bot.store import ACTIVE_STATES, Job, Store
 from config import Settings
 from pipeline.fair_queue import Caps, FairQueue, QueuedJob, QueueFull
 from pipeline.prepare import target_size
-from pipeline.request import MAX_SEED, GenerationRequest, GenerationResult, plan_steps
+from pipeline.request import (
+    MAX_SEED,
+    EngineInfo,
+    GenerationRequest,
+    GenerationResult,
+    plan_steps,
+)
 from pipeline.worker import (
     BatchDone,
     Cancelled,
@@ -68,6 +74,7 @@ class NewJob:
     role_ids: tuple[int, ...] = ()
     channel_public: bool = True  # the channel is viewable by @everyone
     channel_nsfw: bool = False  # the channel (or a thread's parent) is age-restricted
+    interaction_created_at: float | None = None  # the token's 15 minutes count from here
 
 
 class Delivery(Protocol):
@@ -77,6 +84,7 @@ class Delivery(Protocol):
     async def deliver_result(self, job: Job) -> None: ...
     async def deliver_failure(self, job: Job, message: str) -> None: ...
     async def deliver_cancelled(self, job: Job) -> None: ...
+    async def deliver_withheld(self, job: Job) -> None: ...
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
@@ -118,6 +126,7 @@ class JobService:
         self.status = StatusBoard(self._send_status, settings.progress_interval_s)
         self.resolution = settings.resolution or 512
         self.model_name = settings.model_id
+        self.engine_info: EngineInfo | None = None  # what the worker loaded, once ready
         self.seconds_per_image = DEFAULT_JOB_SECONDS
         self.ready = asyncio.Event()
         self.fatal: str | None = None

@@ -157,6 +157,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )
             """,
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+            # Quota units of jobs whose rows a member had deleted (/gallery forget-me): the
+            # budget keeps counting them, so forgetting never resets a budget.
+            """
+            CREATE TABLE usage_kept (
+                guild_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                counted INTEGER NOT NULL
+            )
+            """,
+            "CREATE INDEX usage_kept_user ON usage_kept(guild_id, user_id, created_at)",
         ],
     ),
 ]

@@ -21,6 +21,8 @@ class WorkerConfig:
     resolution: int | None = None
     compile: bool = False
     channels_last: bool = True
+    safety_checker: str = "auto"  # auto | on | off
+    safety_checker_id: str = "CompVis/stable-diffusion-safety-checker"
 
 
 # -- commands: parent → worker ----------------------------------------------------------

@@ -1,0 +1,32 @@
+"""Who can see a channel: decides where a result may appear besides its own channel.
+
+A result may leave its channel (the gallery channel, `/gallery browse` elsewhere) only if
+its channel is viewable by the server's `@everyone` role and is not age-restricted. Threads
+follow their parent channel, and a private thread is never public. Computed once, when the
+job is made, from the channel discord.py has cached (the guilds intent brings channels,
+roles and permission overwrites).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import discord
+
+
+def channel_flags(channel: Any) -> tuple[bool, bool]:
+    """(public, age_restricted) for an interaction's channel; unknown → (False, False),
+    so a channel the bot cannot inspect never leaks."""
+    if isinstance(channel, discord.Thread):
+        parent = channel.parent
+        if parent is None:
+            return False, False
+        public, nsfw = channel_flags(parent)
+        private = channel.type == discord.ChannelType.private_thread
+        return public and not private, nsfw
+    if isinstance(channel, discord.abc.GuildChannel):
+        everyone = channel.guild.default_role
+        public = channel.permissions_for(everyone).view_channel
+        nsfw = bool(getattr(channel, "nsfw", False))
+        return public, nsfw
+    return False, False
