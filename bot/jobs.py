@@ -75,6 +75,7 @@ class NewJob:
     channel_public: bool = True  # the channel is viewable by @everyone
     channel_nsfw: bool = False  # the channel (or a thread's parent) is age-restricted
     interaction_created_at: float | None = None  # the token's 15 minutes count from here
+    style: str | None = None  # the saved style applied to the prompt, by name
 
 
 class Delivery(Protocol):
@@ -191,6 +192,7 @@ class JobService:
                 token_expires_at=now + TOKEN_LIFETIME_S if new.interaction_token else None,
                 reply_to_message_id=new.reply_to_message_id, created_at=now,
                 channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
+                style=new.style,
             )  # fmt: skip
             job = await self._get(db, job_id)
             self.queue.push(self._queued(job), enforce_caps=False)

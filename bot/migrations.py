@@ -170,4 +170,27 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX usage_kept_user ON usage_kept(guild_id, user_id, created_at)",
         ],
     ),
+    (
+        "saved styles; the style a job used",
+        [
+            # owner_id is the member's user id, or 0 for a server style (NULL would defeat
+            # the UNIQUE constraint). Names follow bot.styles.NAME_RE.
+            """
+            CREATE TABLE styles (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER NOT NULL,
+                owner_id INTEGER NOT NULL,
+                name TEXT NOT NULL,
+                template TEXT NOT NULL,
+                negative_prompt TEXT,
+                strength REAL,
+                created_by INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                UNIQUE (guild_id, owner_id, name)
+            )
+            """,
+            "ALTER TABLE jobs ADD COLUMN style TEXT",
+        ],
+    ),
 ]

@@ -68,6 +68,7 @@ class Job:
     channel_public: int = 1
     channel_nsfw: int = 0
     nsfw: int = 0
+    style: str | None = None  # the saved style's name, when one was applied
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -81,7 +82,7 @@ JOB_INSERT_FIELDS = (
     "guild_id", "channel_id", "user_id", "kind", "parent_id", "prompt", "negative_prompt",
     "strength", "seed", "steps", "guidance", "input_path", "input_width", "input_height",
     "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
-    "created_at", "channel_public", "channel_nsfw",
+    "created_at", "channel_public", "channel_nsfw", "style",
 )  # fmt: skip
 
 

@@ -54,7 +54,8 @@ async def test_v1_fixture_upgrades_without_losing_rows(tmp_path: Path) -> None:
     # every old row and value is kept; later versions only add columns with defaults
     after = _rows(path)
     assert [row[: len(before[0])] for row in after] == before
-    assert {row[len(before[0]) :] for row in after} == {(1, 0, 0)}  # public, not age-restricted
+    # v4: public, not age-restricted; v5: no style
+    assert {row[len(before[0]) :][:4] for row in after} == {(1, 0, 0, None)}
 
     # a second start finds nothing to do
     store = await Store.open(path)
