@@ -73,6 +73,7 @@ class Actions:
         negative_prompt: str | None,
         seed: int | None,
         steps: int | None,
+        style: str | None = None,
     ) -> None:
         try:
             prompt = check_prompt(prompt)
@@ -111,6 +112,7 @@ class Actions:
                     application_id=interaction.application_id,
                     interaction_token=interaction.token,
                     role_ids=_role_ids(interaction),
+                    style=style,
                 )
             )
         except (InputError, UserError) as exc:
@@ -210,6 +212,7 @@ class Actions:
                 interaction_token=interaction.token,
                 reply_to_message_id=interaction.message.id if interaction.message else None,
                 role_ids=_role_ids(interaction),
+                style=parent.style,
             )
         )
         await interaction.response.send_message(

@@ -18,10 +18,12 @@ from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
 from bot.cogs.queue import QueueCog
 from bot.cogs.settings import setup_quotas
+from bot.cogs.styles import setup_styles
 from bot.delivery import DiscordDelivery
 from bot.errors import UserError
 from bot.jobs import JobService
 from bot.store import Store
+from bot.style_store import StyleStore
 from config import Settings
 from pipeline.worker import WorkerClient, WorkerConfig
 
@@ -42,6 +44,7 @@ class ImgBot(commands.Bot):
     store: Store
     jobs: JobService
     actions: Actions
+    styles: StyleStore
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         intents = discord.Intents.none()
@@ -86,6 +89,7 @@ class ImgBot(commands.Bot):
         """Cogs of features that build on the job service (quotas, gallery)."""
         await setup_quotas(self)
         await setup_gallery(self)
+        self.styles = await setup_styles(self)
 
     async def sync_commands(self) -> None:
         if self.settings.dev_guild_id:

@@ -56,6 +56,8 @@ def result_embed(job: Job) -> discord.Embed:
     """The result's embed; field names are part of the contract (tests and users rely on them)."""
     embed = discord.Embed(colour=discord.Colour.blurple())
     embed.add_field(name="Prompt", value=truncate(job.prompt, 1024), inline=False)
+    if job.style:
+        embed.add_field(name="Style", value=job.style, inline=False)
     if job.negative_prompt:
         embed.add_field(
             name="Negative prompt", value=truncate(job.negative_prompt, 1024), inline=False

@@ -1,4 +1,4 @@
-"""/img2img: the command users come for."""
+"""/img2img: the command users come for, with an optional saved style."""
 
 from __future__ import annotations
 
@@ -8,7 +8,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from pipeline.request import MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MAX_STRENGTH, MIN_STRENGTH
+from bot.cogs.styles import style_autocomplete
+from bot.errors import UserError
+from bot.styles import unknown_style_text
+from pipeline.request import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_STRENGTH,
+    MIN_STRENGTH,
+    InputError,
+    check_prompt,
+)
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -25,23 +36,50 @@ class GenerateCog(commands.Cog):
     @app_commands.describe(
         image="PNG, JPEG or WebP; at least 512×512 works best",
         prompt="What the new picture should show",
-        strength="0.05 keeps your image, 1.0 ignores it; 0.5 is balanced",
+        strength="0.05 keeps your image, 1.0 ignores it; default: the style's, else 0.5",
         negative_prompt="What to avoid",
         seed="Same seed + same settings = same picture",
         steps="Denoising steps (1–150); more is slower",
+        style="A saved look: yours, this server's or a built-in (see /style list)",
     )
+    @app_commands.autocomplete(style=style_autocomplete)
     async def img2img(
         self,
         interaction: discord.Interaction[Any],
         image: discord.Attachment,
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
-        strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] = 0.5,
+        strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
         negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        style: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
+        # The style is applied first, so the job stores (and the embed shows) the
+        # composed prompt that actually ran.
+        try:
+            prompt = check_prompt(prompt)
+            composed = await self.bot.styles.apply(
+                interaction.guild_id or 0,  # outside a server: built-ins only (then refused)
+                interaction.user.id,
+                style,
+                prompt,
+                negative_prompt.strip() if negative_prompt else None,
+                strength,
+            )
+            if composed is None:
+                raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
+        except (InputError, UserError) as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
         await self.bot.actions.img2img(
-            interaction, image, prompt, strength, negative_prompt, seed, steps
+            interaction,
+            image,
+            composed.prompt,
+            composed.strength,
+            composed.negative_prompt,
+            seed,
+            steps,
+            style=composed.style,
         )
 
 
