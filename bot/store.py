@@ -2,6 +2,8 @@
 
 One connection per bot; writes happen in explicit transactions. A database that cannot be
 read is an error at start: it is never re-created, because that would wipe usage history.
+A database locked by another process is waited on (`busy_timeout`), and if the lock stays,
+reported as held by that process, never as damaged.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from bot.migrations import MIGRATIONS
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("queued", "running")
+BUSY_TIMEOUT_S = 5.0  # how long a statement waits on another process's lock
+
+
+def is_locked(exc: BaseException) -> bool:
+    """SQLite's "database is locked" / "database table is locked" (SQLITE_BUSY/LOCKED)."""
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
 
 
 class StoreError(RuntimeError):
@@ -95,17 +103,30 @@ class Store:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
+        """Open (and migrate) the database. Waits up to `busy_timeout_s` on a lock that
+        another process holds: `busy_timeout` is set before the first read, so a lock is
+        never mistaken for a damaged file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_s)
         db.row_factory = sqlite3.Row
         store = cls(db, path)
         try:
+            await db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             await store._check_readable()
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
             await store._migrate()
+        except sqlite3.OperationalError as exc:
+            await db.close()
+            if not is_locked(exc):
+                raise StoreError(f"The database {path} cannot be used ({exc}).") from None
+            raise StoreError(
+                f"The database {path} is locked by another process: it stayed locked for "
+                f"{busy_timeout_s:g} s. Another program holds it, for example a second bot "
+                "using the same DATA_DIR. Stop that process (or give this bot its own "
+                "DATA_DIR), then start again; the file itself is fine."
+            ) from None
         except sqlite3.DatabaseError as exc:
             await db.close()
             raise StoreError(
@@ -157,6 +178,19 @@ class Store:
                 raise
             else:
                 await self.db.execute("COMMIT")
+
+    # -- meta (small key/value facts about this installation) -----------------------------
+    async def get_meta(self, key: str) -> str | None:
+        row = await (await self.db.execute("SELECT value FROM meta WHERE key=?", (key,))).fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, value),
+            )
 
     # -- jobs -------------------------------------------------------------------------
     async def insert_job(self, db: aiosqlite.Connection, **values: Any) -> int:
