@@ -8,9 +8,10 @@ message that later becomes the result.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -21,6 +22,7 @@ from bot.jobs import NewJob
 from bot.render import job_summary, queue_text
 from bot.store import Job
 from bot.variants import variant_strength
+from bot.visibility import channel_flags
 from config import Settings
 from pipeline.prepare import check_declared_size, load_input
 from pipeline.request import InputError, check_prompt, check_seed, check_steps, check_strength
@@ -32,6 +34,22 @@ log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+DECODE_WAIT_S = 5.0  # how long an upload may wait for a free decode slot
+BUSY_TEXT = (
+    "The bot is busy reading other uploads right now. Nothing was queued and nothing "
+    "counted against your quota; please try again in a moment."
+)
+STORAGE_FULL_TEXT = (
+    "The bot's storage is full, so your image could not be saved. Nothing was queued and "
+    "nothing counted against your quota; please try again later (the bot's operator has "
+    "been told in the log)."
+)
+INPUT_GONE_TEXT = (
+    "The original image of this picture is no longer stored (old uploads are removed to "
+    "save space), so it cannot be re-run. Use /img2img with the image again."
+)
+
 
 def _role_ids(interaction: Interaction) -> tuple[int, ...]:
     roles = getattr(interaction.user, "_roles", None) or getattr(interaction.user, "roles", [])
@@ -41,6 +59,8 @@ def _role_ids(interaction: Interaction) -> tuple[int, ...]:
 class Actions:
     def __init__(self, bot: ImgBot) -> None:
         self.bot = bot
+        self._decodes = asyncio.Semaphore(bot.settings.max_decodes)
+        self.decode_wait_s = DECODE_WAIT_S
 
     @property
     def settings(self) -> Settings:
@@ -90,11 +110,10 @@ class Actions:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
-        stored: Path | None = None
+        public, nsfw = channel_flags(interaction.channel)
+        stored: str | None = None
         try:
-            data = await image.read()
-            rel, width, height = await asyncio.to_thread(self._store_input, data)
-            stored = self.settings.data_dir / rel
+            stored, width, height = await self._decode_and_store(image)
             job = await self.bot.jobs.submit(
                 NewJob(
                     guild_id=interaction.guild_id,
@@ -106,43 +125,87 @@ class Actions:
                     seed=seed,
                     steps=steps or self.settings.default_steps,
                     guidance=self.settings.default_guidance,
-                    input_path=rel,
+                    input_path=stored,
                     input_width=width,
                     input_height=height,
                     application_id=interaction.application_id,
                     interaction_token=interaction.token,
                     role_ids=_role_ids(interaction),
                     style=style,
+                    channel_public=public,
+                    channel_nsfw=nsfw,
+                    interaction_created_at=interaction.created_at.timestamp(),
                 )
             )
         except (InputError, UserError) as exc:
-            if stored is not None:
-                stored.unlink(missing_ok=True)
+            self._discard(stored)
             await interaction.edit_original_response(content=f"❌ {exc}")
             return
         except discord.HTTPException as exc:
+            self._discard(stored)
             await interaction.edit_original_response(
                 content=f"❌ Could not download the attachment ({exc.status}). Upload it again."
             )
             return
+        except BaseException:
+            self._discard(stored)  # nothing was queued: keep no orphaned upload
+            raise
         await interaction.edit_original_response(
             content=f"✅ Queued as job #{job.id}. Your picture will appear in this channel."
         )
-        message = await interaction.followup.send(
-            content=f"{job_summary(job)}\n{self._place(job)}", view=cancel_view(job.id), wait=True
-        )
-        await self.bot.jobs.attach_status_message(job.id, message.id)
+        message_id: int | None = None
+        try:
+            message = await interaction.followup.send(
+                content=f"{job_summary(job)}\n{self._place(job)}",
+                view=cancel_view(job.id),
+                wait=True,
+            )
+            message_id = message.id
+        finally:
+            await self.bot.jobs.attach_status_message(job.id, message_id)
+
+    async def _decode_and_store(self, image: discord.Attachment) -> tuple[str, int, int]:
+        """Download, decode and store one upload, at most MAX_DECODES at once: a burst of
+        10 MB uploads each decoding to 40 MP must not grow memory without bound."""
+        try:
+            await asyncio.wait_for(self._decodes.acquire(), self.decode_wait_s)
+        except TimeoutError:
+            raise UserError(BUSY_TEXT) from None
+        try:
+            data = await image.read()
+            return await asyncio.to_thread(self._store_input, data)
+        finally:
+            self._decodes.release()
 
     def _store_input(self, data: bytes) -> tuple[str, int, int]:
-        """Validate and normalize an upload, keep it as PNG under DATA_DIR (runs in a thread)."""
+        """Validate and normalize an upload, keep it as PNG under DATA_DIR (runs in a thread).
+
+        Written under a temporary name and renamed, so a failed write (a full disk) leaves
+        no partial file that a job could later read."""
         image = load_input(
-            data, max_bytes=self.settings.max_input_bytes, min_side=self.settings.min_input_side
+            data,
+            max_bytes=self.settings.max_input_bytes,
+            min_side=self.settings.min_input_side,
         )
-        rel = f"inputs/{uuid.uuid4().hex}.png"
-        path = self.settings.data_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(path, format="PNG")
-        return rel, image.width, image.height
+        name = uuid.uuid4().hex
+        folder = self.settings.data_dir / "inputs"
+        tmp = folder / f".{name}.png.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(tmp, format="PNG")
+            os.replace(tmp, folder / f"{name}.png")
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                log.error("cannot store an upload: %s is full (%s)", folder, exc.strerror)
+                raise UserError(STORAGE_FULL_TEXT) from None
+            raise
+        return f"inputs/{name}.png", image.width, image.height
+
+    def _discard(self, rel: str | None) -> None:
+        """Remove an upload stored for a job that was then not queued."""
+        if rel is not None:
+            (self.settings.data_dir / rel).unlink(missing_ok=True)
 
     def _place(self, job: Job) -> str:
         """The first status line: its place in the queue, or that it already started."""
@@ -171,7 +234,7 @@ class Actions:
             await self._requeue(
                 interaction, parent, strength=strength, seed=parent.seed, kind="variant"
             )
-        except UserError as exc:
+        except (InputError, UserError) as exc:
             await self._say(interaction, f"❌ {exc}")
 
     async def reroll(self, interaction: Interaction, job_id: int) -> None:
@@ -180,7 +243,7 @@ class Actions:
             await self._requeue(
                 interaction, parent, strength=parent.strength, seed=None, kind="reroll"
             )
-        except UserError as exc:
+        except (InputError, UserError) as exc:
             await self._say(interaction, f"❌ {exc}")
 
     async def _requeue(
@@ -190,8 +253,9 @@ class Actions:
         the message that was clicked."""
         await self.precheck(interaction)
         if not (self.settings.data_dir / parent.input_path).exists():
-            raise UserError("The original image of this picture is no longer stored.")
+            raise UserError(INPUT_GONE_TEXT)
         assert interaction.guild_id is not None
+        public, nsfw = channel_flags(interaction.channel)
         job = await self.bot.jobs.submit(
             NewJob(
                 guild_id=interaction.guild_id,
@@ -213,13 +277,19 @@ class Actions:
                 reply_to_message_id=interaction.message.id if interaction.message else None,
                 role_ids=_role_ids(interaction),
                 style=parent.style,
+                channel_public=public,
+                channel_nsfw=nsfw,
+                interaction_created_at=interaction.created_at.timestamp(),
             )
         )
-        await interaction.response.send_message(
-            content=f"{job_summary(job)}\n{self._place(job)}", view=cancel_view(job.id)
-        )
-        message = await interaction.original_response()
-        await self.bot.jobs.attach_status_message(job.id, message.id)
+        message_id: int | None = None
+        try:
+            await interaction.response.send_message(
+                content=f"{job_summary(job)}\n{self._place(job)}", view=cancel_view(job.id)
+            )
+            message_id = (await interaction.original_response()).id
+        finally:
+            await self.bot.jobs.attach_status_message(job.id, message_id)
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:
         try:

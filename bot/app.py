@@ -1,7 +1,16 @@
-"""The bot: resources opened in `setup_hook`, one cog per feature, one error handler."""
+"""The bot: resources opened in `setup_hook`, one cog per feature, one error handler.
+
+Messages ping nobody unless they say so (`AllowedMentions.none()` is the client default).
+Commands are synced only when the command tree changed, so a crash loop cannot burn
+Discord's sync rate limit. Shutdown runs in order: stop taking interactions, let the job
+service finish or persist what is in flight, close the database, then the gateway and HTTP.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,7 +31,7 @@ from bot.cogs.styles import setup_styles
 from bot.delivery import DiscordDelivery
 from bot.errors import UserError
 from bot.jobs import JobService
-from bot.store import Store
+from bot.store import Store, is_locked
 from bot.style_store import StyleStore
 from config import Settings
 from pipeline.worker import WorkerClient, WorkerConfig
@@ -30,6 +39,36 @@ from pipeline.worker import WorkerClient, WorkerConfig
 log = logging.getLogger(__name__)
 
 Precheck = Callable[[discord.Interaction[Any]], Awaitable[None]]
+
+# The least the bot needs in a channel (the README quotes these names and the number):
+# interaction replies need none of them; they cover the results and notices posted as
+# channel messages once an interaction's 15-minute token is gone, and the gallery channel.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
+INVITE_SCOPES = ("bot", "applications.commands")
+COMMANDS_HASH_KEY = "commands_hash"
+JOBS_STOP_BUDGET_S = 7.0  # Docker sends SIGKILL 10 s after SIGTERM: leave room for the rest
+RESTARTING_TEXT = "🔄 The bot is restarting. Please try again in a moment."
+
+
+def invite_url(application_id: int) -> str:
+    """The link a server admin opens to add the bot with exactly the permissions it needs."""
+    return discord.utils.oauth_url(
+        application_id, permissions=INVITE_PERMISSIONS, scopes=INVITE_SCOPES
+    )
+
+
+def commands_hash(payload: list[dict[str, Any]], scope: int | None, application_id: int) -> str:
+    """What a sync would send, and where to: equal hashes mean Discord already has it."""
+    text = json.dumps(
+        {"app": application_id, "guild": scope, "commands": payload}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -49,12 +88,17 @@ class ImgBot(commands.Bot):
     def __init__(self, settings: Settings, **options: Any) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(
             command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options
         )
         self.settings = settings
         self.prechecks: list[Precheck] = []
         self.fatal_error: str | None = None
+        self.accepting = True  # False once shutdown began: interactions are turned away
+        self._shutdown: asyncio.Future[None] | None = None
+        self._refusals: set[asyncio.Task[None]] = set()
+        self._gate_interactions()
 
     def worker_config(self) -> WorkerConfig:
         s = self.settings
@@ -72,6 +116,8 @@ class ImgBot(commands.Bot):
     async def setup_hook(self) -> None:
         settings = self.settings
         self.store = await Store.open(settings.db_path)
+        if self.application_id:
+            log.info("invite URL: %s", invite_url(self.application_id))
         worker = WorkerClient(self.worker_config(), start_timeout=settings.worker_start_timeout_s)
         delivery = DiscordDelivery(self, self.store, settings.data_dir.resolve())
         self.jobs = JobService(settings, self.store, worker, delivery)
@@ -92,22 +138,71 @@ class ImgBot(commands.Bot):
         self.styles = await setup_styles(self)
 
     async def sync_commands(self) -> None:
-        if self.settings.dev_guild_id:
-            guild = discord.Object(self.settings.dev_guild_id)
+        """Sync the command tree, unless Discord already has this very tree (same payload,
+        same DEV_GUILD_ID, same application): the hash of the last sync is kept in `meta`."""
+        assert self.application_id is not None
+        scope = self.settings.dev_guild_id
+        guild = discord.Object(scope) if scope else None
+        if guild is not None:
             self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
-        else:
-            synced = await self.tree.sync()
-        log.info("synced %d commands", len(synced))
+        payload = [c.to_dict(self.tree) for c in self.tree.get_commands(guild=guild)]
+        digest = commands_hash(payload, scope, self.application_id)
+        if await self.store.get_meta(COMMANDS_HASH_KEY) == digest:
+            log.info("commands unchanged since the last sync; not syncing")
+            return
+        synced = await self.tree.sync(guild=guild)
+        await self.store.set_meta(COMMANDS_HASH_KEY, digest)
+        log.info("synced %d commands%s", len(synced), f" to guild {scope}" if scope else "")
 
     def _on_fatal(self, message: str) -> None:
         """The model could not load at start: say so once and stop with an error."""
         self.fatal_error = message
         self.loop.create_task(self.close())
 
+    # -- shutdown -----------------------------------------------------------------------
+    def _gate_interactions(self) -> None:
+        """Route every INTERACTION_CREATE through `accepting`: commands, buttons and modals
+        all arrive through this one gateway event, so this is the one place to stop them."""
+        parsers = self._connection.parsers
+        handle = parsers["INTERACTION_CREATE"]
+
+        def gated(data: Any) -> None:
+            if self.accepting:
+                handle(data)
+                return
+            task = asyncio.get_running_loop().create_task(self._refuse(data))
+            self._refusals.add(task)
+            task.add_done_callback(self._refusals.discard)
+
+        parsers["INTERACTION_CREATE"] = gated
+
+    async def _refuse(self, data: Any) -> None:
+        """A short private "restarting" answer to an interaction that came during shutdown."""
+        interaction: discord.Interaction[Any] = discord.Interaction(
+            data=data, state=self._connection
+        )
+        if interaction.type is discord.InteractionType.autocomplete:
+            return  # autocomplete cannot show text; leaving it unanswered is harmless
+        try:
+            await interaction.response.send_message(RESTARTING_TEXT, ephemeral=True)
+        except discord.HTTPException:
+            log.info("could not answer an interaction during shutdown")
+
     async def close(self) -> None:
+        """Stop in order (see the module docstring); a second call waits for the first."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._close_in_order())
+        await self._shutdown
+
+    async def _close_in_order(self) -> None:
+        self.accepting = False
         if hasattr(self, "jobs"):
-            await self.jobs.stop()
+            try:
+                await asyncio.wait_for(self.jobs.stop(), JOBS_STOP_BUDGET_S)
+            except TimeoutError:
+                log.warning("the job service did not stop within %.0f s", JOBS_STOP_BUDGET_S)
+        if self._refusals:
+            await asyncio.wait(set(self._refusals), timeout=1.0)
         if hasattr(self, "store"):
             await self.store.close()
         await super().close()
@@ -118,6 +213,9 @@ class ImgBot(commands.Bot):
         original = getattr(error, "original", error)
         if isinstance(original, UserError):
             text = f"❌ {original}"
+        elif is_locked(original):
+            log.error("the database is locked by another process", exc_info=original)
+            text = "❌ The bot's database is busy right now. Please try again in a moment."
         elif isinstance(error, app_commands.CheckFailure):
             text = f"❌ {error}"
         else:

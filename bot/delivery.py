@@ -1,15 +1,21 @@
 """Where a job's status and result appear on Discord.
 
-While the interaction token lives (15 min), the job's status message is edited through the
-interaction webhook. A result for a variant or reroll is posted as a reply to the message it
-came from. Once the token has expired, the result goes to the channel as a normal message
-that mentions the requester.
+While the interaction token lives (15 min from the interaction's creation), the job's status
+message is edited through the interaction webhook. A result for a variant or reroll is
+posted as a reply to the message it came from. Once the token has expired (by the clock, or
+because Discord answered 401), the bot's own status message is edited or deleted through the
+channel endpoints, and a result or failure goes to the channel as a new message: the only
+message that pings anyone, and it pings exactly the requester.
+
+Nothing here shows a server path or exception text: failure texts pass `plain_text`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import discord
@@ -20,99 +26,242 @@ from bot.store import Job, Store
 
 log = logging.getLogger(__name__)
 
+TOKEN_GONE = {(401, 50027), (404, 10015)}  # Invalid Webhook Token, Unknown Webhook
+WITHHELD_PUBLIC = "🛡️ The picture was withheld by the safety filter, so it was not posted."
+CANCELLED_TEXT = "✖️ Cancelled."
+GENERIC_FAILURE = "Something went wrong on our side while making this image."
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+){2,}[\\/]?")
+_EXCEPTION = re.compile(r"\b(?:Traceback|[A-Z]\w*(?:Error|Exception))\b")
+
+
+def withheld_notice(job: Job) -> str:
+    """What the requester alone is told when the safety filter withheld their picture."""
+    return (
+        f"🛡️ The safety filter flagged the picture made for job #{job.id}, so it was not "
+        "posted, saved or added to the gallery. It counted against your quota, because the "
+        "picture was made. To get a different result, try another prompt or another seed, "
+        "or a lower strength to stay closer to your image."
+    )
+
+
+def plain_text(message: str) -> str:
+    """A failure text fit for users: anything that reads like an exception or names a file
+    on the server becomes a plain sentence instead."""
+    if not message.strip() or _PATH.search(message) or _EXCEPTION.search(message):
+        if message.strip():
+            log.warning("hid a failure text from users: %r", message)
+        return GENERIC_FAILURE
+    return message
+
+
+def ping(user_id: int) -> discord.AllowedMentions:
+    """Allowed mentions for the requester's fallback ping: that user, nobody else."""
+    return discord.AllowedMentions(
+        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
+    )
+
 
 class DiscordDelivery:
-    def __init__(self, client: discord.Client, store: Store, data_dir: Any) -> None:
+    def __init__(self, client: discord.Client, store: Store, data_dir: Path) -> None:
         self.client = client
         self.store = store
         self.data_dir = data_dir
 
+    # -- where messages go --------------------------------------------------------------
     def _webhook(self, job: Job) -> discord.Webhook:
+        """The interaction's webhook; an application webhook, so it may send ephemerals."""
         assert job.application_id and job.interaction_token
-        return discord.Webhook.partial(
+        hook = discord.Webhook.partial(
             job.application_id, job.interaction_token, client=self.client
         )
+        hook.type = discord.WebhookType.application
+        return hook
 
     def _channel(self, job: Job) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
 
-    def _mention(self, job: Job) -> discord.AllowedMentions:
-        return discord.AllowedMentions(
-            users=[discord.Object(job.user_id)], roles=False, everyone=False
-        )
+    def _status(self, job: Job) -> discord.PartialMessage | None:
+        """The bot's own status message, reachable through the channel endpoints."""
+        if not job.status_message_id:
+            return None
+        return self._channel(job).get_partial_message(job.status_message_id)
 
+    def _token_alive(self, job: Job) -> bool:
+        return job.token_valid(time.time())
+
+    async def _token_failed(self, job: Job, exc: discord.HTTPException) -> bool:
+        """True if Discord says the token is gone; remembered so later calls skip it."""
+        if (exc.status, exc.code) not in TOKEN_GONE:
+            return False
+        log.info("job %d: the interaction token is no longer valid", job.id)
+        job.token_expires_at = 0.0
+        await self.store.update_job(job.id, token_expires_at=0.0)
+        return True
+
+    # -- while the job waits or runs ----------------------------------------------------
     async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
-        if not job.status_message_id or not job.token_valid(time.time()):
+        if not job.status_message_id:
             return
+        content = f"{job_summary(job)}\n{text}"
         view = cancel_view(job.id) if cancellable else None
-        await self._webhook(job).edit_message(
-            job.status_message_id, content=f"{job_summary(job)}\n{text}", view=view
-        )
+        if self._token_alive(job):
+            try:
+                await self._webhook(job).edit_message(
+                    job.status_message_id, content=content, view=view
+                )
+                return
+            except discord.HTTPException as exc:
+                if not await self._token_failed(job, exc):
+                    raise
+        status = self._status(job)
+        assert status is not None
+        await status.edit(content=content, view=view)
 
+    # -- the end of a job ---------------------------------------------------------------
     async def deliver_result(self, job: Job) -> None:
         path = self.data_dir / (job.output_path or "")
-
+        # Allowed in an age-restricted channel only (the worker flagged it): a spoiler.
+        spoiler = bool(job.nsfw)
         payload: dict[str, Any] = {
             "embed": result_embed(job),
             "view": result_view(job.id, job.strength),
-            "allowed_mentions": self._mention(job),
         }
 
+        def file() -> discord.File:
+            return discord.File(path, filename=f"img2img-{job.id}.png", spoiler=spoiler)
+
         message_id: int | None = None
-        token_ok = job.token_valid(time.time()) and job.status_message_id
-        if token_ok and not job.reply_to_message_id:
+        if job.status_message_id and not job.reply_to_message_id and self._token_alive(job):
             try:
                 msg = await self._webhook(job).edit_message(
-                    job.status_message_id,  # type: ignore[arg-type]
+                    job.status_message_id,
                     content=f"<@{job.user_id}>",
-                    attachments=[discord.File(path, filename=f"img2img-{job.id}.png")],
+                    attachments=[file()],
                     **payload,
                 )
                 message_id = msg.id
             except discord.HTTPException as exc:
+                await self._token_failed(job, exc)
                 log.warning("editing job %d's message failed (%s); posting to channel", job.id, exc)
         if message_id is None:
-            reference = None
-            if job.reply_to_message_id:
-                reference = discord.MessageReference(
-                    message_id=job.reply_to_message_id,
-                    channel_id=job.channel_id,
-                    fail_if_not_exists=False,
-                )
-            content = f"<@{job.user_id}>" if reference else f"<@{job.user_id}> your image is ready."
-            msg = await self._channel(job).send(
-                content=content,
-                file=discord.File(path, filename=f"img2img-{job.id}.png"),
-                reference=reference,  # type: ignore[arg-type]
-                **payload,
-            )
-            message_id = msg.id
-            if token_ok:
-                await self._delete_status(job)
+            message_id = await self._post_result(job, file(), payload)
+            await self._remove_status(job)
         await self.store.update_job(job.id, result_message_id=message_id)
 
-    async def _delete_status(self, job: Job) -> None:
-        try:
-            await self._webhook(job).delete_message(job.status_message_id)  # type: ignore[arg-type]
-        except discord.HTTPException:
-            log.info("could not delete status message of job %d", job.id)
-
-    async def _final_text(self, job: Job, text: str) -> None:
-        if job.status_message_id and job.token_valid(time.time()):
-            try:
-                await self._webhook(job).edit_message(
-                    job.status_message_id, content=f"{job_summary(job)}\n{text}", view=None
-                )
-                return
-            except discord.HTTPException:
-                log.info("editing job %d's status failed; posting to channel", job.id)
-        await self._channel(job).send(
-            content=f"<@{job.user_id}> {job_summary(job)}\n{text}",
-            allowed_mentions=self._mention(job),
+    async def _post_result(self, job: Job, file: discord.File, payload: dict[str, Any]) -> int:
+        """The result as a new channel message: a reply to the clicked message for a
+        variant, and with the requester's ping once the token is gone."""
+        reference = None
+        if job.reply_to_message_id:
+            reference = discord.MessageReference(
+                message_id=job.reply_to_message_id,
+                channel_id=job.channel_id,
+                fail_if_not_exists=False,
+            )
+        alive = self._token_alive(job)
+        content = (
+            f"<@{job.user_id}>" if reference or alive else f"<@{job.user_id}> your image is ready."
         )
+        msg = await self._channel(job).send(
+            content=content,
+            file=file,
+            reference=reference,  # type: ignore[arg-type]
+            allowed_mentions=discord.AllowedMentions.none() if alive else ping(job.user_id),
+            **payload,
+        )
+        return msg.id
+
+    async def _remove_status(self, job: Job) -> None:
+        """Delete the status message once its result was posted elsewhere, so no stale
+        "Starting…" with a live Cancel button stays behind."""
+        if not job.status_message_id:
+            return
+        if self._token_alive(job):
+            try:
+                await self._webhook(job).delete_message(job.status_message_id)
+                return
+            except discord.HTTPException as exc:
+                await self._token_failed(job, exc)
+        status = self._status(job)
+        assert status is not None
+        try:
+            await status.delete()
+        except discord.HTTPException as exc:
+            log.warning("could not delete the status message of job %d (%s)", job.id, exc)
+
+    async def _edit_via_token(self, job: Job, content: str) -> bool:
+        if not (job.status_message_id and self._token_alive(job)):
+            return False
+        try:
+            await self._webhook(job).edit_message(job.status_message_id, content=content, view=None)
+            return True
+        except discord.HTTPException as exc:
+            await self._token_failed(job, exc)
+            log.info("editing job %d's status through its token failed (%s)", job.id, exc)
+            return False
+
+    async def _edit_status(self, job: Job, content: str) -> bool:
+        """Put final text on the status message, Cancel button gone; False if impossible."""
+        if await self._edit_via_token(job, content):
+            return True
+        status = self._status(job)
+        if status is None:
+            return False
+        try:
+            await status.edit(content=content, view=None)
+            return True
+        except discord.HTTPException as exc:
+            log.info("editing job %d's status in its channel failed (%s)", job.id, exc)
+            return False
+
+    async def _final_text(self, job: Job, text: str, *, notify: bool) -> None:
+        """The job's last word on its status message. A text the requester must see
+        (`notify`) that can no longer go through the token becomes a new channel message,
+        pinging them if the token is gone, and the stale status message is deleted."""
+        content = f"{job_summary(job)}\n{text}"
+        if not notify:
+            if not await self._edit_status(job, content):
+                await self._channel(job).send(content=content)
+            return
+        if await self._edit_via_token(job, content):
+            return
+        alive = self._token_alive(job)
+        await self._channel(job).send(
+            content=content if alive else f"<@{job.user_id}> {content}",
+            allowed_mentions=discord.AllowedMentions.none() if alive else ping(job.user_id),
+        )
+        await self._remove_status(job)
 
     async def deliver_failure(self, job: Job, message: str) -> None:
-        await self._final_text(job, f"❌ {message}")
+        await self._final_text(job, f"❌ {plain_text(message)}", notify=True)
 
     async def deliver_cancelled(self, job: Job) -> None:
-        await self._final_text(job, "✖️ Cancelled.")
+        await self._final_text(job, CANCELLED_TEXT, notify=False)
+
+    async def deliver_withheld(self, job: Job) -> None:
+        """No image anywhere: the public status says it was withheld; the requester alone
+        learns what happened and what to try (ephemeral while the token lives, then a DM)."""
+        await self._final_text(job, WITHHELD_PUBLIC, notify=False)
+        if await self._tell_privately(job, withheld_notice(job)):
+            return
+        # Neither ephemeral nor DM reached them: a public note that pings them, no details.
+        await self._channel(job).send(
+            content=f"<@{job.user_id}> {job_summary(job)}\n{WITHHELD_PUBLIC}",
+            allowed_mentions=ping(job.user_id),
+        )
+
+    async def _tell_privately(self, job: Job, text: str) -> bool:
+        if self._token_alive(job):
+            try:
+                await self._webhook(job).send(text, ephemeral=True)
+                return True
+            except discord.HTTPException as exc:
+                await self._token_failed(job, exc)
+                log.info("ephemeral notice for job %d failed (%s); trying a DM", job.id, exc)
+        try:
+            dm = await self.client.create_dm(discord.Object(job.user_id))
+            await dm.send(text)
+            return True
+        except discord.HTTPException as exc:
+            log.info("could not DM the requester of job %d (%s)", job.id, exc)
+            return False
