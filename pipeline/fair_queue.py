@@ -1,8 +1,11 @@
 """Per-guild queues served in round-robin order, with caps and fair batching.
 
-A server with 50 waiting jobs delays another server's job by at most one job: the
-scheduler takes one job from each guild in turn. Pure data structure; the bot rebuilds it
-from SQLite at start, so nothing here needs to survive a restart.
+Two levels of turns: a server with 50 waiting jobs delays another server's job by at most
+one job (the scheduler takes one job from each guild in turn), and inside a guild's turn the
+members take turns too, so one member's series of ten delays another member's job by at
+most one image. Jobs of one `group` (a series) count as one entry against the per-user cap.
+Pure data structure; the bot rebuilds it from SQLite at start, so nothing here needs to
+survive a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class QueuedJob:
     guild_id: int
     user_id: int
     batch_key: Hashable | None = None
+    group: str | None = None  # jobs of one series: one entry against the per-user cap
 
 
 class QueueFull(Exception):
@@ -34,20 +38,35 @@ class Caps:
     total: int = 200
 
 
+Members = OrderedDict[int, deque[QueuedJob]]  # a guild's members in turn order
+
+
+def _interleave(queues: list[list[QueuedJob]]) -> list[QueuedJob]:
+    """One from each queue in turn: the first of each, then the second of each, ..."""
+    out: list[QueuedJob] = []
+    depth = 0
+    while True:
+        layer = [q[depth] for q in queues if depth < len(q)]
+        if not layer:
+            return out
+        out.extend(layer)
+        depth += 1
+
+
 @dataclass
 class FairQueue:
-    """Round-robin over guilds; FIFO within a guild.
+    """Round-robin over guilds, round-robin over members inside a guild, FIFO per member.
 
     `running` jobs count towards the caps until `finish` is called.
     """
 
     caps: Caps = field(default_factory=Caps)
-    _queues: OrderedDict[int, deque[QueuedJob]] = field(default_factory=OrderedDict)
+    _queues: OrderedDict[int, Members] = field(default_factory=OrderedDict)
     _running: dict[str, QueuedJob] = field(default_factory=dict)
 
     # -- inspection -------------------------------------------------------------------
     def __len__(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return sum(len(q) for members in self._queues.values() for q in members.values())
 
     def __contains__(self, job_id: str) -> bool:
         return any(j.job_id == job_id for j in self._iter_waiting())
@@ -57,8 +76,9 @@ class FairQueue:
         return list(self._running.values())
 
     def _iter_waiting(self) -> Iterator[QueuedJob]:
-        for q in self._queues.values():
-            yield from q
+        for members in self._queues.values():
+            for q in members.values():
+                yield from q
 
     def _active(self) -> list[QueuedJob]:
         return [*self._running.values(), *self._iter_waiting()]
@@ -72,59 +92,77 @@ class FairQueue:
             and (user_id is None or j.user_id == user_id)
         )
 
+    def entries(self, user_id: int) -> int:
+        """A user's waiting + running entries: a job each, a series (group) once."""
+        jobs = [j for j in self._active() if j.user_id == user_id]
+        return sum(1 for j in jobs if j.group is None) + len({j.group for j in jobs if j.group})
+
     def guild_waiting(self, guild_id: int) -> list[QueuedJob]:
-        return list(self._queues.get(guild_id, ()))
+        """A guild's waiting jobs in the order its turns will serve them."""
+        members = self._queues.get(guild_id)
+        return _interleave([list(q) for q in members.values()]) if members else []
 
     def order(self) -> list[QueuedJob]:
         """The order in which waiting jobs will be served if nothing else arrives."""
-        queues = [list(q) for q in self._queues.values()]
-        out: list[QueuedJob] = []
-        depth = 0
-        while True:
-            layer = [q[depth] for q in queues if depth < len(q)]
-            if not layer:
-                return out
-            out.extend(layer)
-            depth += 1
+        return _interleave([self.guild_waiting(g) for g in self._queues])
 
     def position(self, job_id: str) -> tuple[int, int] | None:
         """(1-based place in its guild's queue, number of jobs served before it overall)."""
         for overall, job in enumerate(self.order()):
             if job.job_id == job_id:
-                guild_place = [j.job_id for j in self._queues[job.guild_id]].index(job_id) + 1
-                return guild_place, overall
+                guild_ids = [j.job_id for j in self.guild_waiting(job.guild_id)]
+                return guild_ids.index(job_id) + 1, overall
         return None
 
     # -- changes ----------------------------------------------------------------------
-    def check_caps(self, guild_id: int, user_id: int) -> None:
-        """Raise `QueueFull` if one more job from this user in this guild breaks a cap."""
-        if self.count(user_id=user_id) >= self.caps.per_user:
+    def check_caps(
+        self, guild_id: int, user_id: int, size: int = 1, group: str | None = None
+    ) -> None:
+        """Raise `QueueFull` if `size` more jobs (one entry: a job, or a series when
+        `size` > 1) from this user in this guild break a cap."""
+        new_entry = group is None or all(j.group != group for j in self._active())
+        if new_entry and self.entries(user_id) >= self.caps.per_user:
             raise QueueFull(
                 f"You already have {self.caps.per_user} jobs waiting or running. "
                 "Wait for one to finish (or cancel one) and try again."
             )
-        if self.count(guild_id=guild_id) >= self.caps.per_guild:
+        in_guild = self.count(guild_id=guild_id)
+        if in_guild + size > self.caps.per_guild:
+            if size == 1:
+                raise QueueFull(
+                    f"This server's queue is full ({self.caps.per_guild} jobs). "
+                    "Try again in a few minutes."
+                )
             raise QueueFull(
-                f"This server's queue is full ({self.caps.per_guild} jobs). "
-                "Try again in a few minutes."
+                f"This server's queue has room for {max(0, self.caps.per_guild - in_guild)} "
+                f"more images; a series of {size} does not fit. Try again in a few minutes "
+                "or send fewer images."
             )
-        if self.count() >= self.caps.total:
+        if self.count() + size > self.caps.total:
             raise QueueFull("The bot is at capacity right now. Try again in a few minutes.")
 
     def push(self, job: QueuedJob, *, enforce_caps: bool = True) -> None:
         if enforce_caps:
-            self.check_caps(job.guild_id, job.user_id)
-        self._queues.setdefault(job.guild_id, deque()).append(job)
+            self.check_caps(job.guild_id, job.user_id, group=job.group)
+        members = self._queues.setdefault(job.guild_id, OrderedDict())
+        members.setdefault(job.user_id, deque()).append(job)
+
+    def _take(self, job: QueuedJob) -> None:
+        """Drop a waiting job from its member's queue, and empty queues with it."""
+        members = self._queues[job.guild_id]
+        q = members[job.user_id]
+        q.remove(job)
+        if not q:
+            del members[job.user_id]
+        if not members:
+            del self._queues[job.guild_id]
 
     def remove(self, job_id: str) -> QueuedJob | None:
         """Take a waiting job out of the queue (cancel). Returns it, or None if not waiting."""
-        for guild_id, q in self._queues.items():
-            for job in q:
-                if job.job_id == job_id:
-                    q.remove(job)
-                    if not q:
-                        del self._queues[guild_id]
-                    return job
+        for job in self._iter_waiting():
+            if job.job_id == job_id:
+                self._take(job)
+                return job
         return None
 
     def pop_batch(
@@ -136,7 +174,8 @@ class FairQueue:
         batching never lets a job jump ahead of one that round-robin would serve first.
         `key` derives the key at dispatch time (default: the job's `batch_key`), for keys
         that depend on something learnt after queueing, such as the model's resolution.
-        The served guilds move to the back of the rotation.
+        The served members move to the back of their guild's turns, and the served guilds
+        to the back of the rotation.
         """
         key = key or (lambda job: job.batch_key)
         batch: list[QueuedJob] = []
@@ -151,11 +190,10 @@ class FairQueue:
                 first_key = job_key
             batch.append(job)
         for job in batch:
-            q = self._queues[job.guild_id]
-            q.popleft()
+            members = self._queues[job.guild_id]
+            members.move_to_end(job.user_id)
             self._queues.move_to_end(job.guild_id)
-            if not q:
-                del self._queues[job.guild_id]
+            self._take(job)
             self._running[job.job_id] = job
         return batch
 

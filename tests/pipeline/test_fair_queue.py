@@ -130,3 +130,62 @@ def test_batch_key_can_be_derived_at_dispatch_time() -> None:
         q.push(job(n, guild=n, key=size))
     # the raw keys all differ; a coarser key known only now groups the first two
     assert [j.job_id for j in q.pop_batch(4, key=lambda j: j.batch_key // 100)] == ["1", "2"]
+
+
+def test_members_take_turns_inside_their_guild_and_guilds_take_turns() -> None:
+    """Alice's series of 10 in guild 1 interleaves with Bob's and Carol's jobs there and
+    with guild 2's: nobody waits behind more than one of her images per turn."""
+    q = FairQueue(Caps(per_user=9, per_guild=99, total=999))
+    alice, bob, carol, dave = 1, 2, 3, 4
+    for n in range(10):
+        q.push(QueuedJob(f"a{n}", 1, alice, group="s1"))
+    q.push(QueuedJob("b0", 1, bob))
+    q.push(QueuedJob("b1", 1, bob))
+    q.push(QueuedJob("c0", 1, carol))
+    q.push(QueuedJob("d0", 2, dave))
+    q.push(QueuedJob("d1", 2, dave))
+    expected = ["a0", "d0", "b0", "d1", "c0", "a1", "b1", "a2", *[f"a{n}" for n in range(3, 10)]]
+    assert [j.job_id for j in q.order()] == expected
+    assert q.guild_waiting(1)[:5] == [q.order()[i] for i in (0, 2, 4, 5, 6)]
+    assert q.position("c0") == (3, 4)
+    assert [b[0] for b in drain(q)] == expected
+
+
+def test_a_member_arriving_during_a_series_waits_for_at_most_one_of_its_images() -> None:
+    q = FairQueue(Caps(per_user=9, per_guild=99, total=999))
+    for n in range(4):
+        q.push(QueuedJob(f"a{n}", 1, 1, group="s"))
+    assert [j.job_id for j in q.pop_batch()] == ["a0"]
+    q.push(QueuedJob("b0", 1, 2))  # joins the turns at the back, like a new guild
+    q.push(QueuedJob("b1", 1, 2))
+    assert [j.job_id for j in q.order()] == ["a1", "b0", "a2", "b1", "a3"]
+
+
+def test_a_series_is_one_entry_against_the_per_user_cap() -> None:
+    q = FairQueue(Caps(per_user=2, per_guild=99, total=999))
+    for n in range(10):
+        q.check_caps(1, 7, size=10 - n, group="s1")
+        q.push(QueuedJob(f"s{n}", 1, 7, group="s1"))
+    assert q.entries(7) == 1 and q.count(user_id=7) == 10
+    q.push(QueuedJob("single", 1, 7))
+    assert q.entries(7) == 2
+    with pytest.raises(QueueFull, match="You already have 2 jobs"):
+        q.check_caps(1, 7, size=3, group="s2")
+    q.remove("single")
+    q.check_caps(1, 7, size=3, group="s2")
+
+
+@pytest.mark.parametrize(
+    ("caps", "size", "message"),
+    [
+        (Caps(9, 12, 99), 3, "room for 2 more images; a series of 3 does not fit"),
+        (Caps(9, 99, 12), 3, "at capacity"),
+    ],
+)
+def test_a_series_must_fit_the_queue_whole(caps: Caps, size: int, message: str) -> None:
+    q = FairQueue(caps)
+    for n in range(10):
+        q.push(QueuedJob(str(n), 1, 100 + n))
+    q.check_caps(1, 7, size=2, group="fits")
+    with pytest.raises(QueueFull, match=message):
+        q.check_caps(1, 7, size=size, group="big")
