@@ -197,5 +197,14 @@ class FairQueue:
             self._running[job.job_id] = job
         return batch
 
+    def requeue_front(self, job: QueuedJob) -> None:
+        """Put a job that never started back where it was served from: first of its
+        member's queue, that member first in its guild's turns, that guild first."""
+        self._running.pop(job.job_id, None)
+        members = self._queues.setdefault(job.guild_id, OrderedDict())
+        members.setdefault(job.user_id, deque()).appendleft(job)
+        members.move_to_end(job.user_id, last=False)
+        self._queues.move_to_end(job.guild_id, last=False)
+
     def finish(self, job_id: str) -> None:
         self._running.pop(job_id, None)

@@ -189,3 +189,14 @@ def test_a_series_must_fit_the_queue_whole(caps: Caps, size: int, message: str) 
     q.check_caps(1, 7, size=2, group="fits")
     with pytest.raises(QueueFull, match=message):
         q.check_caps(1, 7, size=size, group="big")
+
+
+def test_requeue_front_puts_a_job_back_where_it_was_served_from() -> None:
+    q = FairQueue(Caps(per_user=9, per_guild=99, total=999))
+    for n, guild, user in [(1, 1, 1), (2, 1, 1), (3, 1, 2), (4, 2, 3)]:
+        q.push(QueuedJob(str(n), guild, user))
+    before = [j.job_id for j in q.order()]
+    (first,) = q.pop_batch()
+    q.requeue_front(first)
+    assert [j.job_id for j in q.order()] == before
+    assert q.running == []
