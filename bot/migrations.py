@@ -193,4 +193,30 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN style TEXT",
         ],
     ),
+    (
+        "series: one album of jobs sharing prompt, strength and seed",
+        [
+            """
+            CREATE TABLE series (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                guild_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                size INTEGER NOT NULL,
+                seed INTEGER NOT NULL,
+                message_id INTEGER,  -- the album message, once posted
+                created_at REAL NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE series_items (
+                series_id INTEGER NOT NULL REFERENCES series(id),
+                position INTEGER NOT NULL,  -- 1-based, the input order
+                job_id INTEGER NOT NULL UNIQUE REFERENCES jobs(id),
+                label TEXT NOT NULL,  -- the uploaded file's name
+                PRIMARY KEY (series_id, position)
+            )
+            """,
+        ],
+    ),
 ]
