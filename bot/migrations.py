@@ -212,7 +212,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             CREATE TABLE series_items (
                 series_id INTEGER NOT NULL REFERENCES series(id),
                 position INTEGER NOT NULL,  -- 1-based, the input order
-                job_id INTEGER NOT NULL UNIQUE REFERENCES jobs(id),
+                job_id INTEGER NOT NULL UNIQUE,  -- no FK: /gallery forget-me deletes job rows
                 label TEXT NOT NULL,  -- the uploaded file's name
                 PRIMARY KEY (series_id, position)
             )
