@@ -53,13 +53,29 @@ World (ints in, ints out; strings on the wire)
     ``add_user(name, *, bot=False) -> user_id``;
     ``add_guild(name, owner_id=None, *, bot_permissions=DEFAULT_BOT_PERMISSIONS) -> guild_id``
     (roles: @everyone with id == guild id, and the bot's managed role; the owner, by default
-    ``owner_id``, is a member with every permission); ``add_channel(guild_id, name, *, type=0)
-    -> channel_id``; ``add_role(guild_id, name, permissions=0) -> role_id``;
+    ``owner_id``, is a member with every permission); ``add_channel(guild_id, name, *, type=0,
+    nsfw=False, hidden=False) -> channel_id`` (``nsfw``: age-restricted, ``channel.is_nsfw()``;
+    ``hidden``: overwrite ``{id: GUILD_ID, type: 0, deny: VIEW_CHANNEL}`` for @everyone plus a
+    member overwrite allowing the bot, like a private channel the bot was added to);
+    ``allow_channel_view(channel_id, user_id)`` (member overwrite allowing View Channel);
+    ``set_channel_permissions(channel_id, role_or_user_id, *, allow=0, deny=0)`` (any
+    overwrite); ``channel_permissions(channel_id, user_id)`` (computed like Discord: roles,
+    then @everyone/role/member overwrites; threads use their parent's);
+    ``add_thread(parent_channel_id, name, *, private=False, owner_id=None) -> thread_id``
+    (type 11/12 with ``parent_id``, in GUILD_CREATE ``threads``, THREAD_CREATE after READY;
+    slash commands, clicks and channel routes work in it);
+    ``add_role(guild_id, name, permissions=0) -> role_id``;
     ``add_member(guild_id, user_id, *, permissions=0, roles=None, nick=None)`` (``permissions``
-    are extra bits shown as ``interaction.permissions``); ``dm_channel_id(user_id)``;
+    are extra bits, given through a role of the member's own so discord.py's
+    ``permissions_for`` agrees with ``interaction.permissions``); ``dm_channel_id(user_id)``;
+    ``close_dms(user_id, closed=True)`` (posting in their DM answers 403 50007);
     ``member_permissions(guild_id, user_id)``; ``deny_channel(channel_id, denied=True)``
-    (channel routes answer 403 50013). Added after READY, they are dispatched (GUILD_CREATE,
-    CHANNEL_CREATE, GUILD_ROLE_CREATE, GUILD_MEMBER_ADD). Without the members intent a
+    (channel routes answer 403 50013). Channel routes also check the bot's own channel
+    permissions: no View Channel 403 50001, no Send Messages (in threads: Send Messages in
+    Threads) or Attach Files 403 50013; deleting another user's message needs Manage
+    Messages. Interaction payloads carry the member's and the app's permissions *in that
+    channel*. Added after READY, they are dispatched (GUILD_CREATE, CHANNEL_CREATE/UPDATE,
+    THREAD_CREATE, GUILD_ROLE_CREATE, GUILD_MEMBER_ADD). Without the members intent a
     GUILD_CREATE carries only the bot's own member, like Discord.
 
 Commands
@@ -75,7 +91,16 @@ Messages (stored dicts; see ``messages.py`` for every key)
     ``messages(channel_id=None, *, include_deleted=False)`` (ephemeral ones included),
     ``message(id)``, ``message_payload(id)`` (wire form), ``attachment_bytes(message_or_id,
     index=0)``, ``await wait_for_message(predicate=None, timeout=5.0, *, channel_id=None)``,
-    ``upload_message(channel_id, user_id, content="", files=None) -> id`` (a user's message).
+    ``upload_message(channel_id, user_id, content="", files=None, *, embeds=None) -> dict``
+    (a member's own message, e.g. a photo; returns the stored message, ``["id"]`` its id; it
+    can be the target of ``send_message_command``).
+    ``message_bodies() -> [{method, path, body, message, allowed_mentions, status}]``: every
+    request that creates or edits a message (callbacks type 4/7, webhook POST/PATCH,
+    channel message POST/PATCH), refused ones too; ``message`` is the message part (a
+    callback's ``data``), ``allowed_mentions`` its value or None when absent. E.g.
+    ``assert all(b["allowed_mentions"]["parse"] == [] for b in fd.message_bodies())``.
+    The bot may edit (PATCH) and DELETE its own messages through the channel routes,
+    interaction responses and follow-ups included (not ephemeral ones).
     ``attachment://name`` in embeds is rewritten to the file's URL; the file stays in
     ``attachments``. Form checks like Discord's (content 2000, embed limits, custom_id 100,
     empty message 50006, file above attachment_size_limit 413 40005).
@@ -102,7 +127,17 @@ Interactions
     ``size`` overrides the declared size. The file is served by the stand-in.
     ``await click(message_id, custom_id, user_id, guild_id=None, *, values=None,
     locale="en-US", validate=True) -> InteractionHandle`` (type 3 with the message payload).
-    ``await submit_modal(opened_by_handle, values_by_custom_id_or_label, user_id=None)``.
+    ``await send_message_command(guild_id, channel_id, user_id, name, target_message_id, *,
+    locale="en-US", validate=True)`` (a message context menu, "Apps → name": type 2 with
+    ``data {id, name, type 3, target_id, resolved {messages {ID: message}}}``; the target
+    carries its attachments and embeds; ``channel_id`` None = the target's channel).
+    ``validate`` also refuses a channel the user cannot view (PermissionError).
+    ``await submit_modal(opened_by_handle, values, user_id=None)``: ``values`` keyed by
+    custom_id or label (the Label (type 18) text or the input's own label); text inputs in
+    action rows or Labels (left out: their prefilled ``value``; ``required``, min/max length
+    checked), selects take lists, a ``FileUpload`` (type 19) takes ``Upload``s (resolved in
+    ``data.resolved.attachments``); an unknown key raises LookupError; a modal opened from a
+    button carries ``message``.
     ``await send_autocomplete(guild_id, channel_id, user_id, name, options, focused, *,
     locale="en-US")`` (type 4; choices in ``(await h.response())["data"]["choices"]``).
     ``expire_token(token)``: webhook routes then answer 401 ``{"message": "Invalid Webhook
@@ -115,11 +150,32 @@ InteractionHandle
     (thinking message after a defer, ``loading`` True until the first follow-up or edit;
     the type-4 message; the clicked message after 6/7); ``followups()`` (the first follow-up
     after a defer IS the original, same id, visibility kept even if sent ephemeral);
-    ``messages()``; ``ephemeral`` (of the original; None without one); ``modal``;
+    ``messages()``; ``ephemeral`` (of the original; None without one); ``modal`` (the type-9
+    data ``{custom_id, title, components}`` or None); ``await wait_modal(timeout=5.0) ->
+    modal data`` (fails at once if answered otherwise); ``modal_inputs() -> {label:
+    component}`` (prefilled ``value``, ``custom_id``...);
     ``rejected_callbacks``; ``expire()``; ``await response(timeout=5.0) -> {type, data,
     files, time}``; ``await wait_original(predicate=None, timeout=5.0)``; ``await
     wait_followup(predicate=None, timeout=5.0)``; ``await wait_message(predicate=None,
     timeout=5.0)``; ``await wait_for(predicate_on_handle, timeout=5.0)``.
+
+Deadlines
+    ``ack_deadline`` (3.0 s; None: off): a first callback later than that after dispatch is
+    answered 404 10062 "Unknown interaction", like Discord, and listed in ``late_acks() ->
+    [{interaction_id, name, type, delay, body}]``; ``assert_acks_in_time()``. The token then
+    works for webhooks (follow-ups, @original) for ``token_lifetime`` (900 s).
+
+Schema validation
+    With ``validate_bodies`` (default True) every JSON body (or multipart ``payload_json``) is
+    checked against Discord's OpenAPI spec (``schema.py``); one Discord would refuse is
+    answered 400 50035 "Invalid Form Body" with ``errors`` and listed in ``invalid_bodies()
+    -> [{method, path, route, body, errors}]``; ``assert_valid_bodies()``.
+
+Teardown
+    ``assert_clean()`` = ``assert_no_unknown_routes()`` + ``assert_acks_in_time()`` +
+    ``assert_valid_bodies()``; it runs by itself when an ``async with``/``with FakeDiscord``
+    block ends without an exception (so the e2e ``fd`` fixture fails its test at teardown),
+    unless ``strict`` is set False by a test that provokes these on purpose.
 
 Gateway
     HELLO with ``heartbeat_interval``; op 1 answered with op 11; IDENTIFY -> READY then

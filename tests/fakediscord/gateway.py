@@ -124,7 +124,8 @@ class Gateway:
                 self._close(conn, 1001)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(
-                asyncio.gather(*(c.done.wait() for c in self.connections)), timeout=2.0)
+                asyncio.gather(*(c.done.wait() for c in self.connections)), timeout=2.0
+            )
 
     # -- the websocket ----------------------------------------------------------------------
 
@@ -135,10 +136,19 @@ class Gateway:
         with self.fake._lock:
             self.connections.append(conn)
         writer = asyncio.create_task(self._writer(ws, conn))
-        conn.queue.put_nowait(json.dumps({
-            "op": HELLO, "s": None, "t": None,
-            "d": {"heartbeat_interval": self.fake.heartbeat_interval, "_trace": ["fakediscord"]},
-        }))
+        conn.queue.put_nowait(
+            json.dumps(
+                {
+                    "op": HELLO,
+                    "s": None,
+                    "t": None,
+                    "d": {
+                        "heartbeat_interval": self.fake.heartbeat_interval,
+                        "_trace": ["fakediscord"],
+                    },
+                }
+            )
+        )
         self.fake._notify()
         try:
             async for msg in ws:
@@ -217,8 +227,12 @@ class Gateway:
         if data.get("token") != self.fake.token:
             self._close(conn, 4004)  # authentication failed
             return
-        session = Session(id=uuid.uuid4().hex, intents=int(data.get("intents") or 0),
-                          shard=data.get("shard"), connection=conn)
+        session = Session(
+            id=uuid.uuid4().hex,
+            intents=int(data.get("intents") or 0),
+            shard=data.get("shard"),
+            connection=conn,
+        )
         with self.fake._lock:
             self.identifies.append(data)
             self.sessions[session.id] = session
@@ -264,8 +278,7 @@ class Gateway:
                 ids = [u for u in ids if u in guild.members]
             else:
                 query = (data.get("query") or "").lower()
-                ids = [u for u in guild.members
-                       if world.users[u].name.lower().startswith(query)]
+                ids = [u for u in guild.members if world.users[u].name.lower().startswith(query)]
                 if data.get("limit"):
                     ids = ids[: int(data["limit"])]
             chunk = {
@@ -283,8 +296,16 @@ class Gateway:
 
     def info(self) -> list[ConnectionInfo]:
         return [
-            ConnectionInfo(id=c.id, query=dict(c.query), opened=c.opened, closed=c.closed,
-                           close_code=c.close_code, heartbeats=list(c.heartbeats),
-                           identified=c.identified, resumed=c.resumed, session_id=c.session_id)
+            ConnectionInfo(
+                id=c.id,
+                query=dict(c.query),
+                opened=c.opened,
+                closed=c.closed,
+                close_code=c.close_code,
+                heartbeats=list(c.heartbeats),
+                identified=c.identified,
+                resumed=c.resumed,
+                session_id=c.session_id,
+            )
             for c in self.connections
         ]

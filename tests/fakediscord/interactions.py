@@ -29,10 +29,19 @@ MODAL = 9
 
 ALLOWED_CALLBACKS = {
     APPLICATION_COMMAND: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, MODAL},
-    MESSAGE_COMPONENT: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE_MESSAGE,
-                        UPDATE_MESSAGE, MODAL},
-    MODAL_SUBMIT: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, DEFERRED_UPDATE_MESSAGE,
-                   UPDATE_MESSAGE},
+    MESSAGE_COMPONENT: {
+        CHANNEL_MESSAGE,
+        DEFERRED_CHANNEL_MESSAGE,
+        DEFERRED_UPDATE_MESSAGE,
+        UPDATE_MESSAGE,
+        MODAL,
+    },
+    MODAL_SUBMIT: {
+        CHANNEL_MESSAGE,
+        DEFERRED_CHANNEL_MESSAGE,
+        DEFERRED_UPDATE_MESSAGE,
+        UPDATE_MESSAGE,
+    },
     AUTOCOMPLETE: {AUTOCOMPLETE_RESULT},
 }
 
@@ -77,6 +86,7 @@ class InteractionRecord:
     user_id: int
     payload: dict[str, Any]
     name: str | None = None  # command name, or custom_id for components and modals
+    command_type: int = 1  # 1 slash, 3 message context menu
     source_message_id: int | None = None  # the clicked message, for components
     created: float = field(default_factory=time.monotonic)
     response: dict[str, Any] | None = None
@@ -99,7 +109,7 @@ class InteractionRecord:
         }
         if self.type == APPLICATION_COMMAND:
             meta["name"] = self.name
-            meta["command_type"] = 1
+            meta["command_type"] = self.command_type
         if self.source_message_id is not None:
             meta["interacted_message_id"] = str(self.source_message_id)
         return meta
@@ -189,38 +199,84 @@ class InteractionHandle:
 
     async def response(self, timeout: float = 5.0) -> dict[str, Any]:
         """Wait for the bot's callback; returns ``{type, data, files, time}``."""
-        return await self._fake.until(self.response_now, timeout,
-                                      f"interaction {self.id}: no callback from the bot")
+        return await self._fake.until(
+            self.response_now, timeout, f"interaction {self.id}: no callback from the bot"
+        )
 
-    async def wait_for(self, predicate: Callable[[InteractionHandle], Any],
-                       timeout: float = 5.0) -> Any:
+    async def wait_modal(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Wait until the bot answered with a modal (callback type 9); returns its data
+        ``{custom_id, title, components}``. Fails at once if it answered otherwise."""
+
+        def check() -> dict[str, Any] | None:
+            response = self.response_now()
+            if response is not None and response["type"] != MODAL:
+                raise AssertionError(
+                    f"interaction {self.id} was answered with type "
+                    f"{response['type']}, not a modal: {response['data']}"
+                )
+            return self.modal
+
+        return await self._fake.until(check, timeout, f"interaction {self.id}: no modal")
+
+    def modal_inputs(self) -> dict[str, dict[str, Any]]:
+        """The opened modal's inputs by label (Label text, else the input's own label, else
+        custom_id): each the component dict (``custom_id``, ``value`` (prefilled),
+        ``required``, ``style``...)."""
+        modal = self.modal
+        if modal is None:
+            raise LookupError(f"interaction {self.id} did not open a modal")
+        found: dict[str, dict[str, Any]] = {}
+
+        def walk(comp: dict[str, Any], label: str | None) -> None:
+            if comp.get("type") == 1:
+                for c in comp.get("components", []):
+                    walk(c, label)
+            elif comp.get("type") == 18:
+                walk(comp["component"], comp.get("label"))
+            elif comp.get("custom_id") is not None:
+                found[label or comp.get("label") or comp["custom_id"]] = comp
+
+        for comp in modal.get("components", []):
+            walk(comp, None)
+        return found
+
+    async def wait_for(
+        self, predicate: Callable[[InteractionHandle], Any], timeout: float = 5.0
+    ) -> Any:
         """Wait until ``predicate(handle)`` is truthy and return its value."""
-        return await self._fake.until(lambda: predicate(self), timeout,
-                                      f"interaction {self.id}: condition not met")
+        return await self._fake.until(
+            lambda: predicate(self), timeout, f"interaction {self.id}: condition not met"
+        )
 
-    async def wait_original(self, predicate: Callable[[dict[str, Any]], Any] | None = None,
-                            timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_original(
+        self, predicate: Callable[[dict[str, Any]], Any] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
         """Wait for the @original message (and ``predicate(message)``), return it.
 
         ``wait_original(lambda m: not m["loading"])`` waits until a defer was replaced.
         """
+
         def check() -> dict[str, Any] | None:
             msg = self.original()
             return msg if msg is not None and _holds(predicate, msg) else None
 
         return await self._fake.until(check, timeout, f"interaction {self.id}: @original")
 
-    async def wait_followup(self, predicate: Callable[[dict[str, Any]], Any] | None = None,
-                            timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_followup(
+        self, predicate: Callable[[dict[str, Any]], Any] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
         """Wait for the first follow-up message satisfying ``predicate``, return it."""
+
         def check() -> dict[str, Any] | None:
             return next((m for m in self.followups() if _holds(predicate, m)), None)
 
         return await self._fake.until(check, timeout, f"interaction {self.id}: follow-up")
 
-    async def wait_message(self, predicate: Callable[[dict[str, Any]], Any] | None = None,
-                           timeout: float = 5.0) -> dict[str, Any]:
+    async def wait_message(
+        self, predicate: Callable[[dict[str, Any]], Any] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
         """Wait for any message of this interaction satisfying ``predicate``."""
+
         def check() -> dict[str, Any] | None:
             return next((m for m in self.messages() if _holds(predicate, m)), None)
 
@@ -239,27 +295,42 @@ def _holds(predicate: Callable[[Any], Any] | None, value: Any) -> bool:
 # -- slash command options ------------------------------------------------------------------
 
 
-def resolve_command(commands: dict[int | None, list[dict[str, Any]]], guild_id: int | None,
-                    name: str) -> tuple[dict[str, Any], bool, list[str]]:
-    """Find a registered command by ``"name sub group"`` path; returns (command, is_guild, path)."""
-    parts = name.split()
-    if not parts:
+def resolve_command(
+    commands: dict[int | None, list[dict[str, Any]]], guild_id: int | None, name: str, kind: int = 1
+) -> tuple[dict[str, Any], bool, list[str]]:
+    """Find a registered command by ``"name sub group"`` path; returns (command, is_guild, path).
+
+    ``kind`` 1 is a slash command (the name splits into subcommands); 2 (user) and 3 (message)
+    are context-menu commands, whose whole name may hold spaces (``"Img2img this"``).
+    """
+    parts = name.split() if kind == 1 else [name]
+    if not parts or not parts[0]:
         raise ValueError("empty command name")
     top = parts[0]
     for scope in ([guild_id] if guild_id is not None else []) + [None]:
         for cmd in commands.get(scope, []):
-            if cmd["name"] == top and cmd.get("type", 1) == 1:
+            if cmd["name"] == top and cmd.get("type", 1) == kind:
                 return cmd, scope is not None, parts[1:]
-    known = sorted({c["name"] for scope in commands.values() for c in scope})
+    known = sorted({(c["name"], c.get("type", 1)) for scope in commands.values() for c in scope})
+    what = {1: "slash", 2: "user", 3: "message"}.get(kind, str(kind))
     raise LookupError(
-        f"no slash command {top!r} registered for guild {guild_id} or globally "
-        f"(registered: {known}); did the bot sync its command tree?"
+        f"no {what} command {top!r} registered for guild {guild_id} or globally "
+        f"(registered (name, type): {known}); did the bot sync its command tree?"
     )
 
 
-def build_options(world: World, store: MessageStore, cmd: dict[str, Any], path: list[str],
-                  values: dict[str, Any], *, guild_id: int | None, user_id: int,
-                  channel_id: int, validate: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def build_options(
+    world: World,
+    store: MessageStore,
+    cmd: dict[str, Any],
+    path: list[str],
+    values: dict[str, Any],
+    *,
+    guild_id: int | None,
+    user_id: int,
+    channel_id: int,
+    validate: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The ``data.options`` tree and ``data.resolved`` for one slash command invocation."""
     schema = cmd.get("options") or []
     wrappers: list[tuple[str, int]] = []
@@ -279,16 +350,27 @@ def build_options(world: World, store: MessageStore, cmd: dict[str, Any], path: 
     by_name = {o["name"]: o for o in schema}
     unknown = set(values) - set(by_name)
     if unknown:
-        raise ValueError(f"/{' '.join([cmd['name'], *path])} has no option(s) {sorted(unknown)}; "
-                         f"options: {list(by_name)}")
+        raise ValueError(
+            f"/{' '.join([cmd['name'], *path])} has no option(s) {sorted(unknown)}; "
+            f"options: {list(by_name)}"
+        )
     for opt in schema:
         name = opt["name"]
         if name not in values:
             if validate and opt.get("required"):
                 raise ValueError(f"option {name!r} is required")
             continue
-        value = _option_value(world, store, opt, values[name], resolved, guild_id=guild_id,
-                              user_id=user_id, channel_id=channel_id, validate=validate)
+        value = _option_value(
+            world,
+            store,
+            opt,
+            values[name],
+            resolved,
+            guild_id=guild_id,
+            user_id=user_id,
+            channel_id=channel_id,
+            validate=validate,
+        )
         leaf.append({"name": name, "type": opt["type"], "value": value})
 
     options = leaf
@@ -297,9 +379,18 @@ def build_options(world: World, store: MessageStore, cmd: dict[str, Any], path: 
     return options, resolved
 
 
-def _option_value(world: World, store: MessageStore, opt: dict[str, Any], value: Any,
-                  resolved: dict[str, dict[str, Any]], *, guild_id: int | None,
-                  user_id: int, channel_id: int, validate: bool) -> Any:
+def _option_value(
+    world: World,
+    store: MessageStore,
+    opt: dict[str, Any],
+    value: Any,
+    resolved: dict[str, dict[str, Any]],
+    *,
+    guild_id: int | None,
+    user_id: int,
+    channel_id: int,
+    validate: bool,
+) -> Any:
     kind = opt["type"]
     name = opt["name"]
     if not validate and kind in (3, 4, 10) and isinstance(value, str):
@@ -319,14 +410,21 @@ def _option_value(world: World, store: MessageStore, opt: dict[str, Any], value:
     elif kind == 5:
         value = bool(value)
     elif kind in (6, 7, 8, 9):
-        return _snowflake_option(world, opt, value, resolved, guild_id=guild_id,
-                                 user_id=user_id)
+        return _snowflake_option(world, opt, value, resolved, guild_id=guild_id, user_id=user_id)
     elif kind == 11:
         upload = Upload.coerce(value)
-        att = store.host_file(channel_id, upload.filename, upload.data, upload.content_type,
-                              size=upload.size, width=upload.width, height=upload.height)
+        att = store.host_file(
+            channel_id,
+            upload.filename,
+            upload.data,
+            upload.content_type,
+            size=upload.size,
+            width=upload.width,
+            height=upload.height,
+        )
         resolved.setdefault("attachments", {})[str(att["id"])] = store.wire_attachment(
-            att, ephemeral=True)
+            att, ephemeral=True
+        )
         return str(att["id"])
     else:
         raise ValueError(f"option {name!r} has unsupported type {kind}")
@@ -340,16 +438,23 @@ def _option_value(world: World, store: MessageStore, opt: dict[str, Any], value:
     return value
 
 
-def _snowflake_option(world: World, opt: dict[str, Any], value: Any,
-                      resolved: dict[str, dict[str, Any]], *, guild_id: int | None,
-                      user_id: int) -> str:
+def _snowflake_option(
+    world: World,
+    opt: dict[str, Any],
+    value: Any,
+    resolved: dict[str, dict[str, Any]],
+    *,
+    guild_id: int | None,
+    user_id: int,
+) -> str:
     kind = opt["type"]
     sid = int(value)
     if kind in (6, 9) and sid in world.users:
         resolved.setdefault("users", {})[str(sid)] = world.users[sid].payload()
         if guild_id is not None and sid in world.guilds[guild_id].members:
             resolved.setdefault("members", {})[str(sid)] = world.member_payload(
-                guild_id, sid, with_user=False, with_permissions=True)
+                guild_id, sid, with_user=False, with_permissions=True
+            )
         return str(sid)
     if kind in (8, 9) and sid in world.roles:
         resolved.setdefault("roles", {})[str(sid)] = world.roles[sid].payload()
@@ -366,4 +471,3 @@ def _snowflake_option(world: World, opt: dict[str, Any], value: Any,
         return str(sid)
     what = {6: "user", 7: "channel", 8: "role", 9: "user or role"}[kind]
     raise ValueError(f"option {opt['name']!r}: no {what} with id {sid}")
-

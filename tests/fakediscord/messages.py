@@ -39,8 +39,9 @@ EDITABLE_FLAGS = SUPPRESS_EMBEDS | COMPONENTS_V2
 class ApiError(Exception):
     """An error answer, with Discord's status and JSON body."""
 
-    def __init__(self, status: int, code: int, message: str,
-                 errors: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, code: int, message: str, errors: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{status} {code} {message}")
         self.status = status
         self.body: dict[str, Any] = {"message": message, "code": code}
@@ -99,12 +100,14 @@ def validate_message(body: dict[str, Any], prefix: str = "") -> None:
     problems: list[tuple[str, str, str]] = []
     content = body.get("content")
     if isinstance(content, str) and len(content) > 2000:
-        problems.append((prefix + "content", "BASE_TYPE_MAX_LENGTH",
-                         "Must be 2000 or fewer in length."))
+        problems.append(
+            (prefix + "content", "BASE_TYPE_MAX_LENGTH", "Must be 2000 or fewer in length.")
+        )
     embeds = body.get("embeds") or []
     if len(embeds) > 10:
-        problems.append((prefix + "embeds", "BASE_TYPE_MAX_LENGTH",
-                         "Must be 10 or fewer in length."))
+        problems.append(
+            (prefix + "embeds", "BASE_TYPE_MAX_LENGTH", "Must be 10 or fewer in length.")
+        )
     total = 0
     for i, embed in enumerate(embeds):
         where = f"{prefix}embeds.{i}."
@@ -115,48 +118,74 @@ def validate_message(body: dict[str, Any], prefix: str = "") -> None:
             if isinstance(node, str):
                 total += len(node)
                 if len(node) > limit:
-                    problems.append((where + key, "BASE_TYPE_MAX_LENGTH",
-                                     f"Must be {limit} or fewer in length."))
+                    problems.append(
+                        (
+                            where + key,
+                            "BASE_TYPE_MAX_LENGTH",
+                            f"Must be {limit} or fewer in length.",
+                        )
+                    )
         fields = embed.get("fields") or []
         if len(fields) > 25:
-            problems.append((where + "fields", "BASE_TYPE_MAX_LENGTH",
-                             "Must be 25 or fewer in length."))
+            problems.append(
+                (where + "fields", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+            )
         for j, fld in enumerate(fields):
             for key, limit, required in (("name", 256, True), ("value", 1024, True)):
                 text = fld.get(key)
                 if required and not text:
-                    problems.append((f"{where}fields.{j}.{key}", "BASE_TYPE_REQUIRED",
-                                     "This field is required"))
+                    problems.append(
+                        (f"{where}fields.{j}.{key}", "BASE_TYPE_REQUIRED", "This field is required")
+                    )
                 elif isinstance(text, str):
                     total += len(text)
                     if len(text) > limit:
-                        problems.append((f"{where}fields.{j}.{key}", "BASE_TYPE_MAX_LENGTH",
-                                         f"Must be {limit} or fewer in length."))
+                        problems.append(
+                            (
+                                f"{where}fields.{j}.{key}",
+                                "BASE_TYPE_MAX_LENGTH",
+                                f"Must be {limit} or fewer in length.",
+                            )
+                        )
     if total > 6000:
-        problems.append((prefix + "embeds", "MAX_EMBED_SIZE_EXCEEDED",
-                         "Embed size exceeds maximum size of 6000"))
+        problems.append(
+            (
+                prefix + "embeds",
+                "MAX_EMBED_SIZE_EXCEEDED",
+                "Embed size exceeds maximum size of 6000",
+            )
+        )
     rows = body.get("components") or []
     if not (body.get("flags") or 0) & COMPONENTS_V2 and len(rows) > 5:
-        problems.append((prefix + "components", "BASE_TYPE_MAX_LENGTH",
-                         "Must be 5 or fewer in length."))
+        problems.append(
+            (prefix + "components", "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
+        )
     seen: set[str] = set()
     for path, comp in walk_components(rows, prefix + "components"):
         custom_id = comp.get("custom_id")
         if isinstance(custom_id, str):
             if len(custom_id) > 100:
-                problems.append((path + ".custom_id", "BASE_TYPE_MAX_LENGTH",
-                                 "Must be 100 or fewer in length."))
+                problems.append(
+                    (path + ".custom_id", "BASE_TYPE_MAX_LENGTH", "Must be 100 or fewer in length.")
+                )
             if custom_id in seen:
-                problems.append((path + ".custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED",
-                                 "Component custom id cannot be duplicated"))
+                problems.append(
+                    (
+                        path + ".custom_id",
+                        "COMPONENT_CUSTOM_ID_DUPLICATED",
+                        "Component custom id cannot be duplicated",
+                    )
+                )
             seen.add(custom_id)
         label = comp.get("label")
         if comp.get("type") == 2 and isinstance(label, str) and len(label) > 80:
-            problems.append((path + ".label", "BASE_TYPE_MAX_LENGTH",
-                             "Must be 80 or fewer in length."))
+            problems.append(
+                (path + ".label", "BASE_TYPE_MAX_LENGTH", "Must be 80 or fewer in length.")
+            )
         if comp.get("type") == 1 and len(comp.get("components") or []) > 5:
-            problems.append((path + ".components", "BASE_TYPE_MAX_LENGTH",
-                             "Must be 5 or fewer in length."))
+            problems.append(
+                (path + ".components", "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
+            )
     if problems:
         raise form_error(problems)
 
@@ -188,9 +217,18 @@ class MessageStore:
 
     # -- files ------------------------------------------------------------------------------
 
-    def host_file(self, channel_id: int, filename: str, data: bytes, content_type: str | None,
-                  *, size: int | None = None, description: str | None = None,
-                  width: int | None = None, height: int | None = None) -> dict[str, Any]:
+    def host_file(
+        self,
+        channel_id: int,
+        filename: str,
+        data: bytes,
+        content_type: str | None,
+        *,
+        size: int | None = None,
+        description: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> dict[str, Any]:
         """Keep bytes on the stand-in's CDN route and return the attachment record."""
         att_id = self.world.ids.next()
         guessed = mimetypes.guess_type(filename)[0]
@@ -224,8 +262,13 @@ class MessageStore:
             if len(f.data) > self.attachment_size_limit:
                 raise ApiError(413, 40005, "Request entity too large")
 
-    def _attachments(self, body: dict[str, Any], files: list[UploadedFile], channel_id: int,
-                     existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _attachments(
+        self,
+        body: dict[str, Any],
+        files: list[UploadedFile],
+        channel_id: int,
+        existing: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
         self._check_sizes(files)
         by_index = {f.index: f for f in files}
         old = {a["id"]: a for a in existing}
@@ -237,8 +280,9 @@ class MessageStore:
             try:
                 att_id = int(entry["id"])
             except (KeyError, TypeError, ValueError):
-                raise form_error([(f"attachments.{i}.id", "BASE_TYPE_REQUIRED",
-                                   "This field is required")]) from None
+                raise form_error(
+                    [(f"attachments.{i}.id", "BASE_TYPE_REQUIRED", "This field is required")]
+                ) from None
             if att_id in old:
                 kept = dict(old[att_id])
                 if "description" in entry:
@@ -247,28 +291,42 @@ class MessageStore:
             elif att_id in by_index:
                 result.append(self._host_upload(channel_id, by_index.pop(att_id), entry))
             else:
-                raise form_error([(f"attachments.{i}", "ATTACHMENT_NOT_FOUND",
-                                   "Unknown attachment")])
+                raise form_error(
+                    [(f"attachments.{i}", "ATTACHMENT_NOT_FOUND", "Unknown attachment")]
+                )
         result.extend(self._host_upload(channel_id, f, None) for f in by_index.values())
         return result
 
-    def _host_upload(self, channel_id: int, f: UploadedFile,
-                     entry: dict[str, Any] | None) -> dict[str, Any]:
+    def _host_upload(
+        self, channel_id: int, f: UploadedFile, entry: dict[str, Any] | None
+    ) -> dict[str, Any]:
         filename = (entry or {}).get("filename") or f.filename
-        return self.host_file(channel_id, filename, f.data, f.content_type,
-                              description=(entry or {}).get("description"))
+        return self.host_file(
+            channel_id,
+            filename,
+            f.data,
+            f.content_type,
+            description=(entry or {}).get("description"),
+        )
 
-    def _rewrite_embed_urls(self, embeds: list[dict[str, Any]],
-                            attachments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _rewrite_embed_urls(
+        self, embeds: list[dict[str, Any]], attachments: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """``attachment://name`` in embeds points at the uploaded file, as on Discord."""
         by_name = {a["filename"]: a for a in attachments}
         embeds = copy.deepcopy(embeds)
         for embed in embeds:
-            for key, url_key in (("image", "url"), ("thumbnail", "url"), ("author", "icon_url"),
-                                 ("footer", "icon_url")):
+            for key, url_key in (
+                ("image", "url"),
+                ("thumbnail", "url"),
+                ("author", "icon_url"),
+                ("footer", "icon_url"),
+            ):
                 part = embed.get(key)
-                if isinstance(part, dict) and str(part.get(url_key, "")).startswith("attachment://"):
-                    att = by_name.get(part[url_key][len("attachment://"):])
+                if isinstance(part, dict) and str(part.get(url_key, "")).startswith(
+                    "attachment://"
+                ):
+                    att = by_name.get(part[url_key][len("attachment://") :])
                     if att is not None:
                         part[url_key] = att["url"]
                         part["proxy_" + url_key] = att["proxy_url"]
@@ -278,10 +336,19 @@ class MessageStore:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def create(self, channel_id: int, body: dict[str, Any], files: list[UploadedFile], *,
-               kind: str, interaction: dict[str, Any] | None = None,
-               flags: int | None = None, allow_empty: bool = False,
-               author_id: int | None = None, msg_type: int = 0) -> dict[str, Any]:
+    def create(
+        self,
+        channel_id: int,
+        body: dict[str, Any],
+        files: list[UploadedFile],
+        *,
+        kind: str,
+        interaction: dict[str, Any] | None = None,
+        flags: int | None = None,
+        allow_empty: bool = False,
+        author_id: int | None = None,
+        msg_type: int = 0,
+    ) -> dict[str, Any]:
         """Store a new message from a create payload (already validated by the caller)."""
         validate_message(body)
         channel = self.world.channels.get(channel_id)
@@ -289,8 +356,14 @@ class MessageStore:
         content = body.get("content") or ""
         embeds = body.get("embeds") or []
         components = body.get("components") or []
-        if not allow_empty and not (content or embeds or attachments or components
-                                    or body.get("sticker_ids") or body.get("poll")):
+        if not allow_empty and not (
+            content
+            or embeds
+            or attachments
+            or components
+            or body.get("sticker_ids")
+            or body.get("poll")
+        ):
             raise ApiError(400, 50006, "Cannot send an empty message")
         if flags is None:
             flags = int(body.get("flags") or 0) & SENDABLE_FLAGS
@@ -330,8 +403,9 @@ class MessageStore:
         self.records[msg_id] = rec
         return rec
 
-    def edit(self, rec: dict[str, Any], body: dict[str, Any],
-             files: list[UploadedFile]) -> dict[str, Any]:
+    def edit(
+        self, rec: dict[str, Any], body: dict[str, Any], files: list[UploadedFile]
+    ) -> dict[str, Any]:
         """Apply a PATCH payload; the previous version goes to ``history``.
 
         Visibility never changes on an edit: the ephemeral bit stays as it was.
@@ -391,8 +465,9 @@ class MessageStore:
             data["ephemeral"] = True
         return data
 
-    def wire(self, rec: dict[str, Any], *, with_guild: bool = False,
-             with_reference: bool = True) -> dict[str, Any]:
+    def wire(
+        self, rec: dict[str, Any], *, with_guild: bool = False, with_reference: bool = True
+    ) -> dict[str, Any]:
         author = self.world.users[rec["author_id"]].payload()
         data: dict[str, Any] = {
             "id": str(rec["id"]),
@@ -432,7 +507,8 @@ class MessageStore:
             if with_reference:
                 target = self.records.get(ref["message_id"])
                 data["referenced_message"] = (
-                    None if target is None or target["deleted"]
+                    None
+                    if target is None or target["deleted"]
                     else self.wire(target, with_reference=False)
                 )
         return data

@@ -11,6 +11,11 @@ from aiohttp import web
 
 from . import interactions as ix
 from .messages import ApiError, UploadedFile, form_error, unknown_message
+from .world import MANAGE_MESSAGES, VIEW_CHANNEL
+
+SEND_MESSAGES = 1 << 11
+ATTACH_FILES = 1 << 15
+SEND_IN_THREADS = 1 << 38
 
 if TYPE_CHECKING:
     from .server import FakeDiscord
@@ -22,18 +27,23 @@ FILES: Any = _RequestKey("files", list) if _RequestKey else "files"
 _FILE_FIELD = re.compile(r"^files\[(\d+)\]$|^file(\d*)$")
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     """JSON with the content type exactly ``application/json`` (discord.py compares it)."""
-    return web.Response(body=json.dumps(data).encode(), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
 
 
 def _sf(request: web.Request, key: str) -> int:
     """A snowflake from the path; Discord answers 400 for anything else."""
     value = request.match_info[key]
     if not value.isdigit():
-        raise form_error([(key, "NUMBER_TYPE_COERCE", f"Value \"{value}\" is not snowflake.")])
+        raise form_error([(key, "NUMBER_TYPE_COERCE", f'Value "{value}" is not snowflake.')])
     return int(value)
 
 
@@ -56,9 +66,14 @@ async def parse_body(request: web.Request) -> tuple[Any, list[UploadedFile]]:
             if isinstance(value, web.FileField):
                 match = _FILE_FIELD.match(name)
                 index = int(next((g for g in match.groups() if g), 0)) if match else len(files)
-                files.append(UploadedFile(index=index, filename=value.filename,
-                                          data=value.file.read(),
-                                          content_type=value.content_type))
+                files.append(
+                    UploadedFile(
+                        index=index,
+                        filename=value.filename,
+                        data=value.file.read(),
+                        content_type=value.content_type,
+                    )
+                )
             elif name == "payload_json":
                 raw = value if isinstance(value, str) else bytes(value).decode()
                 body = json.loads(raw)
@@ -113,8 +128,10 @@ class RestApi:
         r.add_get(p + "/channels/{channel_id}/messages/{message_id}", self.channel_message)
         r.add_patch(p + "/channels/{channel_id}/messages/{message_id}", self.channel_message)
         r.add_delete(p + "/channels/{channel_id}/messages/{message_id}", self.channel_message)
-        r.add_put(p + "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
-                  self.add_reaction)
+        r.add_put(
+            p + "/channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me",
+            self.add_reaction,
+        )
         r.add_get(p + "/guilds/{guild_id}", self.get_guild)
         r.add_get(p + "/guilds/{guild_id}/channels", self.get_guild_channels)
         r.add_get(p + "/guilds/{guild_id}/roles", self.get_guild_roles)
@@ -136,7 +153,7 @@ class RestApi:
             return await handler(request)
         fake = self.fake
         api = path.startswith(API_PREFIX + "/")
-        short = path[len(API_PREFIX):] if api else path
+        short = path[len(API_PREFIX) :] if api else path
         fake._request_started()
         try:
             response = await self._handle(request, handler, api, short)
@@ -147,8 +164,9 @@ class RestApi:
         finally:
             fake._request_finished()
 
-    async def _handle(self, request: web.Request, handler: Any, api: bool,
-                      short: str) -> web.StreamResponse:
+    async def _handle(
+        self, request: web.Request, handler: Any, api: bool, short: str
+    ) -> web.StreamResponse:
         fake = self.fake
         body: Any = None
         files: list[UploadedFile] = []
@@ -173,8 +191,10 @@ class RestApi:
                     raise parse_error
                 if injected is not None:
                     response = injected
-                elif api and not self._public(short) and (
-                    request.headers.get("Authorization") != f"Bot {fake.token}"
+                elif (
+                    api
+                    and not self._public(short)
+                    and (request.headers.get("Authorization") != f"Bot {fake.token}")
                 ):
                     response = json_response({"message": "401: Unauthorized", "code": 0}, 401)
                 else:
@@ -190,10 +210,17 @@ class RestApi:
             except Exception as exc:  # a bug in the stand-in: tell the bot and the test
                 fake._record_internal_error(request.method, short, exc)
                 response = json_response(
-                    {"message": f"fakediscord internal error: {exc!r}", "code": 0}, 400)
-            fake._record_call(method=request.method, path=short, body=body,
-                              status=response.status, query=dict(request.query), files=files,
-                              unknown=unknown)
+                    {"message": f"fakediscord internal error: {exc!r}", "code": 0}, 400
+                )
+            fake._record_call(
+                method=request.method,
+                path=short,
+                body=body,
+                status=response.status,
+                query=dict(request.query),
+                files=files,
+                unknown=unknown,
+            )
         return response
 
     @staticmethod
@@ -213,8 +240,15 @@ class RestApi:
     async def get_gateway(self, request: web.Request) -> web.Response:
         data: dict[str, Any] = {"url": self.fake.gateway_url}
         if request.path.endswith("/bot"):
-            data.update(shards=1, session_start_limit={
-                "total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1})
+            data.update(
+                shards=1,
+                session_start_limit={
+                    "total": 1000,
+                    "remaining": 1000,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
+            )
         return json_response(data)
 
     async def get_me(self, request: web.Request) -> web.Response:
@@ -263,9 +297,10 @@ class RestApi:
         with self.fake._lock:
             scope = self._scope(request)
             old = {(c["name"], c.get("type", 1)): c for c in self.fake._commands.get(scope, [])}
-            result = [self.fake._stored_command(cmd, scope, old.get((cmd["name"],
-                                                                       cmd.get("type", 1))))
-                      for cmd in body]
+            result = [
+                self.fake._stored_command(cmd, scope, old.get((cmd["name"], cmd.get("type", 1))))
+                for cmd in body
+            ]
             self.fake._commands[scope] = result
         self.fake._notify()
         return json_response(result)
@@ -327,6 +362,21 @@ class RestApi:
             if rec.response is not None:
                 rec.rejected_callbacks.append({"body": body, "code": 40060})
                 raise ApiError(400, 40060, "Interaction has already been acknowledged.")
+            delay = time.monotonic() - rec.created
+            if fake.ack_deadline is not None and delay > fake.ack_deadline:
+                # Discord forgets an interaction not acknowledged within 3 s.
+                rec.expired = True
+                rec.rejected_callbacks.append({"body": body, "code": 10062, "late": True})
+                fake._late_acks.append(
+                    {
+                        "interaction_id": rec.id,
+                        "name": rec.name,
+                        "type": rec.type,
+                        "delay": delay,
+                        "body": body,
+                    }
+                )
+                raise ApiError(404, 10062, "Unknown interaction")
             cb_type = body.get("type")
             data = body.get("data") or {}
             if cb_type not in ix.ALLOWED_CALLBACKS.get(rec.type, set()) or (
@@ -334,20 +384,41 @@ class RestApi:
                 and rec.source_message_id is None
             ):
                 rec.rejected_callbacks.append({"body": body, "code": 50035})
-                raise form_error([("type", "INTERACTION_RESPONSE_TYPE_INVALID",
-                                   f"Invalid interaction response type {cb_type!r}")])
+                raise form_error(
+                    [
+                        (
+                            "type",
+                            "INTERACTION_RESPONSE_TYPE_INVALID",
+                            f"Invalid interaction response type {cb_type!r}",
+                        )
+                    ]
+                )
             store = fake._store
             meta = {"id": rec.id, "token": rec.token, "metadata": rec.metadata(fake._world)}
             msg_type = 20 if rec.type == ix.APPLICATION_COMMAND else 0
             message = None
             if cb_type == ix.CHANNEL_MESSAGE:
-                message = store.create(rec.channel_id, data, files, kind="response",
-                                       interaction=meta, msg_type=msg_type)
+                message = store.create(
+                    rec.channel_id,
+                    data,
+                    files,
+                    kind="response",
+                    interaction=meta,
+                    msg_type=msg_type,
+                )
                 rec.original_id = message["id"]
             elif cb_type == ix.DEFERRED_CHANNEL_MESSAGE:
                 flags = 128 | (int(data.get("flags") or 0) & 64)
-                message = store.create(rec.channel_id, {}, [], kind="deferred", interaction=meta,
-                                       flags=flags, allow_empty=True, msg_type=msg_type)
+                message = store.create(
+                    rec.channel_id,
+                    {},
+                    [],
+                    kind="deferred",
+                    interaction=meta,
+                    flags=flags,
+                    allow_empty=True,
+                    msg_type=msg_type,
+                )
                 rec.original_id = message["id"]
                 rec.deferred_pending = True
             elif cb_type == ix.UPDATE_MESSAGE:
@@ -390,7 +461,11 @@ class RestApi:
         """The interaction behind a webhook token; 401 50027 when expired, like Discord."""
         self._app_check(request)
         rec = self.fake._interaction_by_token(request.match_info["token"])
-        if rec is None or rec.expired:
+        if (
+            rec is None
+            or rec.expired
+            or (time.monotonic() - rec.created > self.fake.token_lifetime)
+        ):
             raise ApiError(401, 50027, "Invalid Webhook Token")
         if rec.response is None:
             raise ApiError(404, 10015, "Unknown Webhook")
@@ -412,8 +487,14 @@ class RestApi:
             else:
                 meta = {"id": rec.id, "token": rec.token, "metadata": rec.metadata(fake._world)}
                 msg_type = 20 if rec.type == ix.APPLICATION_COMMAND else 0
-                message = store.create(rec.channel_id, body, files, kind="followup",
-                                       interaction=meta, msg_type=msg_type)
+                message = store.create(
+                    rec.channel_id,
+                    body,
+                    files,
+                    kind="followup",
+                    interaction=meta,
+                    msg_type=msg_type,
+                )
                 created = True
             rec.deferred_pending = False
             rec.followup_ids.append(message["id"])
@@ -435,7 +516,8 @@ class RestApi:
             else:
                 message = store.get(int(mid)) if mid.isdigit() else None
                 if message is not None and message["id"] not in (
-                    rec.original_id, *rec.followup_ids
+                    rec.original_id,
+                    *rec.followup_ids,
                 ):
                     message = None
             if message is None or message["deleted"]:
@@ -456,20 +538,37 @@ class RestApi:
 
     # -- channels and messages --------------------------------------------------------------
 
-    def _channel(self, request: web.Request) -> Any:
-        channel = self.fake._world.channels.get(_sf(request, "channel_id"))
+    def _channel(self, request: web.Request, need: int = 0) -> Any:
+        """The channel in the path, if the bot may see it (403 50001 otherwise) and has the
+        permission bits ``need`` there (403 50013 otherwise), computed like Discord."""
+        fake = self.fake
+        channel = fake._world.channels.get(_sf(request, "channel_id"))
         if channel is None:
             raise ApiError(404, 10003, "Unknown Channel")
-        if channel.id in self.fake._denied_channels:
+        if channel.id in fake._denied_channels:
             raise ApiError(403, 50013, "Missing Permissions")
+        if channel.guild_id is not None:
+            perms = fake._world.channel_permissions(channel.id, fake.bot_user_id)
+            if not perms & VIEW_CHANNEL:
+                raise ApiError(403, 50001, "Missing Access")
+            if perms & need != need:
+                raise ApiError(403, 50013, "Missing Permissions")
         return channel
+
+    def _send_bit(self, request: web.Request) -> int:
+        channel = self.fake._world.channels.get(_sf(request, "channel_id"))
+        return SEND_IN_THREADS if channel is not None and channel.is_thread else SEND_MESSAGES
 
     def _channel_msg(self, request: web.Request) -> dict[str, Any]:
         channel = self._channel(request)
         mid = request.match_info["message_id"]
         message = self.fake._store.get(int(mid)) if mid.isdigit() else None
-        if (message is None or message["deleted"] or message["ephemeral"]
-                or message["channel_id"] != channel.id):
+        if (
+            message is None
+            or message["deleted"]
+            or message["ephemeral"]
+            or message["channel_id"] != channel.id
+        ):
             raise unknown_message()
         return message
 
@@ -481,8 +580,11 @@ class RestApi:
         with self.fake._lock:
             channel = self._channel(request)
             limit = int(request.query.get("limit", 50))
-            found = [m for m in self.fake._store.records.values()
-                     if m["channel_id"] == channel.id and not m["deleted"] and not m["ephemeral"]]
+            found = [
+                m
+                for m in self.fake._store.records.values()
+                if m["channel_id"] == channel.id and not m["deleted"] and not m["ephemeral"]
+            ]
             found.sort(key=lambda m: m["id"], reverse=True)
             return json_response([self._wire(m) for m in found[:limit]])
 
@@ -490,7 +592,10 @@ class RestApi:
         fake = self.fake
         body = request[BODY] or {}
         with fake._lock:
-            channel = self._channel(request)
+            need = self._send_bit(request) | (ATTACH_FILES if request[FILES] else 0)
+            channel = self._channel(request, need)
+            if channel.type == 1 and channel.recipient_id in fake._closed_dms:
+                raise ApiError(403, 50007, "Cannot send messages to this user")
             ref = body.get("message_reference")
             target = None
             if ref:
@@ -498,10 +603,22 @@ class RestApi:
                 if target is None or target["deleted"] or target["ephemeral"]:
                     target = None
                     if ref.get("fail_if_not_exists", True):
-                        raise form_error([("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
-                                           "Unknown message")])
-            message = fake._store.create(channel.id, body, request[FILES], kind="channel",
-                                         msg_type=19 if target is not None else 0)
+                        raise form_error(
+                            [
+                                (
+                                    "message_reference",
+                                    "MESSAGE_REFERENCE_UNKNOWN_MESSAGE",
+                                    "Unknown message",
+                                )
+                            ]
+                        )
+            message = fake._store.create(
+                channel.id,
+                body,
+                request[FILES],
+                kind="channel",
+                msg_type=19 if target is not None else 0,
+            )
             if target is not None:
                 message["message_reference"] = {
                     "message_id": target["id"],
@@ -519,8 +636,19 @@ class RestApi:
             message = self._channel_msg(request)
             if request.method == "GET":
                 return json_response(self._wire(message))
-            if message["author_id"] != fake.bot_user_id and request.method == "PATCH":
+            mine = message["author_id"] == fake.bot_user_id
+            if not mine and request.method == "PATCH":
                 raise ApiError(403, 50005, "Cannot edit a message authored by another user")
+            if (
+                not mine
+                and request.method == "DELETE"
+                and message["guild_id"] is not None
+                and (
+                    not fake._world.channel_permissions(message["channel_id"], fake.bot_user_id)
+                    & MANAGE_MESSAGES
+                )
+            ):
+                raise ApiError(403, 50013, "Missing Permissions")
             if request.method == "DELETE":
                 fake._store.delete(message)
                 result = None

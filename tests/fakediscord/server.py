@@ -26,6 +26,7 @@ from .world import (
     DEFAULT_BOT_PERMISSIONS,
     INTENT_DIRECT_MESSAGES,
     INTENT_GUILD_MESSAGES,
+    VIEW_CHANNEL,
     Snowflakes,
     World,
 )
@@ -33,6 +34,27 @@ from .world import (
 log = logging.getLogger(__name__)
 
 APP_FLAGS = (1 << 15) | (1 << 19) | (1 << 23)  # members/content intents limited, command badge
+
+
+_MESSAGE_ROUTES = (
+    ("POST", re.compile(r"^/webhooks/\d+/[^/]+$")),
+    ("PATCH", re.compile(r"^/webhooks/\d+/[^/]+/messages/[^/]+$")),
+    ("POST", re.compile(r"^/channels/\d+/messages$")),
+    ("PATCH", re.compile(r"^/channels/\d+/messages/\d+$")),
+)
+_CALLBACK_ROUTE = re.compile(r"^/interactions/\d+/[^/]+/callback$")
+
+
+def _message_part(method: str, path: str, body: Any) -> dict[str, Any] | None:
+    """The message a request creates or edits (callback ``data`` for types 4 and 7)."""
+    if method == "POST" and _CALLBACK_ROUTE.match(path):
+        if isinstance(body, dict) and body.get("type") in (4, 7):
+            data = body.get("data")
+            return data if isinstance(data, dict) else {}
+        return None
+    if any(method == m and rx.match(path) for m, rx in _MESSAGE_ROUTES):
+        return body if isinstance(body, dict) else {}
+    return None
 
 
 class Call(NamedTuple):
@@ -107,6 +129,14 @@ class FakeDiscord:
         self._in_flight = 0
         self._last_activity = time.monotonic()
         self._denied_channels: set[int] = set()
+        self._closed_dms: set[int] = set()
+        self._message_bodies: list[dict[str, Any]] = []
+        self._late_acks: list[dict[str, Any]] = []
+        self._invalid_bodies: list[dict[str, Any]] = []
+        self.ack_deadline: float | None = 3.0  # s to the first callback; None: no deadline
+        self.token_lifetime: float = 15 * 60.0  # s an interaction token works for webhooks
+        self.validate_bodies = True  # check JSON bodies against Discord's OpenAPI spec
+        self.strict = True  # on leaving ``with``/``async with``: assert_clean()
         self._waiters = _Waiters()
         self._gateway = Gateway(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -147,14 +177,18 @@ class FakeDiscord:
     async def __aenter__(self) -> FakeDiscord:
         return await self.astart()
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
         await self.astop()
+        if exc_type is None and self.strict:
+            self.assert_clean()
 
     def __enter__(self) -> FakeDiscord:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is None and self.strict:
+            self.assert_clean()
 
     def _run_loop(self) -> None:
         loop = self._loop
@@ -234,22 +268,80 @@ class FakeDiscord:
         with self._lock:
             return self._world.add_user(name, bot=bot).id
 
-    def add_guild(self, name: str, owner_id: int | None = None, *,
-                  bot_permissions: int = DEFAULT_BOT_PERMISSIONS) -> int:
+    def add_guild(
+        self,
+        name: str,
+        owner_id: int | None = None,
+        *,
+        bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
+    ) -> int:
         """A guild the bot is in (with @everyone and the bot's managed role). The owner
         (default: the application owner) becomes a member and has every permission."""
         with self._lock:
-            guild = self._world.add_guild(name, owner_id or self.owner_id, self.bot_user_id,
-                                          bot_permissions)
+            guild = self._world.add_guild(
+                name, owner_id or self.owner_id, self.bot_user_id, bot_permissions
+            )
         self._on_loop(self._guild_joined, guild.id)
         return guild.id
 
-    def add_channel(self, guild_id: int, name: str, *, type: int = 0) -> int:
+    def add_channel(
+        self, guild_id: int, name: str, *, type: int = 0, nsfw: bool = False, hidden: bool = False
+    ) -> int:
+        """A guild channel. ``nsfw``: age-restricted. ``hidden``: @everyone is denied View
+        Channel (overwrite ``{id: guild_id, type: 0, deny: 1 << 10}``) and the bot's member
+        is allowed it, like a private channel the bot was added to; let members in with
+        ``allow_channel_view``."""
         with self._lock:
-            channel = self._world.add_channel(guild_id, name, type)
+            channel = self._world.add_channel(
+                guild_id, name, type, nsfw=nsfw, hidden=hidden, bot_user_id=self.bot_user_id
+            )
             payload = channel.payload()
         self._on_loop(self._dispatch_if_ready, guild_id, "CHANNEL_CREATE", payload)
         return channel.id
+
+    def set_channel_permissions(
+        self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0
+    ) -> None:
+        """Add ``allow``/``deny`` bits to the overwrite for a role or a member (``target_id``
+        is looked up: a role id of that guild, else a user id). Dispatched as CHANNEL_UPDATE."""
+        with self._lock:
+            world = self._world
+            channel = world.channels[channel_id]
+            kind = 0 if target_id in world.roles else 1
+            if kind == 1 and target_id not in world.users:
+                raise KeyError(f"{target_id} is neither a role nor a user")
+            world.set_overwrite(channel_id, target_id, kind, allow=allow, deny=deny)
+            payload = channel.payload()
+        self._on_loop(self._dispatch_if_ready, channel.guild_id or 0, "CHANNEL_UPDATE", payload)
+
+    def allow_channel_view(self, channel_id: int, user_id: int) -> None:
+        """A member overwrite allowing View Channel, so ``user_id`` may use a hidden channel."""
+        self.set_channel_permissions(channel_id, user_id, allow=VIEW_CHANNEL)
+
+    def channel_permissions(self, channel_id: int, user_id: int) -> int:
+        """A member's permissions in a channel (roles and overwrites; threads: the parent's)."""
+        with self._lock:
+            return self._world.channel_permissions(channel_id, user_id)
+
+    def add_thread(
+        self,
+        parent_channel_id: int,
+        name: str,
+        *,
+        private: bool = False,
+        owner_id: int | None = None,
+    ) -> int:
+        """A thread (type 11, or 12 when ``private``) in a guild channel, started by
+        ``owner_id`` (default: the bot). In GUILD_CREATE ``threads``; THREAD_CREATE after
+        READY. Permissions and age restriction follow the parent, as on Discord."""
+        with self._lock:
+            thread = self._world.add_thread(
+                parent_channel_id, name, private=private, owner_id=owner_id or self.bot_user_id
+            )
+            payload = thread.payload()
+            payload["newly_created"] = True
+        self._on_loop(self._dispatch_if_ready, thread.guild_id or 0, "THREAD_CREATE", payload)
+        return thread.id
 
     def add_role(self, guild_id: int, name: str, permissions: int = 0) -> int:
         with self._lock:
@@ -258,21 +350,43 @@ class FakeDiscord:
         self._on_loop(self._dispatch_if_ready, guild_id, "GUILD_ROLE_CREATE", payload)
         return role.id
 
-    def add_member(self, guild_id: int, user_id: int, *, permissions: int = 0,
-                   roles: list[int] | None = None, nick: str | None = None) -> None:
+    def add_member(
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        permissions: int = 0,
+        roles: list[int] | None = None,
+        nick: str | None = None,
+    ) -> None:
         """Make a user a member. ``permissions`` are extra bits on top of @everyone and
-        ``roles``; they show in interaction payloads (``interaction.permissions``)."""
+        ``roles``, given through a role of the member's own (named "<name> perms"), so they
+        show in ``interaction.permissions`` and in discord.py's ``permissions_for`` alike."""
         with self._lock:
-            self._world.add_member(guild_id, user_id, permissions=permissions, roles=roles,
-                                   nick=nick)
+            member = self._world.add_member(
+                guild_id, user_id, permissions=permissions, roles=roles, nick=nick
+            )
+            new_roles = [
+                {"guild_id": str(guild_id), "role": self._world.roles[r].payload()}
+                for r in member.roles
+                if r not in (roles or [])
+            ]
             payload = self._world.member_payload(guild_id, user_id)
             payload["guild_id"] = str(guild_id)
+        for role in new_roles:
+            self._on_loop(self._dispatch_if_ready, guild_id, "GUILD_ROLE_CREATE", role)
         self._on_loop(self._dispatch_if_ready, guild_id, "GUILD_MEMBER_ADD", payload)
 
     def dm_channel_id(self, user_id: int) -> int:
         """The DM channel between the bot and a user (made on first use)."""
         with self._lock:
             return self._world.dm_channel(user_id).id
+
+    def close_dms(self, user_id: int, closed: bool = True) -> None:
+        """The user does not accept DMs from the bot: posting in their DM channel answers
+        403 50007 "Cannot send messages to this user" (opening the channel still works)."""
+        with self._lock:
+            (self._closed_dms.add if closed else self._closed_dms.discard)(user_id)
 
     def member_permissions(self, guild_id: int, user_id: int) -> int:
         with self._lock:
@@ -303,8 +417,9 @@ class FakeDiscord:
     def command(self, name: str, guild_id: int | None = None) -> dict[str, Any] | None:
         return next((c for c in self.commands(guild_id) if c["name"] == name), None)
 
-    def _stored_command(self, cmd: dict[str, Any], scope: int | None,
-                        old: dict[str, Any] | None) -> dict[str, Any]:
+    def _stored_command(
+        self, cmd: dict[str, Any], scope: int | None, old: dict[str, Any] | None
+    ) -> dict[str, Any]:
         stored = copy.deepcopy(cmd)
         stored.setdefault("type", 1)
         stored.setdefault("description", "")
@@ -320,12 +435,14 @@ class FakeDiscord:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def messages(self, channel_id: int | None = None, *,
-                 include_deleted: bool = False) -> list[dict[str, Any]]:
+    def messages(
+        self, channel_id: int | None = None, *, include_deleted: bool = False
+    ) -> list[dict[str, Any]]:
         """Every message (ephemeral ones too, see ``m["ephemeral"]``), oldest first."""
         with self._lock:
             return [
-                copy.deepcopy(m) for m in self._store.records.values()
+                copy.deepcopy(m)
+                for m in self._store.records.values()
                 if (channel_id is None or m["channel_id"] == channel_id)
                 and (include_deleted or not m["deleted"])
             ]
@@ -356,33 +473,66 @@ class FakeDiscord:
             raise KeyError(f"no bytes for attachment {att['id']}")
         return blob[0]
 
-    async def wait_for_message(self, predicate: Callable[[dict[str, Any]], Any] | None = None,
-                               timeout: float = 5.0, *, channel_id: int | None = None
-                               ) -> dict[str, Any]:
+    async def wait_for_message(
+        self,
+        predicate: Callable[[dict[str, Any]], Any] | None = None,
+        timeout: float = 5.0,
+        *,
+        channel_id: int | None = None,
+    ) -> dict[str, Any]:
         """The first stored message (current version) satisfying ``predicate``."""
+
         def check() -> dict[str, Any] | None:
             return next((m for m in self.messages(channel_id) if ix._holds(predicate, m)), None)
 
         return await self.until(check, timeout, "no matching message")
 
-    def upload_message(self, channel_id: int, user_id: int, content: str = "",
-                       files: list[Upload | tuple[Any, ...]] | None = None) -> int:
-        """Store a message from a user (e.g. for the bot to reply to or fetch); returns id.
+    def upload_message(
+        self,
+        channel_id: int,
+        user_id: int,
+        content: str = "",
+        files: list[Upload | tuple[Any, ...]] | None = None,
+        *,
+        embeds: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Store a message from a user (e.g. a photo a member posted, for the bot to reply
+        to, fetch, or get as a context-menu target); returns the stored message (a copy;
+        ``["id"]`` is its id). ``embeds`` are taken as given (e.g. ``[{"type": "image",
+        "image": {"url": ...}}]``).
 
         Dispatched as MESSAGE_CREATE when the bot has the messages intent.
         """
         with self._lock:
             if channel_id not in self._world.channels:
                 raise KeyError(f"unknown channel {channel_id}")
-            msg = self._store.create(channel_id, {"content": content}, [], kind="user",
-                                     author_id=user_id, allow_empty=bool(files))
+            if user_id not in self._world.users:
+                raise KeyError(f"unknown user {user_id}")
+            msg = self._store.create(
+                channel_id,
+                {"content": content, "embeds": embeds or []},
+                [],
+                kind="user",
+                author_id=user_id,
+                allow_empty=bool(files),
+            )
             for f in files or []:
                 up = Upload.coerce(f)
-                msg["attachments"].append(self._store.host_file(
-                    channel_id, up.filename, up.data, up.content_type, size=up.size))
+                msg["attachments"].append(
+                    self._store.host_file(
+                        channel_id,
+                        up.filename,
+                        up.data,
+                        up.content_type,
+                        size=up.size,
+                        width=up.width,
+                        height=up.height,
+                    )
+                )
+            result = copy.deepcopy(msg)
         self._message_event(msg, created=True)
         self._notify()
-        return msg["id"]
+        return result
 
     # -- REST calls -------------------------------------------------------------------------
 
@@ -401,7 +551,8 @@ class FakeDiscord:
         """Fails on routes the stand-in lacks and on errors inside the stand-in itself."""
         unknown = self.unknown_calls
         assert not unknown, "bot called routes the stand-in does not know: " + ", ".join(
-            f"{c.method} {c.path}" for c in unknown)
+            f"{c.method} {c.path}" for c in unknown
+        )
         errors = self.internal_errors
         assert not errors, "the stand-in failed on a request:\n" + "\n".join(errors)
 
@@ -419,14 +570,22 @@ class FakeDiscord:
 
     async def wait_for(self, predicate: Callable[[Call], Any], timeout: float = 5.0) -> Call:
         """The first recorded REST call satisfying ``predicate``."""
+
         def check() -> Call | None:
             return next((c for c in self.calls if ix._holds(predicate, c)), None)
 
         return await self.until(check, timeout, "no matching REST call")
 
-    def inject_error(self, method: str, path_pattern: str, status: int,
-                     body: Any = None, *, times: int = 1,
-                     headers: dict[str, str] | None = None) -> None:
+    def inject_error(
+        self,
+        method: str,
+        path_pattern: str,
+        status: int,
+        body: Any = None,
+        *,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Answer the next ``times`` requests matching ``method`` (or ``"*"``) and the regex
         ``path_pattern`` (searched in the API-relative path) with ``status`` and ``body``.
 
@@ -442,14 +601,18 @@ class FakeDiscord:
                 body.setdefault("global", False)
             headers.setdefault("Via", "1.1 google")
         with self._lock:
-            self._injected.append(_Injected(method.upper(), re.compile(path_pattern), status,
-                                            body, headers, times))
+            self._injected.append(
+                _Injected(method.upper(), re.compile(path_pattern), status, body, headers, times)
+            )
 
     def _take_injected(self, method: str, path: str) -> web.Response | None:
         with self._lock:
             for inj in self._injected:
-                if (inj.hits < inj.times and inj.method in ("*", method)
-                        and inj.pattern.search(path)):
+                if (
+                    inj.hits < inj.times
+                    and inj.method in ("*", method)
+                    and inj.pattern.search(path)
+                ):
                     inj.hits += 1
                     return json_response(inj.body, inj.status, inj.headers)
         return None
@@ -480,19 +643,96 @@ class FakeDiscord:
                 raise TimeoutError(f"the bot did not go quiet within {timeout}s; {self._recent()}")
             await asyncio.sleep(max(quiet - idle_for, 0.01) if not busy else 0.01)
 
-    def _record_call(self, *, method: str, path: str, body: Any, status: int,
-                     query: dict[str, str], files: list[Any], unknown: bool) -> None:
+    def _record_call(
+        self,
+        *,
+        method: str,
+        path: str,
+        body: Any,
+        status: int,
+        query: dict[str, str],
+        files: list[Any],
+        unknown: bool,
+    ) -> None:
         call = Call(
-            method=method, path=path, json=body, time=time.monotonic(), status=status,
+            method=method,
+            path=path,
+            json=body,
+            time=time.monotonic(),
+            status=status,
             query=query,
-            files=[{"index": f.index, "filename": f.filename, "size": len(f.data),
-                    "content_type": f.content_type} for f in files],
+            files=[
+                {
+                    "index": f.index,
+                    "filename": f.filename,
+                    "size": len(f.data),
+                    "content_type": f.content_type,
+                }
+                for f in files
+            ],
         )
+        message = _message_part(method, path, body)
         with self._lock:
             self._calls.append(call)
             if unknown:
                 self._unknown.append(call)
+            if message is not None:
+                self._message_bodies.append(
+                    {
+                        "method": method,
+                        "path": path,
+                        "body": copy.deepcopy(body),
+                        "message": copy.deepcopy(message),
+                        "allowed_mentions": copy.deepcopy(message.get("allowed_mentions")),
+                        "status": status,
+                    }
+                )
         self._notify()
+
+    def message_bodies(self) -> list[dict[str, Any]]:
+        """Every request that creates or edits a message (answered or refused), in order:
+        ``{method, path, body, message, allowed_mentions, status}``. ``body`` is the JSON or
+        ``payload_json`` as sent; ``message`` its message part (an interaction callback's
+        ``data``, else the body); ``allowed_mentions`` that part's (None when absent).
+        Covers callbacks of type 4 and 7, webhook POST/PATCH (follow-ups, @original) and
+        channel message POST/PATCH (DMs included)."""
+        with self._lock:
+            return copy.deepcopy(self._message_bodies)
+
+    def late_acks(self) -> list[dict[str, Any]]:
+        """First callbacks that came after ``ack_deadline`` (3 s) and were refused with 404
+        10062, like Discord: ``{interaction_id, name, type, delay, body}``."""
+        with self._lock:
+            return copy.deepcopy(self._late_acks)
+
+    def assert_acks_in_time(self) -> None:
+        """Fails when the bot acknowledged any interaction later than ``ack_deadline``."""
+        late = self.late_acks()
+        assert not late, "interactions acknowledged after the 3 s deadline: " + ", ".join(
+            f"{a['name']!r} ({a['delay']:.2f} s)" for a in late
+        )
+
+    def invalid_bodies(self) -> list[dict[str, Any]]:
+        """Request bodies Discord's OpenAPI schema rejects (answered 400 50035):
+        ``{method, path, route, body, errors}`` (errors: readable strings)."""
+        with self._lock:
+            return copy.deepcopy(self._invalid_bodies)
+
+    def assert_valid_bodies(self) -> None:
+        """Fails when the bot sent any body Discord's schema rejects."""
+        bad = self.invalid_bodies()
+        assert not bad, "bodies Discord would refuse (400 50035):\n" + "\n".join(
+            f"{b['method']} {b['path']}: {'; '.join(b['errors'])}\n  body: {b['body']!r}"[:3000]
+            for b in bad
+        )
+
+    def assert_clean(self) -> None:
+        """All of: no unknown routes, no stand-in errors, every ack in time, every body
+        valid. Called when a ``with``/``async with`` block ends normally, unless
+        ``strict`` is False (set that in a test that provokes these on purpose)."""
+        self.assert_no_unknown_routes()
+        self.assert_acks_in_time()
+        self.assert_valid_bodies()
 
     # -- interactions -----------------------------------------------------------------------
 
@@ -530,23 +770,52 @@ class FakeDiscord:
                 if world.member_permissions(guild_id, user_id) & needed != needed:
                     raise PermissionError(
                         f"/{cmd['name']} needs permissions {needed}; Discord would not show it "
-                        f"to user {user_id} (pass validate=False to send it anyway)")
-            opts, resolved = ix.build_options(world, self._store, cmd, path, values,
-                                              guild_id=guild_id, user_id=user_id,
-                                              channel_id=channel_id, validate=validate)
-            data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": 1,
-                                    "options": opts}
+                        f"to user {user_id} (pass validate=False to send it anyway)"
+                    )
+            opts, resolved = ix.build_options(
+                world,
+                self._store,
+                cmd,
+                path,
+                values,
+                guild_id=guild_id,
+                user_id=user_id,
+                channel_id=channel_id,
+                validate=validate,
+            )
+            data: dict[str, Any] = {
+                "id": cmd["id"],
+                "name": cmd["name"],
+                "type": 1,
+                "options": opts,
+            }
             if resolved:
                 data["resolved"] = resolved
             if is_guild:
                 data["guild_id"] = str(guild_id)
-            rec = self._new_interaction(ix.APPLICATION_COMMAND, guild_id, channel_id, user_id,
-                                        data, locale=locale, name=cmd["name"])
+            rec = self._new_interaction(
+                ix.APPLICATION_COMMAND,
+                guild_id,
+                channel_id,
+                user_id,
+                data,
+                locale=locale,
+                name=cmd["name"],
+                check_view=validate,
+            )
         return await self._deliver(rec)
 
-    async def send_autocomplete(self, guild_id: int | None, channel_id: int | None,
-                                user_id: int, name: str, options: dict[str, Any],
-                                focused: str, *, locale: str = "en-US") -> InteractionHandle:
+    async def send_autocomplete(
+        self,
+        guild_id: int | None,
+        channel_id: int | None,
+        user_id: int,
+        name: str,
+        options: dict[str, Any],
+        focused: str,
+        *,
+        locale: str = "en-US",
+    ) -> InteractionHandle:
         """Send an autocomplete interaction (type 4) while the user types option ``focused``;
         the bot's choices come back as ``(await handle.response())["data"]["choices"]``."""
         with self._lock:
@@ -556,9 +825,17 @@ class FakeDiscord:
             if channel_id is None or channel_id not in world.channels:
                 raise KeyError(f"unknown channel {channel_id}")
             cmd, is_guild, path = ix.resolve_command(self._commands, guild_id, name)
-            opts, resolved = ix.build_options(world, self._store, cmd, path, options,
-                                              guild_id=guild_id, user_id=user_id,
-                                              channel_id=channel_id, validate=False)
+            opts, resolved = ix.build_options(
+                world,
+                self._store,
+                cmd,
+                path,
+                options,
+                guild_id=guild_id,
+                user_id=user_id,
+                channel_id=channel_id,
+                validate=False,
+            )
             leaf = opts
             while leaf and leaf[0]["type"] in (1, 2):
                 leaf = leaf[0]["options"]
@@ -566,27 +843,119 @@ class FakeDiscord:
             if target is None:
                 raise LookupError(f"focused option {focused!r} is not in options")
             target["focused"] = True
-            data: dict[str, Any] = {"id": cmd["id"], "name": cmd["name"], "type": 1,
-                                    "options": opts}
+            data: dict[str, Any] = {
+                "id": cmd["id"],
+                "name": cmd["name"],
+                "type": 1,
+                "options": opts,
+            }
             if resolved:
                 data["resolved"] = resolved
             if is_guild:
                 data["guild_id"] = str(guild_id)
-            rec = self._new_interaction(ix.AUTOCOMPLETE, guild_id, channel_id, user_id, data,
-                                        locale=locale, name=cmd["name"])
+            rec = self._new_interaction(
+                ix.AUTOCOMPLETE,
+                guild_id,
+                channel_id,
+                user_id,
+                data,
+                locale=locale,
+                name=cmd["name"],
+            )
         return await self._deliver(rec)
 
-    async def click(self, message_id: int | str, custom_id: str, user_id: int,
-                    guild_id: int | None = None, *, values: list[str] | None = None,
-                    locale: str = "en-US", validate: bool = True) -> InteractionHandle:
+    async def send_message_command(
+        self,
+        guild_id: int | None,
+        channel_id: int | None,
+        user_id: int,
+        name: str,
+        target_message_id: int | str,
+        *,
+        locale: str = "en-US",
+        validate: bool = True,
+    ) -> InteractionHandle:
+        """Send a message context-menu command ("Apps → name", type 2 with ``data.type`` 3)
+        on a stored message: ``data {id, name, type 3, target_id, resolved {messages {ID:
+        message}}}``. The target carries its attachments and embeds (no intent needed).
+        ``channel_id`` defaults to the target's channel."""
+        with self._lock:
+            world = self._world
+            target = self._store.get(int(target_message_id))
+            if target is None or target["deleted"]:
+                raise KeyError(f"no message {target_message_id}")
+            if target["ephemeral"]:
+                raise ValueError("an ephemeral message cannot be the target of a command")
+            channel_id = channel_id or target["channel_id"]
+            if channel_id != target["channel_id"]:
+                raise ValueError(
+                    f"message {target_message_id} is in channel "
+                    f"{target['channel_id']}, not {channel_id}"
+                )
+            cmd, is_guild, _ = ix.resolve_command(self._commands, guild_id, name, kind=3)
+            if validate and guild_id is not None and cmd.get("default_member_permissions"):
+                needed = int(cmd["default_member_permissions"])
+                if world.member_permissions(guild_id, user_id) & needed != needed:
+                    raise PermissionError(f"{name!r} needs permissions {needed}")
+            wire = self._store.wire(target)
+            if (
+                target["guild_id"] is not None
+                and target["author_id"] in world.guilds[target["guild_id"]].members
+            ):
+                wire["member"] = world.member_payload(
+                    target["guild_id"], target["author_id"], with_user=False
+                )
+            author = world.users[target["author_id"]].payload()
+            data: dict[str, Any] = {
+                "id": cmd["id"],
+                "name": cmd["name"],
+                "type": 3,
+                "target_id": str(target["id"]),
+                "resolved": {
+                    "messages": {str(target["id"]): wire},
+                    "users": {author["id"]: author},
+                },
+            }
+            if is_guild:
+                data["guild_id"] = str(guild_id)
+            rec = self._new_interaction(
+                ix.APPLICATION_COMMAND,
+                guild_id,
+                channel_id,
+                user_id,
+                data,
+                locale=locale,
+                name=cmd["name"],
+                check_view=validate,
+                command_type=3,
+            )
+        return await self._deliver(rec)
+
+    async def click(
+        self,
+        message_id: int | str,
+        custom_id: str,
+        user_id: int,
+        guild_id: int | None = None,
+        *,
+        values: list[str] | None = None,
+        locale: str = "en-US",
+        validate: bool = True,
+    ) -> InteractionHandle:
         """Send a component interaction (type 3) for a button (or select, with ``values``)
         on a stored message. ``validate`` insists the component exists and is enabled."""
         with self._lock:
             msg = self._store.get(int(message_id))
             if msg is None or msg["deleted"]:
                 raise KeyError(f"no message {message_id}")
-            comp = next((c for _, c in walk_components(msg["components"])
-                         if c.get("custom_id") == custom_id), None)
+            comp = next(
+                (
+                    c
+                    for _, c in walk_components(msg["components"])
+                    if c.get("custom_id") == custom_id
+                ),
+                None,
+            )
             if validate and comp is None:
                 ids = [c.get("custom_id") for _, c in walk_components(msg["components"])]
                 raise LookupError(f"message {message_id} has no component {custom_id!r}: {ids}")
@@ -597,42 +966,147 @@ class FakeDiscord:
             if values is not None:
                 data["values"] = list(values)
             guild_id = guild_id if guild_id is not None else msg["guild_id"]
-            rec = self._new_interaction(ix.MESSAGE_COMPONENT, guild_id, msg["channel_id"],
-                                        user_id, data, locale=locale, name=custom_id,
-                                        message=msg)
+            rec = self._new_interaction(
+                ix.MESSAGE_COMPONENT,
+                guild_id,
+                msg["channel_id"],
+                user_id,
+                data,
+                locale=locale,
+                name=custom_id,
+                check_view=validate,
+                message=msg,
+            )
         return await self._deliver(rec)
 
-    async def submit_modal(self, opened_by: InteractionHandle, values: dict[str, str],
-                           user_id: int | None = None) -> InteractionHandle:
-        """Submit the modal the bot opened in answer to ``opened_by`` (type 5). ``values``
-        are keyed by text input ``custom_id`` or by label."""
+    async def submit_modal(
+        self, opened_by: InteractionHandle, values: dict[str, Any], user_id: int | None = None
+    ) -> InteractionHandle:
+        """Submit the modal the bot opened in answer to ``opened_by`` (type 5 MODAL_SUBMIT).
+
+        ``values`` are keyed by a component's ``custom_id`` or its label (a text input's own
+        label, or the Label (type 18) around it). Text inputs take a str (left out: their
+        prefilled ``value``, else ""; ``required`` and ``min_length``/``max_length`` are
+        checked as Discord's client does); selects take a list of str; a FileUpload (type
+        19) takes an ``Upload``/tuple or a list of them, hosted and resolved in
+        ``data.resolved.attachments``. A key that names no component raises. The submit
+        carries ``message`` when the modal was opened from a button.
+        """
         with self._lock:
             origin = self._interactions[opened_by.id]
             modal = origin.modal
             if modal is None:
                 raise LookupError(f"interaction {opened_by.id} did not open a modal")
+            used: set[str] = set()
+            resolved: dict[str, dict[str, Any]] = {}
 
-            def fill(comp: dict[str, Any]) -> dict[str, Any]:
-                if comp.get("type") == 1:
-                    return {"type": 1, "components": [fill(c) for c in comp["components"]]}
-                if comp.get("type") == 18:
-                    inner = dict(comp["component"])
-                    inner.setdefault("label", comp.get("label"))
-                    return {"type": 18, "id": comp.get("id", 0), "component": fill(inner)}
-                key = comp.get("custom_id")
-                value = values.get(key, values.get(comp.get("label", "")))
-                if value is None and comp.get("required", True) and comp.get("type") == 4:
-                    raise ValueError(f"text input {comp.get('label') or key!r} is required")
-                return {"type": comp.get("type", 4), "custom_id": key, "value": value or ""}
+            def lookup(comp: dict[str, Any], label: str | None) -> Any:
+                for key in (comp.get("custom_id"), comp.get("label"), label):
+                    if key is not None and key in values:
+                        used.add(key)
+                        return values[key]
+                return None
 
-            data = {"custom_id": modal["custom_id"],
-                    "components": [fill(c) for c in modal.get("components", [])]}
+            def fill(comp: dict[str, Any], label: str | None = None) -> dict[str, Any] | None:
+                kind = comp.get("type")
+                if kind == 1:
+                    inner = [fill(c, label) for c in comp.get("components", [])]
+                    return {"type": 1, "components": [c for c in inner if c is not None]}
+                if kind == 18:
+                    inner = fill(comp["component"], comp.get("label"))
+                    out = {"type": 18, "component": inner}
+                    if "id" in comp:
+                        out["id"] = comp["id"]
+                    return out
+                if kind == 10:  # a text display: nothing to submit
+                    return {"type": 10, **({"id": comp["id"]} if "id" in comp else {})}
+                name = comp.get("label") or label or comp.get("custom_id")
+                value = lookup(comp, label)
+                out: dict[str, Any] = {"type": kind, "custom_id": comp.get("custom_id")}
+                if "id" in comp:
+                    out["id"] = comp["id"]
+                if kind == 4:
+                    text = value if value is not None else comp.get("value") or ""
+                    if not isinstance(text, str):
+                        raise TypeError(f"text input {name!r} takes a str, not {text!r}")
+                    if comp.get("required") is not False and not text:
+                        raise ValueError(f"text input {name!r} is required")
+                    lo, hi = comp.get("min_length"), comp.get("max_length", 4000)
+                    if text and (
+                        (lo is not None and len(text) < lo) or (hi is not None and len(text) > hi)
+                    ):
+                        raise ValueError(f"text input {name!r}: length must be in [{lo}, {hi}]")
+                    out["value"] = text
+                    return out
+                if kind == 19:
+                    files = [] if value is None else (value if isinstance(value, list) else [value])
+                    ids = []
+                    for f in files:
+                        up = Upload.coerce(f)
+                        att = self._store.host_file(
+                            origin.channel_id,
+                            up.filename,
+                            up.data,
+                            up.content_type,
+                            size=up.size,
+                            width=up.width,
+                            height=up.height,
+                        )
+                        resolved.setdefault("attachments", {})[str(att["id"])] = (
+                            self._store.wire_attachment(att, ephemeral=True)
+                        )
+                        ids.append(str(att["id"]))
+                    self._check_count(comp, name, len(ids))
+                    out["values"] = ids
+                    return out
+                if kind in (3, 5, 6, 7, 8):
+                    chosen = [] if value is None else [str(v) for v in value]
+                    self._check_count(comp, name, len(chosen))
+                    if kind == 3:
+                        allowed = [o["value"] for o in comp.get("options", [])]
+                        bad = [v for v in chosen if v not in allowed]
+                        if bad:
+                            raise ValueError(f"select {name!r}: {bad} not among {allowed}")
+                    out["values"] = chosen
+                    return out
+                raise ValueError(f"modal component type {kind} is not supported here")
+
+            filled = [fill(c) for c in modal.get("components", [])]
+            unknown = set(values) - used
+            if unknown:
+                raise LookupError(
+                    f"modal {modal.get('custom_id')!r} has no input(s) {sorted(unknown)}"
+                )
+            data: dict[str, Any] = {
+                "custom_id": modal["custom_id"],
+                "components": [c for c in filled if c is not None],
+            }
+            if resolved:
+                data["resolved"] = resolved
             source = self._store.get(origin.source_message_id or 0)
-            rec = self._new_interaction(ix.MODAL_SUBMIT, origin.guild_id, origin.channel_id,
-                                        user_id or origin.user_id, data,
-                                        locale=origin.payload.get("locale", "en-US"),
-                                        name=modal["custom_id"], message=source)
+            rec = self._new_interaction(
+                ix.MODAL_SUBMIT,
+                origin.guild_id,
+                origin.channel_id,
+                user_id or origin.user_id,
+                data,
+                locale=origin.payload.get("locale", "en-US"),
+                name=modal["custom_id"],
+                message=source,
+            )
         return await self._deliver(rec)
+
+    @staticmethod
+    def _check_count(comp: dict[str, Any], name: str | None, count: int) -> None:
+        required = comp.get("required") is not False
+        lo = comp.get("min_values")
+        lo = (1 if required else 0) if lo is None else lo
+        hi = comp.get("max_values")
+        hi = 1 if hi is None else hi
+        if not required and count == 0:
+            return
+        if not lo <= count <= hi:
+            raise ValueError(f"{name!r} takes between {lo} and {hi} value(s), got {count}")
 
     def expire_token(self, token: str) -> None:
         """Invalidate an interaction token now (Discord does after 15 minutes): webhook
@@ -651,12 +1125,35 @@ class FakeDiscord:
         iid = self._by_token.get(token)
         return None if iid is None else self._interactions[iid]
 
-    def _new_interaction(self, itype: int, guild_id: int | None, channel_id: int, user_id: int,
-                         data: dict[str, Any], *, locale: str, name: str,
-                         message: dict[str, Any] | None = None) -> InteractionRecord:
+    def _new_interaction(
+        self,
+        itype: int,
+        guild_id: int | None,
+        channel_id: int,
+        user_id: int,
+        data: dict[str, Any],
+        *,
+        locale: str,
+        name: str,
+        message: dict[str, Any] | None = None,
+        check_view: bool = False,
+        command_type: int = 1,
+    ) -> InteractionRecord:
         world = self._world
         if user_id not in world.users:
             raise KeyError(f"unknown user {user_id}")
+        if channel_id not in world.channels:
+            raise KeyError(f"unknown channel {channel_id}")
+        if (
+            check_view
+            and guild_id is not None
+            and user_id in world.users
+            and not world.channel_permissions(channel_id, user_id) & VIEW_CHANNEL
+        ):
+            raise PermissionError(
+                f"user {user_id} cannot view channel {channel_id}, so Discord would not let "
+                "them use it (allow_channel_view, or validate=False)"
+            )
         iid = self._ids.next()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         channel = world.channels[channel_id].payload(world)
@@ -679,14 +1176,17 @@ class FakeDiscord:
                 raise KeyError(f"unknown guild {guild_id}")
             if user_id not in world.guilds[guild_id].members:
                 raise KeyError(f"user {user_id} is not a member of guild {guild_id}")
-            perms = world.member_permissions(guild_id, user_id)
+            # As on Discord: the member's and the app's permissions in this channel.
+            perms = world.channel_permissions(channel_id, user_id)
             channel["permissions"] = str(perms)
+            member = world.member_payload(guild_id, user_id)
+            member["permissions"] = str(perms)
             payload.update(
                 guild_id=str(guild_id),
                 guild={"id": str(guild_id), "locale": "en-US", "features": []},
                 guild_locale="en-US",
-                member=world.member_payload(guild_id, user_id, with_permissions=True),
-                app_permissions=str(world.member_permissions(guild_id, self.bot_user_id)),
+                member=member,
+                app_permissions=str(world.channel_permissions(channel_id, self.bot_user_id)),
                 authorizing_integration_owners={"0": str(guild_id)},
                 context=0,
             )
@@ -699,10 +1199,18 @@ class FakeDiscord:
             )
         if message is not None:
             payload["message"] = self._store.wire(message)
-        rec = InteractionRecord(id=iid, token=token, type=itype, guild_id=guild_id,
-                                channel_id=channel_id, user_id=user_id, payload=payload,
-                                name=name,
-                                source_message_id=message["id"] if message is not None else None)
+        rec = InteractionRecord(
+            id=iid,
+            token=token,
+            type=itype,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
+            payload=payload,
+            name=name,
+            command_type=command_type,
+            source_message_id=message["id"] if message is not None else None,
+        )
         self._interactions[iid] = rec
         self._by_token[token] = iid
         return rec
@@ -725,6 +1233,7 @@ class FakeDiscord:
     async def wait_ready(self, timeout: float = 5.0) -> None:
         """Until the bot identified and was sent READY and its GUILD_CREATEs. (discord.py
         fires on_ready ``guild_ready_timeout`` later: give the bot a small one.)"""
+
         def check() -> bool:
             with self._lock:
                 s = self._gateway.session
@@ -751,8 +1260,9 @@ class FakeDiscord:
 
     async def wait_resumed(self, count: int = 1, timeout: float = 10.0) -> None:
         """Until the bot has resumed ``count`` times in total."""
-        await self.until(lambda: self.resume_count >= count, timeout,
-                         f"the bot did not resume {count} time(s)")
+        await self.until(
+            lambda: self.resume_count >= count, timeout, f"the bot did not resume {count} time(s)"
+        )
 
     @property
     def identify_count(self) -> int:
@@ -818,8 +1328,9 @@ class FakeDiscord:
         }
         if session.shard is not None:
             ready["shard"] = session.shard
-        guilds = [world.guild_create_payload(g, self.bot_user_id, session.intents)
-                  for g in guild_ids]
+        guilds = [
+            world.guild_create_payload(g, self.bot_user_id, session.intents) for g in guild_ids
+        ]
         return ready, guilds
 
     def _app_info(self) -> dict[str, Any]:
@@ -852,8 +1363,7 @@ class FakeDiscord:
         if session is None or not session.ready:
             return
         with self._lock:
-            payload = self._world.guild_create_payload(guild_id, self.bot_user_id,
-                                                       session.intents)
+            payload = self._world.guild_create_payload(guild_id, self.bot_user_id, session.intents)
         self._gateway.dispatch("GUILD_CREATE", payload)
 
     def _dispatch_if_ready(self, guild_id: int, event: str, payload: dict[str, Any]) -> None:
@@ -861,8 +1371,7 @@ class FakeDiscord:
         if session is not None and session.ready:
             self._gateway.dispatch(event, payload)
 
-    def _message_event(self, rec: dict[str, Any], *, created: bool,
-                       deleted: bool = False) -> None:
+    def _message_event(self, rec: dict[str, Any], *, created: bool, deleted: bool = False) -> None:
         """MESSAGE_CREATE/UPDATE/DELETE to the bot, as Discord sends for visible messages."""
         if not self.dispatch_message_events or rec["ephemeral"]:
             return
@@ -874,17 +1383,22 @@ class FakeDiscord:
                 return
             if deleted:
                 event = "MESSAGE_DELETE"
-                payload: dict[str, Any] = {"id": str(rec["id"]),
-                                           "channel_id": str(rec["channel_id"])}
+                payload: dict[str, Any] = {
+                    "id": str(rec["id"]),
+                    "channel_id": str(rec["channel_id"]),
+                }
                 if guild_id is not None:
                     payload["guild_id"] = str(guild_id)
             else:
                 event = "MESSAGE_CREATE" if created else "MESSAGE_UPDATE"
                 payload = self._store.wire(rec, with_guild=True)
-                if guild_id is not None and rec["author_id"] in self._world.guilds[
-                        guild_id].members:
-                    payload["member"] = self._world.member_payload(guild_id, rec["author_id"],
-                                                                   with_user=False)
+                if (
+                    guild_id is not None
+                    and rec["author_id"] in self._world.guilds[guild_id].members
+                ):
+                    payload["member"] = self._world.member_payload(
+                        guild_id, rec["author_id"], with_user=False
+                    )
         self._on_loop(self._dispatch_if_ready, guild_id or 0, event, payload)
 
     # -- threads and waiting ----------------------------------------------------------------
@@ -917,8 +1431,9 @@ class FakeDiscord:
             with contextlib.suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(event.set)
 
-    async def until(self, condition: Callable[[], Any], timeout: float = 5.0,
-                    what: str = "condition not met") -> Any:
+    async def until(
+        self, condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition not met"
+    ) -> Any:
         """Wait (on the caller's loop) until ``condition()`` is truthy; return its value.
 
         Re-checked whenever the stand-in's state changes. Raises TimeoutError with ``what``
@@ -949,7 +1464,8 @@ class FakeDiscord:
         calls = self.calls[-8:]
         unknown = self.unknown_calls
         text = "last REST calls: " + (
-            ", ".join(f"{c.method} {c.path} -> {c.status}" for c in calls) or "none")
+            ", ".join(f"{c.method} {c.path} -> {c.status}" for c in calls) or "none"
+        )
         if unknown:
             text += "; UNKNOWN routes: " + ", ".join(f"{c.method} {c.path}" for c in unknown)
         errors = self.internal_errors

@@ -30,8 +30,9 @@ class AgainButton(discord.ui.DynamicItem[discord.ui.Button], template=r"again:(?
         self.n = n
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str]) -> AgainButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> AgainButton:
         return cls(int(match["n"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -47,8 +48,9 @@ class CountButton(discord.ui.DynamicItem[discord.ui.Button], template=r"count:(?
         self.n = n
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str]) -> CountButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> CountButton:
         return cls(int(match["n"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -65,8 +67,9 @@ class SlowButton(discord.ui.DynamicItem[discord.ui.Button], template=r"slow"):
         super().__init__(discord.ui.Button(label="slow", custom_id="slow"))
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,
-                             match: re.Match[str]) -> SlowButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> SlowButton:
         return cls()
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -91,8 +94,11 @@ async def settings_show(interaction: discord.Interaction, key: str, level: int =
 
 class StandinBot(commands.Bot):
     def __init__(self, intents: discord.Intents | None = None) -> None:
-        super().__init__(command_prefix="!", intents=intents or discord.Intents.default(),
-                         guild_ready_timeout=0.05)
+        super().__init__(
+            command_prefix="!",
+            intents=intents or discord.Intents.default(),
+            guild_ready_timeout=0.05,
+        )
         self.clicks: list[int] = []
         self.errors: list[BaseException] = []
         self.release = asyncio.Event()
@@ -101,8 +107,9 @@ class StandinBot(commands.Bot):
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         """discord.py sleeps 5 s before every re-IDENTIFY; not needed against the stand-in."""
 
-    async def on_app_command_error(self, interaction: discord.Interaction,
-                                   error: app_commands.AppCommandError) -> None:
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
         self.errors.append(error)
 
     async def setup_hook(self) -> None:
@@ -111,8 +118,9 @@ class StandinBot(commands.Bot):
         self.tree.on_error = self.on_app_command_error
 
         @self.tree.command(name="echo", description="Reverse an uploaded file")
-        async def echo(interaction: discord.Interaction, image: discord.Attachment,
-                       note: str = "none") -> None:
+        async def echo(
+            interaction: discord.Interaction, image: discord.Attachment, note: str = "none"
+        ) -> None:
             await interaction.response.defer(thinking=True)
             data = await image.read()
             view = discord.ui.View(timeout=None)
@@ -122,7 +130,9 @@ class StandinBot(commands.Bot):
             await interaction.followup.send(
                 content=f"{image.filename} {image.size}",
                 file=discord.File(io.BytesIO(data[::-1]), "out.bin"),
-                embed=embed, view=view, ephemeral=True,
+                embed=embed,
+                view=view,
+                ephemeral=True,
             )
 
         @self.tree.command(name="secret", description="Private answer")
@@ -158,11 +168,18 @@ class StandinBot(commands.Bot):
             self.posted = (first.id, fetched.content)
 
         @self.tree.command(name="pick", description="Typed options")
-        async def pick(interaction: discord.Interaction, who: discord.Member, role: discord.Role,
-                       where: discord.TextChannel, count: app_commands.Range[int, 1, 5],
-                       ratio: float, loud: bool = False) -> None:
+        async def pick(
+            interaction: discord.Interaction,
+            who: discord.Member,
+            role: discord.Role,
+            where: discord.TextChannel,
+            count: app_commands.Range[int, 1, 5],
+            ratio: float,
+            loud: bool = False,
+        ) -> None:
             await interaction.response.send_message(
-                f"{who.name}|{role.name}|{where.name}|{count}|{ratio}|{loud}")
+                f"{who.name}|{role.name}|{where.name}|{count}|{ratio}|{loud}"
+            )
 
         @self.tree.command(name="form", description="A modal")
         async def form(interaction: discord.Interaction) -> None:
@@ -173,8 +190,9 @@ class StandinBot(commands.Bot):
             await interaction.response.send_message(name)
 
         @style.autocomplete("name")
-        async def style_names(interaction: discord.Interaction,
-                              current: str) -> list[app_commands.Choice[str]]:
+        async def style_names(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
             names = ["anime", "photo", "pixel"]
             return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
 
@@ -202,61 +220,58 @@ async def running(fd: FakeDiscord, token: str | None = None) -> AsyncIterator[St
     fd.assert_no_unknown_routes()
 
 
-@pytest.fixture
-async def fd() -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord(heartbeat_interval=200)
-    await fake.astart()
-    try:
-        with fake.patch_discord():
-            yield fake
-    finally:
-        await fake.astop()
-
-
-@pytest.fixture
-def world(fd: FakeDiscord) -> dict[str, int]:
-    guild = fd.add_guild("guild")
-    channel = fd.add_channel(guild, "general")
-    alice = fd.add_user("alice")
-    fd.add_member(guild, alice)
-    return {"guild": guild, "channel": channel, "alice": alice}
-
-
 async def test_login_and_command_sync(fd: FakeDiscord, world: dict[str, int]) -> None:
     async with running(fd) as bot:
         assert bot.user is not None and bot.user.id == fd.bot_user_id
         assert bot.get_guild(world["guild"]) is not None
         assert bot.get_channel(world["channel"]) is not None
         names = {c["name"] for c in fd.commands()}
-        assert names == {"echo", "secret", "late", "settings", "counter", "post", "pick",
-                         "form", "admin", "style"}
+        assert names == {
+            "echo",
+            "secret",
+            "late",
+            "settings",
+            "counter",
+            "post",
+            "pick",
+            "form",
+            "admin",
+            "style",
+        }
         echo = fd.command("echo")
         assert echo is not None and echo["application_id"] == str(fd.application_id)
         assert [o["type"] for o in echo["options"]] == [11, 3]
         assert fd.identify_count == 1
-        assert fd.connections[0].query == {"v": "10", "encoding": "json",
-                                           "compress": "zlib-stream"}
+        assert fd.connections[0].query == {"v": "10", "encoding": "json", "compress": "zlib-stream"}
     fd.assert_no_unknown_routes()
 
 
 async def test_json_content_type_is_exact(fd: FakeDiscord) -> None:
     async with aiohttp.ClientSession() as session:
-        async with session.get(fd.api_base + "/users/@me",
-                               headers={"Authorization": f"Bot {fd.token}"}) as resp:
+        async with session.get(
+            fd.api_base + "/users/@me", headers={"Authorization": f"Bot {fd.token}"}
+        ) as resp:
             assert resp.headers["Content-Type"] == "application/json"
         async with session.get(fd.api_base + "/nope") as resp:
             assert resp.status == 404
             assert (await resp.json()) == {"message": "404: Not Found", "code": 0}
     assert [c.path for c in fd.unknown_calls] == ["/nope"]
+    fd.strict = False  # the unknown route was the point
 
 
-async def test_slash_with_attachment_and_followup_file(fd: FakeDiscord,
-                                                       world: dict[str, int]) -> None:
+async def test_slash_with_attachment_and_followup_file(
+    fd: FakeDiscord, world: dict[str, int]
+) -> None:
     payload = bytes(range(256)) * 4
     async with running(fd):
-        h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "echo",
-                                {"note": "hi"}, attachments={"image": ("in.bin", payload,
-                                                                      "application/octet-stream")})
+        h = await fd.send_slash(
+            world["guild"],
+            world["channel"],
+            world["alice"],
+            "echo",
+            {"note": "hi"},
+            attachments={"image": ("in.bin", payload, "application/octet-stream")},
+        )
         assert (await h.response())["type"] == 5
         msg = await h.wait_original(lambda m: not m["loading"])
         # The first follow-up after a public defer fills the thinking message and stays public.
@@ -278,20 +293,30 @@ async def test_slash_with_attachment_and_followup_file(fd: FakeDiscord,
 
 async def test_declared_size_override(fd: FakeDiscord, world: dict[str, int]) -> None:
     async with running(fd):
-        h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "echo",
-                                attachments={"image": Upload("big.png", b"x", size=50_000_000)})
+        h = await fd.send_slash(
+            world["guild"],
+            world["channel"],
+            world["alice"],
+            "echo",
+            attachments={"image": Upload("big.png", b"x", size=50_000_000)},
+        )
         msg = await h.wait_original(lambda m: not m["loading"])
         assert msg["content"] == "big.png 50000000"
         att = h.payload["data"]["resolved"]["attachments"]
-        (att_id, att_data), = att.items()
+        ((att_id, att_data),) = att.items()
         assert h.payload["data"]["options"][0]["value"] == att_id
         assert att_data["size"] == 50_000_000
 
 
 async def test_button_click_reaches_dynamic_item(fd: FakeDiscord, world: dict[str, int]) -> None:
     async with running(fd) as bot:
-        h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "echo",
-                                attachments={"image": ("a.bin", b"abc")})
+        h = await fd.send_slash(
+            world["guild"],
+            world["channel"],
+            world["alice"],
+            "echo",
+            attachments={"image": ("a.bin", b"abc")},
+        )
         msg = await h.wait_original(lambda m: not m["loading"])
         click = await fd.click(msg["id"], "again:3", world["alice"])
         response = await click.response()
@@ -309,13 +334,19 @@ async def test_ephemeral_response_and_subcommand(fd: FakeDiscord, world: dict[st
         assert (await h.response())["type"] == 4
         assert h.ephemeral is True
         assert h.original()["content"] == "only you"
-        s = await fd.send_slash(world["guild"], world["channel"], world["alice"],
-                                "settings show", {"key": "steps", "level": 3})
+        s = await fd.send_slash(
+            world["guild"],
+            world["channel"],
+            world["alice"],
+            "settings show",
+            {"key": "steps", "level": 3},
+        )
         msg = await s.wait_original()
         assert msg["content"] == "steps=3" and not msg["ephemeral"]
         with pytest.raises(ValueError):
-            await fd.send_slash(world["guild"], world["channel"], world["alice"],
-                                "settings show", {"level": 3})
+            await fd.send_slash(
+                world["guild"], world["channel"], world["alice"], "settings show", {"level": 3}
+            )
 
 
 async def test_disconnect_resume_and_replay(fd: FakeDiscord, world: dict[str, int]) -> None:
@@ -338,21 +369,24 @@ async def test_disconnect_resume_and_replay(fd: FakeDiscord, world: dict[str, in
 async def test_heartbeats_keep_arriving(fd: FakeDiscord, world: dict[str, int]) -> None:
     async with running(fd):
         start = time.monotonic()
-        await fd.until(lambda: len([t for t in fd.heartbeats if t > start]) >= 5, 3,
-                       "heartbeats")
+        await fd.until(lambda: len([t for t in fd.heartbeats if t > start]) >= 5, 3, "heartbeats")
         beats = [t for t in fd.heartbeats if t > start]
         gaps = [b - a for a, b in itertools.pairwise(beats)]
         assert max(gaps) < 0.5
 
 
-async def test_stalled_bot_loop_shows_as_late_heartbeat(fd: FakeDiscord,
-                                                        world: dict[str, int]) -> None:
+async def test_stalled_bot_loop_shows_as_late_heartbeat(
+    fd: FakeDiscord, world: dict[str, int]
+) -> None:
     async with running(fd):
         await fd.until(lambda: len(fd.heartbeats) >= 2, 3, "heartbeats")
         time.sleep(0.8)  # the bot's loop (this loop) stalls; the stand-in's does not
         start = time.monotonic()
-        await fd.until(lambda: len([t for t in fd.heartbeats if t > start]) >= 2, 3,
-                       "heartbeats after the stall")
+        await fd.until(
+            lambda: len([t for t in fd.heartbeats if t > start]) >= 2,
+            3,
+            "heartbeats after the stall",
+        )
         gaps = [b - a for a, b in itertools.pairwise(fd.heartbeats)]
         assert max(gaps) > 0.6
 
@@ -380,11 +414,13 @@ async def test_expired_token_fails_followup(fd: FakeDiscord, world: dict[str, in
         assert h.original()["loading"] is True
 
 
-async def test_channel_messages_reply_edit_fetch_delete(fd: FakeDiscord,
-                                                      world: dict[str, int]) -> None:
+async def test_channel_messages_reply_edit_fetch_delete(
+    fd: FakeDiscord, world: dict[str, int]
+) -> None:
     async with running(fd) as bot:
-        h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "post",
-                                {"text": "hello"})
+        h = await fd.send_slash(
+            world["guild"], world["channel"], world["alice"], "post", {"text": "hello"}
+        )
         await fd.until(lambda: bot.posted, what="the bot's posts")
         first_id, fetched = bot.posted  # type: ignore[misc]
         assert fetched == "hello (edited)"
@@ -393,8 +429,11 @@ async def test_channel_messages_reply_edit_fetch_delete(fd: FakeDiscord,
         assert [v["content"] for v in first["history"]] == ["hello"]
         assert fd.attachment_bytes(first) == b"data"
         assert first["attachments"][0]["content_type"].startswith("text/plain")
-        reply = next(m for m in fd.messages(world["channel"], include_deleted=True)
-                     if m["content"] == "reply")
+        reply = next(
+            m
+            for m in fd.messages(world["channel"], include_deleted=True)
+            if m["content"] == "reply"
+        )
         assert reply["deleted"] and reply["message_reference"]["message_id"] == first_id
         visible = [m["content"] for m in fd.messages(world["channel"]) if not m["ephemeral"]]
         assert visible == ["hello (edited)"]
@@ -404,22 +443,29 @@ async def test_channel_messages_reply_edit_fetch_delete(fd: FakeDiscord,
 async def test_typed_options_and_validation(fd: FakeDiscord, world: dict[str, int]) -> None:
     role = fd.add_role(world["guild"], "artists")
     async with running(fd):
-        opts = {"who": world["alice"], "role": role, "where": world["channel"], "count": 3,
-                "ratio": 0.5}
+        opts = {
+            "who": world["alice"],
+            "role": role,
+            "where": world["channel"],
+            "count": 3,
+            "ratio": 0.5,
+        }
         h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "pick", opts)
         msg = await h.wait_original()
         assert msg["content"] == "alice|artists|general|3|0.5|False"
         with pytest.raises(ValueError):
-            await fd.send_slash(world["guild"], world["channel"], world["alice"], "pick",
-                                {**opts, "count": 9})
+            await fd.send_slash(
+                world["guild"], world["channel"], world["alice"], "pick", {**opts, "count": 9}
+            )
         with pytest.raises(LookupError):
             await fd.send_slash(world["guild"], world["channel"], world["alice"], "nope")
 
 
 async def test_autocomplete(fd: FakeDiscord, world: dict[str, int]) -> None:
     async with running(fd):
-        h = await fd.send_autocomplete(world["guild"], world["channel"], world["alice"],
-                                       "style", {"name": "p"}, focused="name")
+        h = await fd.send_autocomplete(
+            world["guild"], world["channel"], world["alice"], "style", {"name": "p"}, focused="name"
+        )
         response = await h.response()
         assert response["type"] == 8
         assert [c["value"] for c in response["data"]["choices"]] == ["photo", "pixel"]
@@ -435,8 +481,7 @@ async def test_modal_submit(fd: FakeDiscord, world: dict[str, int]) -> None:
         assert msg["content"] == "hello Bob"
 
 
-async def test_update_message_and_deferred_update(fd: FakeDiscord,
-                                                  world: dict[str, int]) -> None:
+async def test_update_message_and_deferred_update(fd: FakeDiscord, world: dict[str, int]) -> None:
     async with running(fd):
         h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "counter")
         msg = await h.wait_original()
@@ -484,8 +529,13 @@ async def test_injected_rate_limit_is_retried(fd: FakeDiscord, world: dict[str, 
 async def test_upload_limit_and_double_ack(fd: FakeDiscord, world: dict[str, int]) -> None:
     fd.attachment_size_limit = 100
     async with running(fd) as bot:
-        h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "echo",
-                                attachments={"image": ("a.bin", b"x" * 200)})
+        h = await fd.send_slash(
+            world["guild"],
+            world["channel"],
+            world["alice"],
+            "echo",
+            attachments={"image": ("a.bin", b"x" * 200)},
+        )
         assert h.payload["attachment_size_limit"] == 100
         call = await fd.wait_for(lambda c: c.path.startswith("/webhooks/"))
         assert call.status == 413
@@ -493,16 +543,18 @@ async def test_upload_limit_and_double_ack(fd: FakeDiscord, world: dict[str, int
         assert h.original()["loading"]
         # a second acknowledgement is refused like on Discord
         url = f"{fd.api_base}/interactions/{h.id}/{h.token}/callback"
-        async with aiohttp.ClientSession() as session, session.post(
-            url, json={"type": 4, "data": {"content": "x"}}
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, json={"type": 4, "data": {"content": "x"}}) as resp,
+        ):
             assert resp.status == 400
             assert (await resp.json())["code"] == 40060
 
 
 @pytest.mark.parametrize("members", [False, True])
-async def test_members_intent_decides_cached_members(fd: FakeDiscord, world: dict[str, int],
-                                                     members: bool) -> None:
+async def test_members_intent_decides_cached_members(
+    fd: FakeDiscord, world: dict[str, int], members: bool
+) -> None:
     intents = discord.Intents.default()
     intents.members = members
     bot = StandinBot(intents)

@@ -29,6 +29,8 @@ DEFAULT_BOT_PERMISSIONS = (
     | (1 << 31)  # use application commands
     | (1 << 38)  # send messages in threads
 )
+VIEW_CHANNEL = 1 << 10
+MANAGE_MESSAGES = 1 << 13
 DEFAULT_EVERYONE_PERMISSIONS = (
     (1 << 6) | (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
 )
@@ -115,6 +117,27 @@ class Role:
         return data
 
 
+THREAD_TYPES = (10, 11, 12)  # announcement, public, private thread
+
+
+@dataclass
+class Overwrite:
+    """A channel permission overwrite: ``type`` 0 for a role, 1 for a member."""
+
+    id: int
+    type: int
+    allow: int = 0
+    deny: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "type": self.type,
+            "allow": str(self.allow),
+            "deny": str(self.deny),
+        }
+
+
 @dataclass
 class Channel:
     id: int
@@ -123,23 +146,60 @@ class Channel:
     type: int = 0
     position: int = 0
     recipient_id: int | None = None  # DM channels only
+    nsfw: bool = False
+    overwrites: list[Overwrite] = field(default_factory=list)
+    parent_id: int | None = None  # threads: their channel
+    owner_id: int | None = None  # threads: who started it
+    created: str = field(default_factory=iso_now)
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type in THREAD_TYPES
 
     def payload(self, world: World | None = None) -> dict[str, Any]:
         if self.type == 1:
             recipients = []
             if world is not None and self.recipient_id in world.users:
                 recipients = [world.users[self.recipient_id].payload()]
-            return {"id": str(self.id), "type": 1, "recipients": recipients,
-                    "last_message_id": None, "flags": 0}
+            return {
+                "id": str(self.id),
+                "type": 1,
+                "recipients": recipients,
+                "last_message_id": None,
+                "flags": 0,
+            }
+        if self.is_thread:
+            return {
+                "id": str(self.id),
+                "type": self.type,
+                "guild_id": str(self.guild_id),
+                "parent_id": str(self.parent_id),
+                "owner_id": str(self.owner_id),
+                "name": self.name,
+                "last_message_id": None,
+                "rate_limit_per_user": 0,
+                "message_count": 0,
+                "member_count": 1,
+                "total_message_sent": 0,
+                "flags": 0,
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": self.created,
+                    "locked": False,
+                    "invitable": self.type != 12,
+                    "create_timestamp": self.created,
+                },
+            }
         return {
             "id": str(self.id),
             "type": self.type,
             "guild_id": str(self.guild_id),
             "name": self.name,
             "position": self.position,
-            "permission_overwrites": [],
+            "permission_overwrites": [o.payload() for o in self.overwrites],
             "topic": None,
-            "nsfw": False,
+            "nsfw": self.nsfw,
             "last_message_id": None,
             "rate_limit_per_user": 0,
             "parent_id": None,
@@ -164,6 +224,7 @@ class Guild:
     owner_id: int
     bot_role_id: int | None = None
     channels: list[int] = field(default_factory=list)
+    threads: list[int] = field(default_factory=list)
     roles: list[int] = field(default_factory=list)
     members: dict[int, Member] = field(default_factory=dict)
     joined_at: str = field(default_factory=iso_now)
@@ -190,8 +251,13 @@ class World:
     def add_guild(self, name: str, owner_id: int, bot_user_id: int, bot_permissions: int) -> Guild:
         guild = Guild(id=self.ids.next(), name=name, owner_id=owner_id)
         self.guilds[guild.id] = guild
-        everyone = Role(id=guild.id, guild_id=guild.id, name="@everyone",
-                        permissions=DEFAULT_EVERYONE_PERMISSIONS, position=0)
+        everyone = Role(
+            id=guild.id,
+            guild_id=guild.id,
+            name="@everyone",
+            permissions=DEFAULT_EVERYONE_PERMISSIONS,
+            position=0,
+        )
         self.roles[everyone.id] = everyone
         guild.roles.append(everyone.id)
         bot_name = self.users[bot_user_id].name
@@ -206,30 +272,104 @@ class World:
 
     def add_role(self, guild_id: int, name: str, permissions: int = 0) -> Role:
         guild = self.guilds[guild_id]
-        role = Role(id=self.ids.next(), guild_id=guild_id, name=name,
-                    permissions=permissions, position=len(guild.roles))
+        role = Role(
+            id=self.ids.next(),
+            guild_id=guild_id,
+            name=name,
+            permissions=permissions,
+            position=len(guild.roles),
+        )
         self.roles[role.id] = role
         guild.roles.append(role.id)
         return role
 
-    def add_channel(self, guild_id: int, name: str, type: int = 0) -> Channel:
+    def add_channel(
+        self,
+        guild_id: int,
+        name: str,
+        type: int = 0,
+        *,
+        nsfw: bool = False,
+        hidden: bool = False,
+        bot_user_id: int | None = None,
+    ) -> Channel:
+        """A guild channel; ``hidden`` denies @everyone View Channel and lets the bot in (as
+        an admin does when adding a bot to a private channel)."""
         guild = self.guilds[guild_id]
-        channel = Channel(id=self.ids.next(), name=name, guild_id=guild_id, type=type,
-                          position=len(guild.channels))
+        if type in THREAD_TYPES or type == 1:
+            raise ValueError(f"channel type {type}: use add_thread / dm_channel")
+        channel = Channel(
+            id=self.ids.next(),
+            name=name,
+            guild_id=guild_id,
+            type=type,
+            position=len(guild.channels),
+            nsfw=nsfw,
+        )
+        if hidden:
+            channel.overwrites.append(Overwrite(id=guild_id, type=0, deny=VIEW_CHANNEL))
+            if bot_user_id is not None:
+                channel.overwrites.append(Overwrite(id=bot_user_id, type=1, allow=VIEW_CHANNEL))
         self.channels[channel.id] = channel
         guild.channels.append(channel.id)
         return channel
 
-    def add_member(self, guild_id: int, user_id: int, *, permissions: int = 0,
-                   roles: list[int] | None = None, nick: str | None = None) -> Member:
+    def add_thread(
+        self, parent_id: int, name: str, *, private: bool = False, owner_id: int
+    ) -> Channel:
+        parent = self.channels[parent_id]
+        if parent.guild_id is None or parent.is_thread:
+            raise ValueError(f"channel {parent_id} cannot hold threads")
+        thread = Channel(
+            id=self.ids.next(),
+            name=name,
+            guild_id=parent.guild_id,
+            type=12 if private else 11,
+            parent_id=parent_id,
+            owner_id=owner_id,
+        )
+        self.channels[thread.id] = thread
+        self.guilds[parent.guild_id].threads.append(thread.id)
+        return thread
+
+    def set_overwrite(
+        self, channel_id: int, target_id: int, target_type: int, *, allow: int = 0, deny: int = 0
+    ) -> Channel:
+        """Add to (or create) the overwrite for a role (0) or member (1) on a channel."""
+        channel = self.channels[channel_id]
+        if channel.is_thread or channel.guild_id is None:
+            raise ValueError("overwrites belong to guild channels (threads use their parent's)")
+        ow = next((o for o in channel.overwrites if o.id == target_id), None)
+        if ow is None:
+            ow = Overwrite(id=target_id, type=target_type)
+            channel.overwrites.append(ow)
+        ow.allow = (ow.allow | allow) & ~deny
+        ow.deny = (ow.deny | deny) & ~allow
+        return channel
+
+    def add_member(
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        permissions: int = 0,
+        roles: list[int] | None = None,
+        nick: str | None = None,
+    ) -> Member:
         guild = self.guilds[guild_id]
         if user_id not in self.users:
             raise KeyError(f"unknown user {user_id}; add_user first")
         for role_id in roles or []:
             if role_id not in guild.roles:
                 raise KeyError(f"role {role_id} is not in guild {guild_id}")
-        member = Member(user_id=user_id, guild_id=guild_id, roles=list(roles or []),
-                        permissions=permissions, nick=nick)
+        roles = list(roles or [])
+        if permissions:
+            # A role of its own, so the bits show in discord.py's permissions_for() too,
+            # as on Discord where permissions always come from roles.
+            roles.append(
+                self.add_role(guild_id, f"{self.users[user_id].name} perms", permissions).id
+            )
+        member = Member(user_id=user_id, guild_id=guild_id, roles=roles, nick=nick)
         guild.members[user_id] = member
         return member
 
@@ -260,10 +400,41 @@ class World:
             return ALL_PERMISSIONS
         return perms
 
+    def channel_permissions(self, channel_id: int, user_id: int) -> int:
+        """A member's permissions in a channel, overwrites applied the way Discord does
+        (threads use their parent's; DMs: everything a DM allows)."""
+        channel = self.channels[channel_id]
+        if channel.guild_id is None:
+            return ALL_PERMISSIONS
+        if channel.is_thread and channel.parent_id is not None:
+            channel = self.channels[channel.parent_id]
+        perms = self.member_permissions(channel.guild_id, user_id)
+        if perms == ALL_PERMISSIONS:
+            return perms
+        guild = self.guilds[channel.guild_id]
+        member = guild.members.get(user_id)
+        by_id = {o.id: o for o in channel.overwrites}
+        everyone = by_id.get(guild.id)
+        if everyone is not None:
+            perms = (perms & ~everyone.deny) | everyone.allow
+        allow = deny = 0
+        for role_id in member.roles if member is not None else []:
+            ow = by_id.get(role_id)
+            if ow is not None and ow.type == 0:
+                allow, deny = allow | ow.allow, deny | ow.deny
+        perms = (perms & ~deny) | allow
+        own = by_id.get(user_id)
+        if own is not None and own.type == 1:
+            perms = (perms & ~own.deny) | own.allow
+        if not perms & VIEW_CHANNEL:
+            return 0
+        return perms
+
     # -- payloads ---------------------------------------------------------------------------
 
-    def member_payload(self, guild_id: int, user_id: int, *, with_user: bool = True,
-                       with_permissions: bool = False) -> dict[str, Any]:
+    def member_payload(
+        self, guild_id: int, user_id: int, *, with_user: bool = True, with_permissions: bool = False
+    ) -> dict[str, Any]:
         guild = self.guilds[guild_id]
         member = guild.members.get(user_id) or Member(user_id=user_id, guild_id=guild_id)
         data: dict[str, Any] = {
@@ -337,7 +508,7 @@ class World:
                 "member_count": len(guild.members),
                 "members": [self.member_payload(guild_id, uid) for uid in member_ids],
                 "channels": [self.channels[c].payload() for c in guild.channels],
-                "threads": [],
+                "threads": [self.channels[t].payload() for t in guild.threads],
                 "presences": [],
                 "voice_states": [],
                 "stage_instances": [],
