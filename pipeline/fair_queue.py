@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,19 @@ class FairQueue:
             self._take(job)
             self._running[job.job_id] = job
         return batch
+
+    def set_group(self, job_id: str, group: str) -> None:
+        """Mark a waiting or running job as part of a series (`group`), for jobs queued
+        one at a time by a caller that knows they belong together."""
+        if job_id in self._running:
+            self._running[job_id] = replace(self._running[job_id], group=group)
+            return
+        for members in self._queues.values():
+            for q in members.values():
+                for i, job in enumerate(q):
+                    if job.job_id == job_id:
+                        q[i] = replace(job, group=group)
+                        return
 
     def requeue_front(self, job: QueuedJob) -> None:
         """Put a job that never started back where it was served from: first of its

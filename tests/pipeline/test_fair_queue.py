@@ -200,3 +200,17 @@ def test_requeue_front_puts_a_job_back_where_it_was_served_from() -> None:
     q.requeue_front(first)
     assert [j.job_id for j in q.order()] == before
     assert q.running == []
+
+
+def test_set_group_joins_queued_and_running_jobs_into_one_entry() -> None:
+    q = FairQueue(Caps(per_user=2, per_guild=99, total=999))
+    q.push(QueuedJob("1", 1, 7))
+    q.pop_batch()
+    q.push(QueuedJob("2", 1, 7))
+    assert q.entries(7) == 2
+    q.set_group("1", "s")
+    q.set_group("2", "s")
+    q.set_group("nope", "s")
+    assert q.entries(7) == 1
+    q.push(QueuedJob("3", 1, 7))
+    assert [j.group for j in q.order()] == ["s", None]
