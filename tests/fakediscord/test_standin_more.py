@@ -319,3 +319,19 @@ async def test_late_ack_is_unknown_interaction(fd: FakeDiscord, world: dict[str,
         ok = await fd.send_slash(world["guild"], world["channel"], world["alice"], "slow")
         assert (await ok.response())["type"] == 4
     fd.strict = False  # the late ack was the point
+
+
+async def test_schema_rejects_what_discord_refuses(fd: FakeDiscord, world: dict[str, int]) -> None:
+    async with running(fd) as bot:
+        assert fd.invalid_bodies() == []  # command sync and login bodies pass the spec
+        h = await fd.send_slash(world["guild"], world["channel"], world["alice"], "badmodal")
+        await fd.until(lambda: bot.errors, what="the refused modal")
+        err: Any = bot.errors[0]
+        assert isinstance(err, discord.HTTPException) and (err.status, err.code) == (400, 50035)
+        bad = fd.invalid_bodies()
+        assert len(bad) == 1 and bad[0]["path"].endswith("/callback")
+        assert any("title" in e for e in bad[0]["errors"]), bad[0]["errors"]
+        assert h.modal is None
+        with pytest.raises(AssertionError, match="Discord would refuse"):
+            fd.assert_valid_bodies()
+    fd.strict = False
