@@ -3,6 +3,11 @@
 State lives in SQLite (`Store`); the in-memory `FairQueue` is rebuilt from it at start, so
 waiting jobs survive a restart. The worker is a separate process (`WorkerClient`); this
 service only sends it small messages and reacts to its events, so the event loop stays free.
+This module is intake and the life cycle; `bot.job_dispatch` runs the dispatch loop and
+`bot.job_events` handles the worker's events.
+
+Shutdown (`stop`) never loses a finished result: it waits a bounded time for results being
+posted, and `start` posts any that a shutdown still cut off.
 """
 
 from __future__ import annotations
@@ -11,43 +16,32 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 import aiosqlite
 
 from bot.errors import UserError
-from bot.render import progress_text, queue_text
+from bot.job_dispatch import JobDispatch
+from bot.job_events import Delivery
+from bot.render import queue_text
 from bot.status import StatusBoard
 from bot.store import ACTIVE_STATES, Job, Store
 from config import Settings
-from pipeline.fair_queue import Caps, FairQueue, QueuedJob, QueueFull
-from pipeline.prepare import target_size
-from pipeline.request import (
-    MAX_SEED,
-    EngineInfo,
-    GenerationRequest,
-    GenerationResult,
-    plan_steps,
-)
-from pipeline.worker import (
-    BatchDone,
-    Cancelled,
-    Failed,
-    Finished,
-    Progress,
-    WorkerClient,
-    WorkerDied,
-    WorkerEvent,
-    WorkerStartError,
-)
+from pipeline.fair_queue import Caps, FairQueue, QueueFull
+from pipeline.request import MAX_SEED, EngineInfo, plan_steps
+from pipeline.worker import WorkerClient
 
 log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME_S = 15 * 60 - 30  # Discord's 15 min, minus a margin for the last edit
 DEFAULT_JOB_SECONDS = 20.0
+STOP_DELIVERY_GRACE_S = 4.0
+"""`stop()` waits this long for results being posted; with the worker's stop below, the
+whole shutdown fits inside Docker's 10 s grace period."""
+STOP_WORKER_TIMEOUT_S = 3.0
+
+__all__ = ["Delivery", "Hooks", "JobService", "NewJob"]
 
 
 @dataclass
@@ -78,16 +72,6 @@ class NewJob:
     style: str | None = None  # the saved style applied to the prompt, by name
 
 
-class Delivery(Protocol):
-    """The Discord side of a job's life (implemented in `bot.delivery`)."""
-
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None: ...
-    async def deliver_result(self, job: Job) -> None: ...
-    async def deliver_failure(self, job: Job, message: str) -> None: ...
-    async def deliver_cancelled(self, job: Job) -> None: ...
-    async def deliver_withheld(self, job: Job) -> None: ...
-
-
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
 JobHook = Callable[[Job], Awaitable[None]]
 
@@ -105,7 +89,7 @@ class Hooks:
     deleted: list[JobHook] = field(default_factory=list)
 
 
-class JobService:
+class JobService(JobDispatch):
     def __init__(
         self,
         settings: Settings,
@@ -137,32 +121,70 @@ class JobService:
         self._background: set[asyncio.Task[None]] = set()
         self._progress: dict[int, tuple[int, int]] = {}
         self._cancel_requested: set[str] = set()
-
-    @property
-    def data_dir(self) -> Path:
-        return self.settings.data_dir
+        self._status_gates: dict[int, asyncio.Event] = {}
+        self._dispatch_errors: dict[str, int] = {}
+        self._hold_until = 0.0  # monotonic time before which dispatch waits (after an error)
+        self._stopping = False
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
-        """Rebuild the queue from SQLite, then start the worker and the dispatch loop."""
+        """Rebuild the queue from SQLite, deliver results a shutdown cut off, then start
+        the worker and the dispatch loop."""
+        self._stopping = False
         for job in await self.store.jobs_in_states(ACTIVE_STATES):
             if job.state == "running":  # interrupted by a restart: it waits again
                 await self.store.update_job(job.id, state="queued", started_at=None)
             self.queue.push(self._queued(job), enforce_caps=False)
         if len(self.queue):
             log.info("restored %d waiting jobs", len(self.queue))
+        await self._redeliver()
         self.status.start()
-        self._task = asyncio.create_task(self._run(), name="job-service")
+        self._task = self._start_task(self._run())
 
     async def stop(self) -> None:
+        """Stop dispatching, let deliveries in flight finish (bounded), put running jobs
+        back in the queue for the next start, then stop the worker."""
+        self._stopping = True
+        self._wake.set()
+        await self._drain(STOP_DELIVERY_GRACE_S)
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.status.stop()
         for task in list(self._background):
-            task.cancel()
+            task.cancel()  # still unsent after the grace: `start()` delivers it next time
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.worker.stop()
+        try:
+            async with self.store.transaction() as db:
+                await db.execute(
+                    "UPDATE jobs SET state='queued', started_at=NULL WHERE state='running'"
+                )
+        except Exception:
+            log.exception("could not put running jobs back in the queue")
+        await self.worker.stop(timeout=STOP_WORKER_TIMEOUT_S)
+
+    async def _drain(self, grace: float) -> None:
+        """Wait up to `grace` seconds for background deliveries (new ones included)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self._background and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._background), timeout=left)
+        if self._background:
+            log.warning("%d deliveries still in flight at shutdown", len(self._background))
+
+    def _start_task(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name="job-service")
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """The supervisor's own guard: a service task that ends while the bot runs is
+        started again (without starting the worker a second time)."""
+        if self._stopping or task is not self._task or self.fatal is not None:
+            return
+        reason = "cancelled" if task.cancelled() else repr(task.exception())
+        log.error("the job service's task ended (%s); restarting it", reason)
+        self._task = self._start_task(self._supervise())
 
     # -- accepting jobs ---------------------------------------------------------------
     def check_caps(self, guild_id: int, user_id: int) -> None:
@@ -173,10 +195,14 @@ class JobService:
             raise UserError(str(exc)) from None
 
     async def submit(self, new: NewJob) -> Job:
-        """Store and queue a job; raise `UserError` (nothing stored) if it is refused."""
+        """Store and queue a job; raise `UserError` (nothing stored) if it is refused.
+
+        A job from an interaction gets a status message from its caller, who must then call
+        `attach_status_message` (with None if posting it failed)."""
         plan_steps(new.steps, new.strength)  # raises InputError for an impossible strength
         seed = new.seed if new.seed is not None else secrets.randbelow(MAX_SEED + 1)
         now = self.clock()
+        token_from = new.interaction_created_at if new.interaction_created_at is not None else now
         async with self.store.transaction() as db:
             self.check_caps(new.guild_id, new.user_id)
             for hook in self.hooks.reserve:
@@ -189,20 +215,29 @@ class JobService:
                 steps=new.steps, guidance=new.guidance, input_path=new.input_path,
                 input_width=new.input_width, input_height=new.input_height,
                 application_id=new.application_id, interaction_token=new.interaction_token,
-                token_expires_at=now + TOKEN_LIFETIME_S if new.interaction_token else None,
+                token_expires_at=token_from + TOKEN_LIFETIME_S if new.interaction_token else None,
                 reply_to_message_id=new.reply_to_message_id, created_at=now,
                 channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
                 style=new.style,
             )  # fmt: skip
             job = await self._get(db, job_id)
             self.queue.push(self._queued(job), enforce_caps=False)
+        if new.interaction_token:
+            self._status_gates[job.id] = asyncio.Event()
         log.info("queued job %d (guild %d, user %d)", job.id, job.guild_id, job.user_id)
         self._wake.set()
         return job
 
-    async def attach_status_message(self, job_id: int, message_id: int) -> None:
-        """Remember the message that shows this job's place and progress."""
-        await self.store.update_job(job_id, status_message_id=message_id)
+    async def attach_status_message(self, job_id: int, message_id: int | None) -> None:
+        """Remember the message that shows this job's place and progress; None: the caller
+        could not post one. Either way the job's final message may go out now."""
+        try:
+            if message_id is not None:
+                await self.store.update_job(job_id, status_message_id=message_id)
+        finally:
+            gate = self._status_gates.get(job_id)
+            if gate is not None:
+                gate.set()
         self._refresh_positions()
 
     async def cancel(self, job_id: int, user_id: int, can_manage: bool) -> str:
@@ -215,8 +250,9 @@ class JobService:
                 "Messages, can cancel it."
             )
         if self.queue.remove(str(job_id)):
-            job = await self._end(job_id, state="cancelled", counted=0)
-            self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
+            ended = await self._end(job_id, state="cancelled", counted=0)
+            if ended is not None:
+                self._spawn(self._deliver(ended, self.delivery.deliver_cancelled))
             self._refresh_positions()
             return "Cancelled; it left the queue and did not count against your quota."
         # It may be between the queue and the worker (being dispatched): remember the
@@ -254,192 +290,7 @@ class JobService:
             if eta is not None:
                 self.status.set(int(queued.job_id), queue_text(*eta))
 
-    # -- the dispatch loop ------------------------------------------------------------
-    async def _run(self) -> None:
-        try:
-            info = await self.worker.start()
-        except WorkerStartError as exc:
-            self.fatal = str(exc)
-            log.error("%s", exc)
-            self.ready.set()
-            if self.on_fatal:
-                self.on_fatal(self.fatal)
-            return
-        self._on_ready(info)
-        event_task: asyncio.Task[WorkerEvent] | None = None
-        wake_task: asyncio.Task[bool] | None = None
-        try:
-            while True:
-                if not self.worker.busy and len(self.queue):
-                    await self._dispatch()
-                if event_task is None:
-                    event_task = asyncio.create_task(self.worker.next_event())
-                self._wake.clear()
-                wake_task = asyncio.create_task(self._wake.wait())
-                done, _ = await asyncio.wait(
-                    {event_task, wake_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                wake_task.cancel()
-                if event_task in done:
-                    event, event_task = event_task.result(), None
-                    try:
-                        await self._handle(event)
-                    except Exception:
-                        log.exception("handling worker event %r failed", event)
-        finally:
-            for task in (event_task, wake_task):
-                if task is not None:
-                    task.cancel()
-
-    def _on_ready(self, info: object) -> None:
-        self.resolution = self.settings.resolution or getattr(info, "resolution", 512)
-        self.model_name = getattr(info, "model_id", self.settings.model_id)
-        log.info("worker ready: %s", info)
-        self.ready.set()
-
-    def _queued(self, job: Job) -> QueuedJob:
-        """The queue's view of a job; its batch key holds the input size, sized later."""
-        plan = plan_steps(job.steps, job.strength)
-        raw_key = ((job.input_width, job.input_height), plan, job.guidance)
-        return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key)
-
-    def _batch_key(self, queued: QueuedJob) -> Hashable:
-        """Jobs share a call when they render at one size with one step plan and guidance.
-        The size depends on the model's resolution, known only once the worker is ready,
-        so it is derived here at dispatch time rather than when the job was queued."""
-        (width, height), plan, guidance = queued.batch_key  # type: ignore[misc]
-        return target_size(width, height, self.resolution), plan, guidance
-
-    async def _dispatch(self) -> None:
-        batch = self.queue.pop_batch(self.settings.max_batch, key=self._batch_key)
-        if not batch:
-            return
-        now = self.clock()
-        requests: list[GenerationRequest] = []
-        async with self.store.transaction() as db:
-            for queued in batch:
-                job_id = int(queued.job_id)
-                await self.store.update_job_in(db, job_id, state="running", started_at=now)
-                job = await self._get(db, job_id)
-                requests.append(self._request(job))
-        self.worker.submit(requests)
-        for request in requests:
-            if request.job_id in self._cancel_requested:
-                self.worker.cancel(request.job_id)
-        for queued in batch:
-            self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
-        self._refresh_positions()
-
-    def _request(self, job: Job) -> GenerationRequest:
-        out = self.data_dir / "outputs" / f"{job.id}.png"
-        return GenerationRequest(
-            job_id=str(job.id),
-            image_path=str(self.data_dir / job.input_path),
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            strength=job.strength,
-            seed=job.seed,
-            steps=job.steps,
-            guidance=job.guidance,
-            output_path=str(out.resolve()),
-        )
-
-    async def _handle(self, event: WorkerEvent) -> None:
-        if isinstance(event, Progress):
-            for job_id in map(int, event.job_ids):
-                self._progress[job_id] = (event.step, event.total)
-                self.status.set(job_id, progress_text(event.step, event.total))
-        elif isinstance(event, Finished):
-            # Recorded and delivered in the background, so the loop gets to BatchDone and
-            # hands the worker its next batch without waiting on SQLite or Discord.
-            self.queue.finish(event.result.job_id)
-            self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * event.result.seconds
-            self._spawn(self._complete(event.result))
-        elif isinstance(event, Failed):
-            job = await self._end(int(event.job_id), state="failed", counted=0, error=event.message)
-            self._spawn(self._deliver(job, self.delivery.deliver_failure, event.message))
-        elif isinstance(event, Cancelled):
-            job = await self._end(int(event.job_id), state="cancelled", counted=0)
-            self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
-        elif isinstance(event, BatchDone):
-            for job_id in event.job_ids:
-                self.queue.finish(job_id)
-            self._refresh_positions()
-        elif isinstance(event, WorkerDied):
-            await self._worker_died(event)
-
-    async def _worker_died(self, event: WorkerDied) -> None:
-        log.error("worker died (exit code %s) while running %s", event.exitcode, event.job_ids)
-        message = (
-            "The image worker crashed while making this image (it may have run out of memory). "
-            "It did not count against your quota; please try again."
-        )
-        for job_id in event.job_ids:
-            job = await self._end(int(job_id), state="failed", counted=0, error="worker died")
-            self._spawn(self._deliver(job, self.delivery.deliver_failure, message))
-        for queued in self.queue.running:
-            self.queue.finish(queued.job_id)
-        delay = 1.0
-        while True:
-            try:
-                self._on_ready(await self.worker.restart())
-                return
-            except WorkerStartError:
-                log.exception("worker restart failed; retrying in %.0f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(60.0, delay * 2)
-
-    async def _end(self, job_id: int, **values: object) -> Job:
-        """Record a job's final state (and refund, via counted=0) and drop its status."""
-        self.status.forget(job_id)
-        self._progress.pop(job_id, None)
-        self._cancel_requested.discard(str(job_id))
-        self.queue.finish(str(job_id))
-        async with self.store.transaction() as db:
-            await self.store.update_job_in(db, job_id, finished_at=self.clock(), **values)
-            return await self._get(db, job_id)
-
-    async def _complete(self, r: GenerationResult) -> None:
-        job = await self._end(
-            int(r.job_id),
-            state="done",
-            output_path=f"outputs/{r.job_id}.png",
-            steps_run=r.steps_run,
-            steps_total=r.steps_total,
-            seconds=r.seconds,
-            model=self.model_name,
-        )
-        await self._finish(job)
-
-    async def _finish(self, job: Job) -> None:
-        await self._deliver(job, self.delivery.deliver_result)
-        fresh = await self.store.get_job(job.id)
-        for hook in self.hooks.finished:
-            try:
-                await hook(fresh or job)
-            except Exception:
-                log.exception("finished-hook failed for job %d", job.id)
-
-    async def _deliver(self, job: Job, fn: Callable[..., Awaitable[None]], *args: object) -> None:
-        async with self.status.lock(job.id):
-            try:
-                await fn(job, *args)
-            except Exception:
-                log.exception("delivering job %d failed", job.id)
-        self.status.release(job.id)
-
     async def _send_status(self, job_id: int, text: str, cancellable: bool) -> None:
         job = await self.store.get_job(job_id)
         if job is not None and job.state in ACTIVE_STATES:
             await self.delivery.show_status(job, text, cancellable)
-
-    async def _get(self, db: aiosqlite.Connection, job_id: int) -> Job:
-        cursor = await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
-        row = await cursor.fetchone()
-        assert row is not None, job_id
-        return Job.from_row(row)
-
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

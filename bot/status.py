@@ -23,16 +23,24 @@ class _Entry:
     text: str | None = None
     cancellable: bool = True
     sent_text: str | None = None
-    last_sent: float = 0.0
+    last_sent: float | None = None
 
 
 class StatusBoard:
     """Holds the newest status text per job and flushes it in the background."""
 
-    def __init__(self, send: Sender, interval: float, tick: float = 0.25) -> None:
+    def __init__(
+        self,
+        send: Sender,
+        interval: float,
+        tick: float = 0.25,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._send = send
         self._interval = interval
         self._tick = tick
+        self._clock = clock
         self._entries: dict[int, _Entry] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
@@ -66,16 +74,24 @@ class StatusBoard:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._tick)
-            now = time.monotonic()
-            for job_id, entry in list(self._entries.items()):
-                if entry.text is None or entry.text == entry.sent_text:
-                    continue
-                if now - entry.last_sent < self._interval:
-                    continue
-                text, entry.last_sent = entry.text, now
-                task = asyncio.create_task(self._flush(job_id, text, entry.cancellable))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            self.flush_due()
+
+    def flush_due(self) -> list[asyncio.Task[None]]:
+        """Start the edits due now: the newest unsent text of each job whose last edit is
+        at least `interval` old. Called every tick; returns the started edits."""
+        now = self._clock()
+        started: list[asyncio.Task[None]] = []
+        for job_id, entry in list(self._entries.items()):
+            if entry.text is None or entry.text == entry.sent_text:
+                continue
+            if entry.last_sent is not None and now - entry.last_sent < self._interval:
+                continue
+            text, entry.last_sent = entry.text, now
+            task = asyncio.create_task(self._flush(job_id, text, entry.cancellable))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            started.append(task)
+        return started
 
     async def _flush(self, job_id: int, text: str, cancellable: bool) -> None:
         async with self.lock(job_id):

@@ -1,0 +1,250 @@
+"""The dispatch half of the job service: the loop, its supervisor, batches to the worker.
+
+A mixin of `JobService` (see `bot.jobs`). The loop cannot die while the bot runs: an error
+while dispatching puts back (or, after a few tries, fails) only the jobs it touched and
+is logged with its traceback, and the supervisor runs the loop again if it ever ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Hashable
+from pathlib import Path
+
+import aiosqlite
+
+from bot.job_events import JobEvents
+from bot.store import Job
+from pipeline.fair_queue import QueuedJob
+from pipeline.prepare import target_size
+from pipeline.request import EngineInfo, GenerationRequest, plan_steps
+from pipeline.worker import WorkerEvent, WorkerStartError
+
+log = logging.getLogger(__name__)
+
+DISPATCH_ATTEMPTS = 3
+"""A job whose dispatch fails this many times fails (refunded) instead of waiting again."""
+DISPATCH_RETRY_S = 1.0
+LOOP_RESTART_S = 1.0
+
+DISPATCH_FAILED = (
+    "Something went wrong on our side while starting this image. "
+    "It did not count against your quota; please try again."
+)
+
+
+class JobDispatch(JobEvents):
+    """Mixin of `JobService`: from the fair queue to the worker."""
+
+    resolution: int
+    engine_info: EngineInfo | None
+    ready: asyncio.Event
+    fatal: str | None
+    on_fatal: Callable[[str], None] | None
+    _wake: asyncio.Event
+    _dispatch_errors: dict[str, int]
+    _hold_until: float
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    async def _get(self, db: aiosqlite.Connection, job_id: int) -> Job:
+        cursor = await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
+        row = await cursor.fetchone()
+        assert row is not None, job_id
+        return Job.from_row(row)
+
+    # -- the dispatch loop ------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            info = await self.worker.start()
+        except WorkerStartError as exc:
+            self.fatal = str(exc)
+            log.error("%s", exc)
+            self.ready.set()
+            if self.on_fatal:
+                self.on_fatal(self.fatal)
+            return
+        self._on_ready(info)
+        await self._supervise()
+
+    async def _supervise(self) -> None:
+        """Run the loop; if it ever ends while the bot runs, log it and run it again."""
+        while not self._stopping:
+            try:
+                await self._loop()
+                log.error("the dispatch loop returned; restarting it")
+            except Exception:
+                log.exception("the dispatch loop failed; restarting it")
+            await asyncio.sleep(LOOP_RESTART_S)
+
+    async def _loop(self) -> None:
+        event_task: asyncio.Task[WorkerEvent] | None = None
+        try:
+            while True:
+                self._wake.clear()
+                if self._can_dispatch():
+                    await self._dispatch()
+                if event_task is None:
+                    event_task = asyncio.create_task(self.worker.next_event())
+                wake_task = asyncio.create_task(self._wake.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {event_task, wake_task},
+                        timeout=self._retry_in(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    wake_task.cancel()
+                if event_task in done:
+                    event, event_task = event_task.result(), None
+                    try:
+                        await self._handle(event)
+                    except Exception:
+                        log.exception("handling worker event %r failed", event)
+        finally:
+            if event_task is not None:
+                event_task.cancel()
+
+    def _can_dispatch(self) -> bool:
+        return (
+            not self._stopping
+            and len(self.queue) > 0
+            and not self.worker.busy
+            and self.worker.info is not None  # a dead worker is restarted first
+            and time.monotonic() >= self._hold_until
+        )
+
+    def _retry_in(self) -> float | None:
+        """Seconds until a dispatch held back by an error may be tried again."""
+        left = self._hold_until - time.monotonic()
+        return left if left > 0 and len(self.queue) else None
+
+    def _on_ready(self, info: EngineInfo) -> None:
+        self.engine_info = info
+        self.resolution = self.settings.resolution or getattr(info, "resolution", 512)
+        self.model_name = getattr(info, "model_id", self.settings.model_id)
+        log.info("worker ready: %s", info)
+        self.ready.set()
+
+    def _queued(self, job: Job) -> QueuedJob:
+        """The queue's view of a job; its batch key holds the input size, sized later."""
+        plan = plan_steps(job.steps, job.strength)
+        raw_key = ((job.input_width, job.input_height), plan, job.guidance)
+        return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key)
+
+    def _batch_key(self, queued: QueuedJob) -> Hashable:
+        """Jobs share a call when they render at one size with one step plan and guidance.
+        The size depends on the model's resolution, known only once the worker is ready,
+        so it is derived here at dispatch time rather than when the job was queued."""
+        (width, height), plan, guidance = queued.batch_key  # type: ignore[misc]
+        return target_size(width, height, self.resolution), plan, guidance
+
+    async def _dispatch(self) -> None:
+        """Hand the next batch to the worker. An error puts back (or fails) only its jobs."""
+        try:
+            batch = self.queue.pop_batch(self.settings.max_batch, key=self._batch_key)
+        except Exception:
+            log.exception("choosing the next batch failed")
+            self._hold_until = time.monotonic() + DISPATCH_RETRY_S
+            return
+        if not batch:
+            return
+        ids = ", ".join(q.job_id for q in batch)
+        try:
+            requests = await self._mark_running(batch)
+            self.worker.submit(requests)
+        except Exception:
+            log.exception("dispatching jobs %s failed; they wait again", ids)
+            self._hold_until = time.monotonic() + DISPATCH_RETRY_S
+            await self._dispatch_failed(batch)
+            return
+        for request in requests:
+            self._dispatch_errors.pop(request.job_id, None)
+            if request.job_id in self._cancel_requested:
+                self.worker.cancel(request.job_id)
+        for queued in batch:
+            self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
+        self._refresh_positions()
+
+    async def _mark_running(self, batch: list[QueuedJob]) -> list[GenerationRequest]:
+        now = self.clock()
+        requests: list[GenerationRequest] = []
+        allowed: dict[int, bool] = {}
+        async with self.store.transaction() as db:
+            for queued in batch:
+                job_id = int(queued.job_id)
+                await self.store.update_job_in(db, job_id, state="running", started_at=now)
+                job = await self._get(db, job_id)
+                if job.guild_id not in allowed:
+                    allowed[job.guild_id] = await self._nsfw_allowed(db, job.guild_id)
+                requests.append(self._request(job, allow_nsfw=allowed[job.guild_id]))
+        return requests
+
+    async def _dispatch_failed(self, batch: list[QueuedJob]) -> None:
+        """Jobs whose dispatch failed wait again at the head of their queue; one that
+        failed `DISPATCH_ATTEMPTS` times fails for good (refunded), so no job loops."""
+        again: list[QueuedJob] = []
+        for queued in batch:
+            tries = self._dispatch_errors.get(queued.job_id, 0) + 1
+            self._dispatch_errors[queued.job_id] = tries
+            if tries < DISPATCH_ATTEMPTS:
+                again.append(queued)
+                continue
+            self._dispatch_errors.pop(queued.job_id, None)
+            try:
+                job = await self._end(
+                    int(queued.job_id), state="failed", counted=0, error="dispatch failed"
+                )
+            except Exception:
+                log.exception("recording the failed dispatch of job %s failed", queued.job_id)
+                self.queue.finish(queued.job_id)
+                continue
+            if job is not None:
+                self._spawn(self._deliver(job, self.delivery.deliver_failure, DISPATCH_FAILED))
+        try:
+            await self._requeue(again)
+        except Exception:
+            log.exception("recording jobs %s as waiting failed", [q.job_id for q in again])
+
+    async def _requeue(self, queued: list[QueuedJob]) -> None:
+        """Put jobs that never ran back at the head of their guild's queue, untouched.
+        The in-memory queue changes first, so a failing database cannot lose them."""
+        for q in queued:
+            self.queue.finish(q.job_id)
+        for q in reversed(queued):
+            self.queue.requeue_front(q)
+        self._refresh_positions()
+        if queued:
+            async with self.store.transaction() as db:
+                for q in queued:
+                    await self.store.update_job_in(
+                        db, int(q.job_id), state="queued", started_at=None
+                    )
+        self._wake.set()
+
+    async def _nsfw_allowed(self, db: aiosqlite.Connection, guild_id: int) -> bool:
+        """`/settings nsfw-channels allow`: unfiltered results in age-restricted channels."""
+        cursor = await db.execute(
+            "SELECT nsfw_channels FROM guild_settings WHERE guild_id=?", (guild_id,)
+        )
+        row = await cursor.fetchone()
+        return bool(row) and row[0] == "allow"
+
+    def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
+        out = self.data_dir / "outputs" / f"{job.id}.png"
+        return GenerationRequest(
+            job_id=str(job.id),
+            image_path=str(self.data_dir / job.input_path),
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            strength=job.strength,
+            seed=job.seed,
+            steps=job.steps,
+            guidance=job.guidance,
+            output_path=str(out.resolve()),
+            allow_nsfw=bool(job.channel_nsfw) and allow_nsfw,
+        )

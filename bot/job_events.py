@@ -1,0 +1,251 @@
+"""What the job service does with the worker's events, and how final messages go out.
+
+Split from `bot.jobs` (intake and dispatch): this half records each job's end in SQLite
+exactly once, refunds what did not produce an image, and delivers the final message in the
+background so the dispatch loop never waits on Discord.
+
+Rules that keep a job from being lost or shown twice:
+- A job ends once: `_end` only changes a row that is still queued or running, so a late
+  `Finished` for a job already cancelled is discarded (and its file removed).
+- A final message waits (bounded) for the job's status message to be attached, so a job
+  that finishes before its caller posted that message still ends as one result message.
+- Deliveries in flight are tracked, so `stop()` can wait for them instead of dropping them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bot.render import progress_text
+from bot.status import StatusBoard
+from bot.store import ACTIVE_STATES, Job, Store
+from pipeline.fair_queue import FairQueue, QueuedJob
+from pipeline.request import EngineInfo, GenerationResult
+from pipeline.worker import (
+    BatchDone,
+    Cancelled,
+    Failed,
+    Finished,
+    Progress,
+    WorkerDied,
+    WorkerEvent,
+)
+
+if TYPE_CHECKING:
+    from bot.jobs import Hooks
+    from config import Settings
+
+log = logging.getLogger(__name__)
+
+STATUS_ATTACH_WAIT_S = 15.0
+"""How long a final message waits for the caller to attach the job's status message."""
+
+CRASH_MESSAGE = (
+    "The image worker crashed while making this image (it may have run out of memory). "
+    "It did not count against your quota; please try again."
+)
+
+
+class Delivery(Protocol):
+    """The Discord side of a job's life (implemented in `bot.delivery`)."""
+
+    async def show_status(self, job: Job, text: str, cancellable: bool) -> None: ...
+    async def deliver_result(self, job: Job) -> None: ...
+    async def deliver_failure(self, job: Job, message: str) -> None: ...
+    async def deliver_cancelled(self, job: Job) -> None: ...
+    async def deliver_withheld(self, job: Job) -> None: ...
+
+
+class JobEvents:
+    """Mixin of `JobService`: worker events in, final states and messages out."""
+
+    settings: Settings
+    store: Store
+    worker: Any  # WorkerClient surface
+    delivery: Delivery
+    hooks: Hooks
+    queue: FairQueue
+    status: StatusBoard
+    clock: Callable[[], float]
+    model_name: str
+    seconds_per_image: float
+    _progress: dict[int, tuple[int, int]]
+    _cancel_requested: set[str]
+    _background: set[asyncio.Task[None]]
+    _status_gates: dict[int, asyncio.Event]
+    _stopping: bool
+
+    if TYPE_CHECKING:  # provided by JobDispatch and JobService
+
+        def _on_ready(self, info: EngineInfo) -> None: ...
+        def _refresh_positions(self) -> None: ...
+        async def _requeue(self, queued: list[QueuedJob]) -> None: ...
+
+    # -- events -----------------------------------------------------------------------
+    async def _handle(self, event: WorkerEvent) -> None:
+        if isinstance(event, Progress):
+            running = {q.job_id for q in self.queue.running}
+            for job_id in event.job_ids:
+                if job_id in running:  # a job cancelled out of its batch shows no more
+                    self._progress[int(job_id)] = (event.step, event.total)
+                    self.status.set(int(job_id), progress_text(event.step, event.total))
+        elif isinstance(event, Finished):
+            # Recorded and delivered in the background, so the loop gets to BatchDone and
+            # hands the worker its next batch without waiting on SQLite or Discord.
+            self.queue.finish(event.result.job_id)
+            self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * event.result.seconds
+            self._spawn(self._complete(event.result))
+        elif isinstance(event, Failed):
+            job = await self._end(int(event.job_id), state="failed", counted=0, error=event.message)
+            if job is not None:
+                self._spawn(self._deliver(job, self.delivery.deliver_failure, event.message))
+        elif isinstance(event, Cancelled):
+            job = await self._end(int(event.job_id), state="cancelled", counted=0)
+            if job is not None:
+                self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
+        elif isinstance(event, BatchDone):
+            for job_id in event.job_ids:
+                self.queue.finish(job_id)
+            self._refresh_positions()
+        elif isinstance(event, WorkerDied):
+            await self._worker_died(event)
+        else:  # e.g. Started: nothing to record here
+            log.debug("worker event %r", event)
+
+    async def _worker_died(self, event: WorkerDied) -> None:
+        """Jobs that never started wait again at the head of their queue; jobs that were
+        running fail (refunded). Then the worker is restarted, whatever failed before."""
+        unstarted: tuple[str, ...] = tuple(getattr(event, "unstarted", ()))
+        log.error(
+            "worker died (exit code %s) while running %s; not started: %s",
+            event.exitcode, event.job_ids or "nothing", unstarted or "nothing",
+        )  # fmt: skip
+        popped = {q.job_id: q for q in self.queue.running}
+        for job_id in event.job_ids:
+            try:
+                job = await self._end(int(job_id), state="failed", counted=0, error="worker died")
+            except Exception:
+                log.exception("recording the crash of job %s failed", job_id)
+                continue
+            if job is not None:
+                self._spawn(self._deliver(job, self.delivery.deliver_failure, CRASH_MESSAGE))
+        back = [popped[j] for j in unstarted if j in popped]
+        for queued in self.queue.running:
+            self.queue.finish(queued.job_id)
+        try:
+            await self._requeue(back)
+        except Exception:
+            log.exception("putting jobs %s back in the queue failed", unstarted)
+        await self._restart_worker()
+
+    async def _restart_worker(self) -> None:
+        delay = 1.0
+        while not self._stopping:
+            try:
+                self._on_ready(await self.worker.restart())
+                return
+            except Exception:
+                log.exception("worker restart failed; retrying in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(60.0, delay * 2)
+
+    # -- final states -----------------------------------------------------------------
+    async def _end(self, job_id: int, **values: object) -> Job | None:
+        """Record a job's final state (and refund, via counted=0) and drop its status.
+
+        Only a job still queued or running changes; None means it had already ended."""
+        self.status.forget(job_id)
+        self._progress.pop(job_id, None)
+        self._cancel_requested.discard(str(job_id))
+        self.queue.finish(str(job_id))
+        values["finished_at"] = self.clock()
+        sets = ", ".join(f"{k}=?" for k in values)
+        states = ", ".join("?" for _ in ACTIVE_STATES)
+        async with self.store.transaction() as db:
+            cursor = await db.execute(
+                f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({states})",
+                [*values.values(), job_id, *ACTIVE_STATES],
+            )
+            if cursor.rowcount == 0:
+                log.info("job %d had already ended; %s ignored", job_id, values.get("state"))
+                return None
+            row = await (await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))).fetchone()
+            return Job.from_row(row)
+
+    async def _complete(self, r: GenerationResult) -> None:
+        job_id = int(r.job_id)
+        ran = {"steps_run": r.steps_run, "steps_total": r.steps_total, "seconds": r.seconds}
+        if getattr(r, "withheld", False):
+            # The GPU did the work, so the unit stays counted; no image exists to show.
+            job = await self._end(
+                job_id, state="withheld", nsfw=1, output_path=None, model=self.model_name, **ran
+            )
+            if job is not None:
+                await self._deliver(job, self.delivery.deliver_withheld)
+            return
+        job = await self._end(
+            job_id,
+            state="done",
+            nsfw=int(bool(getattr(r, "nsfw", False))),
+            output_path=f"outputs/{r.job_id}.png",
+            model=self.model_name,
+            **ran,
+        )
+        if job is None:
+            ended = await self.store.get_job(job_id)
+            if ended is not None and ended.state in ("cancelled", "failed"):
+                Path(r.output_path).unlink(missing_ok=True)  # cancelled meanwhile: discarded
+            return
+        await self._finish(job)
+
+    async def _finish(self, job: Job) -> None:
+        """Post a result, then tell the hooks (gallery) about it."""
+        await self._deliver(job, self.delivery.deliver_result)
+        fresh = await self.store.get_job(job.id)
+        for hook in self.hooks.finished:
+            try:
+                await hook(fresh or job)
+            except Exception:
+                log.exception("finished-hook failed for job %d", job.id)
+
+    async def _deliver(self, job: Job, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        job = await self._with_status_message(job)
+        async with self.status.lock(job.id):
+            try:
+                await fn(job, *args)
+            except Exception:
+                log.exception("delivering job %d failed", job.id)
+        self.status.release(job.id)
+
+    async def _with_status_message(self, job: Job) -> Job:
+        """Wait (bounded) until the caller attached the status message or said there is
+        none, so the final message replaces it instead of leaving it stale."""
+        gate = self._status_gates.get(job.id)
+        if gate is not None and not gate.is_set():
+            try:
+                await asyncio.wait_for(gate.wait(), STATUS_ATTACH_WAIT_S)
+            except TimeoutError:
+                log.warning("job %d: no status message after %.0f s", job.id, STATUS_ATTACH_WAIT_S)
+        self._status_gates.pop(job.id, None)
+        return await self.store.get_job(job.id) or job
+
+    async def _redeliver(self) -> None:
+        """Results that finished but never reached Discord (a shutdown cut them off)."""
+        cursor = await self.store.db.execute(
+            "SELECT * FROM jobs WHERE state='done' AND result_message_id IS NULL "
+            "AND output_path IS NOT NULL ORDER BY id"
+        )
+        for row in await cursor.fetchall():
+            job = Job.from_row(row)
+            if (self.settings.data_dir / (job.output_path or "")).is_file():
+                log.info("delivering job %d, finished before the last shutdown", job.id)
+                self._spawn(self._finish(job))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
