@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,15 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@dataclass
-class Req:
-    """What `reserve` reads of a `NewJob`."""
-
-    guild_id: int
-    user_id: int
-    role_ids: tuple[int, ...] = ()
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -88,80 +78,64 @@ async def count_jobs(store: Store) -> int:
     return int(row[0])
 
 
-async def reserve_and_insert(store: Store, quotas: QuotaStore, req: Req, now: float) -> bool:
-    """What `JobService.submit` does: the reserve hook and the insert in one transaction."""
+async def submit_ok(service: Any, user_id: int, role_ids: tuple[int, ...] = ()) -> bool:
+    """Through the real `JobService.submit`: reserve hook and insert in its transaction."""
     try:
-        async with store.transaction() as db:
-            await quotas.reserve(db, req, now)  # type: ignore[arg-type]
-            await asyncio.sleep(0)  # let the others try to get in between
-            await store.insert_job(
-                db, guild_id=req.guild_id, channel_id=2, user_id=req.user_id, prompt="p",
-                strength=0.5, seed=1, steps=30, guidance=7.5, input_path="inputs/x.png",
-                input_width=512, input_height=512, created_at=now,
-            )  # fmt: skip
+        await service.submit(new_job(user_id, role_ids))
     except UserError:
         return False
     return True
 
 
-# -- no overdraw ----------------------------------------------------------------------
-async def test_one_unit_left_one_of_twenty_user(store: Store, quotas: QuotaStore) -> None:
-    for i in range(2):
-        await add_job(store, 7, NOW - 100 - i)
-    results = await asyncio.gather(
-        *(reserve_and_insert(store, quotas, Req(GUILD, 7), NOW) for _ in range(20))
-    )
-    assert results.count(True) == 1
-    assert await count_jobs(store) == 3
-    assert not (await quotas.state(GUILD, 7, (), NOW)).allowed
-
-
-async def test_one_unit_left_one_of_twenty_guild(store: Store, quotas: QuotaStore) -> None:
-    for user in range(9):
-        await add_job(store, user, NOW - 100)
-    results = await asyncio.gather(
-        *(reserve_and_insert(store, quotas, Req(GUILD, 100 + i), NOW) for i in range(20))
-    )
-    assert results.count(True) == 1
-    assert await count_jobs(store) == 10
-
-
-async def test_two_connections_do_not_overdraw(tmp_path: Path, store: Store) -> None:
-    """Two stores on one file (two bot processes) serialize through BEGIN IMMEDIATE."""
-    other = await Store.open(tmp_path / "bot.sqlite3")
-    try:
-        settings = make_settings(tmp_path)
-        q1, q2 = QuotaStore(store, settings), QuotaStore(other, settings)
-        await add_job(store, 7, NOW - 100)
-        await add_job(store, 7, NOW - 50)
-        results = await asyncio.gather(
-            *(
-                reserve_and_insert(s, q, Req(GUILD, 7), NOW)
-                for _ in range(10)
-                for s, q in ((store, q1), (other, q2))
-            )
-        )
-    finally:
-        await other.close()
-    assert results.count(True) == 1
-    assert await count_jobs(store) == 3
-
-
-async def test_jobservice_submit_one_of_twenty(tmp_path: Path, store: Store, clock: Clock) -> None:
+def service_with_quotas(tmp_path: Path, store: Store, clock: Clock) -> Any:
     service = make_service(tmp_path, store, clock)
-    quotas = QuotaStore(store, service.settings, clock=clock)
-    service.hooks.reserve.append(quotas.reserve)
+    service.hooks.reserve.append(QuotaStore(store, service.settings, clock=clock).reserve)
+    return service
+
+
+# -- no overdraw ----------------------------------------------------------------------
+async def test_one_unit_left_one_of_twenty_user(
+    tmp_path: Path, store: Store, quotas: QuotaStore, clock: Clock
+) -> None:
+    service = service_with_quotas(tmp_path, store, clock)
     for i in range(2):
         await add_job(store, 7, NOW - 100 - i)
     results = await asyncio.gather(
         *(service.submit(new_job(7)) for _ in range(20)), return_exceptions=True
     )
-    accepted = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, UserError)]
-    assert len(accepted) == 1 and len(refused) == 19
+    assert len(refused) == 19 and sum(not isinstance(r, BaseException) for r in results) == 1
     assert "<t:" in str(refused[0]) and "Nothing was queued" in str(refused[0])
     assert await count_jobs(store) == 3
     assert len(service.queue) == 1
+    assert not (await quotas.state(GUILD, 7, (), NOW)).allowed
+
+
+async def test_one_unit_left_one_of_twenty_guild(
+    tmp_path: Path, store: Store, clock: Clock
+) -> None:
+    service = service_with_quotas(tmp_path, store, clock)
+    for user in range(9):
+        await add_job(store, user, NOW - 100)
+    results = await asyncio.gather(*(submit_ok(service, 100 + i) for i in range(20)))
+    assert results.count(True) == 1
+    assert await count_jobs(store) == 10
+
+
+async def test_two_connections_do_not_overdraw(tmp_path: Path, store: Store, clock: Clock) -> None:
+    """Two stores on one file (two bot processes) serialize through BEGIN IMMEDIATE."""
+    other = await Store.open(tmp_path / "bot.sqlite3")
+    try:
+        services = [service_with_quotas(tmp_path, s, clock) for s in (store, other)]
+        await add_job(store, 7, NOW - 100)
+        await add_job(store, 7, NOW - 50)
+        results = await asyncio.gather(
+            *(submit_ok(service, 7) for _ in range(10) for service in services)
+        )
+    finally:
+        await other.close()
+    assert results.count(True) == 1
+    assert await count_jobs(store) == 3
 
 
 # -- refunds --------------------------------------------------------------------------
@@ -170,6 +144,7 @@ class NullDelivery:
     async def deliver_result(self, job: Any) -> None: ...
     async def deliver_failure(self, job: Any, message: str) -> None: ...
     async def deliver_cancelled(self, job: Any) -> None: ...
+    async def deliver_withheld(self, job: Any) -> None: ...
 
 
 def make_service(tmp_path: Path, store: Store, clock: Clock) -> Any:
@@ -312,13 +287,16 @@ async def test_role_limits(store: Store, quotas: QuotaStore) -> None:
     assert len(await quotas.audit_log(GUILD, limit=50)) == 5
 
 
-async def test_role_limit_through_reserve(store: Store, quotas: QuotaStore) -> None:
+async def test_role_limit_through_reserve(
+    tmp_path: Path, store: Store, quotas: QuotaStore, clock: Clock
+) -> None:
+    service = service_with_quotas(tmp_path, store, clock)
     for i in range(3):
         await add_job(store, 7, NOW - 100 - i)
-    assert not await reserve_and_insert(store, quotas, Req(GUILD, 7), NOW)
+    assert not await submit_ok(service, 7)
     await quotas.set_role_limit(GUILD, 1, 55, 4, exempt=False)
-    assert await reserve_and_insert(store, quotas, Req(GUILD, 7, (55,)), NOW)
-    assert not await reserve_and_insert(store, quotas, Req(GUILD, 7, (55,)), NOW)
+    assert await submit_ok(service, 7, (55,))
+    assert not await submit_ok(service, 7, (55,))
 
 
 async def test_channels(store: Store, quotas: QuotaStore) -> None:

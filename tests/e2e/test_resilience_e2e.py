@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -162,25 +160,25 @@ async def test_worker_killed_during_a_job(
 async def test_heartbeats_and_commands_keep_flowing_during_a_long_job(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
+    """Order and outcome, not speed (`make bench` measures the lag): while one long job
+    runs, commands are answered and heartbeats keep arriving, all before its result."""
     await make_bot(resolution=256)
     handle = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
-    await wait_status(fd, handle, "step")
-    start = time.monotonic()
-    answers = []
-    while time.monotonic() - start < 4.0 and not status_message(fd, handle)["attachments"]:
-        sent = time.monotonic()
+    run_msg = await wait_status(fd, handle, "step")
+
+    def still_running() -> bool:
+        msg = status_message(fd, handle)
+        return msg is not None and not msg["attachments"] and "Cancelled" not in msg["content"]
+
+    beats = len(fd.heartbeats)
+    for _ in range(3):
         probe = await fd.send_slash(world.guild, world.channel, world.bob, "help")
-        await probe.response()
-        answers.append(time.monotonic() - sent)
-        await asyncio.sleep(0.3)
-    busy = time.monotonic() - start
-    beats = [t for t in fd.heartbeats if start <= t <= start + busy]
-    gaps = [b - a for a, b in itertools.pairwise([start, *beats])]
-    assert busy >= 1.0, "the job ended too soon to measure anything"
-    assert len(beats) >= 3
-    # generous bounds: the exact lag is measured by `make bench`
-    assert max(gaps) < 0.25 + 1.0, gaps
-    assert max(answers) < 2.0, answers
+        assert (await probe.wait_original())["ephemeral"]
+        assert still_running(), "the job ended before the commands were answered"
+    await fd.until(lambda: len(fd.heartbeats) >= beats + 3, timeout=30, what="heartbeats")
+    assert still_running(), "the job ended before the heartbeats arrived"
+    await fd.click(run_msg["id"], cancel_id(run_msg), world.alice)
+    await wait_status(fd, handle, "Cancelled")
 
 
 async def test_result_after_token_expiry_goes_to_the_channel(
