@@ -540,18 +540,3 @@ async def test_a_worker_event_error_is_logged_and_the_loop_goes_on(
     await until(lambda: h.worker.batches, "the dispatch")
     assert "handling worker event" in caplog.text
     assert h.worker.batches[0][0].job_id == str(job.id)
-
-
-# TEMP until pipeline's FairQueue.requeue_front lands
-@pytest.fixture(autouse=True)
-def _tmp_requeue_front(monkeypatch: pytest.MonkeyPatch) -> None:
-    from collections import deque
-
-    from pipeline.fair_queue import FairQueue
-
-    def requeue_front(self: Any, job: Any) -> None:
-        self._running.pop(job.job_id, None)
-        self._queues.setdefault(job.guild_id, deque()).appendleft(job)
-
-    if not hasattr(FairQueue, "requeue_front"):
-        monkeypatch.setattr(FairQueue, "requeue_front", requeue_front, raising=False)
