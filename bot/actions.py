@@ -113,7 +113,7 @@ class Actions:
         public, nsfw = channel_flags(interaction.channel)
         stored: str | None = None
         try:
-            stored, width, height = await self._decode_and_store(image)
+            stored, width, height = await self.decode_and_store(image)
             job = await self.bot.jobs.submit(
                 NewJob(
                     guild_id=interaction.guild_id,
@@ -164,9 +164,12 @@ class Actions:
         finally:
             await self.bot.jobs.attach_status_message(job.id, message_id)
 
-    async def _decode_and_store(self, image: discord.Attachment) -> tuple[str, int, int]:
+    async def decode_and_store(self, image: discord.Attachment) -> tuple[str, int, int]:
         """Download, decode and store one upload, at most MAX_DECODES at once: a burst of
-        10 MB uploads each decoding to 40 MP must not grow memory without bound."""
+        10 MB uploads each decoding to 40 MP must not grow memory without bound. Returns
+        (path under DATA_DIR, width, height); raises `InputError` for a bad image and
+        `UserError` when busy or when the disk is full. Every command taking uploads
+        should come through here."""
         try:
             await asyncio.wait_for(self._decodes.acquire(), self.decode_wait_s)
         except TimeoutError:
