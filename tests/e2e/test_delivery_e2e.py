@@ -4,6 +4,7 @@ decodes, a vanished input, command sync across restarts, the order of shutdown."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import sqlite3
 import threading
@@ -15,6 +16,7 @@ from PIL import Image
 
 from bot import actions as actions_module
 from bot.app import COMMANDS_HASH_KEY, RESTARTING_TEXT
+from pipeline.worker import Finished
 from tests.e2e.conftest import (
     BotFactory,
     World,
@@ -271,3 +273,74 @@ async def test_jobs_record_where_they_were_made(
         job = await bot.store.get_job(job_id)
         assert job is not None
         assert (job.channel_public, job.channel_nsfw) == flags, job_id
+
+
+def checker_says(bot: Any, *, withheld: bool) -> None:
+    """Inject the safety checker's verdict into the worker's events: every result comes
+    back flagged, and withheld (no PNG) or allowed (an age-restricted channel's nsfw)."""
+    real_next = bot.jobs.worker.next_event
+
+    async def next_event() -> Any:
+        event = await real_next()
+        if isinstance(event, Finished):
+            if withheld:
+                Path(event.result.output_path).unlink(missing_ok=True)
+            result = dataclasses.replace(event.result, nsfw=True, withheld=withheld)
+            event = dataclasses.replace(event, result=result)
+        return event
+
+    bot.jobs.worker.next_event = next_event
+
+
+async def test_a_withheld_picture_is_posted_nowhere_and_the_requester_told_privately(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    bot = await make_bot()
+    checker_says(bot, withheld=True)
+    handle = await slash_img2img(fd, world.guild, world.channel, world.alice)
+    notice = await handle.wait_followup(lambda m: m["ephemeral"] and "safety" in m["content"],
+                                        timeout=60)  # fmt: skip
+    for needle in ("another prompt", "seed", "lower strength", "counted against your quota"):
+        assert needle in notice["content"], needle
+    status = await wait_status(fd, handle, "withheld by the safety filter")
+    assert not status["ephemeral"] and status["components"] == []
+    assert not any(m["attachments"] for m in fd.messages(include_deleted=True))
+
+    async def recorded() -> bool:
+        job = await bot.store.get_job(1)
+        return job is not None and job.state == "withheld" and job.result_message_id is None
+
+    await eventually(recorded)
+
+
+async def test_a_picture_withheld_after_the_token_expired_is_explained_by_dm(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    bot = await make_bot()
+    checker_says(bot, withheld=True)
+    with worker_paused(bot):
+        handle = await slash_img2img(fd, world.guild, world.channel, world.alice)
+        status = await wait_status(fd, handle)
+        fd.expire_token(handle.token)
+    dm_channel = fd.dm_channel_id(world.alice)
+    dm = await fd.wait_for_message(lambda m: "safety" in m["content"], timeout=60,
+                                   channel_id=dm_channel)  # fmt: skip
+    assert "another prompt" in dm["content"]
+    edited = await fd.until(
+        lambda: (
+            "withheld" in (fd.message(status["id"]) or {}).get("content", "")
+            and fd.message(status["id"])
+        ),
+        what="status edited through the channel",
+    )
+    assert edited["components"] == []
+    assert not any(m["attachments"] for m in fd.messages(include_deleted=True))
+
+
+async def test_an_allowed_flagged_picture_is_posted_as_a_spoiler(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    bot = await make_bot()
+    checker_says(bot, withheld=False)
+    result = await wait_result(fd, await slash_img2img(fd, world.guild, world.channel, world.alice))
+    assert result["attachments"][0]["filename"].startswith("SPOILER_")
