@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 from PIL import Image
 
@@ -200,6 +202,25 @@ async def test_commands_sync_only_when_the_tree_or_dev_guild_changes(
     await make_bot(wait_worker=False, dev_guild_id=world.guild)
     assert syncs()[1:] == [f"/applications/{fd.application_id}/guilds/{world.guild}/commands"]
     assert {c["name"] for c in fd.commands(guild_id=world.guild)} >= {"img2img"}
+
+
+async def test_the_invite_url_is_logged_with_the_least_permissions(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.app")
+    await make_bot(wait_worker=False)
+    (line,) = [r.getMessage() for r in caplog.records if "invite URL" in r.getMessage()]
+    url = line.split("invite URL: ", 1)[1]
+    assert f"client_id={fd.application_id}" in url
+    assert "scope=bot+applications.commands" in url
+    bits = int(url.split("permissions=", 1)[1].split("&", 1)[0])
+    assert discord.Permissions(bits) == discord.Permissions(
+        view_channel=True,
+        send_messages=True,
+        embed_links=True,
+        attach_files=True,
+        read_message_history=True,
+    )
 
 
 async def test_shutdown_turns_interactions_away_then_stops_jobs_then_the_database(
