@@ -212,19 +212,26 @@ class JobDispatch(JobEvents):
 
     async def _requeue(self, queued: list[QueuedJob]) -> None:
         """Put jobs that never ran back at the head of their guild's queue, untouched.
-        The in-memory queue changes first, so a failing database cannot lose them."""
+        The in-memory queue changes first, so a failing database cannot lose them; a job
+        whose cancel was asked for meanwhile ends cancelled instead."""
+        dropped = [q for q in queued if q.job_id in self._cancel_requested]
+        queued = [q for q in queued if q not in dropped]
         for q in queued:
             self.queue.finish(q.job_id)
         for q in reversed(queued):
             self.queue.requeue_front(q)
         self._refresh_positions()
+        self._wake.set()
         if queued:
             async with self.store.transaction() as db:
                 for q in queued:
                     await self.store.update_job_in(
                         db, int(q.job_id), state="queued", started_at=None
                     )
-        self._wake.set()
+        for q in dropped:
+            job = await self._end(int(q.job_id), state="cancelled", counted=0)
+            if job is not None:
+                self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
 
     async def _nsfw_allowed(self, db: aiosqlite.Connection, guild_id: int) -> bool:
         """`/settings nsfw-channels allow`: unfiltered results in age-restricted channels."""

@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME_S = 15 * 60 - 30  # Discord's 15 min, minus a margin for the last edit
 DEFAULT_JOB_SECONDS = 20.0
-STOP_DELIVERY_GRACE_S = 4.0
+STOP_DELIVERY_GRACE_S = 3.0
 """`stop()` waits this long for results being posted; with the worker's stop below, the
-whole shutdown fits inside Docker's 10 s grace period."""
-STOP_WORKER_TIMEOUT_S = 3.0
+whole shutdown fits inside Docker's 10 s grace period (`bot.app` allows the job service 7 s)."""
+STOP_WORKER_TIMEOUT_S = 2.5
 
 __all__ = ["Delivery", "Hooks", "JobService", "NewJob"]
 

@@ -540,3 +540,15 @@ async def test_a_worker_event_error_is_logged_and_the_loop_goes_on(
     await until(lambda: h.worker.batches, "the dispatch")
     assert "handling worker event" in caplog.text
     assert h.worker.batches[0][0].job_id == str(job.id)
+
+
+async def test_a_job_cancelled_while_handed_to_a_dying_worker_ends_cancelled(h: Harness) -> None:
+    service = await h.start()
+    job = await h.submit()
+    await until(lambda: h.worker.batches, "the dispatch")
+    assert await service.cancel(job.id, 7, can_manage=False) == "Stopping it at the next step."
+    h.worker.emit(WorkerDied(70, (), unstarted=(str(job.id),)))
+    await until(lambda: h.delivery.of("cancelled"), "the Cancelled message")
+    row = await h.job(job.id)
+    assert (row.state, row.counted) == ("cancelled", 0)
+    assert str(job.id) not in service.queue and len(h.worker.batches) == 1
