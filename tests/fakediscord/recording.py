@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from aiohttp import web
 
 from . import interactions as ix
-from .rest import json_response
+from .resthelpers import json_response
 
 if TYPE_CHECKING:
     pass

@@ -190,6 +190,8 @@ async def test_nsfw_hidden_channels_and_threads(fd: FakeDiscord, world: dict[str
         thread = fd.add_thread(adult, "fox ideas")
         secret = fd.add_thread(world["channel"], "side", private=True)
         await fd.until(lambda: bot.get_channel(thread) and bot.get_channel(secret), what="threads")
+        active = await bot.get_guild(g).active_threads()  # type: ignore[union-attr]
+        assert {t.id for t in active} == {thread, secret}
 
         await (await fd.send_slash(g, adult, alice, "where")).response()
         assert bot.seen["where"] == {
@@ -295,6 +297,16 @@ async def test_channel_edit_delete_of_interaction_messages_and_dm(
         deleted = fd.message(followup_id)
         assert deleted is not None and deleted["deleted"]
         assert fd.messages(fd.dm_channel_id(alice))[0]["content"] == "your result is ready"
+        dm = fd.dm_channel_id(alice)
+        routes = [(b["method"], b["path"].split("/")[1]) for b in fd.message_bodies()]
+        assert routes == [
+            ("POST", "interactions"),  # callback type 4: its data is the message
+            ("POST", "webhooks"),
+            ("PATCH", "channels"),
+            ("POST", "channels"),
+        ]
+        assert fd.message_bodies()[-1]["path"] == f"/channels/{dm}/messages"
+        assert all(b["allowed_mentions"] == {"parse": []} for b in fd.message_bodies())
         # the bot may not delete a member's message without Manage Messages
         theirs = fd.upload_message(ch, alice, "mine")
         channel = bot.get_channel(ch)
