@@ -26,6 +26,7 @@ from bot.cogs.gallery import setup_gallery
 from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
 from bot.cogs.queue import QueueCog
+from bot.cogs.series import setup_series
 from bot.cogs.settings import setup_quotas
 from bot.cogs.styles import setup_styles
 from bot.delivery import DiscordDelivery
@@ -136,6 +137,7 @@ class ImgBot(commands.Bot):
         await setup_quotas(self)
         await setup_gallery(self)
         self.styles = await setup_styles(self)
+        await setup_series(self)
 
     async def sync_commands(self) -> None:
         """Sync the command tree, unless Discord already has this very tree (same payload,

@@ -1,0 +1,457 @@
+"""/series: up to ten images with one prompt, strength, steps and seed, as one album.
+
+All or nothing at the door: every image is checked (bad ones named by position) and the
+whole series must fit the member's and the server's quota and the queue caps before any
+job is queued. Each image is its own job (gallery, quota); the jobs are marked as one
+series in the fair queue, so they are one entry against MAX_JOBS_PER_USER and the member's
+turns interleave with other members'. `SeriesDelivery` wraps the bot's delivery: results of
+series jobs fill the album message instead of each posting a message of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.buttons import result_view
+from bot.cogs.quota import member_role_ids
+from bot.cogs.styles import style_autocomplete
+from bot.errors import UserError
+from bot.jobs import NewJob
+from bot.quota_store import QuotaStore
+from bot.render import result_embed
+from bot.series import (
+    MAX_IMAGES,
+    Item,
+    album_text,
+    attachment_name,
+    bad_images_text,
+    quota_refusal,
+)
+from bot.series_store import SeriesStore
+from bot.store import Job
+from bot.styles import unknown_style_text
+from pipeline.fair_queue import QueueFull
+from pipeline.prepare import check_declared_size
+from pipeline.request import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_STRENGTH,
+    MIN_STRENGTH,
+    InputError,
+    check_prompt,
+    check_seed,
+    check_steps,
+    check_strength,
+    plan_steps,
+)
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+    from bot.job_events import Delivery
+
+log = logging.getLogger(__name__)
+
+Interaction = discord.Interaction[Any]
+Image = discord.Attachment | None
+
+
+def _bot(interaction: Interaction) -> ImgBot:
+    return cast("ImgBot", interaction.client)
+
+
+def _cog(interaction: Interaction) -> SeriesCog:
+    cog = _bot(interaction).get_cog("SeriesCog")
+    assert isinstance(cog, SeriesCog)
+    return cog
+
+
+class OpenSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"i2i:so:(?P<s>\d+)"):
+    """`Open…`: post one finished image of the album as a normal result (no GPU work)."""
+
+    def __init__(self, series_id: int, options: list[discord.SelectOption] | None = None) -> None:
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"i2i:so:{series_id}",
+                placeholder="Open…",
+                options=options or [discord.SelectOption(label="…", value="0")],
+            )
+        )
+        self.series_id = series_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: Interaction, item: discord.ui.Select[Any], match: re.Match[str]
+    ) -> OpenSelect:
+        return cls(int(match["s"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        values = (interaction.data or {}).get("values") or ["0"]  # type: ignore[union-attr]
+        await _cog(interaction).open(interaction, self.series_id, int(values[0]))
+
+
+class CancelSeries(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2i:sc:(?P<s>\d+)"):
+    """Cancel every image of the series that has not started yet."""
+
+    def __init__(self, series_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel the rest",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"i2i:sc:{series_id}",
+            )
+        )
+        self.series_id = series_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: Interaction, item: discord.ui.Button[Any], match: re.Match[str]
+    ) -> CancelSeries:
+        return cls(int(match["s"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        await _cog(interaction).cancel(interaction, self.series_id)
+
+
+class SeriesDelivery:
+    """The bot's delivery, except that a series job's end updates its album."""
+
+    def __init__(self, inner: Delivery, cog: SeriesCog) -> None:
+        self.inner = inner
+        self.cog = cog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+        if job.kind != "series":  # the album changes when an image ends, not every step
+            await self.inner.show_status(job, text, cancellable)
+
+    async def deliver_result(self, job: Job) -> None:
+        if job.kind != "series":
+            await self.inner.deliver_result(job)
+        else:
+            await self.cog.refresh_of(job)
+
+    async def deliver_failure(self, job: Job, message: str) -> None:
+        if job.kind != "series":
+            await self.inner.deliver_failure(job, message)
+        else:
+            await self.cog.refresh_of(job)
+
+    async def deliver_cancelled(self, job: Job) -> None:
+        if job.kind != "series":
+            await self.inner.deliver_cancelled(job)
+        else:
+            await self.cog.refresh_of(job)
+
+    async def deliver_withheld(self, job: Job) -> None:
+        if job.kind != "series":
+            await self.inner.deliver_withheld(job)
+        else:
+            await self.cog.refresh_of(job)
+
+
+class SeriesCog(commands.Cog):
+    def __init__(self, bot: ImgBot, quotas: QuotaStore, series: SeriesStore) -> None:
+        self.bot = bot
+        self.quotas = quotas
+        self.series = series
+        self._intake = asyncio.Lock()  # a series' rows are written before its album updates
+        self._album_locks: dict[int, asyncio.Lock] = {}
+
+    @app_commands.command(name="series", description="Up to 10 images in one consistent look")
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="One prompt for every image",
+        image1="PNG, JPEG or WebP; add image2 … image10 for more",
+        strength="0.05 keeps your images, 1.0 ignores them; default: the style's, else 0.5",
+        negative_prompt="What to avoid",
+        seed="One seed for all; default: one random seed shared by all",
+        steps="Denoising steps (1–150)",
+        style="A saved look (see /style list)",
+    )
+    @app_commands.autocomplete(style=style_autocomplete)
+    async def series_command(
+        self,
+        interaction: Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        image1: discord.Attachment,
+        image2: Image = None,
+        image3: Image = None,
+        image4: Image = None,
+        image5: Image = None,
+        image6: Image = None,
+        image7: Image = None,
+        image8: Image = None,
+        image9: Image = None,
+        image10: Image = None,
+        strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
+        negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        style: app_commands.Range[str, 1, 100] | None = None,
+    ) -> None:
+        given = [image1, image2, image3, image4, image5, image6, image7, image8, image9, image10]
+        images = [(pos, a) for pos, a in enumerate(given, start=1) if a is not None]
+        assert len(images) <= MAX_IMAGES
+        await self._series(
+            interaction, prompt, images, strength, negative_prompt, seed, steps, style
+        )
+
+    async def _series(
+        self,
+        interaction: Interaction,
+        prompt: str,
+        images: list[tuple[int, discord.Attachment]],
+        strength: float | None,
+        negative_prompt: str | None,
+        seed: int | None,
+        steps: int | None,
+        style: str | None,
+    ) -> None:
+        assert interaction.guild_id is not None
+        guild, user = interaction.guild_id, interaction.user.id
+        settings = self.bot.settings
+        try:
+            composed = await self.bot.styles.apply(
+                guild, user, style, check_prompt(prompt),
+                negative_prompt.strip() if negative_prompt else None, strength,
+            )  # fmt: skip
+            if composed is None:
+                raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
+            check_prompt(composed.negative_prompt, field="negative prompt", required=False)
+            check_strength(composed.strength)
+            check_seed(seed)
+            steps = check_steps(steps) or settings.default_steps
+            plan_steps(steps, composed.strength)
+            problems = []
+            for pos, att in images:
+                try:
+                    check_declared_size(att.size, max_bytes=settings.max_input_bytes)
+                except InputError as exc:
+                    problems.append((pos, str(exc)))
+            if problems:
+                raise UserError(bad_images_text(problems))
+            await self.bot.actions.precheck(interaction)
+            await self._check_room(interaction, len(images))
+        except (InputError, UserError) as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        stored: list[tuple[int, str, str, int, int]] = []  # position, label, path, w, h
+        try:
+            problems = []
+            for pos, att in images:
+                try:
+                    data = await att.read()
+                    rel, width, height = await asyncio.to_thread(
+                        self.bot.actions._store_input, data
+                    )
+                    stored.append((pos, att.filename, rel, width, height))
+                except InputError as exc:
+                    problems.append((pos, str(exc)))
+                except discord.HTTPException as exc:
+                    problems.append(
+                        (pos, f"could not be downloaded ({exc.status}); upload it again")
+                    )
+            if problems:
+                raise UserError(bad_images_text(problems))
+            await self._check_room(interaction, len(images))
+            shared_seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+            news = [
+                NewJob(
+                    guild_id=guild,
+                    channel_id=interaction.channel_id or 0,
+                    user_id=user,
+                    prompt=composed.prompt,
+                    negative_prompt=composed.negative_prompt,
+                    strength=composed.strength,
+                    seed=shared_seed,
+                    steps=steps,
+                    guidance=settings.default_guidance,
+                    input_path=rel,
+                    input_width=width,
+                    input_height=height,
+                    kind="series",
+                    role_ids=member_role_ids(interaction),
+                    style=composed.style,
+                )
+                for _, _, rel, width, height in stored
+            ]
+            async with self._intake:
+                series_id = await self._submit(interaction, news, stored, shared_seed)
+                # The private answer first: after a defer, the first follow-up would
+                # become the (private) original instead of a public album.
+                await interaction.edit_original_response(
+                    content=f"✅ Queued a series of {len(news)} images (seed {shared_seed}). "
+                    "The album below fills in as they finish."
+                )
+                message = await interaction.followup.send(
+                    content=f"🖼️ Series of {len(news)} queued…", wait=True
+                )
+                await self.series.set_message(series_id, message.id)
+        except UserError as exc:
+            for _, _, rel, _, _ in stored:
+                (settings.data_dir / rel).unlink(missing_ok=True)
+            await interaction.edit_original_response(content=f"❌ {exc}")
+            return
+        await self.refresh(series_id)
+
+    async def _check_room(self, interaction: Interaction, size: int) -> None:
+        """The whole series must fit the queue caps and both quotas."""
+        assert interaction.guild_id is not None
+        guild, user = interaction.guild_id, interaction.user.id
+        try:
+            self.bot.jobs.queue.check_caps(guild, user, size=size, group="new")
+        except QueueFull as exc:
+            raise UserError(str(exc)) from None
+        state = await self.quotas.state(guild, user, member_role_ids(interaction), time.time())
+        refusal = quota_refusal(size, state.user.remaining, state.guild.remaining)
+        if refusal:
+            raise UserError(refusal)
+
+    async def _submit(
+        self,
+        interaction: Interaction,
+        news: list[NewJob],
+        stored: list[tuple[int, str, str, int, int]],
+        seed: int,
+    ) -> int:
+        """Queue every job, or none: one refused (a race past `_check_room`) cancels the
+        ones already queued, refunded."""
+        first = news[0]
+        series_id = await self.series.create(
+            first.guild_id, first.channel_id, first.user_id, len(news), seed
+        )
+        group = f"series:{series_id}"
+        queued: list[Job] = []
+        try:
+            for new, (pos, label, *_) in zip(news, stored, strict=True):
+                job = await self.bot.jobs.submit(new)
+                self.bot.jobs.queue.set_group(str(job.id), group)
+                queued.append(job)
+                await self.series.add_item(series_id, pos, job.id, label)
+        except (UserError, InputError):
+            for job in queued:
+                await self.bot.jobs.cancel(job.id, job.user_id, True)
+            raise
+        return series_id
+
+    # -- the album ----------------------------------------------------------------------
+    async def refresh_of(self, job: Job) -> None:
+        async with self._intake:  # the series' rows are complete once this is free
+            series_id = await self.series.of_job(job.id)
+        if series_id is not None:
+            await self.refresh(series_id)
+
+    async def refresh(self, series_id: int) -> None:
+        """Re-render the album from the database: idempotent, one edit at a time."""
+        lock = self._album_locks.setdefault(series_id, asyncio.Lock())
+        async with lock:
+            series = await self.series.get(series_id)
+            if series is None or series.message_id is None:
+                return
+            rows = await self.series.items(series_id)
+            items = [item for item, _ in rows]
+            jobs = [job for _, job in rows if job is not None]
+            head = jobs[0] if jobs else None
+            text = album_text(
+                series.user_id, head.prompt if head else "", head.strength if head else 0.0,
+                series.seed, head.style if head else None, items,
+            )  # fmt: skip
+            files = []
+            data_dir = self.bot.settings.data_dir
+            for item, job in rows:
+                if item.has_image and job is not None:
+                    path = data_dir / (job.output_path or "")
+                    if path.is_file():
+                        files.append(discord.File(path, filename=attachment_name(item)))
+            view = self._album_view(series_id, rows)
+            channel = self.bot.get_partial_messageable(series.channel_id, guild_id=series.guild_id)
+            try:
+                await channel.get_partial_message(series.message_id).edit(
+                    content=text, attachments=files, view=view
+                )
+            except discord.HTTPException as exc:
+                log.warning("series %d: album edit failed (%s)", series_id, exc.status)
+                return
+            for item, job in rows:
+                if job is not None and item.state == "done" and job.result_message_id is None:
+                    await self.bot.store.update_job(job.id, result_message_id=series.message_id)
+
+    def _album_view(self, series_id: int, rows: list[tuple[Item, Job | None]]) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        done = [item for item, _ in rows if item.has_image]
+        if done:
+            options = [
+                discord.SelectOption(label=f"{i.position}. {i.label}"[:100], value=str(i.job_id))
+                for i in done
+            ]
+            view.add_item(OpenSelect(series_id, options))
+        if any(item.state == "queued" for item, _ in rows):
+            view.add_item(CancelSeries(series_id))
+        return view
+
+    async def open(self, interaction: Interaction, series_id: int, job_id: int) -> None:
+        """Post one image of the album as a normal result, with the full set of buttons."""
+        if await self.series.of_job(job_id) != series_id:
+            await interaction.response.send_message(
+                "❌ That image is not in this series.", ephemeral=True
+            )
+            return
+        job = await self.bot.store.get_job(job_id)
+        path = self.bot.settings.data_dir / (job.output_path or "") if job else None
+        if (
+            job is None
+            or job.guild_id != interaction.guild_id
+            or path is None
+            or not path.is_file()
+        ):
+            await interaction.response.send_message(
+                "❌ This image is no longer stored.", ephemeral=True
+            )
+            return
+        await interaction.response.send_message(
+            embed=result_embed(job),
+            file=discord.File(path, filename=f"img2img-{job.id}.png"),
+            view=result_view(job.id, job.strength),
+        )
+
+    async def cancel(self, interaction: Interaction, series_id: int) -> None:
+        rows = await self.series.items(series_id)
+        waiting = [job for item, job in rows if job is not None and item.state == "queued"]
+        try:
+            texts = [
+                await self.bot.jobs.cancel(
+                    job.id, interaction.user.id, interaction.permissions.manage_messages
+                )
+                for job in waiting
+            ]
+        except UserError as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        n = sum(1 for t in texts if t.startswith("Cancelled"))
+        await interaction.response.send_message(
+            f"✖️ Cancelled {n} image{'s' if n != 1 else ''} that had not started; they did not "
+            "count against your quota.",
+            ephemeral=True,
+        )
+
+
+async def setup_series(bot: ImgBot) -> None:
+    """Add /series, its album components, and the delivery wrapper for series jobs."""
+    quotas = QuotaStore(bot.store, bot.settings, clock=bot.jobs.clock)
+    cog = SeriesCog(bot, quotas, SeriesStore(bot.store))
+    await bot.add_cog(cog)
+    bot.add_dynamic_items(OpenSelect, CancelSeries)
+    bot.jobs.delivery = SeriesDelivery(bot.jobs.delivery, cog)

@@ -1,0 +1,82 @@
+"""Series in SQLite (migration v6): which jobs form an album, in which order, where it is."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from bot.series import Item
+from bot.store import Job, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Series:
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    size: int
+    seed: int
+    message_id: int | None
+
+
+class SeriesStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(
+        self, guild_id: int, channel_id: int, user_id: int, size: int, seed: int
+    ) -> int:
+        async with self.store.transaction() as db:
+            cursor = await db.execute(
+                "INSERT INTO series (guild_id, channel_id, user_id, size, seed, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (guild_id, channel_id, user_id, size, seed, time.time()),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    async def add_item(self, series_id: int, position: int, job_id: int, label: str) -> None:
+        async with self.store.transaction() as db:
+            await db.execute(
+                "INSERT INTO series_items (series_id, position, job_id, label) VALUES (?, ?, ?, ?)",
+                (series_id, position, job_id, label),
+            )
+
+    async def set_message(self, series_id: int, message_id: int) -> None:
+        async with self.store.transaction() as db:
+            await db.execute("UPDATE series SET message_id=? WHERE id=?", (message_id, series_id))
+
+    async def get(self, series_id: int) -> Series | None:
+        cursor = await self.store.db.execute("SELECT * FROM series WHERE id=?", (series_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        return Series(
+            row["id"], row["guild_id"], row["channel_id"], row["user_id"], row["size"],
+            row["seed"], row["message_id"],
+        )  # fmt: skip
+
+    async def of_job(self, job_id: int) -> int | None:
+        cursor = await self.store.db.execute(
+            "SELECT series_id FROM series_items WHERE job_id=?", (job_id,)
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
+    async def items(self, series_id: int) -> list[tuple[Item, Job | None]]:
+        """The series' images in input order, each with its job (None once forgotten)."""
+        cursor = await self.store.db.execute(
+            "SELECT position, job_id, label FROM series_items WHERE series_id=? ORDER BY position",
+            (series_id,),
+        )
+        out: list[tuple[Item, Job | None]] = []
+        for position, job_id, label in await cursor.fetchall():
+            job = await self.store.get_job(job_id)
+            state = job.state if job else "deleted"
+            has_image = bool(job and job.state == "done" and job.output_path)
+            out.append((Item(position, label, job_id, state, has_image), job))
+        return out
