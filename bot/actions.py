@@ -189,6 +189,7 @@ class Actions:
             data,
             max_bytes=self.settings.max_input_bytes,
             min_side=self.settings.min_input_side,
+            max_side=self.settings.max_stored_side,
         )
         name = uuid.uuid4().hex
         folder = self.settings.data_dir / "inputs"

@@ -96,9 +96,14 @@ class Recorder:
         return record
 
 
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    return {}
+
+
 @pytest_asyncio.fixture
-async def actions(tmp_path: Path) -> AsyncIterator[Actions]:
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data")  # type: ignore[call-arg]
+async def actions(tmp_path: Path, overrides: dict[str, Any]) -> AsyncIterator[Actions]:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", **overrides)  # type: ignore[call-arg]
     store = await Store.open(settings.db_path)
     jobs = JobService(settings, store, WorkerClient(WorkerConfig("unused")), Recorder())
     bot = SimpleNamespace(settings=settings, store=store, jobs=jobs, prechecks=[])
@@ -231,3 +236,12 @@ async def test_a_variant_replies_to_the_clicked_message_and_keeps_the_seed(
     assert (child.parent_id, child.seed, child.strength) == (parent.id, parent.seed, 0.65)
     assert child.reply_to_message_id == 5 and child.status_message_id == click.original_id
     assert child.token_expires_at == pytest.approx(click.created_at.timestamp() + TOKEN_LIFETIME_S)
+
+
+@pytest.mark.parametrize("overrides", [{"max_stored_side": 256}])
+async def test_inputs_are_stored_no_larger_than_max_stored_side(actions: Actions) -> None:
+    await img2img(actions, FakeInteraction(), png(640, 400))
+    (job,) = await jobs_in_db(actions)
+    assert (job.input_width, job.input_height) == (256, 160)
+    with Image.open(actions.settings.data_dir / job.input_path) as stored:
+        assert stored.size == (256, 160)
