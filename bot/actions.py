@@ -235,7 +235,7 @@ class Actions:
                 raise UserError(
                     f"Strength is already at {parent.strength:.2f}; it cannot move further."
                 )
-            await self._requeue(
+            await self.requeue(
                 interaction, parent, strength=strength, seed=parent.seed, kind="variant"
             )
         except (InputError, UserError) as exc:
@@ -244,47 +244,23 @@ class Actions:
     async def reroll(self, interaction: Interaction, job_id: int) -> None:
         try:
             parent = await self._source_job(interaction, job_id)
-            await self._requeue(
+            await self.requeue(
                 interaction, parent, strength=parent.strength, seed=None, kind="reroll"
             )
         except (InputError, UserError) as exc:
             await self._say(interaction, f"❌ {exc}")
 
-    async def _requeue(
+    async def requeue(
         self, interaction: Interaction, parent: Job, *, strength: float, seed: int | None, kind: str
     ) -> None:
         """Queue a new job for the clicker from a stored job's input; the result replies to
-        the message that was clicked."""
+        the message that was clicked. Refine and Edit pass a copy of `parent` with the
+        modal's prompt (and, for Refine, the result as its input)."""
         await self.precheck(interaction)
         if not (self.settings.data_dir / parent.input_path).exists():
             raise UserError(INPUT_GONE_TEXT)
-        assert interaction.guild_id is not None
-        public, nsfw = channel_flags(interaction.channel)
         job = await self.bot.jobs.submit(
-            NewJob(
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id or parent.channel_id,
-                user_id=interaction.user.id,
-                prompt=parent.prompt,
-                negative_prompt=parent.negative_prompt,
-                strength=strength,
-                seed=seed,
-                steps=parent.steps,
-                guidance=parent.guidance,
-                input_path=parent.input_path,
-                input_width=parent.input_width,
-                input_height=parent.input_height,
-                kind=kind,
-                parent_id=parent.id,
-                application_id=interaction.application_id,
-                interaction_token=interaction.token,
-                reply_to_message_id=interaction.message.id if interaction.message else None,
-                role_ids=_role_ids(interaction),
-                style=parent.style,
-                channel_public=public,
-                channel_nsfw=nsfw,
-                interaction_created_at=interaction.created_at.timestamp(),
-            )
+            self.child_job(interaction, parent, strength=strength, seed=seed, kind=kind)
         )
         message_id: int | None = None
         try:
@@ -294,6 +270,37 @@ class Actions:
             message_id = (await interaction.original_response()).id
         finally:
             await self.bot.jobs.attach_status_message(job.id, message_id)
+
+    def child_job(
+        self, interaction: Interaction, parent: Job, *, strength: float, seed: int | None, kind: str
+    ) -> NewJob:
+        """A job for the clicker made from a stored one (prompt, input, steps, style)."""
+        assert interaction.guild_id is not None
+        public, nsfw = channel_flags(interaction.channel)
+        return NewJob(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or parent.channel_id,
+            user_id=interaction.user.id,
+            prompt=parent.prompt,
+            negative_prompt=parent.negative_prompt,
+            strength=strength,
+            seed=seed,
+            steps=parent.steps,
+            guidance=parent.guidance,
+            input_path=parent.input_path,
+            input_width=parent.input_width,
+            input_height=parent.input_height,
+            kind=kind,
+            parent_id=parent.id,
+            application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            reply_to_message_id=interaction.message.id if interaction.message else None,
+            role_ids=_role_ids(interaction),
+            style=parent.style,
+            channel_public=public,
+            channel_nsfw=nsfw,
+            interaction_created_at=interaction.created_at.timestamp(),
+        )
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:
         try:

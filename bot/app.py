@@ -22,9 +22,11 @@ from discord.ext import commands
 
 from bot.actions import Actions
 from bot.buttons import DYNAMIC_ITEMS
+from bot.cogs.compare import setup_compare
 from bot.cogs.gallery import setup_gallery
 from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
+from bot.cogs.iterate import setup_iterate
 from bot.cogs.queue import QueueCog
 from bot.cogs.series import setup_series
 from bot.cogs.settings import setup_quotas
@@ -138,6 +140,8 @@ class ImgBot(commands.Bot):
         await setup_gallery(self)
         self.styles = await setup_styles(self)
         await setup_series(self)
+        await setup_iterate(self)
+        await setup_compare(self)
 
     async def sync_commands(self) -> None:
         """Sync the command tree, unless Discord already has this very tree (same payload,

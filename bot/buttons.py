@@ -16,10 +16,20 @@ from bot.variants import STEP, variant_label, variant_strength
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
+    from bot.cogs.compare import CompareCog
+    from bot.cogs.iterate import IterateCog
 
 
 def _bot(interaction: discord.Interaction[Any]) -> ImgBot:
     return cast("ImgBot", interaction.client)
+
+
+def _iterate(interaction: discord.Interaction[Any]) -> IterateCog:
+    return cast("IterateCog", _bot(interaction).get_cog("IterateCog"))
+
+
+def _compare(interaction: discord.Interaction[Any]) -> CompareCog:
+    return cast("CompareCog", _bot(interaction).get_cog("CompareCog"))
 
 
 Button = discord.ui.Button[Any]
@@ -101,20 +111,98 @@ class CancelButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:c:(?
         await _bot(interaction).actions.cancel(interaction, self.job_id)
 
 
+class RefineButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:rf:(?P<job>\d+)"):
+    """This result becomes the new input: a modal prefilled with its settings at 0.30."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Refine", emoji="🪄", custom_id=f"i2i:rf:{job_id}", row=1)
+        )
+        self.job_id = job_id
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _iterate(interaction).open_modal(interaction, "refine", self.job_id)
+
+
+class EditButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:ed:(?P<job>\d+)"):
+    """The job's original input again, with its settings in a modal to change."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Edit", emoji="✏️", custom_id=f"i2i:ed:{job_id}", row=1)
+        )
+        self.job_id = job_id
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _iterate(interaction).open_modal(interaction, "edit", self.job_id)
+
+
+class CompareButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:cmp:(?P<job>\d+)"):
+    """The same job at strength −0.15 and +0.15, shown side by side with this one."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Compare", emoji="⚖️", custom_id=f"i2i:cmp:{job_id}", row=1)
+        )
+        self.job_id = job_id
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _compare(interaction).compare(interaction, self.job_id)
+
+
+class UseButton(discord.ui.DynamicItem[Button], template=r"i2i:use:(?P<job>\d+)"):
+    """Under a comparison: post that image as a normal result (no new GPU work)."""
+
+    def __init__(self, job_id: int, strength: float) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"Use {strength:.2f}",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"i2i:use:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: Button, match: re.Match[str]
+    ) -> UseButton:
+        return cls(int(match["job"]), 0.5)  # the stored job has the strength
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _compare(interaction).use(interaction, self.job_id)
+
+
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     VariantButton,
     RerollButton,
     DeleteButton,
     CancelButton,
+    RefineButton,
+    EditButton,
+    CompareButton,
+    UseButton,
 )
 
 
 def result_view(job_id: int, strength: float) -> discord.ui.View:
+    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare (row 2)."""
     view = discord.ui.View(timeout=None)
     view.add_item(VariantButton(job_id, "m", strength))
     view.add_item(VariantButton(job_id, "p", strength))
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
+    view.add_item(RefineButton(job_id))
+    view.add_item(EditButton(job_id))
+    view.add_item(CompareButton(job_id))
+    return view
+
+
+def use_view(choices: list[tuple[int, float]]) -> discord.ui.View:
+    """`Use 0.35` / `Use 0.50` / `Use 0.65` under a comparison, in strength order."""
+    view = discord.ui.View(timeout=None)
+    for job_id, strength in choices:
+        view.add_item(UseButton(job_id, strength))
     return view
 
 

@@ -23,3 +23,10 @@ def variant_label(strength: float, delta: float) -> str:
 
 def _signed(value: float) -> str:
     return f"{'−' if value < 0 else '+'}{abs(value):.2f}"
+
+
+def compare_strengths(strength: float) -> list[float]:
+    """The strengths a comparison shows, in order: s − 0.15, s, s + 0.15, clamped to the
+    accepted range; where clamping makes two coincide, only the distinct ones (two)."""
+    candidates = [variant_strength(strength, -STEP), strength, variant_strength(strength, STEP)]
+    return sorted({s for s in candidates if s is not None})

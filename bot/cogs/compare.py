@@ -1,0 +1,234 @@
+"""Compare: one result at strength s − 0.15, s and s + 0.15, side by side, then `Use` one.
+
+A click queues the missing strengths as jobs of kind `compare` (same input, prompt, seed;
+each counts against quota) and posts one message for the comparison; that message is the
+jobs' status message, which is all that ties them together, so a comparison still finishes
+after a restart. The s image is the original result's own PNG, reused. `CompareDelivery`
+wraps the bot's delivery: a compare job's end re-renders the comparison instead of posting
+a result of its own. `Use 0.35` / `Use 0.50` / `Use 0.65` post that image as a normal result
+with the full set of buttons, with no new GPU work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.actions import INPUT_GONE_TEXT
+from bot.buttons import result_view, use_view
+from bot.errors import UserError
+from bot.render import result_embed
+from bot.store import ACTIVE_STATES, Job
+from bot.variants import compare_strengths
+from pipeline.request import InputError
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+    from bot.job_events import Delivery
+
+log = logging.getLogger(__name__)
+
+Interaction = discord.Interaction[Any]
+KIND = "compare"
+GONE_TEXT = "This image is no longer stored, so it cannot be compared or posted again."
+
+
+def comparison_text(parent: Job, strengths: list[float], notes: dict[float, str]) -> str:
+    """The comparison's text: the strengths in order, what is still coming or went wrong."""
+    shown = " · ".join(f"{s:.2f}" for s in strengths)
+    lines = [f"⚖️ #{parent.id} at strengths {shown} (seed {parent.seed}), left to right."]
+    if len(strengths) < 3:
+        lines.append(
+            f"Strength {parent.strength:.2f} is at the end of the range, so two of the three "
+            "strengths coincide: showing two."
+        )
+    lines += [f"{s:.2f}: {notes[s]}" for s in strengths if s in notes]
+    return "\n".join(lines)
+
+
+class CompareDelivery:
+    """The bot's delivery, except that a compare job's end updates its comparison."""
+
+    def __init__(self, inner: Delivery, cog: CompareCog) -> None:
+        self.inner = inner
+        self.cog = cog
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+        if job.kind != KIND:  # the comparison changes when an image ends, not every step
+            await self.inner.show_status(job, text, cancellable)
+
+    async def deliver_result(self, job: Job) -> None:
+        await (self.cog.refresh(job) if job.kind == KIND else self.inner.deliver_result(job))
+
+    async def deliver_failure(self, job: Job, message: str) -> None:
+        if job.kind == KIND:
+            await self.cog.refresh(job)
+        else:
+            await self.inner.deliver_failure(job, message)
+
+    async def deliver_cancelled(self, job: Job) -> None:
+        await (self.cog.refresh(job) if job.kind == KIND else self.inner.deliver_cancelled(job))
+
+    async def deliver_withheld(self, job: Job) -> None:
+        await (self.cog.refresh(job) if job.kind == KIND else self.inner.deliver_withheld(job))
+
+
+class CompareCog(commands.Cog):
+    def __init__(self, bot: ImgBot) -> None:
+        self.bot = bot
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    # -- the click ----------------------------------------------------------------------
+    async def compare(self, interaction: Interaction, job_id: int) -> None:
+        queued: list[Job] = []
+        try:
+            parent = await self._job(interaction, job_id)
+            if not self._stored(parent.output_path):
+                raise UserError(GONE_TEXT)
+            if not self._stored(parent.input_path):
+                raise UserError(INPUT_GONE_TEXT)
+            await self.bot.actions.precheck(interaction)
+            strengths = compare_strengths(parent.strength)
+            for strength in strengths:
+                if strength != parent.strength:
+                    new = self.bot.actions.child_job(
+                        interaction, parent, strength=strength, seed=parent.seed, kind=KIND
+                    )
+                    queued.append(await self.bot.jobs.submit(new))
+        except (InputError, UserError) as exc:
+            for job in queued:  # all or nothing: a refused second image cancels the first
+                await self.bot.jobs.cancel(job.id, job.user_id, True)
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        message_id: int | None = None
+        try:
+            await interaction.response.send_message(
+                comparison_text(parent, strengths, {s.strength: "⏳ coming…" for s in queued})
+            )
+            message_id = (await interaction.original_response()).id
+        finally:
+            for job in queued:
+                await self.bot.jobs.attach_status_message(job.id, message_id)
+
+    # -- the comparison message ---------------------------------------------------------
+    async def refresh(self, job: Job) -> None:
+        """Re-render the comparison from the database once none of its jobs is waiting:
+        idempotent, one edit at a time per comparison."""
+        if not job.status_message_id or job.parent_id is None:
+            return
+        lock = self._locks.setdefault(job.status_message_id, asyncio.Lock())
+        async with lock:
+            siblings = await self._siblings(job)
+            parent = await self.bot.store.get_job(job.parent_id)
+            if parent is None or any(s.state in ACTIVE_STATES for s in siblings):
+                return
+            await self._render(parent, siblings, job.status_message_id)
+        self._locks.pop(job.status_message_id, None)
+
+    async def _render(self, parent: Job, siblings: list[Job], message_id: int) -> None:
+        by_strength = {s.strength: s for s in siblings}
+        strengths = compare_strengths(parent.strength)
+        files, choices, notes = [], [], {}
+        for strength in strengths:
+            job = parent if strength == parent.strength else by_strength.get(strength)
+            if job is None:
+                continue
+            if job.state == "done" and self._stored(job.output_path):
+                path = self.bot.settings.data_dir / str(job.output_path)
+                name = f"img2img-{job.id}-strength-{strength:.2f}.png"
+                files.append(discord.File(path, filename=name, spoiler=bool(job.nsfw)))
+                choices.append((job.id, strength))
+            else:
+                notes[strength] = {
+                    "withheld": "🛡️ withheld by the safety filter",
+                    "cancelled": "✖️ cancelled",
+                    "done": "no longer stored",
+                }.get(job.state, "❌ could not be made")
+        content = comparison_text(parent, strengths, notes)
+        view = use_view(choices)
+        sent = await self._edit(siblings[0], message_id, content, files, view)
+        if sent:
+            for sibling in siblings:
+                if sibling.state == "done" and sibling.result_message_id is None:
+                    await self.bot.store.update_job(sibling.id, result_message_id=message_id)
+
+    async def _edit(
+        self,
+        job: Job,
+        message_id: int,
+        content: str,
+        files: list[discord.File],
+        view: discord.ui.View,
+    ) -> bool:
+        """Through the interaction's webhook while its token lives, else the channel."""
+        if job.token_valid(time.time()) and job.application_id and job.interaction_token:
+            hook = discord.Webhook.partial(
+                job.application_id, job.interaction_token, client=self.bot
+            )
+            hook.type = discord.WebhookType.application
+            try:
+                await hook.edit_message(message_id, content=content, attachments=files, view=view)
+                return True
+            except discord.HTTPException as exc:
+                log.info("editing comparison %d through its token failed (%s)", message_id, exc)
+                for f in files:
+                    f.reset()
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            await channel.get_partial_message(message_id).edit(
+                content=content, attachments=files, view=view
+            )
+            return True
+        except discord.HTTPException as exc:
+            log.warning("could not update comparison %d (%s)", message_id, exc)
+            return False
+
+    # -- Use 0.35 / 0.50 / 0.65 ---------------------------------------------------------
+    async def use(self, interaction: Interaction, job_id: int) -> None:
+        """Post a compared image as a normal result (no new job, no quota)."""
+        try:
+            job = await self._job(interaction, job_id)
+            if job.state != "done" or not self._stored(job.output_path):
+                raise UserError(GONE_TEXT)
+        except UserError as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        path = self.bot.settings.data_dir / str(job.output_path)
+        await interaction.response.send_message(
+            embed=result_embed(job),
+            file=discord.File(path, filename=f"img2img-{job.id}.png", spoiler=bool(job.nsfw)),
+            view=result_view(job.id, job.strength),
+        )
+
+    # -- helpers ------------------------------------------------------------------------
+    async def _job(self, interaction: Interaction, job_id: int) -> Job:
+        job = await self.bot.store.get_job(job_id)
+        if job is None or job.guild_id != interaction.guild_id or job.state == "deleted":
+            raise UserError("This image is no longer known to the bot.")
+        return job
+
+    def _stored(self, rel: str | None) -> bool:
+        return bool(rel) and (self.bot.settings.data_dir / str(rel)).is_file()
+
+    async def _siblings(self, job: Job) -> list[Job]:
+        cursor = await self.bot.store.db.execute(
+            "SELECT * FROM jobs WHERE kind=? AND parent_id=? AND status_message_id=? "
+            "ORDER BY strength",
+            (KIND, job.parent_id, job.status_message_id),
+        )
+        return [Job.from_row(row) for row in await cursor.fetchall()]
+
+
+async def setup_compare(bot: ImgBot) -> None:
+    """Add Compare and Use, and the delivery wrapper for compare jobs."""
+    cog = CompareCog(bot)
+    await bot.add_cog(cog)
+    bot.jobs.delivery = CompareDelivery(bot.jobs.delivery, cog)

@@ -1,0 +1,285 @@
+"""Working on a picture: Refine and Edit on a result, and "Apps → Img2img this" on any message.
+
+All three open the settings modal (`bot.modals`); its submit is routed here by custom_id
+(`on_interaction`), so a modal or button from before a restart still works.
+
+- Refine: the result becomes the new input (copied into `inputs/`, so the new job owns its
+  input and deleting the parent breaks nothing), prefilled at strength 0.30.
+- Edit: the job's original input with its own settings, to change the prompt and run again.
+- Img2img this: the first image of any message (attachment, else an image embed). What the
+  modal needs to find it again is stored in `meta` under the modal's key, because a message
+  fetched later may come without its attachments (no Message Content intent); the submit then
+  goes through `/img2img`'s own intake (`Actions.img2img`): same download, checks and status.
+
+A modal must be the first answer to an interaction, so only cheap refusals come before it
+(job known, picture still stored, caps and quotas); everything else is checked on submit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from bot import modals
+from bot.actions import INPUT_GONE_TEXT
+from bot.errors import UserError
+from bot.store import Job
+from pipeline.request import InputError
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+
+log = logging.getLogger(__name__)
+
+Interaction = discord.Interaction[Any]
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+TARGET_KEY = "img2img-this:{}"
+TARGET_TTL_S = 24 * 3600  # a modal left open longer than this is forgotten
+RETRY = {
+    "refine": "Nothing was queued. Click **Refine** under the picture to try again.",
+    "edit": "Nothing was queued. Click **Edit** under the picture to try again.",
+    "this": "Nothing was queued. Use **Apps → Img2img this** on the message again.",
+}
+OUTPUT_GONE_TEXT = (
+    "This picture is no longer stored (old results are removed to save space), so it "
+    "cannot be refined. Save it and use /img2img with it instead."
+)
+NO_IMAGE_TEXT = (
+    "This message has no picture. Use **Apps → Img2img this** on a message with a PNG, "
+    "JPEG or WebP image (an attachment or an image embed), or use /img2img."
+)
+TARGET_GONE_TEXT = (
+    "The bot no longer knows which picture this was. Use **Apps → Img2img this** on the "
+    "message again."
+)
+
+
+def first_image(message: discord.Message) -> dict[str, Any] | None:
+    """The first image of a message as an attachment payload: an image attachment, else an
+    image embed (size unknown: the intake checks the bytes once downloaded)."""
+    for att in message.attachments:
+        kind = (att.content_type or "").split(";")[0].strip().lower()
+        if kind in IMAGE_TYPES or att.filename.lower().endswith(IMAGE_SUFFIXES):
+            return dict(att.to_dict())
+    for embed in message.embeds:
+        for media in (embed.image, embed.thumbnail):
+            url = media.proxy_url or media.url
+            if url:
+                return {
+                    "id": 0,
+                    "filename": "embed-image",
+                    "size": 0,
+                    "url": url,
+                    "proxy_url": url,
+                    "width": media.width,
+                    "height": media.height,
+                }
+    return None
+
+
+class IterateCog(commands.Cog):
+    def __init__(self, bot: ImgBot) -> None:
+        self.bot = bot
+        self.menu = app_commands.ContextMenu(name="Img2img this", callback=self.img2img_this)
+        self.menu.guild_only = True
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.menu)
+        await self._forget_old_targets()
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    @property
+    def data_dir(self) -> Any:
+        return self.bot.settings.data_dir
+
+    # -- opening the modal --------------------------------------------------------------
+    async def open_modal(self, interaction: Interaction, kind: str, job_id: int) -> None:
+        """Refine or Edit: refuse cheaply, else show the prefilled modal."""
+        try:
+            job = await self._job(interaction, job_id)
+            if kind == "refine" and not self._output_stored(job):
+                raise UserError(OUTPUT_GONE_TEXT)
+            if kind == "edit" and not (self.data_dir / job.input_path).is_file():
+                raise UserError(INPUT_GONE_TEXT)
+            await self.bot.actions.precheck(interaction)
+        except UserError as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        strength = modals.REFINE_STRENGTH if kind == "refine" else job.strength
+        await interaction.response.send_modal(
+            modals.build(
+                kind,
+                job.id,
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                strength=strength,
+                seed=job.seed,
+            )
+        )
+
+    async def img2img_this(self, interaction: Interaction, message: discord.Message) -> None:
+        """Apps → Img2img this: remember the message's first image, then show the modal."""
+        image = first_image(message)
+        try:
+            if image is None:
+                raise UserError(NO_IMAGE_TEXT)
+            await self.bot.actions.precheck(interaction)
+        except UserError as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        key = interaction.id
+        target = {"attachment": image, "message_id": message.id, "created": time.time()}
+        await self.bot.store.set_meta(TARGET_KEY.format(key), json.dumps(target))
+        await interaction.response.send_modal(
+            modals.build("this", key, strength=modals.THIS_STRENGTH)
+        )
+
+    # -- the submit ---------------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: Interaction) -> None:
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        route = modals.parse_custom_id(str((interaction.data or {}).get("custom_id", "")))
+        if route is None:
+            return
+        kind, ref = route
+        try:
+            await self._submit(interaction, kind, ref)
+        except Exception:
+            log.exception("handling the %s modal failed", kind)
+            text = "❌ Something went wrong on our side. Please try again."
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+
+    async def _submit(self, interaction: Interaction, kind: str, ref: int) -> None:
+        target = await self._pop_target(ref) if kind == "this" else None
+        try:
+            form = modals.read_form(modals.submitted_values(interaction.data))
+        except InputError as exc:
+            await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
+            return
+        if kind == "this":
+            await self._submit_this(interaction, target, form)
+            return
+        copied: str | None = None
+        try:
+            parent = await self._job(interaction, ref)
+            prompt_kept = form.prompt == parent.prompt
+            changed = replace(
+                parent,
+                prompt=form.prompt,
+                negative_prompt=form.negative_prompt,
+                style=parent.style if prompt_kept else None,
+            )
+            if kind == "refine":
+                if not self._output_stored(parent):
+                    raise UserError(OUTPUT_GONE_TEXT)
+                copied, width, height = await asyncio.to_thread(self._copy_output, parent)
+                changed = replace(
+                    changed, input_path=copied, input_width=width, input_height=height
+                )
+            await self.bot.actions.requeue(
+                interaction, changed, strength=form.strength, seed=form.seed, kind=kind
+            )
+        except (InputError, UserError) as exc:
+            if copied is not None:
+                (self.data_dir / copied).unlink(missing_ok=True)
+            await self._say(interaction, f"❌ {exc}")
+        except BaseException:
+            if copied is not None:
+                (self.data_dir / copied).unlink(missing_ok=True)
+            raise
+
+    async def _submit_this(
+        self, interaction: Interaction, target: dict[str, Any] | None, form: modals.Form
+    ) -> None:
+        if target is None:
+            await interaction.response.send_message(f"❌ {TARGET_GONE_TEXT}", ephemeral=True)
+            return
+        image = discord.Attachment(data=target["attachment"], state=self.bot._connection)
+        await self.bot.actions.img2img(
+            interaction, image, form.prompt, form.strength, form.negative_prompt, form.seed, None
+        )
+
+    # -- helpers ------------------------------------------------------------------------
+    async def _job(self, interaction: Interaction, job_id: int) -> Job:
+        job = await self.bot.store.get_job(job_id)
+        if job is None or job.guild_id != interaction.guild_id or job.state == "deleted":
+            raise UserError("This image is no longer known to the bot.")
+        return job
+
+    def _output_stored(self, job: Job) -> bool:
+        return bool(job.output_path) and (self.data_dir / str(job.output_path)).is_file()
+
+    def _copy_output(self, job: Job) -> tuple[str, int, int]:
+        """The parent's result as a new input of its own (runs in a thread)."""
+        name = uuid.uuid4().hex
+        folder = self.data_dir / "inputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.png.tmp"
+        try:
+            shutil.copyfile(self.data_dir / str(job.output_path), tmp)
+            with Image.open(tmp) as image:
+                width, height = image.size
+            tmp.replace(folder / f"{name}.png")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return f"inputs/{name}.png", width, height
+
+    async def _say(self, interaction: Interaction, text: str) -> None:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
+    async def _pop_target(self, key: int) -> dict[str, Any] | None:
+        """The picture an Img2img this modal was opened on; read once, then forgotten."""
+        name = TARGET_KEY.format(key)
+        raw = await self.bot.store.get_meta(name)
+        async with self.bot.store.transaction() as db:
+            await db.execute("DELETE FROM meta WHERE key=?", (name,))
+        if raw is None:
+            return None
+        target: dict[str, Any] = json.loads(raw)
+        if time.time() - float(target.get("created", 0)) > TARGET_TTL_S:
+            return None
+        return target
+
+    async def _forget_old_targets(self) -> None:
+        """Modals opened and never submitted leave their row; drop the old ones at start."""
+        cursor = await self.bot.store.db.execute(
+            "SELECT key, value FROM meta WHERE key LIKE ?", (TARGET_KEY.format("%"),)
+        )
+        stale = []
+        for key, value in await cursor.fetchall():
+            try:
+                created = float(json.loads(value).get("created", 0))
+            except (ValueError, AttributeError):
+                created = 0.0
+            if time.time() - created > TARGET_TTL_S:
+                stale.append((key,))
+        if stale:
+            async with self.bot.store.transaction() as db:
+                await db.executemany("DELETE FROM meta WHERE key=?", stale)
+
+
+async def setup_iterate(bot: ImgBot) -> None:
+    await bot.add_cog(IterateCog(bot))
