@@ -166,10 +166,16 @@ Deadlines
     works for webhooks (follow-ups, @original) for ``token_lifetime`` (900 s).
 
 Schema validation
-    With ``validate_bodies`` (default True) every JSON body (or multipart ``payload_json``) is
-    checked against Discord's OpenAPI spec (``schema.py``); one Discord would refuse is
-    answered 400 50035 "Invalid Form Body" with ``errors`` and listed in ``invalid_bodies()
-    -> [{method, path, route, body, errors}]``; ``assert_valid_bodies()``.
+    With ``validate_bodies`` (default True) every POST/PUT/PATCH JSON body (or multipart
+    ``payload_json``) is checked with jsonschema against Discord's OpenAPI spec
+    (``paths[route][method].requestBody.content["application/json"].schema``; the spec is
+    vendored as ``discord-openapi.json.gz``, the same file as
+    /work/shared/discord-api/openapi.json; ``FAKEDISCORD_OPENAPI`` may name another copy).
+    Relaxed exactly where the spec is stricter than the API: snowflakes may be JSON
+    integers, channel type 16 is valid. A body Discord would refuse is answered 400 50035
+    "Invalid Form Body" with Discord's nested ``errors`` (e.g. ``data.title: Must be 45 or
+    fewer in length (got 60).``) and listed in ``invalid_bodies() -> [{method, path, route,
+    body, errors}]``; ``assert_valid_bodies()``. Loaded and compiled once per process.
 
 Teardown
     ``assert_clean()`` = ``assert_no_unknown_routes()`` + ``assert_acks_in_time()`` +

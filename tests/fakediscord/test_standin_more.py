@@ -347,3 +347,24 @@ async def test_schema_rejects_what_discord_refuses(fd: FakeDiscord, world: dict[
         with pytest.raises(AssertionError, match="Discord would refuse"):
             fd.assert_valid_bodies()
     fd.strict = False
+
+
+def test_spec_relaxed_only_for_int_snowflakes_and_channel_type_16() -> None:
+    from tests.fakediscord import schema
+
+    ok = {"content": "hi", "allowed_mentions": {"parse": [], "users": [123, "456"]}}
+    assert schema.validate_body("POST", "/channels/1/messages", ok)[1] == []
+    bad = {"content": "hi", "allowed_mentions": {"parse": [], "users": ["abc"]}}
+    assert schema.validate_body("POST", "/channels/1/messages", bad)[1]
+    option = {"type": 7, "name": "where", "description": "d", "channel_types": [0, 16]}
+    cmd = [{"name": "go", "description": "d", "type": 1, "options": [option]}]
+    assert schema.validate_body("PUT", "/applications/1/commands", cmd)[1] == []
+    option["channel_types"] = [17]
+    assert schema.validate_body("PUT", "/applications/1/commands", cmd)[1]
+    # other strictness stays: a 2001-character content is refused
+    long = {"content": "x" * 2001}
+    route, errors = schema.validate_body("PATCH", "/webhooks/1/t/messages/@original", long)
+    assert route == "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
+    assert [schema.describe(e) for e in errors] == [
+        "content: Must be 2000 or fewer in length (got 2001)."
+    ]
