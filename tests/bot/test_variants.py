@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.render import duration, ordinal, progress_bar, progress_text, queue_text
-from bot.variants import STEP, variant_label, variant_strength
+from bot.variants import STEP, compare_strengths, variant_label, variant_strength
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,19 @@ def test_progress_bar(step: int, total: int, filled: int) -> None:
 def test_progress_text_says_step_k_of_n() -> None:
     assert "step 3 of 10" in progress_text(3, 10)
     assert "30%" in progress_text(3, 10)
+
+
+@pytest.mark.parametrize(
+    ("strength", "expected"),
+    [
+        (0.5, [0.35, 0.5, 0.65]),
+        (0.1, [0.05, 0.1, 0.25]),
+        (0.05, [0.05, 0.2]),
+        (1.0, [0.85, 1.0]),
+        (0.95, [0.8, 0.95, 1.0]),
+    ],
+)
+def test_compare_strengths_clamp_and_drop_coinciding(
+    strength: float, expected: list[float]
+) -> None:
+    assert compare_strengths(strength) == expected
