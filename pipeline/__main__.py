@@ -1,7 +1,12 @@
 """Command line for the pipeline, without Discord: `python -m pipeline run|make-tiny`.
 
-`run` goes through the same input checks and engine as the bot, so it is the quickest way
-to try a model or an image. Bad input prints the bot's message to stderr and exits 2.
+`run` goes through the same input checks, engine and safety checker (SAFETY_CHECKER,
+SAFETY_CHECKER_ID) as the bot, so it is the quickest way to try a model or an image. Bad
+input prints the bot's message to stderr and exits 2; an image the safety checker withheld
+is not written, says so on stderr and exits 3.
+
+`make-tiny` writes the tiny random-weight test model, optionally shipping a tiny safety
+checker; `make-tiny-checker` writes a standalone tiny checker folder (for SAFETY_CHECKER_ID).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 1
+EXIT_WITHHELD = 3
 
 
 def _or(value: T | None, default: T) -> T:
@@ -54,9 +60,35 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, choices=["auto", "cuda", "mps", "cpu"])
     run.add_argument("--dtype", default=None, choices=["auto", "fp16", "bf16", "fp32"])
     run.add_argument("--output", type=Path, required=True, help="where to write the PNG")
+    run.add_argument(
+        "--safety-checker", default=None, choices=["auto", "on", "off"], help="SAFETY_CHECKER"
+    )
+    run.add_argument("--safety-checker-id", default=None, help="SAFETY_CHECKER_ID")
+    run.add_argument(
+        "--allow-nsfw", action="store_true", help="write a flagged image anyway (marked)"
+    )
+
+    from pipeline.tiny_checker import CHECKER_MODES
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight test model")
     tiny.add_argument("dir", type=Path)
+    tiny.add_argument(
+        "--safety-checker",
+        choices=[m for m in CHECKER_MODES if m != "like"],
+        default=None,
+        help="ship a tiny checker that flags every image (all), none, or dark images",
+    )
+    checker = sub.add_parser(
+        "make-tiny-checker", help="write a standalone tiny safety checker folder"
+    )
+    checker.add_argument("dir", type=Path)
+    checker.add_argument("--flags", choices=CHECKER_MODES, required=True)
+    checker.add_argument(
+        "--like", type=Path, action="append", default=[], help="(like) flag images like this"
+    )
+    checker.add_argument(
+        "--unlike", type=Path, action="append", default=[], help="(like) … but not like this"
+    )
     return parser
 
 
@@ -78,7 +110,12 @@ def _run(args: argparse.Namespace) -> int:
         if not args.image.is_file():
             raise InputError(f"No such image file: {args.image}")
         check_declared_size(args.image.stat().st_size, max_bytes=max_bytes)
-        image = load_input(args.image.read_bytes(), max_bytes=max_bytes, min_side=min_side)
+        image = load_input(
+            args.image.read_bytes(),
+            max_bytes=max_bytes,
+            min_side=min_side,
+            max_side=settings.max_stored_side,
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -92,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
             device=_or(args.device, settings.device),
             dtype=_or(args.dtype, settings.dtype),
             resolution=_or(args.resolution, settings.resolution),
+            safety_checker=_or(args.safety_checker, settings.safety_checker),
+            safety_checker_id=_or(args.safety_checker_id, settings.safety_checker_id),
         )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -110,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             guidance=_or(args.guidance, settings.default_guidance),
             output_path=str(args.output),
             negative_prompt=negative or None,
+            allow_nsfw=args.allow_nsfw,
         )
         try:
             (result,) = engine.generate([request])
@@ -119,6 +159,16 @@ def _run(args: argparse.Namespace) -> int:
     print(f"seed: {result.seed}")
     print(f"steps: {result.steps_run} run (of {result.steps_total} scheduled)")
     print(f"time: {result.seconds:.2f} s")
+    print(f"safety checker: {engine.info.safety_checker}")
+    if result.withheld:
+        print(
+            "withheld: the safety checker flagged the image, so it was not written. "
+            "Try another prompt or seed, or a lower strength.",
+            file=sys.stderr,
+        )
+        return EXIT_WITHHELD
+    if result.nsfw:
+        print("flagged: the safety checker flagged the image (written: --allow-nsfw)")
     print(f"output: {result.output_path} ({result.width}x{result.height})")
     return 0
 
@@ -132,7 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "make-tiny":
         from pipeline.tiny import make_tiny
 
-        print(f"wrote tiny model to {make_tiny(args.dir)}")
+        print(f"wrote tiny model to {make_tiny(args.dir, safety_checker=args.safety_checker)}")
+        return 0
+    if args.command == "make-tiny-checker":
+        from pipeline.tiny_checker import save_tiny_checker
+
+        try:
+            out = save_tiny_checker(args.dir, args.flags, like=args.like, unlike=args.unlike)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"wrote tiny safety checker ({args.flags}) to {out}")
         return 0
     return _run(args)
 

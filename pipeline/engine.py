@@ -5,7 +5,7 @@ never pays for them; the worker process loads the model once and calls `generate
 
 Reproducibility: every image gets its own CPU `torch.Generator` seeded with the job's seed,
 so a job's noise never depends on its neighbours. On CPU the batched call is also made
-batch-invariant (see `_make_batch_invariant`), so a job gives the same pixels alone or in a
+batch-invariant (see `pipeline.invariance`), so a job gives the same pixels alone or in a
 batch. On CUDA/MPS a job is pixel-identical for the same batch composition; the GPU kernels
 cuBLAS/cuDNN pick depend on the batch size, so batch vs. alone may differ in the last bit.
 """
@@ -17,21 +17,27 @@ import math
 import os
 import re
 import time
-import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoPipelineForImage2Image
 from diffusers.utils import deprecation_utils
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
+from pipeline.invariance import make_batch_invariant
 from pipeline.prepare import fit_to_resolution, target_size
-from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, plan_steps
+from pipeline.request import (
+    EngineInfo,
+    GenerationRequest,
+    GenerationResult,
+    InputError,
+    plan_steps,
+)
+from pipeline.safety import SafetyChecker, SafetyCheckerUnavailable, setup_checker
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 DEFAULT_RESOLUTION = 512
+DEFAULT_CHECKER_ID = "CompVis/stable-diffusion-safety-checker"
+INPUT_MISSING = "The original image is no longer stored, so this job could not run. Send it again."
+INPUT_UNREADABLE = "The stored image could not be read, so this job could not run. Send it again."
 # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns).
 _DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
@@ -113,78 +122,6 @@ def _native_resolution(pipe: Any) -> int:
     return int(sample * scale) if sample else DEFAULT_RESOLUTION
 
 
-# --- batch invariance on CPU -------------------------------------------------------------
-
-
-def _cat_outputs(outs: list[Any]) -> Any:
-    first = outs[0]
-    if torch.is_tensor(first):
-        return torch.cat(outs)
-    if isinstance(first, tuple) and not hasattr(first, "keys"):
-        return tuple(_cat_outputs(list(parts)) for parts in zip(*outs, strict=True))
-    if hasattr(first, "keys"):  # transformers ModelOutput
-        return type(first)(**{k: _cat_outputs([o[k] for o in outs]) for k in first})
-    return first
-
-
-def _row_by_row(module: torch.nn.Module) -> None:
-    """Make `module` run one batch row at a time (its output then cannot depend on the
-    batch size). Used for the text encoders, which are cheap next to the UNet."""
-    forward = module.forward
-
-    def run_rows(input_ids: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if not torch.is_tensor(input_ids) or input_ids.shape[0] <= 1:
-            return forward(input_ids, *args, **kwargs)
-        n = input_ids.shape[0]
-
-        def row(value: Any, i: int) -> Any:
-            batched = torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == n
-            return value[i : i + 1] if batched else value
-
-        outs = [
-            forward(input_ids[i : i + 1], *args, **{k: row(v, i) for k, v in kwargs.items()})
-            for i in range(n)
-        ]
-        return _cat_outputs(outs)
-
-    module.forward = run_rows  # type: ignore[method-assign]
-
-
-def _rowwise_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if x.dim() == 2 and x.shape[0] > 1:
-        return torch.cat([F.linear(x[i : i + 1], self.weight, self.bias) for i in range(len(x))])
-    return F.linear(x, self.weight, self.bias)
-
-
-def _make_batch_invariant(pipe: Any) -> None:
-    """Make a CPU batch give each image the same bits as running it alone.
-
-    Found by comparing every module's batched output with its per-row output: three CPU
-    kernel families give last-bit differences that depend on the batch size, and the
-    denoising loop amplifies them into ±1 pixel values:
-    - small-M GEMMs (the UNet's timestep-embedding Linears on a (batch, C) input pick a
-      different MKL kernel for 2 vs. 6 rows) → those Linears run one row at a time;
-    - vectorised elementwise ops whose tail/chunk split moves with the tensor size (QuickGELU
-      in a text encoder whose width is not a multiple of 16) → text encoders run per row;
-    - GroupNorm/convolutions in the VAE at large spatial sizes → VAE slicing (per image).
-    The UNet's attention, big convolutions and GEMMs were batch-invariant; the extra cost
-    is under 10% of a step.
-    """
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        encoder = getattr(pipe, name, None)
-        if isinstance(encoder, torch.nn.Module):
-            _row_by_row(encoder)
-    denoiser = getattr(pipe, "unet", None)
-    if isinstance(denoiser, torch.nn.Module):
-        for name, module in denoiser.named_modules():
-            # Attention/feed-forward Linears see (batch, tokens, C) inputs: invariant already.
-            if isinstance(module, torch.nn.Linear) and "attentions" not in name:
-                module.forward = types.MethodType(_rowwise_linear, module)  # type: ignore[method-assign]
-    vae = getattr(pipe, "vae", None)
-    if vae is not None and hasattr(vae, "use_slicing"):
-        vae.use_slicing = True
-
-
 # --- the engine ----------------------------------------------------------------------------
 
 
@@ -222,9 +159,10 @@ def _compile_unet(pipe: Any, resolution: int) -> None:
 class Engine:
     """One loaded pipeline. Not thread-safe: the worker calls `generate` from one thread."""
 
-    def __init__(self, pipe: Any, info: EngineInfo) -> None:
+    def __init__(self, pipe: Any, info: EngineInfo, checker: SafetyChecker | None = None) -> None:
         self.pipe = pipe
         self.info = info
+        self.checker = checker
 
     @classmethod
     def load(
@@ -236,8 +174,13 @@ class Engine:
         resolution: int | None = None,
         compile: bool = False,
         channels_last: bool = True,
+        safety_checker: str = "auto",
+        safety_checker_id: str | None = DEFAULT_CHECKER_ID,
     ) -> Engine:
-        """Load `model_id` (hub id or local diffusers folder) once, ready to generate."""
+        """Load `model_id` (hub id or local diffusers folder) once, ready to generate.
+
+        `safety_checker` is `auto`, `on` or `off` (see `pipeline.safety`); a standalone
+        checker is looked for at `safety_checker_id` when the model ships none."""
         try:
             dev = resolve_device(device)
             torch_dtype = resolve_dtype(dtype, dev)
@@ -265,11 +208,21 @@ class Engine:
             config = AutoPipelineForImage2Image.load_config(model_id)
             kwargs: dict[str, Any] = {_DTYPE_KWARG: torch_dtype}
             if isinstance(config, dict) and "safety_checker" in config:
-                kwargs.update(safety_checker=None, requires_safety_checker=False)
+                # We run the checker ourselves (see pipeline.safety); diffusers need not
+                # warn when a model's checker is missing.
+                kwargs["requires_safety_checker"] = False
+                if safety_checker == "off":
+                    kwargs["safety_checker"] = None
             pipe = AutoPipelineForImage2Image.from_pretrained(model_id, **kwargs)
             pipe = pipe.to(dev)
         except Exception as exc:
             raise fail(f"{type(exc).__name__}: {_short(exc)}", exc) from exc
+        try:
+            checker, checker_status = setup_checker(
+                pipe, safety_checker, safety_checker_id, device=dev, dtype=torch_dtype
+            )
+        except SafetyCheckerUnavailable as exc:
+            raise ModelLoadError(f"Model {model_id!r}: {exc}") from None
 
         pipe.set_progress_bar_config(disable=True)
         if dev == "cuda":
@@ -278,7 +231,7 @@ class Engine:
                 pipe.unet.to(memory_format=torch.channels_last)
                 pipe.vae.to(memory_format=torch.channels_last)
         elif dev == "cpu":
-            _make_batch_invariant(pipe)
+            make_batch_invariant(pipe)
 
         res = resolution or _native_resolution(pipe)
         if compile:
@@ -289,13 +242,14 @@ class Engine:
             dtype=_DTYPE_NAMES.get(torch_dtype, str(torch_dtype)),
             resolution=int(res),
             pipeline_class=type(pipe).__name__,
+            safety_checker=checker_status,
         )
         log.info(
-            "loaded %s (%s) on %s/%s, %d px, in %.1f s",
-            model_id, info.pipeline_class, dev, info.dtype, info.resolution,
+            "loaded %s (%s) on %s/%s, %d px, safety checker %s, in %.1f s",
+            model_id, info.pipeline_class, dev, info.dtype, info.resolution, checker_status,
             time.perf_counter() - started,
         )  # fmt: skip
-        return cls(pipe, info)
+        return cls(pipe, info, checker)
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The size an input of width×height is generated at on this model."""
@@ -307,20 +261,27 @@ class Engine:
         *,
         on_progress: Callable[[int, int], None] | None = None,
         is_cancelled: Callable[[str], bool] | None = None,
+        on_cancelled: Callable[[str], None] | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
     ) -> list[GenerationResult]:
-        """Run a batch of compatible requests in one pipeline call; write each PNG.
+        """Run a batch of compatible requests in one pipeline call; check and write each PNG.
 
-        Returns results in request order, without jobs that were cancelled mid-run. Raises
-        `JobCancelled` if every job was cancelled (the loop stops at the next step) and
-        `ValueError` if the requests cannot share a call.
+        Returns results in request order for the jobs that ran to the end; a flagged image
+        comes back `nsfw`, and `withheld` (no PNG written) unless its request allows it.
+        A job whose input cannot be read goes to `on_failed(job_id, message)` (plain words
+        for the user; without the callback an `InputError` is raised) and the rest run. A
+        job seen cancelled at a step goes to `on_cancelled(job_id)` at once and is dropped.
+        Raises `JobCancelled` once every job is cancelled (the loop stops at that step)
+        and `ValueError` if the requests cannot share a call.
         """
         if not requests:
             return []
         started = time.perf_counter()
-        images = []
-        for req in requests:
-            with Image.open(req.image_path) as src:
-                images.append(fit_to_resolution(src.convert("RGB"), self.info.resolution))
+        loaded = self._load_inputs(requests, on_failed)
+        if not loaded:
+            return []
+        requests = [req for req, _ in loaded]
+        images = [image for _, image in loaded]
         plans = [plan_steps(r.steps, r.strength) for r in requests]
         keys = {
             (img.size, plan, r.guidance)
@@ -349,7 +310,11 @@ class Engine:
                 on_progress(step, step_total)
             state["reported"] = step
             if is_cancelled is not None:
-                cancelled.update(j for j in job_ids if j not in cancelled and is_cancelled(j))
+                for job_id in job_ids:
+                    if job_id not in cancelled and is_cancelled(job_id):
+                        cancelled.add(job_id)
+                        if on_cancelled is not None:
+                            on_cancelled(job_id)
                 if len(cancelled) == len(job_ids):
                     raise JobCancelled(
                         f"cancelled after {step} of {step_total} steps: {', '.join(job_ids)}",
@@ -372,27 +337,66 @@ class Engine:
         )
         steps_run = state["reported"]
         seconds = time.perf_counter() - started
+        kept = [
+            (req, out)
+            for req, out in zip(requests, output.images, strict=True)
+            if req.job_id not in cancelled
+        ]
+        images_kept = [out for _, out in kept]
+        flags = self.checker.flags(images_kept) if self.checker else [False] * len(kept)
         results = []
-        for req, out in zip(requests, output.images, strict=True):
-            if req.job_id in cancelled:
-                continue
-            path = Path(req.output_path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out.save(path, format="PNG")
+        for (req, out), flagged in zip(kept, flags, strict=True):
+            withheld = flagged and not req.allow_nsfw
+            path = ""
+            if withheld:
+                log.info("job %s: the safety checker flagged the image; withheld", req.job_id)
+            else:
+                target = Path(req.output_path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                out.save(target, format="PNG")
+                path = str(target)
             results.append(
                 GenerationResult(
                     job_id=req.job_id,
-                    output_path=str(path),
+                    output_path=path,
                     seed=req.seed,
                     steps_run=steps_run,
                     steps_total=total,
                     width=out.width,
                     height=out.height,
                     seconds=seconds,
+                    nsfw=flagged,
+                    withheld=withheld,
                 )
             )
         log.info(
-            "batch of %d (%d cancelled): %d/%d steps at %dx%d in %.2f s",
-            len(requests), len(cancelled), steps_run, total, *images[0].size, seconds,
+            "batch of %d (%d cancelled, %d flagged): %d/%d steps at %dx%d in %.2f s",
+            len(requests), len(cancelled), sum(flags), steps_run, total,
+            *images[0].size, seconds,
         )  # fmt: skip
         return results
+
+    def _load_inputs(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_failed: Callable[[str, str], None] | None,
+    ) -> list[tuple[GenerationRequest, Image.Image]]:
+        """Each job's input, read on its own: one missing file fails only its job."""
+        loaded = []
+        for req in requests:
+            try:
+                with Image.open(req.image_path) as src:
+                    image = fit_to_resolution(src.convert("RGB"), self.info.resolution)
+            except FileNotFoundError:
+                message = INPUT_MISSING
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                log.warning("job %s: input %s is unreadable: %s", req.job_id, req.image_path, exc)
+                message = INPUT_UNREADABLE
+            else:
+                loaded.append((req, image))
+                continue
+            log.warning("job %s failed: %s (%s)", req.job_id, message, req.image_path)
+            if on_failed is None:
+                raise InputError(message)
+            on_failed(req.job_id, message)
+        return loaded

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_PIXELS = 40_000_000
+MAX_STORED_SIDE = 2048
 RECOMMENDED_SIDE = 512
 WHITE = (255, 255, 255)
 
@@ -105,11 +106,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_input(data: bytes, *, max_bytes: int, min_side: int) -> Image.Image:
-    """Validate an upload and return it as an RGB image at its original size.
+def load_input(
+    data: bytes, *, max_bytes: int, min_side: int, max_side: int = MAX_STORED_SIDE
+) -> Image.Image:
+    """Validate an upload and return it as an RGB image no larger than needed.
 
     EXIF orientation is applied, transparency is flattened onto white, and an animated
-    file gives its first frame.
+    file gives its first frame. A long side above `max_side` is scaled down to it (aspect
+    kept, LANCZOS): models work at 512–1024 px, so a 40 MP photo would only fill the disk.
     """
     check_declared_size(len(data), max_bytes=max_bytes)
     if not data:
@@ -141,7 +145,19 @@ def load_input(data: bytes, *, max_bytes: int, min_side: int) -> Image.Image:
             ) from None
     finally:
         image.close()
-    return rgb
+    return shrink_to(rgb, max_side)
+
+
+def shrink_to(image: Image.Image, max_side: int) -> Image.Image:
+    """Scale down (LANCZOS, aspect kept) so the long side is at most `max_side`."""
+    long_side = max(image.size)
+    if long_side <= max_side:
+        return image
+    scale = max_side / long_side
+    size = tuple(max(1, round(n * scale)) for n in image.size)
+    # Long side exact: rounding must not leave it a pixel over (or under) the limit.
+    size = (max_side, size[1]) if image.width >= image.height else (size[0], max_side)
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def target_size(width: int, height: int, resolution: int) -> tuple[int, int]:

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.tiny_checker import CheckerMode, build_tiny_checker
+
 log = logging.getLogger(__name__)
 
 BOS_TOKEN = "<|startoftext|>"
@@ -88,11 +90,20 @@ def own_tokenizer() -> tuple[Any, dict[str, int]]:
 
 
 def save_img2img_pipeline(
-    out: Path, *, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, dtype: Any = None
+    out: Path,
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    dtype: Any = None,
+    safety_checker: Any = None,
+    feature_extractor: Any = None,
 ) -> None:
     """Assemble an SD img2img pipeline with an Euler scheduler and save it to `out`.
 
-    Euler runs exactly int(steps × strength) denoising steps (order 1)."""
+    Euler runs exactly int(steps × strength) denoising steps (order 1). With a
+    `safety_checker` (and its `feature_extractor`) the folder ships one, as SD 1.5 does."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 
     scheduler = EulerDiscreteScheduler(
@@ -109,9 +120,9 @@ def save_img2img_pipeline(
         tokenizer=tokenizer,
         unet=unet,
         scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=safety_checker,
+        feature_extractor=feature_extractor,
+        requires_safety_checker=safety_checker is not None,
     )
     if dtype is not None:
         pipe.to(dtype=dtype)
@@ -121,8 +132,11 @@ def save_img2img_pipeline(
     write_tokenizer_files(out / "tokenizer")
 
 
-def make_tiny(path: str | Path) -> Path:
-    """Build the tiny pipeline with deterministic weights and save it to `path`."""
+def make_tiny(path: str | Path, *, safety_checker: CheckerMode | None = None) -> Path:
+    """Build the tiny pipeline with deterministic weights and save it to `path`.
+
+    `safety_checker` ("all", "none" or "dark", see `pipeline.tiny_checker`) makes the model
+    ship a tiny checker, like SD 1.5 ships its own; None ships none, like SDXL."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -171,6 +185,17 @@ def make_tiny(path: str | Path) -> Path:
             max_position_embeddings=77,
         )
     )
-    save_img2img_pipeline(out, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
-    log.info("wrote tiny img2img pipeline to %s", out)
+    checker = extractor = None
+    if safety_checker is not None:
+        checker, extractor = build_tiny_checker(safety_checker)
+    save_img2img_pipeline(
+        out,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        safety_checker=checker,
+        feature_extractor=extractor,
+    )
+    log.info("wrote tiny img2img pipeline to %s (safety checker: %s)", out, safety_checker)
     return out

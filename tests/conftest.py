@@ -1,4 +1,4 @@
-"""Shared fixtures. Nothing here reaches the network: the model is built locally."""
+"""Shared fixtures. Nothing here reaches the network: the models are built locally."""
 
 from __future__ import annotations
 
@@ -14,9 +14,23 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight Stable Diffusion img2img pipeline saved in diffusers format."""
+    """A tiny random-weight Stable Diffusion img2img pipeline saved in diffusers format.
+    It ships no safety checker (like SDXL): pair it with `checker_dirs`."""
     from pipeline.tiny import make_tiny
 
     path = tmp_path_factory.mktemp("tiny-model")
     make_tiny(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def checker_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Standalone tiny safety checker folders, for SAFETY_CHECKER_ID / `safety_checker_id`:
+    "all" flags every image, "none" flags none, "dark" flags dark images (plain dark
+    pictures: the tiny model's outputs are mid-grey whatever the input, see
+    `pipeline.tiny_checker`; use `save_tiny_checker(..., "like", ...)` to flag one job of
+    a batch)."""
+    from pipeline.tiny_checker import save_tiny_checker
+
+    root = tmp_path_factory.mktemp("checkers")
+    return {mode: save_tiny_checker(root / mode, mode) for mode in ("all", "none", "dark")}
