@@ -47,6 +47,7 @@ class GuildSettings:
     allowed_channels: tuple[int, ...] | None = None  # None: every channel
     gallery_channel_id: int | None = None
     updated_at: float | None = None
+    nsfw_channels: str = "filter"  # 'allow': unfiltered results in age-restricted channels
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class QuotaStore:
             allowed_channels=_channels(row["allowed_channels"]),
             gallery_channel_id=row["gallery_channel_id"],
             updated_at=row["updated_at"],
+            nsfw_channels=row["nsfw_channels"] or "filter",
         )
 
     async def role_limits(self, guild_id: int, db: Conn | None = None) -> list[RoleLimit]:
@@ -150,19 +152,32 @@ class QuotaStore:
         # @everyone's role id is the guild id; Discord does not list it among a member's roles.
         user_limit = effective_user_limit(base_user, role_limits, {*role_ids, guild_id})
         user_cutoff = window_cutoff(now, await self.reset_at(guild_id, user_id, conn))
+        # usage_kept: units of jobs whose rows /gallery forget-me deleted still count.
         cursor = await conn.execute(
             "SELECT created_at FROM jobs WHERE guild_id=? AND user_id=? AND counted=1 "
-            "AND created_at>? ORDER BY created_at",
-            (guild_id, user_id, user_cutoff),
+            "AND created_at>? UNION ALL SELECT created_at FROM usage_kept WHERE guild_id=? "
+            "AND user_id=? AND counted=1 AND created_at>? ORDER BY created_at",
+            (guild_id, user_id, user_cutoff) * 2,
         )
         user_times = tuple(r[0] for r in await cursor.fetchall())
+        guild_cutoff = window_cutoff(now)
         cursor = await conn.execute(
             "SELECT created_at FROM jobs WHERE guild_id=? AND counted=1 AND created_at>? "
-            "ORDER BY created_at",
-            (guild_id, window_cutoff(now)),
+            "UNION ALL SELECT created_at FROM usage_kept WHERE guild_id=? AND counted=1 "
+            "AND created_at>? ORDER BY created_at",
+            (guild_id, guild_cutoff) * 2,
         )
         guild_times = tuple(r[0] for r in await cursor.fetchall())
         return QuotaState(Usage(user_limit, user_times), Usage(guild_limit, guild_times))
+
+    async def withheld_count(self, guild_id: int, since: float) -> int:
+        """Images the safety filter withheld in this server since `since`."""
+        cursor = await self.store.db.execute(
+            "SELECT count(*) FROM jobs WHERE guild_id=? AND state='withheld' AND created_at>?",
+            (guild_id, since),
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def audit_log(self, guild_id: int, limit: int = 10) -> list[AuditEntry]:
         """The server's most recent settings changes, newest first."""
@@ -214,6 +229,10 @@ class QuotaStore:
             f"ON CONFLICT(guild_id) DO UPDATE SET {sets}, updated_at=excluded.updated_at",
             (guild_id, *values.values(), now),
         )
+
+    async def record(self, db: Conn, guild_id: int, actor_id: int, change: str) -> None:
+        """Audit a change another module made inside the caller's transaction `db`."""
+        await self._audit(db, guild_id, actor_id, self.clock(), change)
 
     async def _audit(self, db: Conn, guild_id: int, user_id: int, now: float, change: str) -> None:
         await db.execute(
@@ -303,6 +322,22 @@ class QuotaStore:
         change = f"gallery channel → <#{channel_id}>" if channel_id else "gallery channel → none"
         async with self.store.transaction() as db:
             await self._upsert(db, guild_id, now, gallery_channel_id=channel_id)
+            await self._audit(db, guild_id, actor_id, now, change)
+        return change
+
+    async def set_nsfw_channels(self, guild_id: int, actor_id: int, mode: str) -> str:
+        """'allow': results in age-restricted channels are posted unfiltered (as spoilers);
+        'filter' (the default): filtered there like everywhere else."""
+        if mode not in ("allow", "filter"):
+            raise UserError("Choose `allow` or `filter`.")
+        now = self.clock()
+        change = (
+            "age-restricted channels → unfiltered results allowed"
+            if mode == "allow"
+            else "age-restricted channels → filtered"
+        )
+        async with self.store.transaction() as db:
+            await self._upsert(db, guild_id, now, nsfw_channels=mode)
             await self._audit(db, guild_id, actor_id, now, change)
         return change
 

@@ -5,9 +5,13 @@ Pure functions of values, so tests need neither Discord nor a model.
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath, PureWindowsPath
+
 import discord
 
 from bot.store import Job
+from bot.tips import lineage, tip_for
 
 BAR_WIDTH = 16
 
@@ -47,14 +51,37 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def user_text(text: str, limit: int) -> str:
+    """A member's text (a prompt) for message content: shortened, then escaped, so
+    `*stars*` or `__under__` display as typed instead of turning into formatting."""
+    return discord.utils.escape_markdown(truncate(text, limit))
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def model_label(model: str | None) -> str:
+    """The model as members may see it: a hub id as is (`org/name`), a local folder by its
+    name only (`/srv/models/sd15` → `sd15`), so no server path reaches a public message."""
+    if not model:
+        return "model"
+    if _HUB_ID.fullmatch(model) and not model.startswith("."):
+        return model
+    for path in (PureWindowsPath(model), PurePosixPath(model)):
+        name = path.name
+        if name and "/" not in name and "\\" not in name:
+            return name
+    return "model"
+
+
 def job_summary(job: Job) -> str:
     """One line naming a job for status messages and /queue."""
-    return f"#{job.id} · strength {job.strength:.2f} · “{truncate(job.prompt, 60)}”"
+    return f"#{job.id} · strength {job.strength:.2f} · “{user_text(job.prompt, 60)}”"
 
 
 def result_embed(job: Job) -> discord.Embed:
     """The result's embed; field names are part of the contract (tests and users rely on them)."""
-    embed = discord.Embed(colour=discord.Colour.blurple())
+    embed = discord.Embed(colour=discord.Colour.blurple(), description=lineage(job))
     embed.add_field(name="Prompt", value=truncate(job.prompt, 1024), inline=False)
     if job.style:
         embed.add_field(name="Style", value=job.style, inline=False)
@@ -65,7 +92,11 @@ def result_embed(job: Job) -> discord.Embed:
     embed.add_field(name="Strength", value=f"{job.strength:.2f}")
     embed.add_field(name="Seed", value=str(job.seed))
     embed.add_field(name="Steps", value=f"{job.steps_run} of {job.steps_total}")
-    embed.set_footer(text=f"{job.model or 'model'} · {duration(job.seconds or 0)} · job #{job.id}")
+    if tip := tip_for(job):
+        embed.add_field(name="Tip", value=tip, inline=False)
+    embed.set_footer(
+        text=f"{model_label(job.model)} · {duration(job.seconds or 0)} · job #{job.id}"
+    )
     return embed
 
 
@@ -90,5 +121,10 @@ HELP_TEXT = (
     "**/quota** shows how many images you and this server have left today.\n"
     "**/gallery browse** `[user]` `[search]` `[public]` pages through this server's pictures; "
     "**/gallery remove** deletes one.\n"
-    "**/settings** (Manage Server): limits, allowed channels, gallery channel, role limits."
+    "**/gallery forget-me** deletes every picture and uploaded image of yours in this server.\n"
+    "**Safety**: prompts with a word this server (or the bot's operator) blocked are refused "
+    "before anything is queued; results the safety filter flags are never posted, and pictures "
+    "from private or age-restricted channels stay in their channel.\n"
+    "**/settings** (Manage Server): limits, allowed channels, gallery channel, role limits, "
+    "blocked words, age-restricted channels."
 )

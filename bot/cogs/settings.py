@@ -1,4 +1,5 @@
-"""/settings: a server's limits, channels, gallery channel, role limits and usage resets.
+"""/settings: a server's limits, channels, gallery channel, role limits, usage resets,
+age-restricted channels and blocked words.
 
 Only for members with Manage Server: Discord hides the group from others by default
 permissions, and every subcommand checks the permission again at run time because a server
@@ -15,8 +16,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.blocked_words import MAX_WORD_CHARS, BlockedWords
 from bot.cogs.quota import QuotaCog, member_role_ids
-from bot.quota import plural
+from bot.quota import WINDOW_S, plural
 from bot.quota_store import QuotaStore
 
 if TYPE_CHECKING:
@@ -26,10 +28,14 @@ log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
 Count = app_commands.Range[int, 0, None]
+Word = app_commands.Range[str, 1, MAX_WORD_CHARS]
+NO_MENTIONS = discord.AllowedMentions.none()
 
 
 async def _done(interaction: Interaction, change: str) -> None:
-    await interaction.response.send_message(f"✅ Changed: {change}.", ephemeral=True)
+    await interaction.response.send_message(
+        f"✅ Changed: {change}.", ephemeral=True, allowed_mentions=NO_MENTIONS
+    )
 
 
 @app_commands.guild_only()
@@ -39,9 +45,14 @@ class SettingsCog(
     group_name="settings",
     group_description="The image bot's settings for this server (Manage Server)",
 ):
-    def __init__(self, bot: ImgBot, quotas: QuotaStore) -> None:
+    blocked_words = app_commands.Group(
+        name="blocked-words", description="Words refused in prompts in this server"
+    )
+
+    def __init__(self, bot: ImgBot, quotas: QuotaStore, blocked: BlockedWords) -> None:
         self.bot = bot
         self.quotas = quotas
+        self.blocked = blocked
         super().__init__()
 
     async def interaction_check(self, interaction: Interaction) -> bool:
@@ -71,6 +82,13 @@ class SettingsCog(
         user_note = "" if gs.user_daily is not None else " (default)"
         guild_note = "" if gs.guild_daily is not None else " (default)"
         gallery = f"<#{gs.gallery_channel_id}>" if gs.gallery_channel_id else "none"
+        nsfw = (
+            "results allowed unfiltered (posted as spoilers)"
+            if gs.nsfw_channels == "allow"
+            else "filtered like every channel (default)"
+        )
+        withheld = await q.withheld_count(interaction.guild_id, q.clock() - WINDOW_S)
+        words = await self.blocked.list(interaction.guild_id)
         lines = [
             "**Image bot settings**",
             f"• Per member: {plural(user_limit, 'image')} per 24 h{user_note}; "
@@ -79,6 +97,15 @@ class SettingsCog(
             f"most allowed {s.quota_guild_ceiling}",
             f"• Channels: {channels}",
             f"• Gallery channel: {gallery}",
+            f"• Age-restricted channels: {nsfw}",
+            f"• Withheld by the safety filter in the last 24 h: {plural(withheld, 'image')}",
+            f"• Blocked words: {len(words)} of this server"
+            + (
+                f", {len(self.blocked.operator_words)} of the bot's operator"
+                if self.blocked.operator_words
+                else ""
+            )
+            + " (`/settings blocked-words list`)",
         ]
         for rule in await q.role_limits(interaction.guild_id):
             what = "no per-member limit" if rule.exempt else plural(rule.user_daily or 0, "image")
@@ -88,8 +115,61 @@ class SettingsCog(
         for entry in audit:
             lines.append(f"• <t:{int(entry.at)}:R> by <@{entry.user_id}>: {entry.change}")
         await interaction.response.send_message(
-            "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
+
+    @app_commands.command(
+        name="nsfw-channels", description="Unfiltered results in age-restricted channels?"
+    )
+    @app_commands.describe(mode="allow: unfiltered there, as spoilers; filter: as everywhere")
+    @app_commands.choices(
+        mode=[
+            app_commands.Choice(name="allow (age-restricted channels only)", value="allow"),
+            app_commands.Choice(name="filter (default)", value="filter"),
+        ]
+    )
+    async def nsfw_channels(self, interaction: Interaction, mode: str) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.set_nsfw_channels(
+            interaction.guild_id, interaction.user.id, mode
+        )
+        await _done(interaction, change)
+
+    @blocked_words.command(name="add", description="Refuse prompts with this word")
+    @app_commands.describe(word="A word (or a few words) to refuse, any case")
+    async def blocked_add(self, interaction: Interaction, word: Word) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.store.transaction() as db:
+            stored = await self.blocked.add(db, interaction.guild_id, interaction.user.id, word)
+            change = f"blocked word “{stored}” added"
+            await self.quotas.record(db, interaction.guild_id, interaction.user.id, change)
+        await _done(interaction, change)
+
+    @blocked_words.command(name="remove", description="Allow a blocked word again")
+    @app_commands.describe(word="The blocked word to take off the list")
+    async def blocked_remove(self, interaction: Interaction, word: Word) -> None:
+        assert interaction.guild_id is not None
+        async with self.bot.store.transaction() as db:
+            stored = await self.blocked.remove(db, interaction.guild_id, word)
+            change = f"blocked word “{stored}” removed"
+            await self.quotas.record(db, interaction.guild_id, interaction.user.id, change)
+        await _done(interaction, change)
+
+    @blocked_words.command(name="list", description="The words refused in this server")
+    async def blocked_list(self, interaction: Interaction) -> None:
+        assert interaction.guild_id is not None
+        words = await self.blocked.list(interaction.guild_id)
+        lines = [
+            "**Blocked words in this server**" if words else "No blocked words of this server."
+        ]
+        lines += [f"• {discord.utils.escape_markdown(w)}" for w in words]
+        if self.blocked.operator_words:
+            count = plural(len(self.blocked.operator_words), "word")
+            lines.append(f"The bot's operator also blocks {count} on every server.")
+        text = "\n".join(lines)
+        if len(text) > 2000:
+            text = text[:1990] + "\n…"
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="limits", description="Images per member and per server (24 h)")
     @app_commands.describe(
@@ -180,6 +260,7 @@ class SettingsCog(
 async def setup_quotas(bot: ImgBot) -> QuotaStore:
     """Add /quota and /settings, the reserve hook, and the channel and quota prechecks."""
     quotas = QuotaStore(bot.store, bot.settings, clock=bot.jobs.clock)
+    blocked = BlockedWords(bot.store, bot.settings.blocked_word_list, clock=bot.jobs.clock)
 
     async def channel_precheck(interaction: Interaction) -> None:
         if interaction.guild_id is None:
@@ -193,7 +274,8 @@ async def setup_quotas(bot: ImgBot) -> QuotaStore:
         await quotas.check(interaction.guild_id, interaction.user.id, member_role_ids(interaction))
 
     bot.prechecks.extend([channel_precheck, quota_precheck])
-    bot.jobs.hooks.reserve.append(quotas.reserve)
+    # Blocked words first: a refused prompt is told about its word, not about the quota.
+    bot.jobs.hooks.reserve.extend([blocked.reserve, quotas.reserve])
     await bot.add_cog(QuotaCog(bot, quotas))
-    await bot.add_cog(SettingsCog(bot, quotas))
+    await bot.add_cog(SettingsCog(bot, quotas, blocked))
     return quotas
