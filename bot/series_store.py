@@ -67,6 +67,14 @@ class SeriesStore:
         row = await cursor.fetchone()
         return int(row[0]) if row else None
 
+    async def active_jobs(self) -> list[tuple[int, int]]:
+        """(job id, series id) of series jobs still waiting or running."""
+        cursor = await self.store.db.execute(
+            "SELECT si.job_id, si.series_id FROM series_items si JOIN jobs j ON j.id = si.job_id "
+            "WHERE j.state IN ('queued', 'running')"
+        )
+        return [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
+
     async def items(self, series_id: int) -> list[tuple[Item, Job | None]]:
         """The series' images in input order, each with its job (None once forgotten)."""
         cursor = await self.store.db.execute(

@@ -12,11 +12,13 @@ from bot.app import ImgBot
 from tests.e2e.conftest import (
     BotFactory,
     World,
+    button,
     buttons,
     embed_fields,
     image_bytes,
     slash_img2img,
     wait_result,
+    worker_paused,
 )
 from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
 
@@ -142,3 +144,30 @@ async def test_a_series_longer_than_the_per_user_cap_is_one_entry(
     album = await wait_album(fd, handle)
     assert len(album["attachments"]) == 4
     assert await job_count(bot) == 4
+
+
+async def test_cancel_the_rest_stops_images_that_have_not_started(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    bot = await make_bot()
+    uploads = [Upload(f"p{n}.png", photo(n), "image/png") for n in range(3)]
+    with worker_paused(bot):
+        handle = await send_series(fd, world, world.alice, uploads)
+        assert "Queued a series of 3" in await private_text(handle)
+        album = await fd.until(
+            lambda: next(
+                (m for m in fd.messages() if m["interaction_token"] == handle.token
+                 and "⏳ waiting" in (m["content"] or "") and m["components"]),
+                None,
+            ),
+            timeout=30, what="the album with a Cancel button",
+        )  # fmt: skip
+        cancel = button(album, "Cancel the rest")["custom_id"]
+        refused = await fd.click(album["id"], cancel, world.bob)
+        assert "Only the person" in (await refused.wait_original())["content"]
+        ok = await fd.click(album["id"], cancel, world.alice)
+        assert "Cancelled 2 images" in (await ok.wait_original())["content"]
+    final = await wait_album(fd, handle)
+    assert final["content"].count("✖️ cancelled") == 2
+    rows = await (await bot.store.db.execute("SELECT state, counted FROM jobs")).fetchall()
+    assert sorted(tuple(r) for r in rows) == [("cancelled", 0), ("cancelled", 0), ("done", 1)]
