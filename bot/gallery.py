@@ -5,6 +5,11 @@ Galleries never cross servers. Every query here takes the guild id as its first 
 is found from an *anchor* (the job shown now) and a direction rather than from a page number,
 so paging stays on the right picture while new results arrive or old ones are removed.
 
+Visibility follows the channel a result was made in: `channel_public` (its channel was
+viewable by @everyone and not age-restricted) lets it be seen from anywhere in the server;
+any other entry is seen only from its own channel (`GalleryFilter.here`, which for a thread
+holds the thread and its parent). Every browse query applies that rule in `_where`.
+
 Rows are kept (flagged `removed`) when a result is deleted: a gallery message showing that
 picture can still page past it. Search words are matched against `search_text`, the prompt
 case-folded in Python at insert, so non-ASCII prompts match case-insensitively too.
@@ -67,10 +72,12 @@ def parse_direction(letter: str) -> Direction:
 
 @dataclass(frozen=True)
 class GalleryFilter:
-    """Who made it and which words its prompt holds; empty = the whole server."""
+    """Who made it and which words its prompt holds; empty = the whole server. `here`:
+    the viewer's channel ids (a thread and its parent), whose non-public results show too."""
 
     user_id: int | None = None
     search: str | None = None
+    here: tuple[int, ...] = ()
 
     def describe(self) -> str:
         parts = []
@@ -100,6 +107,7 @@ class GalleryEntry:
     removed: int
     shared_channel_id: int | None
     shared_message_id: int | None
+    channel_public: int = 1
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> GalleryEntry:
@@ -134,9 +142,16 @@ class Page:
 
 
 def _where(guild_id: int, filt: GalleryFilter) -> tuple[str, list[Any]]:
-    """The WHERE clause of a browse: always this guild, never removed entries."""
+    """The WHERE clause of a browse: always this guild, never removed entries, and a
+    non-public result only from inside its own channel."""
     clause = ["guild_id=?", "removed=0"]
     params: list[Any] = [guild_id]
+    if filt.here:
+        marks = ", ".join("?" for _ in filt.here)
+        clause.append(f"(channel_public=1 OR channel_id IN ({marks}))")
+        params.extend(filt.here)
+    else:
+        clause.append("channel_public=1")
     if filt.user_id:
         clause.append("user_id=?")
         params.append(filt.user_id)
@@ -167,13 +182,15 @@ class GalleryStore:
             await db.execute(
                 """
                 INSERT OR IGNORE INTO gallery (job_id, guild_id, user_id, channel_id, message_id,
-                    prompt, negative_prompt, strength, seed, image_path, search_text, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    prompt, negative_prompt, strength, seed, image_path, search_text, created_at,
+                    channel_public)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
                 (
                     job.id, job.guild_id, job.user_id, job.channel_id, job.result_message_id,
                     job.prompt, job.negative_prompt, job.strength, job.seed, job.output_path,
                     fold(job.prompt), created_at,
+                    int(bool(job.channel_public) and not job.channel_nsfw),
                 ),
             )  # fmt: skip
         return await self.get(job.guild_id, job.id)
@@ -198,13 +215,19 @@ class GalleryStore:
             await db.execute("UPDATE gallery SET removed=1 WHERE job_id=?", (job_id,))
         return GalleryEntry.from_row(row)
 
-    async def set_shared(self, job_id: int, channel_id: int, message_id: int) -> None:
-        """Remember the copy posted to the gallery channel, to delete it with the result."""
+    async def set_shared(self, job_id: int, channel_id: int, message_id: int) -> bool:
+        """Remember the copy posted to the gallery channel, to delete it with the result.
+
+        False: the entry was removed (or forgotten) while the copy was uploading, so the
+        caller must delete the copy itself. `remove` and this run in write transactions one
+        at a time: either `remove` sees the copy, or this sees the removal."""
         async with self.store.transaction() as db:
-            await db.execute(
-                "UPDATE gallery SET shared_channel_id=?, shared_message_id=? WHERE job_id=?",
+            cursor = await db.execute(
+                "UPDATE gallery SET shared_channel_id=?, shared_message_id=? "
+                "WHERE job_id=? AND removed=0",
                 (channel_id, message_id, job_id),
             )
+            return cursor.rowcount > 0
 
     async def mark_pruned(self, paths: Iterable[str]) -> None:
         """Flag the entries whose image file the storage cap deleted."""

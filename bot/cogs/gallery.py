@@ -2,8 +2,12 @@
 
 `/gallery browse [user] [search] [public]` shows one picture per page, newest first, with
 ◀ ▶ buttons; `/gallery remove job` deletes a result (its message, its gallery entry and its
-copy in the gallery channel). Discord cannot run a command group by itself, so browsing is the
-`browse` subcommand.
+copy in the gallery channel); `/gallery forget-me` deletes everything of the member in the
+server after a confirmation button.
+
+Visibility: a result made in a channel that @everyone cannot view, or an age-restricted one,
+is browsable only from inside that channel (and its threads) and never mirrored. Discord
+cannot run a command group by itself, so browsing is the `browse` subcommand.
 
 Page buttons are `DynamicItem`s whose custom_id holds the direction, the job shown (the
 anchor), the member filter and the id of the stored search words (`gallery_searches`): a
@@ -18,8 +22,8 @@ and requiring ownership would only make others open their own copy.
 Gallery channel: when an admin sets one (`/settings`, `guild_settings.gallery_channel_id`),
 every finished result is also posted there, with a link back to its message. Chosen over a
 "Share to gallery" button because:
-- the gallery is by definition every result of the server (`/gallery browse` shows them all,
-  and the result itself was posted publicly), so mirroring reveals nothing new to anyone, while
+- the gallery is by definition every public result of the server (`/gallery browse` shows
+  them, and the result itself was posted publicly), so mirroring reveals nothing new, while
   a share button would make the channel and `/gallery` disagree about what "the gallery" is;
 - setting the channel is the admin's opt-in for the whole server, and leaving it unset keeps
   the server quiet; a member who does not want a picture there deletes it (Delete button or
@@ -41,6 +45,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
+from bot.forget import Forgotten, forget_member, preview
 from bot.gallery import (
     MAX_SEARCH_CHARS,
     PAGE_TEMPLATE,
@@ -64,6 +69,9 @@ log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
 NO_MENTIONS = discord.AllowedMentions.none()
+
+
+FORGET_TEMPLATE = r"forget:(?P<guild>\d+):(?P<user>\d+)"
 
 
 def _cog(interaction: Interaction) -> GalleryCog:
@@ -115,6 +123,30 @@ class GalleryPageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template
         )
 
 
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=FORGET_TEMPLATE):
+    """The confirmation under `/gallery forget-me`: the member and server are in its
+    custom_id, so only that member, in that server, can confirm (also after a restart)."""
+
+    def __init__(self, guild_id: int, user_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete everything of mine",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"forget:{guild_id}:{user_id}",
+            )
+        )
+        self.guild_id, self.user_id = guild_id, user_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: Interaction, item: discord.ui.Button[Any], match: re.Match[str]
+    ) -> ForgetButton:
+        return cls(int(match["guild"]), int(match["user"]))
+
+    async def callback(self, interaction: Interaction) -> None:
+        await _cog(interaction).confirm_forget(interaction, self.guild_id, self.user_id)
+
+
 class GalleryCog(commands.Cog, name="Gallery"):
     gallery = app_commands.Group(
         name="gallery", description="This server's gallery of results", guild_only=True
@@ -157,7 +189,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
     ) -> None:
         guild_id = self._guild(interaction)
         words = normalize_search(search)
-        filt = GalleryFilter(user.id if user else None, words)
+        filt = GalleryFilter(user.id if user else None, words, _here(interaction))
         search_id = await self.entries.search_id(guild_id, words) if words else 0
         page = await self.entries.page(guild_id, filt)
         if page is None:
@@ -176,12 +208,16 @@ class GalleryCog(commands.Cog, name="Gallery"):
     async def remove(self, interaction: Interaction, job: app_commands.Range[int, 1]) -> None:
         guild_id = self._guild(interaction)
         entry = await self.entries.get(guild_id, job)
-        if entry is None:
+        visible = entry is not None and (
+            entry.channel_public or entry.channel_id in _here(interaction)
+        )
+        mine = entry is not None and entry.user_id == interaction.user.id
+        if entry is None or not (visible or mine):
             raise UserError(f"There is no picture #{job} in this server's gallery.")
-        if entry.user_id != interaction.user.id and not interaction.permissions.manage_messages:
+        if not mine and not _can_manage_in(interaction, entry.channel_id):
             raise UserError(
-                "Only the person who made this picture, or someone with Manage Messages, "
-                "can remove it."
+                "Only the person who made this picture, or someone with Manage Messages in "
+                "the channel where it was made, can remove it."
             )
         await interaction.response.send_message(
             f"🗑️ Removed picture #{job} from the gallery and deleted its message.", ephemeral=True
@@ -212,7 +248,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         except UserError as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
-        filt = GalleryFilter(user_id, search)
+        filt = GalleryFilter(user_id, search, _here(interaction))
         page = await self.entries.page(guild_id, filt, anchor, direction)
         if page is None:
             await interaction.response.edit_message(
@@ -267,9 +303,18 @@ class GalleryCog(commands.Cog, name="Gallery"):
         await self.pruner.run()
 
     async def on_deleted(self, job: Job) -> None:
-        """A result was deleted: out of the gallery, its copy and its file gone too."""
+        """A result was deleted: out of the gallery, its copy, its file and the member's
+        upload gone too (the upload stays while another job that is not deleted uses it:
+        a variant someone made from it, or one still waiting)."""
         if job.output_path:
             await asyncio.to_thread((self.data_dir / job.output_path).unlink, missing_ok=True)
+        cursor = await self.bot.store.db.execute(
+            "SELECT count(*) FROM jobs WHERE input_path=? AND id!=? AND state!='deleted'",
+            (job.input_path, job.id),
+        )
+        row = await cursor.fetchone()
+        if row is not None and row[0] == 0:
+            await asyncio.to_thread((self.data_dir / job.input_path).unlink, missing_ok=True)
         await self.on_deleted_entry(job.id)
 
     async def on_deleted_entry(self, job_id: int) -> None:
@@ -287,8 +332,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
         return int(row[0]) if row and row[0] else None
 
     async def _post_to_channel(self, entry: GalleryEntry) -> None:
+        """Mirror a public result; a copy whose entry went while it uploaded is deleted."""
         channel_id = await self.gallery_channel_id(entry.guild_id)
-        if not channel_id or channel_id == entry.channel_id:
+        if not channel_id or channel_id == entry.channel_id or not entry.channel_public:
             return
         guild = getattr(self.bot.get_channel(channel_id), "guild", None)
         if guild is not None and guild.id != entry.guild_id:
@@ -309,7 +355,72 @@ class GalleryCog(commands.Cog, name="Gallery"):
             view=view,
             allowed_mentions=NO_MENTIONS,
         )
-        await self.entries.set_shared(entry.job_id, channel_id, message.id)
+        if not await self.entries.set_shared(entry.job_id, channel_id, message.id):
+            log.info("job %d was deleted while its copy uploaded; deleting the copy", entry.job_id)
+            await self._delete_message(entry.guild_id, channel_id, message.id)
+
+    # -- forget-me --------------------------------------------------------------------
+    @gallery.command(
+        name="forget-me", description="Delete all your pictures and uploads in this server"
+    )
+    async def forget_me(self, interaction: Interaction) -> None:
+        guild_id = self._guild(interaction)
+        jobs, entries = await preview(self.bot.store, guild_id, interaction.user.id)
+        if not jobs:
+            await interaction.response.send_message(
+                "🧹 There is nothing of yours to delete in this server.", ephemeral=True
+            )
+            return
+        view = discord.ui.View(timeout=None)
+        view.add_item(ForgetButton(guild_id, interaction.user.id))
+        await interaction.response.send_message(
+            f"⚠️ This deletes every picture you made in this server ({entries} in the "
+            f"gallery, {jobs} jobs in all), the images you uploaded, their messages and "
+            "their gallery-channel copies. It cannot be undone. Images made in the last "
+            "24 hours still count toward your quota.",
+            view=view,
+            ephemeral=True,
+        )
+
+    async def confirm_forget(self, interaction: Interaction, guild_id: int, user_id: int) -> None:
+        if interaction.user.id != user_id or interaction.guild_id != guild_id:
+            await interaction.response.send_message(
+                "❌ Only the member who asked can confirm this.", ephemeral=True
+            )
+            return
+        try:
+            await preview(self.bot.store, guild_id, user_id)
+        except UserError as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        await interaction.response.edit_message(content="🧹 Deleting…", view=None)
+        try:
+            gone = await forget_member(self.bot.store, guild_id, user_id)
+        except UserError as exc:
+            await interaction.edit_original_response(content=f"❌ {exc}")
+            return
+        await self._remove_forgotten(guild_id, gone)
+        await interaction.edit_original_response(content=gone.summary())
+
+    async def _remove_forgotten(self, guild_id: int, gone: Forgotten) -> None:
+        """The files and messages of a forgotten member; the lists shrink to what existed."""
+
+        def unlink(paths: list[str]) -> list[str]:
+            removed = []
+            for rel in paths:
+                try:
+                    (self.data_dir / rel).unlink()
+                    removed.append(rel)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("could not delete %s: %s", rel, exc)
+            return removed
+
+        gone.pictures = await asyncio.to_thread(unlink, gone.pictures)
+        gone.inputs = await asyncio.to_thread(unlink, gone.inputs)
+        gone.messages = [m for m in gone.messages if await self._delete_message(guild_id, *m)]
+        gone.copies = [m for m in gone.copies if await self._delete_message(guild_id, *m)]
 
     # -- helpers ----------------------------------------------------------------------
     def _guild(self, interaction: Interaction) -> int:
@@ -317,20 +428,45 @@ class GalleryCog(commands.Cog, name="Gallery"):
             raise UserError("The gallery belongs to a server; use it there.")
         return interaction.guild_id
 
-    async def _delete_message(self, guild_id: int, channel_id: int, message_id: int) -> None:
+    async def _delete_message(self, guild_id: int, channel_id: int, message_id: int) -> bool:
+        """True if this call deleted it; gone already or undeletable: False."""
         channel = self.bot.get_partial_messageable(channel_id, guild_id=guild_id)
         try:
             await channel.get_partial_message(message_id).delete()
         except discord.NotFound:
-            pass
+            return False
         except discord.HTTPException as exc:
             log.warning("could not delete message %d: %s", message_id, exc)
+            return False
+        return True
+
+
+def _here(interaction: Interaction) -> tuple[int, ...]:
+    """The viewer's channel ids: the channel, and a thread's parent (threads follow it)."""
+    ids = [interaction.channel_id] if interaction.channel_id else []
+    parent = getattr(interaction.channel, "parent_id", None)
+    if parent:
+        ids.append(parent)
+    return tuple(ids)
+
+
+def _can_manage_in(interaction: Interaction, channel_id: int) -> bool:
+    """Manage Messages in the result's own channel, from the cache; a channel the bot no
+    longer knows: nobody but the requester."""
+    guild = interaction.guild
+    member = interaction.user
+    if guild is None or not isinstance(member, discord.Member):
+        return False
+    channel = guild.get_channel_or_thread(channel_id)
+    if channel is None:
+        return False
+    return channel.permissions_for(member).manage_messages
 
 
 async def setup_gallery(bot: ImgBot) -> None:
     """Register the gallery: commands, page buttons that survive restarts, job hooks."""
     cog = GalleryCog(bot)
     await bot.add_cog(cog)
-    bot.add_dynamic_items(GalleryPageButton)
+    bot.add_dynamic_items(GalleryPageButton, ForgetButton)
     bot.jobs.hooks.finished.append(cog.on_finished)
     bot.jobs.hooks.deleted.append(cog.on_deleted)

@@ -308,3 +308,57 @@ async def test_embed_shows_the_facts_and_says_when_the_file_is_gone(store: Store
     assert gone.image.url is None
     assert "gone" in {f.name: f.value for f in gone.fields}["Image"]
     assert {f.name: f.value for f in gone.fields}["Message"] == page.entry.url
+
+
+# -- visibility follows the channel -----------------------------------------------------
+async def make_job_in(
+    store: Store, channel_id: int, *, public: int, nsfw: int = 0, finished_at: float = 1000.0
+) -> Job:
+    job = await make_done_job(store, finished_at=finished_at)
+    await store.update_job(job.id, channel_id=channel_id, channel_public=public, channel_nsfw=nsfw)
+    fresh = await store.get_job(job.id)
+    assert fresh is not None
+    return fresh
+
+
+async def test_private_and_age_restricted_results_stay_in_their_channel(store: Store) -> None:
+    gallery = GalleryStore(store)
+    public = await make_job_in(store, 1, public=1, finished_at=1000.0)
+    hidden = await make_job_in(store, 2, public=0, finished_at=1001.0)
+    nsfw = await make_job_in(store, 3, public=1, nsfw=1, finished_at=1002.0)
+    for job in (public, hidden, nsfw):
+        await gallery.add(job, job.finished_at or 0)
+    flags = {
+        j.id: (await gallery.get(GUILD_A, j.id)).channel_public for j in (public, hidden, nsfw)
+    }  # type: ignore[union-attr]
+    assert flags == {public.id: 1, hidden.id: 0, nsfw.id: 0}
+
+    async def ids(here: tuple[int, ...]) -> list[int]:
+        filt = GalleryFilter(here=here)
+        seen, page = [], await gallery.page(GUILD_A, filt)
+        while page is not None:
+            seen.append(page.entry.job_id)
+            if not page.has_older:
+                break
+            page = await gallery.page(GUILD_A, filt, page.entry.job_id, "older")
+        assert await gallery.count(GUILD_A, filt) == len(seen)
+        return seen
+
+    assert await ids(()) == [public.id]  # nowhere in particular (e.g. the mirror)
+    assert await ids((1,)) == [public.id]  # another channel
+    assert await ids((2,)) == [hidden.id, public.id]  # its own channel
+    assert await ids((50, 3)) == [nsfw.id, public.id]  # a thread (50) of its channel
+    # a hidden entry as anchor from elsewhere never shows itself
+    page = await gallery.page(GUILD_A, GalleryFilter(here=(1,)), hidden.id)
+    assert page is not None and page.entry.job_id == public.id
+
+
+async def test_set_shared_says_when_the_entry_went_meanwhile(store: Store) -> None:
+    gallery = GalleryStore(store)
+    kept, gone = await fill(gallery, store, 2)
+    assert await gallery.set_shared(kept.id, 77, 8001) is True
+    await gallery.remove(gone.id)
+    assert await gallery.set_shared(gone.id, 77, 8002) is False
+    assert await gallery.set_shared(999, 77, 8003) is False  # no such entry (forgotten)
+    entry = await gallery.get(GUILD_A, gone.id, include_removed=True)
+    assert entry is not None and entry.shared_message_id is None

@@ -334,3 +334,42 @@ async def test_gallery_channel_and_audit(store: Store, quotas: QuotaStore, clock
         (2, NOW + 10, "gallery channel → none"),
         (1, NOW, "gallery channel → <#321>"),
     ]
+
+
+async def test_usage_kept_counts_like_job_rows(store: Store, quotas: QuotaStore) -> None:
+    """Units of jobs deleted by /gallery forget-me stay in the window, and roll out of it."""
+    await add_job(store, 7, NOW - 60)
+    async with store.transaction() as db:
+        await db.executemany(
+            "INSERT INTO usage_kept (guild_id, user_id, created_at, counted) VALUES (?, ?, ?, ?)",
+            [
+                (GUILD, 7, NOW - 30, 1),
+                (GUILD, 7, NOW - WINDOW_S - 1, 1),  # outside the window
+                (GUILD, 7, NOW - 20, 0),  # refunded
+                (GUILD + 1, 7, NOW - 20, 1),  # another server
+            ],
+        )
+    state = await quotas.state(GUILD, 7, (), NOW)
+    assert state.user.times == (NOW - 60, NOW - 30)
+    assert state.guild.used == 2 and state.user.remaining == 1
+    await quotas.reset_usage(GUILD, 1, 7)  # an admin's reset covers kept units too
+    assert (await quotas.state(GUILD, 7, (), NOW)).user.used == 0
+
+
+async def test_nsfw_channels_and_withheld_count(
+    store: Store, quotas: QuotaStore, clock: Clock
+) -> None:
+    assert (await quotas.guild_settings(GUILD)).nsfw_channels == "filter"
+    assert "unfiltered" in await quotas.set_nsfw_channels(GUILD, 1, "allow")
+    assert (await quotas.guild_settings(GUILD)).nsfw_channels == "allow"
+    await quotas.set_nsfw_channels(GUILD, 1, "filter")
+    assert (await quotas.guild_settings(GUILD)).nsfw_channels == "filter"
+    with pytest.raises(UserError):
+        await quotas.set_nsfw_channels(GUILD, 1, "maybe")
+    assert (await quotas.audit_log(GUILD))[0].change.endswith("filtered")
+    old = await add_job(store, 7, NOW - WINDOW_S - 5)
+    new = await add_job(store, 7, NOW - 5)
+    await add_job(store, 7, NOW - 4)
+    for job_id in (old, new):
+        await store.update_job(job_id, state="withheld")
+    assert await quotas.withheld_count(GUILD, NOW - WINDOW_S) == 1

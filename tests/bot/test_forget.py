@@ -1,0 +1,113 @@
+"""forget-me's store logic: every row of the member in that server goes in one transaction,
+their quota units stay counted, other members' rows and shared inputs stay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.errors import UserError
+from bot.forget import forget_member, preview
+from bot.gallery import GalleryStore
+from bot.quota_store import QuotaStore
+from bot.store import Job, Store
+from config import Settings
+
+GUILD, OTHER_GUILD = 10, 20
+ALICE, BOB = 1, 2
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await Store.open(tmp_path / "bot.sqlite3")
+    yield store
+    await store.close()
+
+
+async def job(
+    store: Store,
+    user: int,
+    *,
+    guild: int = GUILD,
+    state: str = "done",
+    input_path: str = "inputs/a.png",
+    parent_id: int | None = None,
+    counted: int = 1,
+    **values: Any,
+) -> Job:
+    async with store.transaction() as db:
+        job_id = await store.insert_job(
+            db, guild_id=guild, channel_id=5, user_id=user, prompt="p", strength=0.5, seed=1,
+            steps=4, guidance=7.5, input_path=input_path, input_width=64, input_height=64,
+            parent_id=parent_id, created_at=NOW - 60,
+        )  # fmt: skip
+        await store.update_job_in(
+            db,
+            job_id,
+            state=state,
+            counted=counted,
+            output_path=f"outputs/{job_id}.png" if state == "done" else None,
+            result_message_id=5000 + job_id,
+            status_message_id=6000 + job_id,
+            **values,
+        )
+    fresh = await store.get_job(job_id)
+    assert fresh is not None
+    return fresh
+
+
+async def test_forget_deletes_the_members_rows_and_keeps_usage(
+    store: Store, tmp_path: Path
+) -> None:
+    gallery = GalleryStore(store)
+    a1 = await job(store, ALICE, input_path="inputs/a.png")
+    a2 = await job(store, ALICE, input_path="inputs/b.png", parent_id=a1.id)
+    a3 = await job(store, ALICE, state="failed", input_path="inputs/c.png", counted=0)
+    b1 = await job(store, BOB, input_path="inputs/a.png", parent_id=a1.id)  # bob's variant
+    a_elsewhere = await job(store, ALICE, guild=OTHER_GUILD, input_path="inputs/z.png")
+    for j in (a1, a2, b1, a_elsewhere):
+        await gallery.add(j, NOW - 30)
+    await gallery.set_shared(a1.id, 77, 7001)
+    await gallery.remove(a2.id)  # deleted earlier: its row stays, no longer counted as live
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, quota_user_daily=5)  # type: ignore[call-arg]
+    quotas = QuotaStore(store, settings, clock=lambda: NOW)
+    before = await quotas.state(GUILD, ALICE, (), NOW)
+    assert await preview(store, GUILD, ALICE) == (3, 2)
+
+    gone = await forget_member(store, GUILD, ALICE)
+
+    assert gone.jobs == 3 and gone.gallery == 1 and gone.kept_units == 2
+    assert sorted(gone.pictures) == sorted([f"outputs/{a1.id}.png", f"outputs/{a2.id}.png"])
+    assert sorted(gone.inputs) == ["inputs/b.png", "inputs/c.png"]  # a.png: bob's job uses it
+    assert gone.copies == [(77, 7001)]
+    assert (5, 5000 + a1.id) in gone.messages and (5, 6000 + a3.id) in gone.messages
+    for j in (a1, a2, a3):
+        assert await store.get_job(j.id) is None
+        assert await gallery.get(GUILD, j.id, include_removed=True) is None
+    bob = await store.get_job(b1.id)
+    assert bob is not None and bob.parent_id is None and bob.state == "done"
+    assert await gallery.get(GUILD, b1.id) is not None
+    assert await store.get_job(a_elsewhere.id) is not None  # another server: untouched
+    after = await quotas.state(GUILD, ALICE, (), NOW)
+    assert after.user.used == before.user.used == 2
+    assert after.guild.used == before.guild.used == 3
+    assert "2 pictures" in gone.summary() and "quota" in gone.summary()
+
+    again = await forget_member(store, GUILD, ALICE)
+    assert again.jobs == 0 and "nothing" in again.summary()
+    assert (await quotas.state(GUILD, ALICE, (), NOW)).user.used == 2  # not counted twice
+
+
+async def test_forget_waits_for_active_jobs(store: Store) -> None:
+    await job(store, ALICE, state="queued")
+    with pytest.raises(UserError, match="waiting or being made"):
+        await preview(store, GUILD, ALICE)
+    with pytest.raises(UserError):
+        await forget_member(store, GUILD, ALICE)
+    rows = await (await store.db.execute("SELECT count(*) FROM jobs")).fetchone()
+    assert rows is not None and rows[0] == 1
