@@ -119,6 +119,8 @@ async def test_refine_and_edit_open_prefilled_modals_and_match_the_cli(
     )
     job = await bot.store.get_job(2)
     assert job is not None and (job.kind, job.parent_id, job.user_id) == ("refine", 1, world.bob)
+    link = f"https://discord.com/channels/{world.guild}/{world.channel}/{original['id']}"
+    assert refined["embeds"][0]["description"] == f"from [#1]({link})"
     parent_png = fd.attachment_bytes(original)
     expected = await run_cli(
         bot, parent_png, tmp_path, prompt="a watercolor fox, detailed", negative="blurry",
@@ -221,7 +223,7 @@ async def test_buttons_and_modals_work_after_a_restart(
     opened_before = await open_modal(fd, original, "Edit", world.bob)
     await bot.close()
 
-    await make_bot()
+    bot = await make_bot()
     # a modal opened before the restart is submitted after it
     edited = await wait_result(fd, await fd.submit_modal(opened_before, {"Strength": "0.4"}))
     assert embed_fields(edited)["Strength"] == "0.40"
@@ -229,6 +231,33 @@ async def test_buttons_and_modals_work_after_a_restart(
     refined = await wait_result(fd, await fd.submit_modal(refine, {}))
     assert embed_fields(refined)["Strength"] == "0.30"
     assert [b["label"] for b in buttons(refined)][-3:] == ["Refine", "Edit", "Compare"]
+    click = await fd.click(original["id"], button(original, "Compare")["custom_id"], world.bob)
+    comparison = await fd.until(
+        lambda: (m := click.original()) and len(m["attachments"]) == 3 and m["components"] and m,
+        timeout=120,
+        what="a comparison after the restart",
+    )
+    await bot.close()
+
+    bot = await make_bot()
+    count = await job_count(bot)
+    use = await fd.click(comparison["id"], button(comparison, "Use 0.35")["custom_id"], world.bob)
+    assert embed_fields(await use.wait_original())["Strength"] == "0.35"
+    assert await job_count(bot) == count
+
+
+async def test_help_has_the_troubleshooting_table_and_a_walkthrough(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    await make_bot(wait_worker=False)
+    handle = await fd.send_slash(world.guild, world.channel, world.alice, "help")
+    msg = await handle.wait_original()
+    assert msg["ephemeral"]
+    sections = {f["name"]: f["value"] for f in msg["embeds"][0]["fields"]}
+    assert "lower the strength to 0.4–0.5" in sections["When it goes wrong"]
+    assert "512×512" in sections["When it goes wrong"]
+    assert "Compare" in sections["First time? Try this"]
+    assert "Img2img this" in sections["Working on a result"]
 
 
 async def test_compare_shows_three_strengths_and_use_posts_one_without_a_new_job(
