@@ -31,6 +31,8 @@ from transformers.utils import logging as transformers_logging
 from pipeline.invariance import make_batch_invariant
 from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import (
+    INPUT_MISSING,
+    INPUT_UNREADABLE,
     EngineInfo,
     GenerationRequest,
     GenerationResult,
@@ -46,8 +48,6 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 DEFAULT_RESOLUTION = 512
 DEFAULT_CHECKER_ID = "CompVis/stable-diffusion-safety-checker"
-INPUT_MISSING = "The original image is no longer stored, so this job could not run. Send it again."
-INPUT_UNREADABLE = "The stored image could not be read, so this job could not run. Send it again."
 # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns).
 _DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 

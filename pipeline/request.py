@@ -14,6 +14,11 @@ MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
 
+# What a user is told when their job's stored input is gone or damaged (the path and the
+# exception go to the worker's log, never to the user).
+INPUT_MISSING = "The original image is no longer stored, so this job could not run. Send it again."
+INPUT_UNREADABLE = "The stored image could not be read, so this job could not run. Send it again."
+
 
 class InputError(ValueError):
     """Bad user input; the message is shown to the user as is, so it says how to fix it."""

@@ -12,7 +12,8 @@ the diffusers call, so `Cancel` takes effect at the next denoising step.
 Parent side: `WorkerClient` (asyncio). A reader thread turns pipe messages into events on an
 `asyncio.Queue`, so the event loop never blocks on the pipe. Every submitted job gets
 exactly one final event: `Finished`, `Failed` or `Cancelled`, or it is listed in a
-`WorkerDied` when the process ends first.
+`WorkerDied` when the process ends first (in `job_ids` if the worker had said `Started`
+for it, else in `unstarted`, so the owner can run it again untouched).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.request import GenerationRequest, GenerationResult
+from pipeline.request import GenerationRequest, GenerationResult, InputError
 from pipeline.worker_protocol import (
     BatchDone,
     Cancel,
@@ -45,6 +46,7 @@ from pipeline.worker_protocol import (
     Progress,
     Ready,
     Run,
+    Started,
     Stop,
     WorkerConfig,
     WorkerDied,
@@ -66,6 +68,17 @@ EXIT_DEVICE_BROKEN = 70
 finishes the batch's events, then exits so that the owner restarts it."""
 
 MAX_MESSAGE_CHARS = 300
+EXIT_GRACE_S = 30.0
+"""How long a worker that announced its exit (device broken) may take before it is killed."""
+
+FAILED_MESSAGE = (
+    "Something went wrong on our side while making this picture. Try again in a moment."
+)
+DEVICE_BROKEN_MESSAGE = (
+    "The GPU hit an error while making this picture; the model is being restarted. "
+    "Try again in a minute."
+)
+NO_IMAGE_MESSAGE = "The model returned no image for this job. Try again."
 
 __all__ = [
     "EXIT_DEVICE_BROKEN",
@@ -79,6 +92,7 @@ __all__ = [
     "Progress",
     "Ready",
     "Run",
+    "Started",
     "Stop",
     "WorkerClient",
     "WorkerConfig",
@@ -109,6 +123,10 @@ def worker_main(conn: Connection, config: WorkerConfig, engine_ref: str = ENGINE
             format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
         )
     code = _Worker(conn, config).run(engine_ref)
+    if code == EXIT_DEVICE_BROKEN:
+        # Tearing down a broken CUDA context can hang; everything was sent already.
+        logging.shutdown()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -175,46 +193,63 @@ class _Worker:
             resolution=c.resolution,
             compile=c.compile,
             channels_last=c.channels_last,
+            safety_checker=c.safety_checker,
+            safety_checker_id=c.safety_checker_id,
         )
 
     def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:
+        """Run one batch; every job gets exactly one final event, then BatchDone."""
         job_ids = tuple(r.job_id for r in batch)
+        ended: set[str] = set()
         last_sent = -1.0
+
+        def final(event: Finished | Failed | Cancelled) -> None:
+            if event.job_id not in ended:
+                ended.add(event.job_id)
+                self._send(event)
 
         def on_progress(step: int, total: int) -> None:
             nonlocal last_sent
             now = time.monotonic()
-            if last_sent < 0 or step >= total or now - last_sent >= PROGRESS_MIN_INTERVAL_S:
+            live = tuple(j for j in job_ids if j not in ended)
+            if live and (
+                last_sent < 0 or step >= total or now - last_sent >= PROGRESS_MIN_INTERVAL_S
+            ):
                 last_sent = now
-                self._send(Progress(job_ids, step, total))
+                self._send(Progress(live, step, total))
 
+        self._send(Started(job_ids))
         try:
             results: list[GenerationResult] = engine.generate(
-                batch, on_progress=on_progress, is_cancelled=self._is_cancelled
+                batch,
+                on_progress=on_progress,
+                is_cancelled=self._is_cancelled,
+                on_cancelled=lambda job_id: final(Cancelled(job_id)),
+                on_failed=lambda job_id, message: final(Failed(job_id, message)),
             )
         except self.job_cancelled:
             for job_id in job_ids:
-                self._send(Cancelled(job_id))
+                final(Cancelled(job_id))
         except Exception as exc:
             log.exception("batch %s failed", ", ".join(job_ids))
             message = self._failure_message(exc)
             for job_id in job_ids:
-                cancelled = self._is_cancelled(job_id)
-                self._send(Cancelled(job_id) if cancelled else Failed(job_id, message))
+                final(Cancelled(job_id) if self._is_cancelled(job_id) else Failed(job_id, message))
         else:
             by_id = {r.job_id: r for r in results}
             for job_id in job_ids:
                 if job_id in by_id:
-                    self._send(Finished(by_id[job_id]))
+                    final(Finished(by_id[job_id]))
                 elif self._is_cancelled(job_id):
-                    self._send(Cancelled(job_id))
+                    final(Cancelled(job_id))
                 else:
-                    self._send(Failed(job_id, "The model returned no image for this job."))
+                    final(Failed(job_id, NO_IMAGE_MESSAGE))
         finally:
-            self._send(BatchDone(job_ids))
+            self._send(BatchDone(job_ids, worker_exiting=self.device_broken))
 
     def _failure_message(self, exc: BaseException) -> str:
-        """A short message for the user; frees memory after an OOM, spots a broken device."""
+        """Plain words for the user (the details are in the log); frees memory after an
+        OOM and spots a broken device."""
         text = str(exc)
         if (
             isinstance(exc, MemoryError)
@@ -228,7 +263,10 @@ class _Worker:
             )
         if any(s in text for s in ("CUDA error", "device-side assert", "CUBLAS_STATUS")):
             self.device_broken = True
-        return _describe(exc)
+            return DEVICE_BROKEN_MESSAGE
+        if isinstance(exc, InputError):  # ours, written for the user
+            return _describe(exc)
+        return FAILED_MESSAGE
 
     def _is_cancelled(self, job_id: str) -> bool:
         if self.stopping.is_set():
@@ -350,13 +388,15 @@ class WorkerClient:
         self._stopping = False
         self._info: EngineInfo | None = None
         self._busy = False
-        self._pending: dict[str, None] = {}  # running jobs without a final event, in order
+        self._pending: dict[str, None] = {}  # submitted jobs without a final event, in order
+        self._started: set[str] = set()  # … of which the worker said Started
         self._exitcode: int | None = None
 
     # -- properties -------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        """A batch was submitted and its BatchDone (or WorkerDied) has not arrived yet."""
+        """A batch was submitted and its BatchDone (or WorkerDied) has not arrived yet, or
+        the worker said it exits after its BatchDone and has not exited yet."""
         return self._busy
 
     @property
@@ -477,23 +517,31 @@ class WorkerClient:
 
     # -- jobs -------------------------------------------------------------------------
     def submit(self, batch: Sequence[GenerationRequest]) -> None:
-        """Send one batch (jobs that share one diffusers call). One batch at a time."""
-        if not self._alive or self._info is None or self._conn is None:
-            raise RuntimeError("worker is not running; start() or restart() it first")
-        if self._busy:
-            raise RuntimeError(f"worker is busy with {', '.join(self._pending) or 'a batch'}")
+        """Send one batch (jobs that share one diffusers call). One batch at a time.
+
+        Never raises for a dead worker: the jobs then come back at once as the `unstarted`
+        of a `WorkerDied` event. Raises only for a caller's mistake (an empty batch,
+        duplicate ids, or a batch while `busy`)."""
         batch = tuple(batch)
         if not batch:
             raise ValueError("empty batch")
         job_ids = [r.job_id for r in batch]
         if len(set(job_ids)) != len(job_ids):
             raise ValueError(f"duplicate job ids in batch: {job_ids}")
+        if not self._alive or self._info is None or self._conn is None:
+            log.warning("worker is not running; jobs %s handed back unstarted", job_ids)
+            self._events.put_nowait(WorkerDied(self._exitcode, (), unstarted=tuple(job_ids)))
+            return
+        if self._busy:
+            raise RuntimeError(f"worker is busy with {', '.join(self._pending) or 'a batch'}")
         self._busy = True
         self._pending = dict.fromkeys(job_ids)
+        self._started = set()
         try:
             self._conn.send(Run(batch))
         except (OSError, ValueError) as exc:
-            # The worker just died; the reader's EOF turns these jobs into a WorkerDied.
+            # The worker just died; the reader's EOF turns these jobs into a WorkerDied
+            # (as unstarted: no Started came for them).
             log.warning("could not send batch to worker: %s", exc)
 
     def cancel(self, job_id: str) -> None:
@@ -504,7 +552,7 @@ class WorkerClient:
             self._conn.send(Cancel(job_id))
 
     async def next_event(self) -> WorkerEvent:
-        """The next Progress/Finished/Failed/Cancelled/BatchDone/WorkerDied, in order."""
+        """The next Started/Progress/Finished/Failed/Cancelled/BatchDone/WorkerDied."""
         return await self._events.get()
 
     # -- reader thread → event loop ---------------------------------------------------
@@ -545,12 +593,30 @@ class WorkerClient:
             self._events.put_nowait(message)
         elif isinstance(message, BatchDone):
             self._pending = {}
-            self._busy = False
+            self._started = set()
+            if message.worker_exiting:
+                # Stay busy until the exit, so nothing is submitted into a dying worker.
+                log.warning("worker pid %s exits after this batch", self.pid)
+                asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._kill_if_alive, generation)
+            else:
+                self._busy = False
+            self._events.put_nowait(message)
+        elif isinstance(message, Started):
+            self._started.update(message.job_ids)
             self._events.put_nowait(message)
         elif isinstance(message, Progress):
             self._events.put_nowait(message)
         else:
             log.warning("ignoring unknown message from worker: %r", message)
+
+    def _kill_if_alive(self, generation: int) -> None:
+        """The worker announced its exit long ago but lives on: end it."""
+        proc = self._proc
+        if generation == self._generation and self._alive and proc is not None:
+            log.warning(
+                "worker pid %s did not exit in %g s as announced; killing", proc.pid, EXIT_GRACE_S
+            )
+            proc.kill()
 
     def _on_exit(self, generation: int, exitcode: int | None) -> None:
         if generation != self._generation:
@@ -558,8 +624,10 @@ class WorkerClient:
         self._alive = False
         self._exitcode = exitcode
         self._exited.set()
-        lost = tuple(self._pending)
+        lost = tuple(j for j in self._pending if j in self._started)
+        unstarted = tuple(j for j in self._pending if j not in self._started)
         self._pending = {}
+        self._started = set()
         self._busy = False
         if self._info is None:  # died while loading: start() reports it, not an event
             if self._ready is not None and not self._ready.done():
@@ -573,11 +641,14 @@ class WorkerClient:
                 # read it, and asyncio would log it as never retrieved.
                 self._ready.exception()
             return
-        if self._stopping and not lost:
+        if self._stopping and not lost and not unstarted:
             return
         if not self._stopping:
-            log.error("worker died (exit code %s) while running %s", exitcode, lost or "nothing")
-        self._events.put_nowait(WorkerDied(exitcode, lost))
+            log.error(
+                "worker died (exit code %s) while running %s; not started: %s",
+                exitcode, lost or "nothing", unstarted or "nothing",
+            )  # fmt: skip
+        self._events.put_nowait(WorkerDied(exitcode, lost, unstarted))
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> bool:

@@ -65,8 +65,17 @@ class LoadFailed:
 
 # -- events: worker → parent (and WorkerDied, made by the parent) --------------------------
 @dataclass(frozen=True)
+class Started:
+    """The worker began this batch: from now on these jobs count as running, so a death
+    fails them (a job submitted but never started is handed back as `unstarted`)."""
+
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Progress:
-    """Denoising step `step` of `total` is done for every job of the running batch."""
+    """Denoising step `step` of `total` is done for these jobs of the running batch (jobs
+    that already had their final event, e.g. one cancelled mid-batch, are left out)."""
 
     job_ids: tuple[str, ...]
     step: int
@@ -86,7 +95,8 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    """A job raised; `message` is short and readable (no traceback)."""
+    """A job could not be made; `message` is a plain sentence for the user chosen by the
+    worker (never exception text or a server path: those go to the worker's log)."""
 
     job_id: str
     message: str
@@ -101,26 +111,32 @@ class Cancelled:
 
 @dataclass(frozen=True)
 class BatchDone:
-    """Every job of the batch has had its final event; the worker takes the next `Run`."""
+    """Every job of the batch has had its final event; the worker takes the next `Run`,
+    unless `worker_exiting`: the device broke and the worker exits now (the client stays
+    busy until the exit, then reports a `WorkerDied`, so no batch is sent into it)."""
 
     job_ids: tuple[str, ...]
+    worker_exiting: bool = False
 
 
 @dataclass(frozen=True)
 class WorkerDied:
     """The worker process ended while it still owed these jobs a final event.
 
-    Made by the parent, never sent by the worker. `job_ids` may be empty (the worker died
-    idle, or exited on purpose after an unrecoverable device error); either way the owner
-    calls `WorkerClient.restart()`.
+    Made by the parent, never sent by the worker. `job_ids` are jobs that had started (they
+    may have run partly: fail or retry them); `unstarted` were submitted but never started,
+    or their batch could not be sent (a submit to a dead worker): untouched, run them
+    again. Both may be empty (the worker died idle, or exited on purpose after an
+    unrecoverable device error); either way the owner calls `WorkerClient.restart()`.
     """
 
     exitcode: int | None
     job_ids: tuple[str, ...]
+    unstarted: tuple[str, ...] = ()
 
 
-WorkerEvent = Progress | Finished | Failed | Cancelled | BatchDone | WorkerDied
-WorkerMessage = Ready | LoadFailed | Progress | Finished | Failed | Cancelled | BatchDone
+WorkerEvent = Started | Progress | Finished | Failed | Cancelled | BatchDone | WorkerDied
+WorkerMessage = Ready | LoadFailed | Started | Progress | Finished | Failed | Cancelled | BatchDone
 
 __all__ = [
     "BatchDone",
@@ -133,6 +149,7 @@ __all__ = [
     "Progress",
     "Ready",
     "Run",
+    "Started",
     "Stop",
     "WorkerCommand",
     "WorkerConfig",

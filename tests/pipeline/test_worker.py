@@ -22,9 +22,11 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from pipeline.request import GenerationRequest, GenerationResult
+from pipeline.request import INPUT_MISSING, GenerationRequest, GenerationResult
 from pipeline.worker import (
+    DEVICE_BROKEN_MESSAGE,
     EXIT_DEVICE_BROKEN,
+    FAILED_MESSAGE,
     BatchDone,
     Cancel,
     Cancelled,
@@ -35,6 +37,7 @@ from pipeline.worker import (
     Progress,
     Ready,
     Run,
+    Started,
     Stop,
     WorkerClient,
     WorkerConfig,
@@ -101,11 +104,17 @@ def pid_gone(pid: int) -> bool:
 
 # -- the shared client (real engine) -----------------------------------------------------
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def client(tiny_model_dir: Path) -> AsyncIterator[WorkerClient]:
-    worker = WorkerClient(
-        WorkerConfig(str(tiny_model_dir), device="cpu", resolution=RESOLUTION),
-        start_timeout=120.0,
+async def client(
+    tiny_model_dir: Path, checker_dirs: dict[str, Path]
+) -> AsyncIterator[WorkerClient]:
+    config = WorkerConfig(
+        str(tiny_model_dir),
+        device="cpu",
+        resolution=RESOLUTION,
+        safety_checker="on",
+        safety_checker_id=str(checker_dirs["none"]),  # the real checker path, flags nothing
     )
+    worker = WorkerClient(config, start_timeout=120.0)
     await worker.start()
     yield worker
     await worker.stop()
@@ -119,6 +128,7 @@ async def test_start_reports_engine_info(client: WorkerClient, tiny_model_dir: P
     assert info.device == "cpu"
     assert info.resolution == RESOLUTION
     assert info.pipeline_class
+    assert info.safety_checker == "on"
     assert client.pid is not None and client.pid != os.getpid()
     assert not client.busy and client.running == ()
 
@@ -137,6 +147,7 @@ async def test_one_job_progress_then_finished(client: WorkerClient, tmp_path: Pa
     assert progress, events
     assert all(p.job_ids == ("one",) for p in progress)
     assert progress[-1].step == progress[-1].total  # the last step is always sent
+    assert events[0] == Started(("one",))
     assert [type(e) for e in events[-2:]] == [Finished, BatchDone]
     result = events[-2].result  # type: ignore[union-attr]
     assert isinstance(result, GenerationResult)
@@ -211,6 +222,55 @@ async def test_cancel_running_job(client: WorkerClient, tmp_path: Path) -> None:
 
 
 @module_loop
+async def test_a_missing_input_fails_only_its_job(client: WorkerClient, tmp_path: Path) -> None:
+    """Fault 6: the input of one job was pruned before the run; the others finish."""
+    batch = [make_request(tmp_path, j) for j in ("m1", "m2", "m3")]
+    Path(batch[1].image_path).unlink()
+    client.submit(batch)
+
+    events = await events_until_done(client)
+
+    done = finals(events)
+    assert done["m2"] == Failed("m2", INPUT_MISSING)
+    assert str(tmp_path) not in INPUT_MISSING
+    assert isinstance(done["m1"], Finished) and isinstance(done["m3"], Finished)
+    assert Path(batch[0].output_path).is_file() and Path(batch[2].output_path).is_file()
+    assert not Path(batch[1].output_path).exists()
+    assert len([e for e in events if isinstance(e, (Finished, Failed, Cancelled))]) == 3
+    assert all("m2" not in e.job_ids for e in events if isinstance(e, Progress))
+
+
+@module_loop
+async def test_cancel_one_job_of_a_batch(client: WorkerClient, tmp_path: Path) -> None:
+    """Fault 7: a job cancelled mid-batch gets Cancelled at once (before the batch ends),
+    drops out of later Progress, leaves no PNG; the other two finish."""
+    batch = [make_request(tmp_path, j, steps=8, strength=1.0) for j in ("c1", "c2", "c3")]
+    client.submit(batch)
+    asked = False
+
+    def cancel_c2_on_first_progress(event: WorkerEvent) -> None:
+        nonlocal asked
+        if isinstance(event, Progress) and not asked:
+            asked = True
+            client.cancel("c2")
+
+    events = await events_until_done(client, on_event=cancel_c2_on_first_progress, timeout=300)
+
+    kinds = [(type(e).__name__, getattr(e, "job_id", None)) for e in events]
+    at = kinds.index(("Cancelled", "c2"))
+    progress_after = [e for e in events[at:] if isinstance(e, Progress)]
+    assert progress_after, "c2 was cancelled only when the batch ended"
+    assert all(p.job_ids == ("c1", "c3") for p in progress_after)
+    assert progress_after[-1].step == progress_after[-1].total
+    done = finals(events)
+    assert done["c2"] == Cancelled("c2")
+    assert isinstance(done["c1"], Finished) and isinstance(done["c3"], Finished)
+    assert len([e for e in events if isinstance(e, (Finished, Failed, Cancelled))]) == 3
+    assert not Path(batch[1].output_path).exists()
+    assert events[-1] == BatchDone(("c1", "c2", "c3"))
+
+
+@module_loop
 async def test_kill_during_job_then_restart(client: WorkerClient, tmp_path: Path) -> None:
     old_pid = client.pid
     assert old_pid is not None
@@ -222,10 +282,11 @@ async def test_kill_during_job_then_restart(client: WorkerClient, tmp_path: Path
 
     events = await events_until_done(client, on_event=kill_on_first_progress)
 
-    assert events[-1] == WorkerDied(-signal.SIGKILL, ("doomed",))
+    assert events[-1] == WorkerDied(-signal.SIGKILL, ("doomed",), unstarted=())
     assert not client.busy and client.pid is None and client.info is None
-    with pytest.raises(RuntimeError, match="not running"):
-        client.submit([make_request(tmp_path, "too-early")])
+    # A submit to the dead worker never raises: its jobs come back unstarted.
+    client.submit([make_request(tmp_path, "too-early")])
+    assert await client.next_event() == WorkerDied(-signal.SIGKILL, (), ("too-early",))
 
     info = await client.restart()
 
@@ -249,7 +310,7 @@ async def test_stop_ends_the_process(client: WorkerClient) -> None:
     assert client.exitcode == 0  # a graceful exit, not a kill
     assert client.pid is None and not client.busy
     assert pid_gone(pid)
-    with pytest.raises(RuntimeError, match="not running"):
+    with pytest.raises(ValueError, match="empty"):
         client.submit([])
     await client.stop()  # stopping twice is harmless
 
@@ -288,12 +349,15 @@ def test_messages_are_picklable(tmp_path: Path) -> None:
         WorkerConfig("m"),
         Ready(info),
         LoadFailed("no"),
+        Started(("p",)),
         Progress(("p",), 1, 2),
         Finished(result),
         Failed("p", "boom"),
         Cancelled("p"),
         BatchDone(("p",)),
+        BatchDone(("p",), worker_exiting=True),
         WorkerDied(-9, ("p",)),
+        WorkerDied(70, (), unstarted=("q",)),
         Run((req,)),
         Cancel("p"),
         Stop(),
@@ -324,7 +388,8 @@ class FakeInfo:
 
 
 class FakeEngine:
-    """Behaves as the prompt says: "oom", "cuda-error", else 10 ms a step and a 64 px PNG."""
+    """Behaves as the prompt says: "oom", "cuda-error", "server-error" (an exception whose
+    text holds a path), else 10 ms a step and a 64 px PNG."""
 
     def __init__(self, info: FakeInfo) -> None:
         self.info = info
@@ -341,12 +406,15 @@ class FakeEngine:
         *,
         on_progress: Callable[[int, int], None] | None = None,
         is_cancelled: Callable[[str], bool] | None = None,
+        **callbacks: object,
     ) -> list[GenerationResult]:
         prompt = requests[0].prompt
         if prompt == "oom":
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         if prompt == "cuda-error":
             raise RuntimeError("CUDA error: device-side assert triggered\nmore detail")
+        if prompt == "server-error":
+            raise FileNotFoundError(2, "No such file or directory", "/srv/data/secret.png")
         total = requests[0].steps
         for step in range(1, total + 1):
             if is_cancelled and all(is_cancelled(r.job_id) for r in requests):
@@ -388,20 +456,59 @@ async def test_oom_fails_the_job_and_the_worker_survives(
 
 
 @module_loop
-async def test_broken_device_fails_the_job_then_worker_exits(
+async def test_unexpected_error_shows_plain_words_only(
     fake_client: WorkerClient, tmp_path: Path
 ) -> None:
+    fake_client.submit([make_request(tmp_path, "err", prompt="server-error")])
+    events = await events_until_done(fake_client)
+    assert finals(events)["err"] == Failed("err", FAILED_MESSAGE)
+    assert "/srv" not in FAILED_MESSAGE and "Error" not in FAILED_MESSAGE
+
+
+@module_loop
+async def test_broken_device_exit_does_not_take_the_next_batch(
+    fake_client: WorkerClient, tmp_path: Path
+) -> None:
+    """Fault 2: the worker says BatchDone and then exits 70. The client stays busy until
+    the exit, so the next batch is not sent into the dying worker; one submitted after the
+    exit comes back unstarted, and runs on the restarted worker."""
     fake_client.submit([make_request(tmp_path, "assert", prompt="cuda-error")])
     events = await events_until_done(fake_client)
-    assert finals(events)["assert"] == Failed(
-        "assert", "RuntimeError: CUDA error: device-side assert triggered"
-    )
-    assert events[-1] == BatchDone(("assert",))
-    # The worker exits so that the owner restarts it on a fresh device context.
+    assert events[0] == Started(("assert",))
+    assert finals(events)["assert"] == Failed("assert", DEVICE_BROKEN_MESSAGE)
+    assert events[-1] == BatchDone(("assert",), worker_exiting=True)
+    assert fake_client.busy  # nothing may be dispatched before the exit
+    with pytest.raises(RuntimeError, match="busy"):
+        fake_client.submit([make_request(tmp_path, "next")])
+
     died = await asyncio.wait_for(fake_client.next_event(), EVENT_TIMEOUT_S)
-    assert died == WorkerDied(EXIT_DEVICE_BROKEN, ())
+    assert died == WorkerDied(EXIT_DEVICE_BROKEN, (), ())
+    assert not fake_client.busy and fake_client.info is None
+    fake_client.submit([make_request(tmp_path, "next")])
+    assert await fake_client.next_event() == WorkerDied(EXIT_DEVICE_BROKEN, (), ("next",))
+
     await fake_client.restart()
-    assert fake_client.pid is not None
+    fake_client.submit([make_request(tmp_path, "next")])
+    events = await events_until_done(fake_client)
+    assert isinstance(finals(events)["next"], Finished)
+
+
+@module_loop
+async def test_jobs_sent_to_a_worker_that_just_died_come_back_unstarted(
+    fake_client: WorkerClient, tmp_path: Path
+) -> None:
+    """The worker is killed and, before the client has noticed, a batch is submitted: it
+    never started, so it comes back as `unstarted`, not as crashed jobs."""
+    pid = fake_client.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    fake_client.submit([make_request(tmp_path, "u1"), make_request(tmp_path, "u2")])
+
+    died = await asyncio.wait_for(fake_client.next_event(), EVENT_TIMEOUT_S)
+
+    assert died == WorkerDied(-signal.SIGKILL, (), ("u1", "u2"))
+    assert not fake_client.busy
+    await fake_client.restart()
 
 
 @module_loop
@@ -410,7 +517,9 @@ async def test_stop_while_running_cancels_the_job(
 ) -> None:
     fake_client.submit([make_request(tmp_path, "long", steps=1000)])
     first = await asyncio.wait_for(fake_client.next_event(), EVENT_TIMEOUT_S)
-    assert isinstance(first, Progress)
+    assert first == Started(("long",))
+    second = await asyncio.wait_for(fake_client.next_event(), EVENT_TIMEOUT_S)
+    assert isinstance(second, Progress)
 
     await fake_client.stop()
 
