@@ -46,6 +46,7 @@ class JobDispatch(JobEvents):
     _wake: asyncio.Event
     _dispatch_errors: dict[str, int]
     _hold_until: float
+    _event_task: asyncio.Task[WorkerEvent] | None
 
     @property
     def data_dir(self) -> Path:
@@ -82,14 +83,15 @@ class JobDispatch(JobEvents):
             await asyncio.sleep(LOOP_RESTART_S)
 
     async def _loop(self) -> None:
-        event_task: asyncio.Task[WorkerEvent] | None = None
+        # The pending read outlives a failed loop, so the restarted loop loses no event.
         try:
             while True:
                 self._wake.clear()
                 if self._can_dispatch():
                     await self._dispatch()
-                if event_task is None:
-                    event_task = asyncio.create_task(self.worker.next_event())
+                if self._event_task is None:
+                    self._event_task = asyncio.create_task(self.worker.next_event())
+                event_task = self._event_task
                 wake_task = asyncio.create_task(self._wake.wait())
                 try:
                     done, _ = await asyncio.wait(
@@ -100,14 +102,17 @@ class JobDispatch(JobEvents):
                 finally:
                     wake_task.cancel()
                 if event_task in done:
-                    event, event_task = event_task.result(), None
+                    self._event_task = None
+                    event = event_task.result()
                     try:
                         await self._handle(event)
                     except Exception:
                         log.exception("handling worker event %r failed", event)
-        finally:
-            if event_task is not None:
-                event_task.cancel()
+        except asyncio.CancelledError:
+            if self._event_task is not None:
+                self._event_task.cancel()
+                self._event_task = None
+            raise
 
     def _can_dispatch(self) -> bool:
         return (

@@ -30,7 +30,7 @@ from bot.store import ACTIVE_STATES, Job, Store
 from config import Settings
 from pipeline.fair_queue import Caps, FairQueue, QueueFull
 from pipeline.request import MAX_SEED, EngineInfo, plan_steps
-from pipeline.worker import WorkerClient
+from pipeline.worker import WorkerClient, WorkerEvent
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class JobService(JobDispatch):
         self._dispatch_errors: dict[str, int] = {}
         self._hold_until = 0.0  # monotonic time before which dispatch waits (after an error)
         self._stopping = False
+        self._event_task: asyncio.Task[WorkerEvent] | None = None
 
     # -- life cycle -------------------------------------------------------------------
     async def start(self) -> None:

@@ -97,9 +97,9 @@ class RecordingDelivery:
     async def deliver_result(self, job: Job) -> None:
         if self.gate is not None:
             await self.gate.wait()
+        await self.store.update_job(job.id, result_message_id=9000 + job.id)
         self.calls.append(("result", job.id, job.status_message_id))
         self.log.append(f"result {job.id}")
-        await self.store.update_job(job.id, result_message_id=9000 + job.id)
 
     async def deliver_failure(self, job: Job, message: str) -> None:
         self.calls.append(("failure", job.id, message))
