@@ -2,7 +2,8 @@
 message posted before a restart is routed by its regex template, with no in-memory view.
 
 Callbacks hand over to `bot.actions.Actions` (reached through the client), which holds the
-logic and the resources.
+logic and the resources; Refine and Edit to `bot.cogs.iterate`, Compare and Use to
+`bot.cogs.compare`, found by cog name.
 """
 
 from __future__ import annotations
