@@ -119,7 +119,7 @@ class JobEvents:
     async def _worker_died(self, event: WorkerDied) -> None:
         """Jobs that never started wait again at the head of their queue; jobs that were
         running fail (refunded). Then the worker is restarted, whatever failed before."""
-        unstarted: tuple[str, ...] = tuple(getattr(event, "unstarted", ()))
+        unstarted = event.unstarted
         log.error(
             "worker died (exit code %s) while running %s; not started: %s",
             event.exitcode, event.job_ids or "nothing", unstarted or "nothing",
@@ -133,7 +133,9 @@ class JobEvents:
                 continue
             if job is not None:
                 self._spawn(self._deliver(job, self.delivery.deliver_failure, CRASH_MESSAGE))
+        # Jobs it never started, and any the event does not name (they made nothing).
         back = [popped[j] for j in unstarted if j in popped]
+        back += [q for j, q in popped.items() if j not in unstarted and j not in event.job_ids]
         for queued in self.queue.running:
             self.queue.finish(queued.job_id)
         try:
