@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.render import truncate
+from bot.render import user_text
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ def album_text(
     head = f"🖼️ Series for <@{user_id}> · strength {strength:.2f} · seed {seed}"
     if style:
         head += f" · style `{style}`"
-    lines = [head, f"“{truncate(prompt, 300)}”"]
+    lines = [head, f"“{user_text(prompt, 300)}”"]
     for item in sorted(items, key=lambda i: i.position):
         mark = STATE_MARK.get(item.state, item.state)
-        lines.append(f"{item.position}. {truncate(item.label, LABEL_CHARS)}: {mark}")
+        lines.append(f"{item.position}. {user_text(item.label, LABEL_CHARS)}: {mark}")
     lines.append(progress_line(items))
     return "\n".join(lines)
 

@@ -47,3 +47,8 @@ def test_album_lists_images_in_input_order_with_progress() -> None:
     ended = [Item(1, "a", 1, "done", True), Item(2, "b", 2, "failed"), Item(3, "c", 3, "withheld")]
     assert album_text(5, "p", 0.5, 1, None, ended).endswith("Finished: 1 of 3 images made.")
     assert attachment_name(items[1]) == "series-01-job11.png"
+
+
+def test_member_text_in_the_album_is_escaped() -> None:
+    text = album_text(5, "*bold* fox", 0.5, 1, None, [Item(1, "my_photo.png", 1, "queued")])
+    assert "“\\*bold\\* fox”" in text and "1. my\\_photo.png: ⏳ waiting" in text
