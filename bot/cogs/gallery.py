@@ -61,6 +61,7 @@ from bot.gallery import (
 )
 from bot.storage import Pruner, max_bytes
 from bot.store import Job
+from bot.tips import lineage
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -199,6 +200,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
             )
             return
         embed, files, view = self._render(page, filt, search_id)
+        await self._add_lineage(embed, page.entry)
         await interaction.response.send_message(
             embed=embed, files=files, view=view, ephemeral=not public
         )
@@ -256,9 +258,16 @@ class GalleryCog(commands.Cog, name="Gallery"):
             )
             return
         embed, files, view = self._render(page, filt, search_id)
+        await self._add_lineage(embed, page.entry)
         await interaction.response.edit_message(
             content=None, embed=embed, attachments=files, view=view
         )
+
+    async def _add_lineage(self, embed: discord.Embed, entry: GalleryEntry) -> None:
+        """`from #N` for a picture made from another (refine, variant, compare…)."""
+        job = await self.bot.store.get_job(entry.job_id)
+        if job is not None and (source := lineage(job)):
+            embed.add_field(name="From", value=source, inline=False)
 
     def _render(
         self, page: Page, filt: GalleryFilter, search_id: int

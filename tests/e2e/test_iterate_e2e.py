@@ -148,6 +148,12 @@ async def test_refine_and_edit_open_prefilled_modals_and_match_the_cli(
         strength=0.5, seed=5,
     )  # fmt: skip
     assert np.array_equal(pixels(fd.attachment_bytes(edited)), expected)
+
+    # /gallery browse shows the newest picture (the edit) with where it came from
+    browse = await fd.send_slash(world.guild, world.channel, world.alice, "gallery browse")
+    shown = await browse.wait_original()
+    sections = {f["name"]: f["value"] for f in shown["embeds"][0]["fields"]}
+    assert sections["From"] == f"from [#1]({link})"
     fd.assert_no_unknown_routes()
 
 
