@@ -15,8 +15,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+def cli(
+    *args: str | Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *map(str, args)],
         cwd=REPO,
@@ -107,3 +109,41 @@ def test_missing_model_is_reported(tmp_path: Path, photo: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "Could not load model" in result.stderr and "nope" in result.stderr
+
+
+def test_withheld_image_is_not_written(
+    tmp_path: Path, photo: Path, tiny_model_dir: Path, checker_dirs: dict[str, Path]
+) -> None:
+    """The CLI applies SAFETY_CHECKER/SAFETY_CHECKER_ID like the bot, and says so."""
+    out = tmp_path / "out.png"
+    args = (
+        "run", photo, "--prompt", "a fox", "--strength", "0.5", "--steps", "2",
+        "--model", tiny_model_dir, "--device", "cpu", "--resolution", "64", "--output", out,
+    )  # fmt: skip
+    ran = cli(*args, env={"SAFETY_CHECKER": "on", "SAFETY_CHECKER_ID": str(checker_dirs["all"])})
+    assert ran.returncode == 3, ran.stderr
+    assert "withheld: the safety checker flagged the image" in ran.stderr
+    assert not out.exists()
+
+    allowed = cli(*args, "--allow-nsfw", env={"SAFETY_CHECKER_ID": str(checker_dirs["all"])})
+    assert allowed.returncode == 0, allowed.stderr
+    assert "flagged" in allowed.stdout and out.is_file()
+
+
+def test_safety_checker_on_without_one_exits_1(
+    tmp_path: Path, photo: Path, tiny_model_dir: Path
+) -> None:
+    result = cli(
+        "run", photo, "--prompt", "a fox", "--strength", "0.5", "--model", tiny_model_dir,
+        "--device", "cpu", "--output", tmp_path / "out.png", "--safety-checker", "on",
+        "--safety-checker-id", tmp_path / "no-checker",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "SAFETY_CHECKER=on, but no safety checker could be loaded" in result.stderr
+
+
+def test_make_tiny_checker_writes_a_standalone_checker(tmp_path: Path) -> None:
+    made = cli("make-tiny-checker", tmp_path / "chk", "--flags", "none")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "chk" / "config.json").is_file()
+    assert (tmp_path / "chk" / "preprocessor_config.json").is_file()

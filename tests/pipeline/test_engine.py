@@ -17,14 +17,26 @@ import pytest
 from PIL import Image
 
 from pipeline.engine import Engine, EngineInfo, JobCancelled, ModelLoadError
-from pipeline.request import GenerationRequest, plan_steps
+from pipeline.request import (
+    INPUT_MISSING,
+    INPUT_UNREADABLE,
+    GenerationRequest,
+    InputError,
+    plan_steps,
+)
 
 RESOLUTION = 256
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path) -> Engine:
-    return Engine.load(str(tiny_model_dir), device="cpu", resolution=RESOLUTION)
+def engine(tiny_model_dir: Path, checker_dirs: dict[str, Path]) -> Engine:
+    """With the real checker path on (a tiny checker that flags nothing)."""
+    return Engine.load(
+        str(tiny_model_dir),
+        device="cpu",
+        resolution=RESOLUTION,
+        safety_checker_id=str(checker_dirs["none"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +91,9 @@ def test_info(engine: Engine, tiny_model_dir: Path) -> None:
         dtype="fp32",
         resolution=RESOLUTION,
         pipeline_class="StableDiffusionImg2ImgPipeline",
+        safety_checker="on",
     )
-    assert engine.pipe.safety_checker is None
+    assert engine.pipe.safety_checker is None  # we run the checker, not diffusers
 
 
 def test_missing_folder_is_a_model_load_error(tmp_path: Path) -> None:
@@ -282,6 +295,24 @@ def test_cancel_all_stops_between_steps(
     assert not out.exists()
 
 
+def test_unreadable_inputs_fail_only_their_jobs(
+    engine: Engine, images: Callable[..., str], tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    jobs = [
+        request(images(256, 256), tmp_path / "a.png", job_id="a"),
+        request(str(tmp_path / "gone.png"), tmp_path / "b.png", job_id="b"),
+        request(str(damaged), tmp_path / "c.png", job_id="c"),
+    ]
+    failed: list[tuple[str, str]] = []
+    results = engine.generate(jobs, on_failed=lambda job, msg: failed.append((job, msg)))
+    assert failed == [("b", INPUT_MISSING), ("c", INPUT_UNREADABLE)]
+    assert [r.job_id for r in results] == ["a"] and (tmp_path / "a.png").is_file()
+    with pytest.raises(InputError, match="no longer stored"):  # no callback: the CLI's case
+        engine.generate([jobs[1]])
+
+
 def test_cancel_some_finishes_the_rest(
     engine: Engine, images: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -293,7 +324,9 @@ def test_cancel_some_finishes_the_rest(
         checked.append(job_id)
         return job_id == "b"
 
-    results = engine.generate(jobs, is_cancelled=is_cancelled)
+    told: list[str] = []
+    results = engine.generate(jobs, is_cancelled=is_cancelled, on_cancelled=told.append)
+    assert told == ["b"]  # once, from the first step
     assert [r.job_id for r in results] == ["a", "c"]
     assert (tmp_path / "a.png").is_file() and (tmp_path / "c.png").is_file()
     assert not (tmp_path / "b.png").exists()

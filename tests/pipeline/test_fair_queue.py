@@ -214,3 +214,28 @@ def test_set_group_joins_queued_and_running_jobs_into_one_entry() -> None:
     assert q.entries(7) == 1
     q.push(QueuedJob("3", 1, 7))
     assert [j.group for j in q.order()] == ["s", None]
+
+
+def test_requeue_front_of_a_whole_unstarted_batch_restores_the_order() -> None:
+    """What the bot does with a WorkerDied's `unstarted`: finish, then requeue_front each
+    in reverse, so the batch waits at the head again in the order it was served."""
+    q = FairQueue(Caps(per_user=9, per_guild=99, total=999))
+    for n, guild, user in [(1, 1, 1), (2, 2, 2), (3, 1, 3), (4, 2, 4), (5, 1, 1)]:
+        q.push(QueuedJob(str(n), guild, user, batch_key="k"))
+    before = [j.job_id for j in q.order()]
+    batch = q.pop_batch(3)
+    assert [j.job_id for j in batch] == before[:3]
+    for job in batch:
+        q.finish(job.job_id)
+    for job in reversed(batch):
+        q.requeue_front(job)
+    assert [j.job_id for j in q.order()] == before
+    assert q.running == [] and len(q) == 5
+
+
+def test_finish_of_an_unknown_job_is_a_no_op() -> None:
+    q = FairQueue()
+    q.push(QueuedJob("1", 1, 1))
+    q.finish("nope")
+    q.finish("1")  # waiting, not running: nothing to finish
+    assert [j.job_id for j in q.order()] == ["1"] and q.running == []

@@ -255,3 +255,27 @@ def test_fit_to_resolution() -> None:
     assert fitted.size == (512, 344) and fitted.mode == "RGB"
     already = rgb((512, 344))
     assert fit_to_resolution(already, 512) is already
+
+
+@pytest.mark.parametrize(
+    ("size", "max_side", "expected"),
+    [
+        ((3000, 1000), 2048, (2048, 683)),
+        ((1000, 3000), 2048, (683, 2048)),
+        ((4096, 4096), 2048, (2048, 2048)),
+        ((2048, 1536), 2048, (2048, 1536)),  # at the limit: untouched
+        ((900, 600), 512, (512, 341)),
+    ],
+)
+def test_large_inputs_are_stored_no_larger_than_max_side(
+    size: tuple[int, int], max_side: int, expected: tuple[int, int]
+) -> None:
+    data = encode(rgb(size), "PNG")
+    image = load_input(data, max_bytes=MAX_BYTES, min_side=MIN_SIDE, max_side=max_side)
+    assert image.size == expected and image.mode == "RGB"
+    assert image.getpixel((expected[0] // 2, expected[1] // 2)) == (10, 120, 200)
+
+
+def test_default_max_side_is_2048() -> None:
+    image = load(encode(rgb((2600, 1300)), "JPEG", quality=95))
+    assert image.size == (2048, 1024)
