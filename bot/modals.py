@@ -31,7 +31,8 @@ from pipeline.request import (
 
 PREFIX = "i2i:modal"
 CUSTOM_ID = re.compile(rf"^{PREFIX}:(?P<kind>refine|edit|this):(?P<ref>\d+)$")
-PROMPT, NEGATIVE, STRENGTH, SEED = "prompt", "negative", "strength", "seed"
+PROMPT, NEGATIVE, STRENGTH, SEED, PICTURE = "prompt", "negative", "strength", "seed", "picture"
+MAX_PICTURES = 25  # options in one select
 REFINE_STRENGTH = 0.30
 THIS_STRENGTH = 0.5
 TITLES = {"refine": "Refine #{ref}", "edit": "Edit #{ref}", "this": "Img2img this picture"}
@@ -69,9 +70,11 @@ def build(
     negative_prompt: str | None = None,
     strength: float,
     seed: int | None = None,
+    pictures: list[str] | None = None,
 ) -> discord.ui.Modal:
     """The modal, prefilled; inputs in Label components labelled exactly `Prompt`,
-    `Negative prompt`, `Strength` and `Seed` (the README and the tests rely on them)."""
+    `Negative prompt`, `Strength` and `Seed` (the README and the tests rely on them). With
+    several `pictures` (file names), a `Picture` select comes first, the first one chosen."""
     modal = discord.ui.Modal(
         title=TITLES[kind].format(ref=ref), custom_id=custom_id(kind, ref), timeout=None
     )
@@ -117,6 +120,13 @@ def build(
             ),
         ),
     ]
+    if pictures and len(pictures) > 1:
+        options = [
+            discord.SelectOption(label=f"{i + 1}. {name}"[:100], value=str(i), default=i == 0)
+            for i, name in enumerate(pictures[:MAX_PICTURES])
+        ]
+        choice = discord.ui.Select[Any](custom_id=PICTURE, options=options)
+        modal.add_item(discord.ui.Label(text="Picture", component=choice))
     for label, text_input in inputs:
         modal.add_item(discord.ui.Label(text=label, component=text_input))
     modal.stop()  # never stored: the submit is routed by custom_id (see the module docstring)
@@ -124,8 +134,8 @@ def build(
 
 
 def submitted_values(data: Any) -> dict[str, str]:
-    """Text input values of a MODAL_SUBMIT's `data`, by custom_id, whether the inputs sit in
-    action rows (type 1) or Label components (type 18)."""
+    """Text input values (and a select's first choice) of a MODAL_SUBMIT's `data`, by
+    custom_id, whether the inputs sit in action rows (type 1) or Label components (type 18)."""
     values: dict[str, str] = {}
 
     def walk(comp: Any) -> None:
@@ -133,6 +143,8 @@ def submitted_values(data: Any) -> dict[str, str]:
             return
         if comp.get("type") == 4 and isinstance(comp.get("custom_id"), str):
             values[comp["custom_id"]] = str(comp.get("value") or "")
+        if comp.get("type") == 3 and isinstance(comp.get("custom_id"), str):
+            values[comp["custom_id"]] = str((comp.get("values") or [""])[0])
         for child in comp.get("components") or []:
             walk(child)
         walk(comp.get("component"))

@@ -6,7 +6,8 @@ All three open the settings modal (`bot.modals`); its submit is routed here by c
 - Refine: the result becomes the new input (copied into `inputs/`, so the new job owns its
   input and deleting the parent breaks nothing), prefilled at strength 0.30.
 - Edit: the job's original input with its own settings, to change the prompt and run again.
-- Img2img this: the first image of any message (attachment, else an image embed). What the
+- Img2img this: an image of any message (attachment, else an image embed; a choice in the
+  modal when there are several). What the
   modal needs to find it again is stored in `meta` under the modal's key, because a message
   fetched later may come without its attachments (no Message Content intent); the submit then
   goes through `/img2img`'s own intake (`Actions.img2img`): same download, checks and status.
@@ -67,27 +68,33 @@ TARGET_GONE_TEXT = (
 )
 
 
-def first_image(message: discord.Message) -> dict[str, Any] | None:
-    """The first image of a message as an attachment payload: an image attachment, else an
-    image embed (size unknown: the intake checks the bytes once downloaded)."""
+def images_of(message: discord.Message) -> list[dict[str, Any]]:
+    """A message's images as attachment payloads: its image attachments, else its image
+    embeds (size unknown: the intake checks the bytes once downloaded)."""
+    found: list[dict[str, Any]] = []
     for att in message.attachments:
         kind = (att.content_type or "").split(";")[0].strip().lower()
         if kind in IMAGE_TYPES or att.filename.lower().endswith(IMAGE_SUFFIXES):
-            return dict(att.to_dict())
+            found.append(dict(att.to_dict()))
+    if found:
+        return found[: modals.MAX_PICTURES]
     for embed in message.embeds:
         for media in (embed.image, embed.thumbnail):
             url = media.proxy_url or media.url
             if url:
-                return {
-                    "id": 0,
-                    "filename": "embed-image",
-                    "size": 0,
-                    "url": url,
-                    "proxy_url": url,
-                    "width": media.width,
-                    "height": media.height,
-                }
-    return None
+                found.append(
+                    {
+                        "id": 0,
+                        "filename": "embed-image",
+                        "size": 0,
+                        "url": url,
+                        "proxy_url": url,
+                        "width": media.width,
+                        "height": media.height,
+                    }
+                )
+                break
+    return found[: modals.MAX_PICTURES]
 
 
 class IterateCog(commands.Cog):
@@ -133,20 +140,22 @@ class IterateCog(commands.Cog):
         )
 
     async def img2img_this(self, interaction: Interaction, message: discord.Message) -> None:
-        """Apps → Img2img this: remember the message's first image, then show the modal."""
-        image = first_image(message)
+        """Apps → Img2img this: remember the message's images, then show the modal (with a
+        choice of picture when there are several)."""
+        images = images_of(message)
         try:
-            if image is None:
+            if not images:
                 raise UserError(NO_IMAGE_TEXT)
             await self.bot.actions.precheck(interaction)
         except UserError as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
         key = interaction.id
-        target = {"attachment": image, "message_id": message.id, "created": time.time()}
+        target = {"images": images, "message_id": message.id, "created": time.time()}
         await self.bot.store.set_meta(TARGET_KEY.format(key), json.dumps(target))
+        names = [str(i.get("filename") or "picture") for i in images]
         await interaction.response.send_modal(
-            modals.build("this", key, strength=modals.THIS_STRENGTH)
+            modals.build("this", key, strength=modals.THIS_STRENGTH, pictures=names)
         )
 
     # -- the submit ---------------------------------------------------------------------
@@ -170,13 +179,14 @@ class IterateCog(commands.Cog):
 
     async def _submit(self, interaction: Interaction, kind: str, ref: int) -> None:
         target = await self._pop_target(ref) if kind == "this" else None
+        values = modals.submitted_values(interaction.data)
         try:
-            form = modals.read_form(modals.submitted_values(interaction.data))
+            form = modals.read_form(values)
         except InputError as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
         if kind == "this":
-            await self._submit_this(interaction, target, form)
+            await self._submit_this(interaction, target, form, values.get(modals.PICTURE, "0"))
             return
         copied: str | None = None
         try:
@@ -208,12 +218,18 @@ class IterateCog(commands.Cog):
             raise
 
     async def _submit_this(
-        self, interaction: Interaction, target: dict[str, Any] | None, form: modals.Form
+        self,
+        interaction: Interaction,
+        target: dict[str, Any] | None,
+        form: modals.Form,
+        picture: str,
     ) -> None:
-        if target is None:
+        images = (target or {}).get("images") or []
+        index = int(picture) if picture.isdigit() else 0
+        if not images or index >= len(images):
             await interaction.response.send_message(f"❌ {TARGET_GONE_TEXT}", ephemeral=True)
             return
-        image = discord.Attachment(data=target["attachment"], state=self.bot._connection)
+        image = discord.Attachment(data=images[index], state=self.bot._connection)
         await self.bot.actions.img2img(
             interaction, image, form.prompt, form.strength, form.negative_prompt, form.seed, None
         )

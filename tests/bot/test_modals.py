@@ -108,3 +108,19 @@ def test_read_form_keeps_a_given_seed_and_negative_prompt() -> None:
         {"prompt": " a fox ", "negative": " blurry ", "strength": "0.6", "seed": " 12 "}
     )
     assert form == modals.Form("a fox", "blurry", 0.6, 12)
+
+
+def test_several_pictures_add_a_choice_read_back_as_an_index() -> None:
+    payload = modals.build("this", 3, strength=0.5, pictures=["a.png", "b.png"]).to_dict()
+    first = payload["components"][0]
+    assert first["label"] == "Picture" and first["component"]["type"] == 3
+    assert [o["value"] for o in first["component"]["options"]] == ["0", "1"]
+    assert (
+        modals.build("this", 3, strength=0.5, pictures=["a.png"]).to_dict()["components"][0][
+            "label"
+        ]
+        == "Prompt"
+    )
+    data = {"components": [{"type": 18, "component": {"type": 3, "custom_id": "picture",
+                                                       "values": ["1"]}}]}  # fmt: skip
+    assert modals.submitted_values(data) == {"picture": "1"}

@@ -201,6 +201,24 @@ async def test_img2img_this_on_a_members_photo_and_on_a_message_without_one(
     expected = await run_cli(bot, photo, tmp_path, prompt="a cat in space", strength=0.5, seed=9)
     assert np.array_equal(pixels(fd.attachment_bytes(result)), expected)
 
+    # several pictures: the modal lets the member pick one
+    two = fd.upload_message(
+        world.channel, world.carol, "", [
+            Upload("first.png", photo, "image/png"),
+            Upload("second.png", image_bytes(400, 300), "image/png"),
+        ],
+    )  # fmt: skip
+    menu = await fd.send_message_command(
+        world.guild, world.channel, world.bob, "Img2img this", two["id"]
+    )
+    await menu.wait_modal()
+    assert "Picture" in menu.modal_inputs()
+    picked = await wait_result(
+        fd, await fd.submit_modal(menu, {"Picture": ["1"], "Prompt": "a dog"})
+    )
+    job = await bot.store.get_job(int(picked["embeds"][0]["footer"]["text"].rsplit("#", 1)[1]))
+    assert job is not None and (job.input_width, job.input_height) == (400, 300)
+
     text_only = fd.upload_message(world.channel, world.carol, "no picture here")
     menu = await fd.send_message_command(
         world.guild, world.channel, world.bob, "Img2img this", text_only["id"]
