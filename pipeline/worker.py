@@ -5,11 +5,9 @@ a crash of the model (OOM, CUDA error, kill -9) must not take the bot down. The 
 started with multiprocessing's *spawn* context, so the bot never imports torch (this module
 doesn't either) and CUDA is initialised only in a fresh interpreter.
 
-Child side: `worker_main` loads the `Engine`, says `Ready` (or `LoadFailed` and exits), then
-runs one batch at a time. A listener thread reads commands while the main thread is inside
-the diffusers call, so `Cancel` takes effect at the next denoising step.
+Child side: `pipeline.worker_child` (`worker_main`, re-exported here).
 
-Parent side: `WorkerClient` (asyncio). A reader thread turns pipe messages into events on an
+Parent side, here: `WorkerClient` (asyncio). A reader thread turns pipe messages into events on an
 `asyncio.Queue`, so the event loop never blocks on the pipe. Every submitted job gets
 exactly one final event: `Finished`, `Failed` or `Cancelled`, or it is listed in a
 `WorkerDied` when the process ends first (in `job_ids` if the worker had said `Started`
@@ -20,21 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import importlib
 import logging
 import multiprocessing
-import os
-import queue
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pipeline.request import GenerationRequest, GenerationResult, InputError
+from pipeline.request import GenerationRequest
+from pipeline.worker_child import (
+    DEVICE_BROKEN_MESSAGE,
+    ENGINE_REF,
+    EXIT_DEVICE_BROKEN,
+    EXIT_LOAD_FAILED,
+    EXIT_OK,
+    FAILED_MESSAGE,
+    NO_IMAGE_MESSAGE,
+    worker_main,
+)
 from pipeline.worker_protocol import (
     BatchDone,
     Cancel,
@@ -55,33 +57,17 @@ from pipeline.worker_protocol import (
 
 log = logging.getLogger(__name__)
 
-ENGINE_REF = "pipeline.engine:Engine"
-"""Where the worker finds the engine class (`module:attribute`)."""
-
-PROGRESS_MIN_INTERVAL_S = 0.2
-"""At most ~5 Progress messages a second; the first and the last step always go out."""
-
-EXIT_OK = 0
-EXIT_LOAD_FAILED = 1
-EXIT_DEVICE_BROKEN = 70
-"""The device is unusable after this error (e.g. a CUDA device-side assert): the worker
-finishes the batch's events, then exits so that the owner restarts it."""
-
-MAX_MESSAGE_CHARS = 300
 EXIT_GRACE_S = 30.0
 """How long a worker that announced its exit (device broken) may take before it is killed."""
 
-FAILED_MESSAGE = (
-    "Something went wrong on our side while making this picture. Try again in a moment."
-)
-DEVICE_BROKEN_MESSAGE = (
-    "The GPU hit an error while making this picture; the model is being restarted. "
-    "Try again in a minute."
-)
-NO_IMAGE_MESSAGE = "The model returned no image for this job. Try again."
-
 __all__ = [
+    "DEVICE_BROKEN_MESSAGE",
+    "ENGINE_REF",
     "EXIT_DEVICE_BROKEN",
+    "EXIT_LOAD_FAILED",
+    "EXIT_OK",
+    "FAILED_MESSAGE",
+    "NO_IMAGE_MESSAGE",
     "BatchDone",
     "Cancel",
     "Cancelled",
@@ -109,258 +95,6 @@ class WorkerStartError(RuntimeError):
 
 
 # ======================================================================================
-# Child side
-# ======================================================================================
-
-
-def worker_main(conn: Connection, config: WorkerConfig, engine_ref: str = ENGINE_REF) -> None:
-    """Entry point of the worker process (spawn context). Exits when told or orphaned."""
-    # Ctrl+C in a terminal reaches the whole process group; the bot decides when we stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s",
-        )
-    code = _Worker(conn, config).run(engine_ref)
-    if code == EXIT_DEVICE_BROKEN:
-        # Tearing down a broken CUDA context can hang; everything was sent already.
-        logging.shutdown()
-        os._exit(code)
-    sys.exit(code)
-
-
-class _Worker:
-    """State shared by the worker's main thread (generation) and listener thread (pipe)."""
-
-    def __init__(self, conn: Connection, config: WorkerConfig) -> None:
-        self.conn = conn
-        self.config = config
-        self.commands: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
-        self.cancelled: set[str] = set()
-        self.cancel_lock = threading.Lock()
-        self.send_lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.phase = "loading"  # loading | idle | running
-        self.parent_pid = os.getppid()
-        self.job_cancelled: type[BaseException] = _NeverRaised
-        self.device_broken = False
-
-    # -- main thread ------------------------------------------------------------------
-    def run(self, engine_ref: str) -> int:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        threading.Thread(target=self._listen, name="worker-listener", daemon=True).start()
-        try:
-            try:
-                engine = self._load(engine_ref)
-            except Exception as exc:
-                log.exception("could not load model %r", self.config.model_id)
-                self._send(LoadFailed(_load_message(self.config.model_id, exc)))
-                return EXIT_LOAD_FAILED
-            self.phase = "idle"
-            if not self._send(Ready(engine.info)):
-                return EXIT_OK
-            log.info("ready: %s", engine.info)
-            while not self.stopping.is_set():
-                command = self.commands.get()
-                if command is None:
-                    break
-                self.phase = "running"
-                try:
-                    self._run_batch(engine, command.batch)
-                finally:
-                    self.phase = "idle"
-                if self.device_broken:
-                    log.error("device unusable after an error; exiting so the bot restarts us")
-                    return EXIT_DEVICE_BROKEN
-            return EXIT_OK
-        finally:
-            self.stopping.set()
-            with contextlib.suppress(OSError):
-                self.conn.close()
-
-    def _load(self, engine_ref: str) -> Any:
-        module_name, _, attr = engine_ref.partition(":")
-        module = importlib.import_module(module_name)
-        self.job_cancelled = getattr(module, "JobCancelled", _NeverRaised)
-        engine_cls = getattr(module, attr)
-        c = self.config
-        log.info("loading %r on %s (%s)", c.model_id, c.device, c.dtype)
-        return engine_cls.load(
-            c.model_id,
-            device=c.device,
-            dtype=c.dtype,
-            resolution=c.resolution,
-            compile=c.compile,
-            channels_last=c.channels_last,
-            safety_checker=c.safety_checker,
-            safety_checker_id=c.safety_checker_id,
-        )
-
-    def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:
-        """Run one batch; every job gets exactly one final event, then BatchDone."""
-        job_ids = tuple(r.job_id for r in batch)
-        ended: set[str] = set()
-        last_sent = -1.0
-
-        def final(event: Finished | Failed | Cancelled) -> None:
-            if event.job_id not in ended:
-                ended.add(event.job_id)
-                self._send(event)
-
-        def on_progress(step: int, total: int) -> None:
-            nonlocal last_sent
-            now = time.monotonic()
-            live = tuple(j for j in job_ids if j not in ended)
-            if live and (
-                last_sent < 0 or step >= total or now - last_sent >= PROGRESS_MIN_INTERVAL_S
-            ):
-                last_sent = now
-                self._send(Progress(live, step, total))
-
-        self._send(Started(job_ids))
-        try:
-            results: list[GenerationResult] = engine.generate(
-                batch,
-                on_progress=on_progress,
-                is_cancelled=self._is_cancelled,
-                on_cancelled=lambda job_id: final(Cancelled(job_id)),
-                on_failed=lambda job_id, message: final(Failed(job_id, message)),
-            )
-        except self.job_cancelled:
-            for job_id in job_ids:
-                final(Cancelled(job_id))
-        except Exception as exc:
-            log.exception("batch %s failed", ", ".join(job_ids))
-            message = self._failure_message(exc)
-            for job_id in job_ids:
-                final(Cancelled(job_id) if self._is_cancelled(job_id) else Failed(job_id, message))
-        else:
-            by_id = {r.job_id: r for r in results}
-            for job_id in job_ids:
-                if job_id in by_id:
-                    final(Finished(by_id[job_id]))
-                elif self._is_cancelled(job_id):
-                    final(Cancelled(job_id))
-                else:
-                    final(Failed(job_id, NO_IMAGE_MESSAGE))
-        finally:
-            self._send(BatchDone(job_ids, worker_exiting=self.device_broken))
-
-    def _failure_message(self, exc: BaseException) -> str:
-        """Plain words for the user (the details are in the log); frees memory after an
-        OOM and spots a broken device."""
-        text = str(exc)
-        if (
-            isinstance(exc, MemoryError)
-            or type(exc).__name__ == "OutOfMemoryError"
-            or ("out of memory" in text.lower())
-        ):
-            _free_memory()
-            return (
-                f"Out of memory on {self.config.device} while generating. "
-                "Try a smaller image or fewer images at once."
-            )
-        if any(s in text for s in ("CUDA error", "device-side assert", "CUBLAS_STATUS")):
-            self.device_broken = True
-            return DEVICE_BROKEN_MESSAGE
-        if isinstance(exc, InputError):  # ours, written for the user
-            return _describe(exc)
-        return FAILED_MESSAGE
-
-    def _is_cancelled(self, job_id: str) -> bool:
-        if self.stopping.is_set():
-            return True
-        with self.cancel_lock:
-            return job_id in self.cancelled
-
-    def _send(self, message: object) -> bool:
-        """Send to the parent; if it is gone, stop (nobody will read the results)."""
-        try:
-            with self.send_lock:
-                self.conn.send(message)
-            return True
-        except (OSError, EOFError, ValueError):
-            self._request_stop("parent connection lost")
-            return False
-
-    # -- signal handler (main thread) -------------------------------------------------
-    def _on_sigterm(self, signum: int, frame: object) -> None:
-        """Exit cleanly: at once while loading or idle, at the next step while running."""
-        self.stopping.set()
-        self.commands.put(None)  # SimpleQueue.put is safe in signal handlers
-        if self.phase == "loading":
-            raise SystemExit(EXIT_OK)
-
-    # -- listener thread --------------------------------------------------------------
-    def _listen(self) -> None:
-        """Read commands so that Cancel/Stop arrive while the main thread generates."""
-        while not self.stopping.is_set():
-            try:
-                if not self.conn.poll(1.0):
-                    if os.getppid() != self.parent_pid:  # reparented: the bot is gone
-                        self._request_stop("parent process exited")
-                    continue
-                command = self.conn.recv()
-            except (EOFError, OSError, ValueError):
-                self._request_stop("parent closed the connection")
-                return
-            if isinstance(command, Run):
-                with self.cancel_lock:  # a late Cancel for an earlier batch must not linger
-                    self.cancelled.clear()
-                self.commands.put(command)
-            elif isinstance(command, Cancel):
-                with self.cancel_lock:
-                    self.cancelled.add(command.job_id)
-            elif isinstance(command, Stop):
-                self._request_stop("asked to stop")
-            else:
-                log.warning("ignoring unknown command %r", command)
-
-    def _request_stop(self, reason: str) -> None:
-        if self.stopping.is_set():
-            return
-        log.info("stopping: %s", reason)
-        self.stopping.set()
-        self.commands.put(None)
-        if self.phase == "loading":
-            # Loading can take minutes inside C code; SIGTERM's handler ends it at once.
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-class _NeverRaised(Exception):
-    """Stands in for `JobCancelled` when an engine module has none."""
-
-
-def _describe(exc: BaseException, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """First line of the exception, type-prefixed unless it is one of ours (already prose)."""
-    text = (str(exc).strip().splitlines() or [""])[0]
-    if not text:
-        return type(exc).__name__
-    if not type(exc).__module__.startswith("pipeline."):
-        text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _load_message(model_id: str, exc: BaseException) -> str:
-    text = _describe(exc, limit=1000)  # for the operator: keep what was tried and why
-    return text if model_id in text else f"Could not load model {model_id!r}: {text}"
-
-
-def _free_memory() -> None:
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    with contextlib.suppress(Exception):
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    with contextlib.suppress(Exception):
-        if torch.backends.mps.is_available():
-            torch.mps.empty_cache()
-
-
-# ======================================================================================
 # Parent side
 # ======================================================================================
 
@@ -373,8 +107,11 @@ class WorkerClient:
 
     _engine_ref: str = ENGINE_REF  # tests may point this at a stand-in engine
 
-    def __init__(self, config: WorkerConfig, *, start_timeout: float = 600.0) -> None:
+    def __init__(
+        self, config: WorkerConfig, *, start_timeout: float = 600.0, max_batch: int = 1
+    ) -> None:
         self.config = config
+        self.max_batch = max(1, max_batch)
         self.start_timeout = start_timeout
         self._ctx = multiprocessing.get_context("spawn")
         self._events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
@@ -398,6 +135,12 @@ class WorkerClient:
         """A batch was submitted and its BatchDone (or WorkerDied) has not arrived yet, or
         the worker said it exits after its BatchDone and has not exited yet."""
         return self._busy
+
+    @property
+    def free_slots(self) -> int:
+        """`WorkerBackend`: one batch at a time, so none while busy or not ready, else
+        `max_batch` (the batch size the owner configured)."""
+        return 0 if self._busy or self.info is None else self.max_batch
 
     @property
     def pid(self) -> int | None:
