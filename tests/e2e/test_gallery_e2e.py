@@ -380,3 +380,54 @@ async def test_pruned_files_are_flagged_and_variants_say_so(
     variant = await fd.click(result["id"], button(result, "+")["custom_id"], world.bob)
     response = await variant.response()
     assert "no longer stored" in response["data"]["content"]
+
+
+async def test_delete_while_the_copy_uploads_removes_copy_and_input(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    """Faults 8 and 15: the gallery-channel copy of a result deleted mid-upload is deleted
+    too, and Delete removes the member's upload unless another live job still uses it."""
+    bot = await make_bot()
+    data = bot.settings.data_dir
+    gallery_channel = fd.add_channel(world.guild, "gallery")
+    setting = await fd.send_slash(
+        world.guild, world.channel, world.admin, "settings gallery-channel",
+        {"channel": gallery_channel},
+    )  # fmt: skip
+    assert "✅" in (await setting.response())["data"]["content"]
+    copy_path = f"/channels/{gallery_channel}/messages"
+    # hold the copy's upload: three 429s, which discord.py waits out and retries
+    fd.inject_error("POST", f"^{copy_path}$", 429, {"message": "slow", "retry_after": 1.0}, times=3)
+
+    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, "a held fox")
+    result = await wait_result(fd, handle)
+    job_id = int(result["embeds"][0]["footer"]["text"].rsplit("#", 1)[-1])
+    job = await bot.store.get_job(job_id)
+    assert job is not None and job.output_path
+    await fd.wait_for(lambda c: c.path == copy_path and c.status == 429, timeout=30)
+    click = await fd.click(result["id"], button(result, "Delete")["custom_id"], world.alice)
+    await click.response()
+    await eventually(lambda: job_state(bot, job_id), "deleted")
+    # the Delete landed while the copy was still on its way
+    assert not [c for c in fd.calls if c.path == copy_path and c.status < 300]
+    copy = await fd.until(
+        lambda: next(iter(fd.messages(gallery_channel, include_deleted=True)), None),
+        timeout=30, what="the held copy",
+    )  # fmt: skip
+    await fd.until(lambda: fd.message(copy["id"])["deleted"], what="the late copy deleted")
+    assert not (data / job.output_path).exists()
+    assert not (data / job.input_path).exists()  # the upload went with it
+
+    # an input another live job still uses stays until that one is deleted too
+    g, c = world.guild, world.channel
+    first = await add_picture(bot, g, c, world.alice, "first of two")
+    second = await add_picture(bot, g, c, world.bob, "second of two")
+    shared = data / "inputs" / "fixture.png"
+    assert first.input_path == second.input_path == "inputs/fixture.png"
+    Image.new("RGB", (32, 32)).save(shared)
+    for job_done, user in ((first, world.alice), (second, world.bob)):
+        removed = await fd.send_slash(g, c, user, "gallery remove", {"job": job_done.id})
+        assert "Removed picture" in (await removed.response())["data"]["content"]
+        await eventually(lambda j=job_done: job_state(bot, j.id), "deleted")  # type: ignore[misc]
+        await fd.settle()
+        assert shared.exists() == (job_done is first)
