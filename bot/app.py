@@ -121,7 +121,11 @@ class ImgBot(commands.Bot):
         self.store = await Store.open(settings.db_path)
         if self.application_id:
             log.info("invite URL: %s", invite_url(self.application_id))
-        worker = WorkerClient(self.worker_config(), start_timeout=settings.worker_start_timeout_s)
+        worker = WorkerClient(
+            self.worker_config(),
+            start_timeout=settings.worker_start_timeout_s,
+            max_batch=settings.max_batch,
+        )
         delivery = DiscordDelivery(self, self.store, settings.data_dir.resolve())
         self.jobs = JobService(settings, self.store, worker, delivery)
         self.jobs.on_fatal = self._on_fatal

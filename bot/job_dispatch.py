@@ -118,8 +118,7 @@ class JobDispatch(JobEvents):
         return (
             not self._stopping
             and len(self.queue) > 0
-            and not self.worker.busy
-            and self.worker.info is not None  # a dead worker is restarted first
+            and self.worker.free_slots > 0  # 0 also while no worker is ready
             and time.monotonic() >= self._hold_until
         )
 
@@ -151,7 +150,9 @@ class JobDispatch(JobEvents):
     async def _dispatch(self) -> None:
         """Hand the next batch to the worker. An error puts back (or fails) only its jobs."""
         try:
-            batch = self.queue.pop_batch(self.settings.max_batch, key=self._batch_key)
+            batch = self.queue.pop_batch(
+                min(self.settings.max_batch, self.worker.free_slots), key=self._batch_key
+            )
         except Exception:
             log.exception("choosing the next batch failed")
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bot.render import progress_text
 from bot.status import StatusBoard
@@ -34,6 +34,7 @@ from pipeline.worker import (
     WorkerDied,
     WorkerEvent,
 )
+from pipeline.worker_backend import WorkerBackend
 
 if TYPE_CHECKING:
     from bot.jobs import Hooks
@@ -65,7 +66,7 @@ class JobEvents:
 
     settings: Settings
     store: Store
-    worker: Any  # WorkerClient surface
+    worker: WorkerBackend
     delivery: Delivery
     hooks: Hooks
     queue: FairQueue

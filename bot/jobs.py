@@ -1,7 +1,7 @@
 """The job service: accepts jobs, keeps the fair queue, drives the worker, reports back.
 
 State lives in SQLite (`Store`); the in-memory `FairQueue` is rebuilt from it at start, so
-waiting jobs survive a restart. The worker is a separate process (`WorkerClient`); this
+waiting jobs survive a restart. The worker is a separate process behind a `WorkerBackend`; this
 service only sends it small messages and reacts to its events, so the event loop stays free.
 This module is intake and the life cycle; `bot.job_dispatch` runs the dispatch loop and
 `bot.job_events` handles the worker's events.
@@ -30,7 +30,8 @@ from bot.store import ACTIVE_STATES, Job, Store
 from config import Settings
 from pipeline.fair_queue import Caps, FairQueue, QueueFull
 from pipeline.request import MAX_SEED, EngineInfo, plan_steps
-from pipeline.worker import WorkerClient, WorkerEvent
+from pipeline.worker_backend import WorkerBackend
+from pipeline.worker_protocol import WorkerEvent
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class JobService(JobDispatch):
         self,
         settings: Settings,
         store: Store,
-        worker: WorkerClient,
+        worker: WorkerBackend,
         delivery: Delivery,
         *,
         clock: Callable[[], float] = time.time,

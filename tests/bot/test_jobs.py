@@ -58,6 +58,14 @@ class ScriptedWorker:
         self.log.append("worker stop")
         self.info = None
 
+    @property
+    def free_slots(self) -> int:
+        return 0 if self.busy or self.info is None else 4
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        return ()
+
     def submit(self, batch: Any) -> None:
         if self.submit_errors:
             raise self.submit_errors.pop(0)

@@ -150,7 +150,7 @@ class NullDelivery:
 def make_service(tmp_path: Path, store: Store, clock: Clock) -> Any:
     from bot.jobs import JobService
 
-    worker = SimpleNamespace(cancel=lambda job_id: None, busy=False)
+    worker = SimpleNamespace(cancel=lambda job_id: None, free_slots=0)
     return JobService(make_settings(tmp_path), store, worker, NullDelivery(), clock=clock)  # type: ignore[arg-type]
 
 
