@@ -40,6 +40,19 @@ class GenerationRequest:
     allow_nsfw: bool = False
     """True only for an age-restricted channel whose server allowed unfiltered results: a
     flagged image is then still written and returned (with `nsfw=True`), not withheld."""
+    mode: str = "img2img"
+    """`img2img` (the whole picture) or `inpaint` (only the masked region is regenerated)."""
+    mask_path: str | None = None
+    """Inpaint only: a stored mask PNG, mode L, the stored input's size. White repaints,
+    black keeps, grey blends."""
+    region: str | None = None
+    """Inpaint only: words CLIPSeg turns into the mask in the worker; used when `mask_path`
+    is None."""
+    crop: str = "auto"
+    """Inpaint only: `auto` (crop around a mask covering under a quarter of the image),
+    `on` or `off`."""
+    mask_blur: int = 8
+    """Inpaint only: feather (px) of the mask the output is composited through."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,8 @@ class EngineInfo:
     safety_checker: str = "off"
     """`on` (a checker filters every image), `off` (SAFETY_CHECKER=off) or `missing` (auto,
     and none could be loaded: results are not filtered)."""
+    region_masks: bool = False
+    """True when the mask model (CLIPSeg) loaded, so `/inpaint region:` can be served."""
 
 
 def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:
