@@ -114,6 +114,10 @@ class ImgBot(commands.Bot):
             channels_last=s.channels_last,
             safety_checker=s.safety_checker,
             safety_checker_id=s.safety_checker_id,
+            mask_model_id=s.mask_model_id or None,
+            inpaint_model_id=s.inpaint_model_id or None,
+            mask_threshold=s.mask_threshold,
+            mask_dilate=s.mask_dilate,
         )
 
     async def setup_hook(self) -> None:

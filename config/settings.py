@@ -59,6 +59,30 @@ class Settings(BaseSettings):
         "", description="Comma-separated words refused in prompts on every server."
     )
 
+    # Inpainting (see README "Inpainting settings")
+    mask_model_id: str = Field(
+        "CIDAS/clipseg-rd64-refined",
+        description="CLIPSeg model turning /inpaint region words into a mask (hub id or local "
+        "folder); empty: no region masks. A load failure only disables region masks.",
+    )
+    inpaint_model_id: str | None = Field(
+        None,
+        description="Dedicated inpainting model (9-channel UNet) loaded at start; default: "
+        "inpaint with MODEL_ID's weights (shared, no second copy).",
+    )
+    mask_blur: int = Field(
+        8, ge=0, le=64, description="Feather (px) of the mask the result is blended through."
+    )
+    mask_threshold: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="CLIPSeg probability from which a pixel belongs to the region words.",
+    )
+    mask_dilate: int = Field(
+        8, ge=0, le=128, description="Region masks are grown by this many px (input size)."
+    )
+
     # Input limits
     max_input_bytes: int = Field(10_000_000, ge=1, description="Largest accepted upload.")
     min_input_side: int = Field(256, ge=1, description="Smallest accepted short side in px.")

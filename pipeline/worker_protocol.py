@@ -23,6 +23,12 @@ class WorkerConfig:
     channels_last: bool = True
     safety_checker: str = "auto"  # auto | on | off
     safety_checker_id: str = "CompVis/stable-diffusion-safety-checker"
+    mask_model_id: str | None = None
+    """CLIPSeg for region masks; None: `/inpaint region:` is refused."""
+    inpaint_model_id: str | None = None
+    """A dedicated inpainting model; None: inpaint shares the loaded model's weights."""
+    mask_threshold: float = 0.4
+    mask_dilate: int = 8
 
 
 # -- commands: parent → worker ----------------------------------------------------------
