@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         description="CLIPSeg probability from which a pixel belongs to the region words.",
     )
     mask_dilate: int = Field(
-        8, ge=0, le=128, description="Region masks are grown by this many px (input size)."
+        8, ge=0, le=128, description="Region masks are grown by this many px (of the result)."
     )
 
     # Input limits
