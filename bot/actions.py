@@ -12,12 +12,16 @@ import errno
 import logging
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot.buttons import cancel_view
 from bot.errors import UserError
+from bot.inpaint_masks import MASK_GONE_TEXT, copy_mask, mask_path_for, remove_with_input
 from bot.jobs import NewJob
 from bot.render import job_summary, queue_text
 from bot.store import Job
@@ -49,6 +53,12 @@ INPUT_GONE_TEXT = (
     "The original image of this picture is no longer stored (old uploads are removed to "
     "save space), so it cannot be re-run. Use /img2img with the image again."
 )
+
+
+OnStored = Callable[[bytes, str, int, int], Awaitable[dict[str, Any]]]
+"""Runs once the upload is stored, before its job is queued: gets the upload's own bytes and
+the stored input (path, width, height) and returns more `NewJob` fields (/inpaint: its
+mask). May raise `InputError`/`UserError`: then nothing is queued and the input is removed."""
 
 
 def _role_ids(interaction: Interaction) -> tuple[int, ...]:
@@ -94,7 +104,11 @@ class Actions:
         seed: int | None,
         steps: int | None,
         style: str | None = None,
+        *,
+        on_stored: OnStored | None = None,
     ) -> None:
+        """/img2img's intake, shared by every command taking an upload (/inpaint passes
+        `on_stored`): check, acknowledge privately, store, queue, post the status message."""
         try:
             prompt = check_prompt(prompt)
             negative = (
@@ -113,7 +127,9 @@ class Actions:
         public, nsfw = channel_flags(interaction.channel)
         stored: str | None = None
         try:
-            stored, width, height = await self.decode_and_store(image)
+            data, stored, width, height = await self._read_and_store(image)
+            extra = await on_stored(data, stored, width, height) if on_stored else {}
+            del data
             job = await self.bot.jobs.submit(
                 NewJob(
                     guild_id=interaction.guild_id,
@@ -135,21 +151,27 @@ class Actions:
                     channel_public=public,
                     channel_nsfw=nsfw,
                     interaction_created_at=interaction.created_at.timestamp(),
+                    **extra,
                 )
             )
         except (InputError, UserError) as exc:
-            self._discard(stored)
+            self.discard(stored)
             await interaction.edit_original_response(content=f"❌ {exc}")
             return
         except discord.HTTPException as exc:
-            self._discard(stored)
+            self.discard(stored)
             await interaction.edit_original_response(
                 content=f"❌ Could not download the attachment ({exc.status}). Upload it again."
             )
             return
         except BaseException:
-            self._discard(stored)  # nothing was queued: keep no orphaned upload
+            self.discard(stored)  # nothing was queued: keep no orphaned upload
             raise
+        await self.announce(interaction, job)
+
+    async def announce(self, interaction: Interaction, job: Job) -> None:
+        """After a private acknowledgement: say privately that it was queued, then post the
+        public status message (which later becomes the result)."""
         await interaction.edit_original_response(
             content=f"✅ Queued as job #{job.id}. Your picture will appear in this channel."
         )
@@ -170,13 +192,24 @@ class Actions:
         (path under DATA_DIR, width, height); raises `InputError` for a bad image and
         `UserError` when busy or when the disk is full. Every command taking uploads
         should come through here."""
+        _, stored, width, height = await self._read_and_store(image)
+        return stored, width, height
+
+    async def _read_and_store(self, image: discord.Attachment) -> tuple[bytes, str, int, int]:
+        """`decode_and_store`, also returning the upload's own bytes."""
+        async with self.decode_slot():
+            data = await image.read()
+            return (data, *await asyncio.to_thread(self._store_input, data))
+
+    @asynccontextmanager
+    async def decode_slot(self) -> AsyncIterator[None]:
+        """One of the MAX_DECODES slots for reading an image; `UserError` when busy."""
         try:
             await asyncio.wait_for(self._decodes.acquire(), self.decode_wait_s)
         except TimeoutError:
             raise UserError(BUSY_TEXT) from None
         try:
-            data = await image.read()
-            return await asyncio.to_thread(self._store_input, data)
+            yield
         finally:
             self._decodes.release()
 
@@ -206,10 +239,11 @@ class Actions:
             raise
         return f"inputs/{name}.png", image.width, image.height
 
-    def _discard(self, rel: str | None) -> None:
-        """Remove an upload stored for a job that was then not queued."""
+    def discard(self, rel: str | None) -> None:
+        """Remove an upload (and its mask) stored for a job that was then not queued."""
         if rel is not None:
             (self.settings.data_dir / rel).unlink(missing_ok=True)
+            remove_with_input(self.settings.data_dir, rel)
 
     def _place(self, job: Job) -> str:
         """The first status line: its place in the queue, or that it already started."""
@@ -259,9 +293,15 @@ class Actions:
         await self.precheck(interaction)
         if not (self.settings.data_dir / parent.input_path).exists():
             raise UserError(INPUT_GONE_TEXT)
-        job = await self.bot.jobs.submit(
-            self.child_job(interaction, parent, strength=strength, seed=seed, kind=kind)
-        )
+        parent, new_mask = await self._mask_beside_input(parent)
+        try:
+            job = await self.bot.jobs.submit(
+                self.child_job(interaction, parent, strength=strength, seed=seed, kind=kind)
+            )
+        except BaseException:
+            if new_mask is not None:
+                (self.settings.data_dir / new_mask).unlink(missing_ok=True)
+            raise
         message_id: int | None = None
         try:
             await interaction.response.send_message(
@@ -270,6 +310,23 @@ class Actions:
             message_id = (await interaction.original_response()).id
         finally:
             await self.bot.jobs.attach_status_message(job.id, message_id)
+
+    async def _mask_beside_input(self, parent: Job) -> tuple[Job, str | None]:
+        """An inpaint job's mask must still be stored and sit beside its input: Refine gives
+        the child a new input (the result), so the mask is copied next to it (scaled to its
+        size). Returns the job to copy from and the mask made here, if any."""
+        if not parent.mask_path:
+            return parent, None
+        data_dir = self.settings.data_dir
+        if not (data_dir / parent.mask_path).is_file():
+            raise UserError(MASK_GONE_TEXT)
+        if parent.mask_path == mask_path_for(parent.input_path):
+            return parent, None
+        size = (parent.input_width, parent.input_height)
+        made = await asyncio.to_thread(
+            copy_mask, data_dir, parent.mask_path, parent.input_path, size
+        )
+        return replace(parent, mask_path=made), made
 
     def child_job(
         self, interaction: Interaction, parent: Job, *, strength: float, seed: int | None, kind: str
@@ -300,6 +357,11 @@ class Actions:
             channel_public=public,
             channel_nsfw=nsfw,
             interaction_created_at=interaction.created_at.timestamp(),
+            mode=parent.mode,
+            mask_path=parent.mask_path,
+            mask_source=parent.mask_source,
+            region=parent.region,
+            crop=parent.crop,
         )
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:

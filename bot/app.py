@@ -26,6 +26,7 @@ from bot.cogs.compare import setup_compare
 from bot.cogs.gallery import setup_gallery
 from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
+from bot.cogs.inpaint import setup_inpaint
 from bot.cogs.iterate import setup_iterate
 from bot.cogs.queue import QueueCog
 from bot.cogs.series import setup_series
@@ -150,6 +151,7 @@ class ImgBot(commands.Bot):
         await setup_series(self)
         await setup_iterate(self)
         await setup_compare(self)
+        await setup_inpaint(self)
 
     async def sync_commands(self) -> None:
         """Sync the command tree, unless Discord already has this very tree (same payload,

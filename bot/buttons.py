@@ -3,7 +3,7 @@ message posted before a restart is routed by its regex template, with no in-memo
 
 Callbacks hand over to `bot.actions.Actions` (reached through the client), which holds the
 logic and the resources; Refine and Edit to `bot.cogs.iterate`, Compare and Use to
-`bot.cogs.compare`, found by cog name.
+`bot.cogs.compare`, Inpaint to `bot.cogs.inpaint`, found by cog name.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from bot.variants import STEP, variant_label, variant_strength
 if TYPE_CHECKING:
     from bot.app import ImgBot
     from bot.cogs.compare import CompareCog
+    from bot.cogs.inpaint import InpaintCog
     from bot.cogs.iterate import IterateCog
 
 
@@ -31,6 +32,10 @@ def _iterate(interaction: discord.Interaction[Any]) -> IterateCog:
 
 def _compare(interaction: discord.Interaction[Any]) -> CompareCog:
     return cast("CompareCog", _bot(interaction).get_cog("CompareCog"))
+
+
+def _inpaint(interaction: discord.Interaction[Any]) -> InpaintCog:
+    return cast("InpaintCog", _bot(interaction).get_cog("InpaintCog"))
 
 
 Button = discord.ui.Button[Any]
@@ -151,6 +156,19 @@ class CompareButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:cmp
         await _compare(interaction).compare(interaction, self.job_id)
 
 
+class InpaintButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:inp:(?P<job>\d+)"):
+    """Repaint part of this result: a modal asks what (words or a mask) and the prompt."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Inpaint", emoji="🖌️", custom_id=f"i2i:inp:{job_id}", row=1)
+        )
+        self.job_id = job_id
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _inpaint(interaction).open_modal(interaction, self.job_id)
+
+
 class UseButton(discord.ui.DynamicItem[Button], template=r"i2i:use:(?P<job>\d+)"):
     """Under a comparison: post that image as a normal result (no new GPU work)."""
 
@@ -182,12 +200,13 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     RefineButton,
     EditButton,
     CompareButton,
+    InpaintButton,
     UseButton,
 )
 
 
 def result_view(job_id: int, strength: float) -> discord.ui.View:
-    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare (row 2)."""
+    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare, Inpaint (row 2)."""
     view = discord.ui.View(timeout=None)
     view.add_item(VariantButton(job_id, "m", strength))
     view.add_item(VariantButton(job_id, "p", strength))
@@ -196,6 +215,7 @@ def result_view(job_id: int, strength: float) -> discord.ui.View:
     view.add_item(RefineButton(job_id))
     view.add_item(EditButton(job_id))
     view.add_item(CompareButton(job_id))
+    view.add_item(InpaintButton(job_id))
     return view
 
 

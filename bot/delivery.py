@@ -12,6 +12,8 @@ Nothing here shows a server path or exception text: failure texts pass `plain_te
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 import time
@@ -21,6 +23,7 @@ from typing import Any
 import discord
 
 from bot.buttons import cancel_view, result_view
+from bot.inpaint_masks import thumbnail_png
 from bot.render import job_summary, result_embed
 from bot.store import Job, Store
 
@@ -122,13 +125,18 @@ class DiscordDelivery:
         path = self.data_dir / (job.output_path or "")
         # Allowed in an age-restricted channel only (the worker flagged it): a spoiler.
         spoiler = bool(job.nsfw)
+        thumb = await asyncio.to_thread(self._mask_thumbnail, job)
+        thumb_name = f"mask-{job.id}.png"
         payload: dict[str, Any] = {
-            "embed": result_embed(job),
+            "embed": result_embed(job, mask_thumbnail=thumb_name if thumb else None),
             "view": result_view(job.id, job.strength),
         }
 
-        def file() -> discord.File:
-            return discord.File(path, filename=f"img2img-{job.id}.png", spoiler=spoiler)
+        def files() -> list[discord.File]:
+            out = [discord.File(path, filename=f"img2img-{job.id}.png", spoiler=spoiler)]
+            if thumb:
+                out.append(discord.File(io.BytesIO(thumb), filename=thumb_name))
+            return out
 
         message_id: int | None = None
         if job.status_message_id and not job.reply_to_message_id and self._token_alive(job):
@@ -136,7 +144,7 @@ class DiscordDelivery:
                 msg = await self._webhook(job).edit_message(
                     job.status_message_id,
                     content=f"<@{job.user_id}>",
-                    attachments=[file()],
+                    attachments=files(),
                     **payload,
                 )
                 message_id = msg.id
@@ -144,11 +152,24 @@ class DiscordDelivery:
                 await self._token_failed(job, exc)
                 log.warning("editing job %d's message failed (%s); posting to channel", job.id, exc)
         if message_id is None:
-            message_id = await self._post_result(job, file(), payload)
+            message_id = await self._post_result(job, files(), payload)
             await self._remove_status(job)
         await self.store.update_job(job.id, result_message_id=message_id)
 
-    async def _post_result(self, job: Job, file: discord.File, payload: dict[str, Any]) -> int:
+    def _mask_thumbnail(self, job: Job) -> bytes | None:
+        """A small PNG of an inpaint job's stored mask, or None (region words: the mask was
+        made in the worker; a mask pruned meanwhile)."""
+        if job.mode != "inpaint" or not job.mask_path:
+            return None
+        try:
+            return thumbnail_png(self.data_dir / job.mask_path)
+        except OSError:
+            log.info("job %d: its mask is no longer readable; no thumbnail", job.id)
+            return None
+
+    async def _post_result(
+        self, job: Job, files: list[discord.File], payload: dict[str, Any]
+    ) -> int:
         """The result as a new channel message: a reply to the clicked message for a
         variant, and with the requester's ping once the token is gone."""
         reference = None
@@ -164,7 +185,7 @@ class DiscordDelivery:
         )
         msg = await self._channel(job).send(
             content=content,
-            file=file,
+            files=files,
             reference=reference,  # type: ignore[arg-type]
             allowed_mentions=discord.AllowedMentions.none() if alive else ping(job.user_id),
             **payload,

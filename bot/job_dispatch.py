@@ -135,17 +135,20 @@ class JobDispatch(JobEvents):
         self.ready.set()
 
     def _queued(self, job: Job) -> QueuedJob:
-        """The queue's view of a job; its batch key holds the input size, sized later."""
+        """The queue's view of a job; its batch key holds the input size, sized later, and
+        the mode: an inpaint job's own mask makes its key unique, so it never shares a call
+        (nor with img2img jobs)."""
         plan = plan_steps(job.steps, job.strength)
-        raw_key = ((job.input_width, job.input_height), plan, job.guidance)
+        mode: Hashable = ("inpaint", job.mask_path, job.id) if job.mode == "inpaint" else job.mode
+        raw_key = ((job.input_width, job.input_height), plan, job.guidance, mode)
         return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key)
 
     def _batch_key(self, queued: QueuedJob) -> Hashable:
         """Jobs share a call when they render at one size with one step plan and guidance.
         The size depends on the model's resolution, known only once the worker is ready,
         so it is derived here at dispatch time rather than when the job was queued."""
-        (width, height), plan, guidance = queued.batch_key  # type: ignore[misc]
-        return target_size(width, height, self.resolution), plan, guidance
+        (width, height), plan, guidance, mode = queued.batch_key  # type: ignore[misc]
+        return target_size(width, height, self.resolution), plan, guidance, mode
 
     async def _dispatch(self) -> None:
         """Hand the next batch to the worker. An error puts back (or fails) only its jobs."""
@@ -260,4 +263,9 @@ class JobDispatch(JobEvents):
             guidance=job.guidance,
             output_path=str(out.resolve()),
             allow_nsfw=bool(job.channel_nsfw) and allow_nsfw,
+            mode=job.mode,
+            mask_path=str((self.data_dir / job.mask_path).resolve()) if job.mask_path else None,
+            region=job.region,
+            crop=job.crop,
+            mask_blur=self.settings.mask_blur,
         )

@@ -219,4 +219,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             """,
         ],
     ),
+    (
+        "inpainting: what a job repaints",
+        [
+            # mode: 'img2img' (the whole picture) or 'inpaint'. mask_path: the stored mask
+            # (inputs/NAME.mask.png, next to its input), NULL for region words. mask_source:
+            # what the result names as masked ("mask", "transparent area" or the words).
+            "ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'img2img'",
+            "ALTER TABLE jobs ADD COLUMN mask_path TEXT",
+            "ALTER TABLE jobs ADD COLUMN mask_source TEXT",
+            "ALTER TABLE jobs ADD COLUMN region TEXT",
+            "ALTER TABLE jobs ADD COLUMN crop TEXT NOT NULL DEFAULT 'auto'",
+        ],
+    ),
 ]

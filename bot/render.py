@@ -76,12 +76,27 @@ def model_label(model: str | None) -> str:
 
 def job_summary(job: Job) -> str:
     """One line naming a job for status messages and /queue."""
-    return f"#{job.id} · strength {job.strength:.2f} · “{user_text(job.prompt, 60)}”"
+    mode = "inpaint · " if job.mode == "inpaint" else ""
+    return f"#{job.id} · {mode}strength {job.strength:.2f} · “{user_text(job.prompt, 60)}”"
 
 
-def result_embed(job: Job) -> discord.Embed:
-    """The result's embed; field names are part of the contract (tests and users rely on them)."""
+def masked_text(job: Job) -> str:
+    """What an inpaint job repainted, as the result says it: `mask`, `transparent area`,
+    or the region words."""
+    if job.region and not job.mask_path:
+        return f"region “{discord.utils.escape_markdown(truncate(job.region, 200))}”"
+    return job.mask_source or "mask"
+
+
+def result_embed(job: Job, *, mask_thumbnail: str | None = None) -> discord.Embed:
+    """The result's embed; field names are part of the contract (tests and users rely on them).
+    An inpaint result has an `Inpaint` field naming what was repainted and, given the file
+    name of an attached mask thumbnail, shows it as the embed's thumbnail."""
     embed = discord.Embed(colour=discord.Colour.blurple(), description=lineage(job))
+    if job.mode == "inpaint":
+        embed.add_field(name="Inpaint", value=masked_text(job), inline=False)
+        if mask_thumbnail:
+            embed.set_thumbnail(url=f"attachment://{mask_thumbnail}")
     embed.add_field(name="Prompt", value=truncate(job.prompt, 1024), inline=False)
     if job.style:
         embed.add_field(name="Style", value=job.style, inline=False)

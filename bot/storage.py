@@ -8,6 +8,9 @@ moment before its job row exists and a result still being sent to Discord.
 A pass scans the two folders and deletes in a worker thread, so the event loop never blocks
 on the disk; passes asked for while one runs are folded into one more pass. What a pass
 deleted is handed to `on_pruned` (the gallery flags those entries as pruned).
+
+An inpaint mask (`inputs/NAME.mask.png`) counts as part of its input: it is never chosen on
+its own, and goes when its input goes.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from bot.inpaint_masks import input_of, is_mask, remove_with_input
 from bot.store import ACTIVE_STATES, Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +69,21 @@ def scan(data_dir: Path) -> list[StoredFile]:
             except FileNotFoundError:
                 continue
             found.append(StoredFile(f"{folder}/{entry.name}", st.st_size, st.st_mtime))
-    return found
+    return with_masks_folded(found)
+
+
+def with_masks_folded(files: list[StoredFile]) -> list[StoredFile]:
+    """Each mask's size added to its input's, the mask itself left out (a mask whose input
+    is gone stands alone, so it can still be pruned)."""
+    paths = {f.path for f in files}
+    extra: dict[str, int] = {}
+    rest: list[StoredFile] = []
+    for f in files:
+        if is_mask(f.path) and input_of(f.path) in paths:
+            extra[input_of(f.path)] = extra.get(input_of(f.path), 0) + f.size
+        else:
+            rest.append(f)
+    return [replace(f, size=f.size + extra[f.path]) if f.path in extra else f for f in rest]
 
 
 def choose_victims(
@@ -105,6 +123,11 @@ def prune_files(
         except OSError as exc:
             log.warning("could not prune %s: %s", f.path, exc)
             continue
+        if not is_mask(f.path):
+            try:
+                remove_with_input(data_dir, f.path)
+            except OSError as exc:
+                log.warning("could not prune the mask of %s: %s", f.path, exc)
         result.removed.append(f.path)
         result.freed += f.size
         result.total -= f.size

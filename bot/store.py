@@ -77,6 +77,11 @@ class Job:
     channel_nsfw: int = 0
     nsfw: int = 0
     style: str | None = None  # the saved style's name, when one was applied
+    mode: str = "img2img"  # or "inpaint": only the masked region is regenerated
+    mask_path: str | None = None  # inpaint: the stored mask, next to the input
+    mask_source: str | None = None  # inpaint: "mask", "transparent area" or region words
+    region: str | None = None  # inpaint: words the worker turns into the mask
+    crop: str = "auto"  # inpaint: auto | on | off (generate a box around a small mask)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -90,7 +95,8 @@ JOB_INSERT_FIELDS = (
     "guild_id", "channel_id", "user_id", "kind", "parent_id", "prompt", "negative_prompt",
     "strength", "seed", "steps", "guidance", "input_path", "input_width", "input_height",
     "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
-    "created_at", "channel_public", "channel_nsfw", "style",
+    "created_at", "channel_public", "channel_nsfw", "style", "mode", "mask_path",
+    "mask_source", "region", "crop",
 )  # fmt: skip
 
 

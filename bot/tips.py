@@ -51,7 +51,7 @@ def tip_for(job: Job) -> str | None:
             f"Your picture is {job.input_width}×{job.input_height}; a source of at least "
             f"{GOOD_SIDE}×{GOOD_SIDE} usually transfers better."
         )
-    if job.strength >= HIGH_STRENGTH:
+    if job.strength >= HIGH_STRENGTH and job.mode != "inpaint":  # inpaint repaints a part
         return (
             f"At strength {job.strength:.2f} faces may distort; **Compare** shows the same "
             "picture 0.15 lower."

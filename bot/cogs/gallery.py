@@ -59,6 +59,7 @@ from bot.gallery import (
     page_custom_id,
     parse_direction,
 )
+from bot.inpaint_masks import mask_path_for, remove_with_input
 from bot.storage import Pruner, max_bytes
 from bot.store import Job
 from bot.tips import lineage
@@ -324,6 +325,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         row = await cursor.fetchone()
         if row is not None and row[0] == 0:
             await asyncio.to_thread((self.data_dir / job.input_path).unlink, missing_ok=True)
+            await asyncio.to_thread(remove_with_input, self.data_dir, job.input_path)
         await self.on_deleted_entry(job.id)
 
     async def on_deleted_entry(self, job_id: int) -> None:
@@ -427,7 +429,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
             return removed
 
         gone.pictures = await asyncio.to_thread(unlink, gone.pictures)
+        masks = [mask_path_for(rel) for rel in gone.inputs]  # inpaint masks beside inputs
         gone.inputs = await asyncio.to_thread(unlink, gone.inputs)
+        await asyncio.to_thread(unlink, masks)
         gone.messages = [m for m in gone.messages if await self._delete_message(guild_id, *m)]
         gone.copies = [m for m in gone.copies if await self._delete_message(guild_id, *m)]
 

@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
-from bot.styles import unknown_style_text
+from bot.styles import Composed, unknown_style_text
 from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -23,6 +23,31 @@ from pipeline.request import (
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
+
+
+async def compose(
+    bot: ImgBot,
+    interaction: discord.Interaction[Any],
+    prompt: str,
+    negative_prompt: str | None,
+    style: str | None,
+    strength: float | None,
+) -> Composed:
+    """The prompt with its style applied (first, so the job stores, and the embed shows, the
+    prompt that actually ran). Raises `InputError`/`UserError` with the member's message.
+    Shared by the commands that take a prompt and a style (/img2img, /inpaint)."""
+    prompt = check_prompt(prompt)
+    composed = await bot.styles.apply(
+        interaction.guild_id or 0,  # outside a server: built-ins only (then refused)
+        interaction.user.id,
+        style,
+        prompt,
+        negative_prompt.strip() if negative_prompt else None,
+        strength,
+    )
+    if composed is None:
+        raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
+    return composed
 
 
 class GenerateCog(commands.Cog):
@@ -54,20 +79,10 @@ class GenerateCog(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
-        # The style is applied first, so the job stores (and the embed shows) the
-        # composed prompt that actually ran.
         try:
-            prompt = check_prompt(prompt)
-            composed = await self.bot.styles.apply(
-                interaction.guild_id or 0,  # outside a server: built-ins only (then refused)
-                interaction.user.id,
-                style,
-                prompt,
-                negative_prompt.strip() if negative_prompt else None,
-                strength,
+            composed = await compose(
+                self.bot, interaction, prompt, negative_prompt, style, strength
             )
-            if composed is None:
-                raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
