@@ -41,6 +41,17 @@ WORKING_ON_A_RESULT = (
 )
 
 
+INPAINTING = (
+    "**/inpaint** `image` `prompt` `[mask]` `[region]` `[strength=0.75]` repaints only part "
+    "of a picture; the rest keeps its exact pixels. Say what to repaint with a `mask` image "
+    "(white repaints, black keeps, grey blends), a PNG whose area to repaint is transparent, "
+    "or `region` words such as `the sky`. A small area is generated at full detail "
+    "(`crop: auto`).\n"
+    "The **Inpaint** button under a result repaints that picture: type what to repaint or "
+    "upload a mask in the form. Variants, Reroll, Refine, Edit and Compare keep the mask."
+)
+
+
 def tip_for(job: Job) -> str | None:
     """At most one tip for a result, when the guide has one for its situation."""
     if job.kind not in TIPPED_KINDS:

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.render import HELP_TEXT
-from bot.tips import TROUBLESHOOTING, WALKTHROUGH, WORKING_ON_A_RESULT
+from bot.tips import INPAINTING, TROUBLESHOOTING, WALKTHROUGH, WORKING_ON_A_RESULT
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -24,6 +24,7 @@ class HelpCog(commands.Cog):
     async def help(self, interaction: discord.Interaction[Any]) -> None:
         embed = discord.Embed(title="Image-to-image bot", description=HELP_TEXT)
         embed.add_field(name="Working on a result", value=WORKING_ON_A_RESULT, inline=False)
+        embed.add_field(name="Inpainting", value=INPAINTING, inline=False)
         embed.add_field(name="When it goes wrong", value=TROUBLESHOOTING, inline=False)
         embed.add_field(name="First time? Try this", value=WALKTHROUGH, inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True)

@@ -195,3 +195,11 @@ def test_the_result_says_inpaint_and_what_was_repainted() -> None:
     plain = result_embed(_job(mode="img2img", mask_path=None, mask_source=None))
     assert "Inpaint" not in {f.name for f in plain.fields} and not plain.thumbnail.url
     assert isinstance(embed, discord.Embed)
+
+
+def test_help_explains_inpaint_and_its_button_within_a_field() -> None:
+    from bot.tips import INPAINTING
+
+    assert len(INPAINTING) <= 1024  # an embed field's limit
+    for needle in ("/inpaint", "`mask`", "`region`", "transparent", "**Inpaint** button"):
+        assert needle in INPAINTING, needle
