@@ -62,10 +62,16 @@ def make_batch_invariant(pipe: Any) -> None:
       different MKL kernel for 2 vs. 6 rows) → those Linears run one row at a time;
     - vectorised elementwise ops whose tail/chunk split moves with the tensor size (QuickGELU
       in a text encoder whose width is not a multiple of 16) → text encoders run per row;
-    - GroupNorm/convolutions in the VAE at large spatial sizes → VAE slicing (per image).
-    The UNet's attention, big convolutions and GEMMs were batch-invariant; the extra cost
-    is under 10% of a step.
+    - GroupNorm/convolutions in the VAE at large spatial sizes → VAE slicing (per image);
+    - oneDNN (mkldnn) convolutions pick a kernel by batch size, so a UNet row differs in the
+      last bit between 1 and N rows (and iteration-level batching mixes rows of different
+      jobs at different timesteps, see `pipeline.stepbatch`) → oneDNN is switched off for
+      this process: ATen's own CPU convolution unfolds and multiplies one sample at a time
+      (per-row by construction), and measured no slower on the tiny and SD-sized UNets.
+    The UNet's attention and GEMMs were batch-invariant; the extra cost is under 10% of a
+    step.
     """
+    torch.backends.mkldnn.enabled = False
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         encoder = getattr(pipe, name, None)
         if isinstance(encoder, torch.nn.Module):

@@ -1,0 +1,408 @@
+"""Iteration-level batching: jobs of one latent shape share every UNet call.
+
+Part of the engine (imported only by `pipeline.engine`; see `Engine.run_steps`). Today's
+pipeline-call path can batch only jobs with the same step plan and guidance; real traffic
+mixes strengths, step counts and guidance, so it mostly runs one image at a time. Here each
+job keeps its own scheduler instance, timesteps, latents and generator, and at every step
+the latents of all running jobs are stacked into one UNet call with a timestep per row
+(classifier-free guidance rows only for jobs that use it). Jobs join at step boundaries
+while a slot is free and leave when done (VAE decode, safety check, PNG per job).
+
+Each job is computed exactly as diffusers' `StableDiffusionImg2ImgPipeline.__call__`
+computes it alone (encode_prompt, get_timesteps with the strength, prepare_latents with the
+job's generator, `step(..., eta=, generator=)`, decode, postprocess): every operation but
+the UNet sees the same tensor shapes as the solo call, and on CPU the UNet is made
+batch-invariant (`pipeline.invariance`), so a job's PNG is pixel-equal to its solo run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from pipeline.request import GenerationRequest, GenerationResult, plan_steps
+from pipeline.safety import SafetyChecker
+
+log = logging.getLogger(__name__)
+
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+"""With a compiled UNet the row count is padded up to one of these, so a handful of
+compiled graphs serve every mix of jobs (dynamic=False recompiles per new shape)."""
+
+
+@dataclass
+class StepHooks:
+    """What the loop reports, per job. Every admitted job ends in exactly one of
+    `on_finished`, `on_failed` or `on_cancelled`."""
+
+    on_finished: Callable[[GenerationResult], None]
+    on_failed: Callable[[str, str], None] | None = None
+    on_cancelled: Callable[[str], None] | None = None
+    on_started: Callable[[str], None] | None = None
+    on_progress: Callable[[str, int, int], None] | None = None
+    is_cancelled: Callable[[str], bool] | None = None
+
+
+@dataclass
+class _Job:
+    """One job's own denoising state: what the solo pipeline call keeps in locals."""
+
+    req: GenerationRequest
+    scheduler: Any
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    embeds: torch.Tensor  # [negative, positive] rows with guidance, else [positive]
+    timestep_cond: torch.Tensor | None
+    generator: torch.Generator
+    step_kwargs: dict[str, Any]
+    cfg: bool
+    total: int
+    started: float
+    index: int = 0
+    order: int = 1
+    size: tuple[int, int] = (0, 0)
+    reported: int = field(default=0)
+
+    @property
+    def rows(self) -> int:
+        return 2 if self.cfg else 1
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+    @property
+    def step_total(self) -> int:
+        return math.ceil(len(self.timesteps) / self.order)
+
+
+def supports_steps(pipe: Any) -> bool:
+    """SD 1.x/2.x/Turbo img2img: a UNet2DConditionModel with no added conditioning. SDXL
+    (added text/time embeddings), transformer models and other pipelines keep the
+    pipeline-call path."""
+    from diffusers import StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+
+    unet = getattr(pipe, "unet", None)
+    unet = getattr(unet, "_orig_mod", unet)  # torch.compile wraps the module
+    return (
+        isinstance(pipe, StableDiffusionImg2ImgPipeline)
+        and isinstance(unet, UNet2DConditionModel)
+        and getattr(unet.config, "addition_embed_type", None) is None
+        and getattr(unet.config, "class_embed_type", None) is None
+    )
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator, eta: float) -> dict[str, Any]:
+    """`prepare_extra_step_kwargs`: eta and generator only where `step` takes them."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+class StepLoop:
+    """The running set. `admit` adds a job at a step boundary, `step` runs one UNet call
+    for every running job and finishes those that are done. Not thread-safe."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        *,
+        checker: SafetyChecker | None,
+        max_batch: int,
+        pad_rows: bool = False,
+        eta: float = 0.0,
+    ) -> None:
+        self.pipe = pipe
+        self.checker = checker
+        self.max_batch = max(1, int(max_batch))
+        # A compiled UNet (dynamic=False) recompiles per row count: pad to a few buckets.
+        self.pad_rows = pad_rows or hasattr(pipe.unet, "_orig_mod")
+        if self.pad_rows:
+            import torch._dynamo
+
+            limit = torch._dynamo.config.cache_size_limit
+            torch._dynamo.config.cache_size_limit = max(limit, 8 * len(ROW_BUCKETS))
+        self.eta = eta
+        self.running: list[_Job] = []
+        self.unet_calls = 0
+        self.rows_run = 0
+
+    # -- the running set ------------------------------------------------------------------
+    @property
+    def free(self) -> int:
+        return self.max_batch - len(self.running)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """Image size (hence latent shape) of the running set; None when empty."""
+        return self.running[0].size if self.running else None
+
+    def fits(self, image: Image.Image) -> bool:
+        return self.free > 0 and self.size in (None, image.size)
+
+    def job_ids(self) -> list[str]:
+        return [job.req.job_id for job in self.running]
+
+    @torch.no_grad()
+    def admit(self, req: GenerationRequest, image: Image.Image) -> None:
+        """Set the job up exactly as the img2img call does before its denoising loop."""
+        if not self.fits(image):
+            raise ValueError(f"job {req.job_id} does not fit the running set")
+        pipe = self.pipe
+        device = pipe._execution_device
+        total, _ = plan_steps(req.steps, req.strength)
+        guidance = float(req.guidance)
+        unet_config = pipe.unet.config
+        cfg = guidance > 1 and unet_config.time_cond_proj_dim is None
+        positive, negative = pipe.encode_prompt(
+            req.prompt, device, 1, cfg, req.negative_prompt or ""
+        )
+        embeds = torch.cat([negative, positive]) if cfg else positive
+
+        pixels = pipe.image_processor.preprocess(image)
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(total, device=device)
+        timesteps = self._get_timesteps(scheduler, total, float(req.strength))
+        generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
+        latents = self._prepare_latents(
+            scheduler, pixels, timesteps[:1].repeat(1), embeds.dtype, device, generator
+        )
+        timestep_cond = None
+        if unet_config.time_cond_proj_dim is not None:
+            scale = torch.tensor(guidance - 1).repeat(1)
+            timestep_cond = pipe.get_guidance_scale_embedding(
+                scale, embedding_dim=unet_config.time_cond_proj_dim
+            ).to(device=device, dtype=latents.dtype)
+        job = _Job(
+            req=req,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            latents=latents,
+            embeds=embeds,
+            timestep_cond=timestep_cond,
+            generator=generator,
+            step_kwargs=_step_kwargs(scheduler, generator, self.eta),
+            cfg=cfg,
+            total=total,
+            started=time.perf_counter(),
+            order=max(1, int(getattr(scheduler, "order", 1) or 1)),
+            size=image.size,
+        )
+        self.running.append(job)
+        log.debug("job %s joined (%d running)", req.job_id, len(self.running))
+
+    @staticmethod
+    def _get_timesteps(scheduler: Any, total: int, strength: float) -> torch.Tensor:
+        """`get_timesteps`, on the job's own scheduler."""
+        init_timestep = min(int(total * strength), total)
+        t_start = max(total - init_timestep, 0)
+        timesteps = scheduler.timesteps[t_start * scheduler.order :]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        return timesteps
+
+    def _prepare_latents(
+        self,
+        scheduler: Any,
+        image: torch.Tensor,
+        timestep: torch.Tensor,
+        dtype: torch.dtype,
+        device: Any,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """`prepare_latents` for one image with one generator."""
+        vae = self.pipe.vae
+        image = image.to(device=device, dtype=dtype)
+        encoded = vae.encode(image)
+        init_latents = encoded.latent_dist.sample(generator)
+        init_latents = vae.config.scaling_factor * init_latents
+        noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)
+        return scheduler.add_noise(init_latents, noise, timestep)
+
+    # -- one step ---------------------------------------------------------------------------
+    def drop_cancelled(self, hooks: StepHooks) -> None:
+        """A job seen cancelled leaves the set now; the others go on."""
+        if hooks.is_cancelled is None:
+            return
+        for job in list(self.running):
+            if hooks.is_cancelled(job.req.job_id):
+                self.running.remove(job)
+                log.info("job %s cancelled after %d steps", job.req.job_id, job.reported)
+                if hooks.on_cancelled is not None:
+                    hooks.on_cancelled(job.req.job_id)
+
+    @torch.no_grad()
+    def step(self, hooks: StepHooks) -> None:
+        """One UNet call for all running jobs, one scheduler step each; finished jobs are
+        decoded, checked and written, and leave the set."""
+        if not self.running:
+            return
+        jobs = list(self.running)
+        inputs, embeds, times, conds = [], [], [], []
+        for job in jobs:
+            t = job.timesteps[job.index]
+            model_input = torch.cat([job.latents] * 2) if job.cfg else job.latents
+            inputs.append(job.scheduler.scale_model_input(model_input, t))
+            embeds.append(job.embeds)
+            times.append(t.reshape(1).expand(job.rows))
+            if job.timestep_cond is not None:
+                conds.append(job.timestep_cond.expand(job.rows, -1))
+        sample = torch.cat(inputs)
+        hidden = torch.cat(embeds)
+        timestep = torch.cat(times)
+        timestep_cond = torch.cat(conds) if conds else None
+        rows = sample.shape[0]
+        if self.pad_rows:
+            sample, hidden, timestep, timestep_cond = _pad(sample, hidden, timestep, timestep_cond)
+        noise_pred = self.pipe.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=hidden,
+            timestep_cond=timestep_cond,
+            return_dict=False,
+        )[0]
+        self.unet_calls += 1
+        self.rows_run += rows
+        row = 0
+        for job in jobs:
+            pred = noise_pred[row : row + job.rows]
+            row += job.rows
+            if job.cfg:
+                uncond, text = pred.chunk(2)
+                pred = uncond + float(job.req.guidance) * (text - uncond)
+            t = job.timesteps[job.index]
+            job.latents = job.scheduler.step(
+                pred, t, job.latents, **job.step_kwargs, return_dict=False
+            )[0]
+            job.index += 1
+            self._report(job, hooks)
+        for job in jobs:
+            if job.done:
+                self.running.remove(job)
+                self._finish(job, hooks)
+
+    def _report(self, job: _Job, hooks: StepHooks) -> None:
+        step = math.ceil(job.index / job.order)
+        if step > job.reported:
+            job.reported = step
+            if hooks.on_progress is not None:
+                hooks.on_progress(job.req.job_id, step, job.step_total)
+
+    def _finish(self, job: _Job, hooks: StepHooks) -> None:
+        """Decode, postprocess, check and write one job's image, as the solo call does."""
+        pipe = self.pipe
+        vae = pipe.vae
+        decoded = vae.decode(
+            job.latents / vae.config.scaling_factor, return_dict=False, generator=job.generator
+        )[0]
+        image = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=[True])[
+            0
+        ]
+        flagged = bool(self.checker.flags([image])[0]) if self.checker else False
+        req = job.req
+        withheld = flagged and not req.allow_nsfw
+        path = ""
+        if withheld:
+            log.info("job %s: the safety checker flagged the image; withheld", req.job_id)
+        else:
+            target = Path(req.output_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.save(target, format="PNG")
+            path = str(target)
+        hooks.on_finished(
+            GenerationResult(
+                job_id=req.job_id,
+                output_path=path,
+                seed=req.seed,
+                steps_run=job.reported,
+                steps_total=job.total,
+                width=image.width,
+                height=image.height,
+                seconds=time.perf_counter() - job.started,
+                nsfw=flagged,
+                withheld=withheld,
+            )
+        )
+
+
+def _pad(
+    sample: torch.Tensor,
+    hidden: torch.Tensor,
+    timestep: torch.Tensor,
+    timestep_cond: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Repeat the last row up to the next bucket; the extra outputs are never read."""
+    rows = sample.shape[0]
+    target = next((b for b in ROW_BUCKETS if b >= rows), rows)
+    if target == rows:
+        return sample, hidden, timestep, timestep_cond
+
+    def grow(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x[-1:].expand(target - rows, *x.shape[1:])])
+
+    return (
+        grow(sample),
+        grow(hidden),
+        grow(timestep),
+        grow(timestep_cond) if timestep_cond is not None else None,
+    )
+
+
+def run_steps(
+    loop: StepLoop,
+    first: Sequence[GenerationRequest],
+    hooks: StepHooks,
+    *,
+    load: Callable[[GenerationRequest], Image.Image | None],
+    more: Callable[[], Sequence[GenerationRequest]] | None = None,
+) -> None:
+    """Drive `loop` until it and the queue are empty.
+
+    `first` and whatever `more()` returns at each step boundary are admitted in arrival
+    order while a slot is free. A job whose image size differs from the running set waits
+    (and so do the jobs behind it, to keep the fair order) until the set drains. `load`
+    reads a job's input or reports its failure itself and returns None.
+    """
+    waiting: list[tuple[GenerationRequest, Image.Image | None]] = [(r, None) for r in first]
+    while True:
+        if more is not None:
+            waiting.extend((r, None) for r in more())
+        while waiting and loop.free > 0:
+            req, image = waiting[0]
+            if hooks.is_cancelled is not None and hooks.is_cancelled(req.job_id):
+                waiting.pop(0)
+                if hooks.on_cancelled is not None:
+                    hooks.on_cancelled(req.job_id)
+                continue
+            if image is None:
+                image = load(req)
+                if image is None:  # its failure is reported; the rest go on
+                    waiting.pop(0)
+                    continue
+                waiting[0] = (req, image)
+            if not loop.fits(image):
+                break
+            waiting.pop(0)
+            loop.admit(req, image)
+            if hooks.on_started is not None:
+                hooks.on_started(req.job_id)
+        if not loop.running:
+            if not waiting:
+                return
+            continue  # the head job starts a new set of its own size
+        loop.step(hooks)
+        loop.drop_cancelled(hooks)
