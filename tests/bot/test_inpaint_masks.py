@@ -203,3 +203,30 @@ def test_help_explains_inpaint_and_its_button_within_a_field() -> None:
     assert len(INPAINTING) <= 1024  # an embed field's limit
     for needle in ("/inpaint", "`mask`", "`region`", "transparent", "**Inpaint** button"):
         assert needle in INPAINTING, needle
+
+
+def test_inpaint_jobs_reach_the_worker_with_their_mask_and_never_share_a_call(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from bot.job_dispatch import JobDispatch
+
+    service = SimpleNamespace(
+        data_dir=tmp_path, settings=SimpleNamespace(mask_blur=5), resolution=128
+    )
+    job = _job(crop="on", region=None)
+    request = JobDispatch._request(service, job)  # type: ignore[arg-type]
+    assert (request.mode, request.crop, request.mask_blur) == ("inpaint", "on", 5)
+    assert request.mask_path == str((tmp_path / "inputs/a.mask.png").resolve())
+    plain = JobDispatch._request(service, _job(mode="img2img", mask_path=None))  # type: ignore[arg-type]
+    assert (plain.mode, plain.mask_path) == ("img2img", None)
+
+    def key(j: Job) -> object:
+        queued = JobDispatch._queued(service, j)  # type: ignore[arg-type]
+        return JobDispatch._batch_key(service, queued)  # type: ignore[arg-type]
+
+    same_mask = _job(id=8)
+    img2img = [_job(id=i, mode="img2img", mask_path=None) for i in (9, 10)]
+    assert key(img2img[0]) == key(img2img[1])  # plain jobs still batch together
+    assert len({key(job), key(same_mask), key(img2img[0])}) == 3
