@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiosqlite
 
@@ -71,15 +71,13 @@ class NewJob:
     channel_nsfw: bool = False  # the channel (or a thread's parent) is age-restricted
     interaction_created_at: float | None = None  # the token's 15 minutes count from here
     style: str | None = None  # the saved style applied to the prompt, by name
-    mode: str = "img2img"  # "inpaint": only the masked region is regenerated
-    mask_path: str | None = None  # inpaint: the mask stored beside the input
-    mask_source: str | None = None  # inpaint: "mask", "transparent area" or region words
-    region: str | None = None  # inpaint: words the worker turns into a mask
-    crop: str = "auto"  # inpaint: auto | on | off
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
 JobHook = Callable[[Job], Awaitable[None]]
+GroupHook = Callable[[aiosqlite.Connection, list[Job]], Awaitable[str]]
+NEW_GROUP = "\0new"
+"""Stands for a group not queued yet when the caps of a whole set are checked."""
 
 
 @dataclass
@@ -206,35 +204,61 @@ class JobService(JobDispatch):
 
         A job from an interaction gets a status message from its caller, who must then call
         `attach_status_message` (with None if posting it failed)."""
-        plan_steps(new.steps, new.strength)  # raises InputError for an impossible strength
-        seed = new.seed if new.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return (await self.submit_many([new]))[0]
+
+    async def submit_many(self, news: list[NewJob], *, group: GroupHook | None = None) -> list[Job]:
+        """Store and queue every job or none, in one transaction (a series).
+
+        Caps are checked for the whole set as one entry and each job is reserved by the
+        hooks (quota) in turn, so a set that does not fit is refused whole and nothing is
+        ever partly queued. `group(db, jobs)` runs in the same transaction (the series
+        writes its rows there) and names the group that makes the jobs one entry in the
+        fair queue."""
+        for new in news:
+            plan_steps(new.steps, new.strength)  # raises InputError for an impossible strength
         now = self.clock()
-        token_from = new.interaction_created_at if new.interaction_created_at is not None else now
+        first = news[0]
         async with self.store.transaction() as db:
-            self.check_caps(new.guild_id, new.user_id)
-            for hook in self.hooks.reserve:
-                await hook(db, new, now)
-            job_id = await self.store.insert_job(
-                db,
-                guild_id=new.guild_id, channel_id=new.channel_id, user_id=new.user_id,
-                kind=new.kind, parent_id=new.parent_id, prompt=new.prompt,
-                negative_prompt=new.negative_prompt, strength=new.strength, seed=seed,
-                steps=new.steps, guidance=new.guidance, input_path=new.input_path,
-                input_width=new.input_width, input_height=new.input_height,
-                application_id=new.application_id, interaction_token=new.interaction_token,
-                token_expires_at=token_from + TOKEN_LIFETIME_S if new.interaction_token else None,
-                reply_to_message_id=new.reply_to_message_id, created_at=now,
-                channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
-                style=new.style, mode=new.mode, mask_path=new.mask_path,
-                mask_source=new.mask_source, region=new.region, crop=new.crop,
-            )  # fmt: skip
-            job = await self._get(db, job_id)
-            self.queue.push(self._queued(job), enforce_caps=False)
-        if new.interaction_token:
-            self._status_gates[job.id] = asyncio.Event()
-        log.info("queued job %d (guild %d, user %d)", job.id, job.guild_id, job.user_id)
+            try:
+                if len(news) == 1 and group is None:
+                    self.queue.check_caps(first.guild_id, first.user_id)
+                else:
+                    self.queue.check_caps(
+                        first.guild_id, first.user_id, size=len(news), group=NEW_GROUP
+                    )
+            except QueueFull as exc:
+                raise UserError(str(exc)) from None
+            jobs = [await self._insert(db, new, now) for new in news]
+            name = await group(db, jobs) if group is not None else None
+            for job in jobs:
+                self.queue.push(replace(self._queued(job), group=name), enforce_caps=False)
+        for new, job in zip(news, jobs, strict=True):
+            if new.interaction_token:
+                self._status_gates[job.id] = asyncio.Event()
+            log.info("queued job %d (guild %d, user %d)", job.id, job.guild_id, job.user_id)
         self._wake.set()
-        return job
+        return jobs
+
+    async def _insert(self, db: aiosqlite.Connection, new: NewJob, now: float) -> Job:
+        """Reserve (hooks may refuse with `UserError`) and insert one job row."""
+        for hook in self.hooks.reserve:
+            await hook(db, new, now)
+        seed = new.seed if new.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        token_from = new.interaction_created_at if new.interaction_created_at is not None else now
+        job_id = await self.store.insert_job(
+            db,
+            guild_id=new.guild_id, channel_id=new.channel_id, user_id=new.user_id,
+            kind=new.kind, parent_id=new.parent_id, prompt=new.prompt,
+            negative_prompt=new.negative_prompt, strength=new.strength, seed=seed,
+            steps=new.steps, guidance=new.guidance, input_path=new.input_path,
+            input_width=new.input_width, input_height=new.input_height,
+            application_id=new.application_id, interaction_token=new.interaction_token,
+            token_expires_at=token_from + TOKEN_LIFETIME_S if new.interaction_token else None,
+            reply_to_message_id=new.reply_to_message_id, created_at=now,
+            channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
+            style=new.style,
+        )  # fmt: skip
+        return await self._get(db, job_id)
 
     async def attach_status_message(self, job_id: int, message_id: int | None) -> None:
         """Remember the message that shows this job's place and progress; None: the caller

@@ -6,6 +6,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import aiosqlite
+
 from bot.series import Item
 from bot.store import Job, Store
 
@@ -27,24 +29,29 @@ class SeriesStore:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def create(
-        self, guild_id: int, channel_id: int, user_id: int, size: int, seed: int
+    async def create_in(
+        self,
+        db: aiosqlite.Connection,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        seed: int,
+        items: list[tuple[int, int, str]],
     ) -> int:
-        async with self.store.transaction() as db:
-            cursor = await db.execute(
-                "INSERT INTO series (guild_id, channel_id, user_id, size, seed, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (guild_id, channel_id, user_id, size, seed, time.time()),
-            )
-            assert cursor.lastrowid is not None
-            return cursor.lastrowid
-
-    async def add_item(self, series_id: int, position: int, job_id: int, label: str) -> None:
-        async with self.store.transaction() as db:
-            await db.execute(
-                "INSERT INTO series_items (series_id, position, job_id, label) VALUES (?, ?, ?, ?)",
-                (series_id, position, job_id, label),
-            )
+        """Write a series and its items `(position, job_id, label)` inside the caller's
+        transaction: the one that queues its jobs, so a series never exists half."""
+        cursor = await db.execute(
+            "INSERT INTO series (guild_id, channel_id, user_id, size, seed, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (guild_id, channel_id, user_id, len(items), seed, time.time()),
+        )
+        series_id = cursor.lastrowid
+        assert series_id is not None
+        await db.executemany(
+            "INSERT INTO series_items (series_id, position, job_id, label) VALUES (?, ?, ?, ?)",
+            [(series_id, position, job_id, label) for position, job_id, label in items],
+        )
+        return series_id
 
     async def set_message(self, series_id: int, message_id: int) -> None:
         async with self.store.transaction() as db:

@@ -16,6 +16,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+import aiosqlite
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -237,25 +238,26 @@ class SeriesCog(commands.Cog):
         stored: list[tuple[int, str, str, int, int]],
         seed: int,
     ) -> int:
-        """Queue every job, or none: one refused (a race past `_check_room`) cancels the
-        ones already queued, refunded."""
+        """Queue every job and write the series in one transaction: all or none."""
         first = news[0]
-        series_id = await self.series.create(
-            first.guild_id, first.channel_id, first.user_id, len(news), seed
-        )
-        group = f"series:{series_id}"
-        queued: list[Job] = []
+        made: list[int] = []
+
+        async def write_series(db: aiosqlite.Connection, jobs: list[Job]) -> str:
+            items = [
+                (pos, job.id, label) for job, (pos, label, *_) in zip(jobs, stored, strict=True)
+            ]
+            made.append(
+                await self.series.create_in(
+                    db, first.guild_id, first.channel_id, first.user_id, seed, items
+                )
+            )
+            return f"series:{made[0]}"
+
         try:
-            for new, (pos, label, *_) in zip(news, stored, strict=True):
-                job = await self.bot.jobs.submit(new)
-                self.bot.jobs.queue.set_group(str(job.id), group)
-                queued.append(job)
-                await self.series.add_item(series_id, pos, job.id, label)
-        except (UserError, InputError):
-            for job in queued:
-                await self.bot.jobs.cancel(job.id, job.user_id, True)
-            raise
-        return series_id
+            await self.bot.jobs.submit_many(news, group=write_series)
+        except InputError as exc:
+            raise UserError(str(exc)) from None
+        return made[0]
 
     # -- the album ----------------------------------------------------------------------
     async def refresh_of(self, job: Job) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 
 import bot.job_dispatch as job_dispatch
 import bot.jobs as jobs_module
+from bot.errors import UserError
 from bot.job_events import CRASH_MESSAGE
 from bot.jobs import JobService, NewJob
 from bot.store import Job, Store
@@ -560,3 +561,40 @@ async def test_a_job_cancelled_while_handed_to_a_dying_worker_ends_cancelled(h: 
     row = await h.job(job.id)
     assert (row.state, row.counted) == ("cancelled", 0)
     assert str(job.id) not in service.queue and len(h.worker.batches) == 1
+
+
+async def test_a_set_is_queued_whole_as_one_entry_or_not_at_all(
+    tmp_path: Path, store: Store
+) -> None:
+    """A series is one entry against the per-user cap, even for a member who already holds
+    all but one entry; one job refused by a reserve hook leaves no row and nothing queued."""
+    h = Harness(tmp_path, store, max_jobs_per_user=3)
+    service = h.service  # not started: nothing is dispatched, the queue holds what is queued
+    for _ in range(2):
+        await h.submit()
+    groups: list[list[int]] = []
+
+    async def group(db: Any, jobs: list[Job]) -> str:
+        groups.append([j.id for j in jobs])
+        return "series:1"
+
+    jobs = await service.submit_many([new_job(), new_job(), new_job()], group=group)
+    assert groups == [[j.id for j in jobs]]
+    assert service.queue.entries(7) == 3 and len(service.queue) == 5
+    with pytest.raises(UserError, match="3 jobs waiting or running"):
+        await h.submit()
+
+    calls = 0
+
+    async def third_is_refused(db: Any, new: NewJob, now: float) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise UserError("no more today")
+
+    service.hooks.reserve.append(third_is_refused)
+    rows_before = len(await store.jobs_in_states(("queued",)))
+    with pytest.raises(UserError, match="no more today"):
+        await service.submit_many([new_job(user_id=8) for _ in range(3)], group=group)
+    assert len(groups) == 1 and len(service.queue) == 5
+    assert len(await store.jobs_in_states(("queued",))) == rows_before
