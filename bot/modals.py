@@ -32,6 +32,10 @@ from pipeline.request import (
 PREFIX = "i2i:modal"
 CUSTOM_ID = re.compile(rf"^{PREFIX}:(?P<kind>refine|edit|this):(?P<ref>\d+)$")
 PROMPT, NEGATIVE, STRENGTH, SEED, PICTURE = "prompt", "negative", "strength", "seed", "picture"
+STYLE = "style"
+MAX_STYLE_CHARS = 100
+MAX_COMPONENTS = 5  # Discord's limit for one modal
+STYLED = ("edit", "this")  # the modals with a Style field
 MAX_PICTURES = 25  # options in one select
 REFINE_STRENGTH = 0.30
 THIS_STRENGTH = 0.5
@@ -46,6 +50,7 @@ class Form:
     negative_prompt: str | None
     strength: float
     seed: int | None  # None: a new random seed
+    style: str | None = None  # a saved style's name to apply to the prompt
 
 
 def custom_id(kind: str, ref: int) -> str:
@@ -73,8 +78,9 @@ def build(
     pictures: list[str] | None = None,
 ) -> discord.ui.Modal:
     """The modal, prefilled; inputs in Label components labelled exactly `Prompt`,
-    `Negative prompt`, `Strength` and `Seed` (the README and the tests rely on them). With
-    several `pictures` (file names), a `Picture` select comes first, the first one chosen."""
+    `Negative prompt`, `Strength`, `Seed` and, on Edit and Img2img this, `Style` (the README
+    and the tests rely on them). With several `pictures` (file names), a `Picture` select
+    comes first, the first one chosen, and Seed gives way to it (five components at most)."""
     modal = discord.ui.Modal(
         title=TITLES[kind].format(ref=ref), custom_id=custom_id(kind, ref), timeout=None
     )
@@ -120,7 +126,18 @@ def build(
             ),
         ),
     ]
-    if pictures and len(pictures) > 1:
+    if kind in STYLED:
+        style_input = discord.ui.TextInput(
+            custom_id=STYLE,
+            max_length=MAX_STYLE_CHARS,
+            required=False,
+            placeholder="A saved style to apply to the prompt (see /style list)",
+        )
+        inputs.append(("Style", style_input))
+    choosing = bool(pictures and len(pictures) > 1)
+    if choosing and len(inputs) + 1 > MAX_COMPONENTS:
+        inputs = [pair for pair in inputs if pair[0] != "Seed"]
+    if pictures and choosing:
         options = [
             discord.SelectOption(label=f"{i + 1}. {name}"[:100], value=str(i), default=i == 0)
             for i, name in enumerate(pictures[:MAX_PICTURES])
@@ -187,4 +204,5 @@ def read_form(values: dict[str, str]) -> Form:
         negative_prompt=negative or None,
         strength=read_strength(values.get(STRENGTH, "")),
         seed=read_seed(values.get(SEED, "")),
+        style=values.get(STYLE, "").strip() or None,
     )

@@ -25,7 +25,6 @@ import shutil
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -37,6 +36,7 @@ from bot import modals
 from bot.actions import INPUT_GONE_TEXT
 from bot.errors import UserError
 from bot.store import Job
+from bot.styles import unknown_style_text
 from pipeline.request import InputError
 
 if TYPE_CHECKING:
@@ -96,25 +96,6 @@ def images_of(message: discord.Message) -> list[dict[str, Any]]:
                 )
                 break
     return found[: modals.MAX_PICTURES]
-
-
-def copy_output(data_dir: Path, job: Job) -> tuple[str, int, int]:
-    """A job's result as a new input of its own, (path, width, height); blocking, run it in
-    a thread. Refine and Inpaint start from a result this way, so deleting the parent
-    breaks nothing."""
-    name = uuid.uuid4().hex
-    folder = data_dir / "inputs"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.png.tmp"
-    try:
-        shutil.copyfile(data_dir / str(job.output_path), tmp)
-        with Image.open(tmp) as image:
-            width, height = image.size
-        tmp.replace(folder / f"{name}.png")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return f"inputs/{name}.png", width, height
 
 
 class IterateCog(commands.Cog):
@@ -205,18 +186,23 @@ class IterateCog(commands.Cog):
         except InputError as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
+        try:
+            styled = await self._styled(interaction, form)
+        except (InputError, UserError) as exc:
+            await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
+            return
         if kind == "this":
-            await self._submit_this(interaction, target, form, values.get(modals.PICTURE, "0"))
+            await self._submit_this(interaction, target, styled, values.get(modals.PICTURE, "0"))
             return
         copied: str | None = None
         try:
             parent = await self._job(interaction, ref)
-            prompt_kept = form.prompt == parent.prompt
+            prompt_kept = form.prompt == parent.prompt and form.style is None
             changed = replace(
                 parent,
-                prompt=form.prompt,
-                negative_prompt=form.negative_prompt,
-                style=parent.style if prompt_kept else None,
+                prompt=styled.prompt,
+                negative_prompt=styled.negative_prompt,
+                style=styled.style or (parent.style if prompt_kept else None),
             )
             if kind == "refine":
                 if not self._output_stored(parent):
@@ -226,7 +212,7 @@ class IterateCog(commands.Cog):
                     changed, input_path=copied, input_width=width, input_height=height
                 )
             await self.bot.actions.requeue(
-                interaction, changed, strength=form.strength, seed=form.seed, kind=kind
+                interaction, changed, strength=styled.strength, seed=styled.seed, kind=kind
             )
         except (InputError, UserError) as exc:
             if copied is not None:
@@ -251,7 +237,37 @@ class IterateCog(commands.Cog):
             return
         image = discord.Attachment(data=images[index], state=self.bot._connection)
         await self.bot.actions.img2img(
-            interaction, image, form.prompt, form.strength, form.negative_prompt, form.seed, None
+            interaction,
+            image,
+            form.prompt,
+            form.strength,
+            form.negative_prompt,
+            form.seed,
+            None,
+            style=form.style,
+        )
+
+    async def _styled(self, interaction: Interaction, form: modals.Form) -> modals.Form:
+        """The form with its Style applied to the prompt (the name as stored); as is
+        without one. Raises `UserError` for an unknown style or a too long result."""
+        if form.style is None:
+            return form
+        composed = await self.bot.styles.apply(
+            interaction.guild_id or 0,
+            interaction.user.id,
+            form.style,
+            form.prompt,
+            form.negative_prompt,
+            form.strength,
+        )
+        if composed is None:
+            raise UserError(unknown_style_text(form.style.replace("`", "")))
+        return replace(
+            form,
+            prompt=composed.prompt,
+            negative_prompt=composed.negative_prompt,
+            strength=composed.strength,
+            style=composed.style,
         )
 
     # -- helpers ------------------------------------------------------------------------
@@ -265,7 +281,20 @@ class IterateCog(commands.Cog):
         return bool(job.output_path) and (self.data_dir / str(job.output_path)).is_file()
 
     def _copy_output(self, job: Job) -> tuple[str, int, int]:
-        return copy_output(self.data_dir, job)
+        """The parent's result as a new input of its own (runs in a thread)."""
+        name = uuid.uuid4().hex
+        folder = self.data_dir / "inputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.png.tmp"
+        try:
+            shutil.copyfile(self.data_dir / str(job.output_path), tmp)
+            with Image.open(tmp) as image:
+                width, height = image.size
+            tmp.replace(folder / f"{name}.png")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return f"inputs/{name}.png", width, height
 
     async def _say(self, interaction: Interaction, text: str) -> None:
         if interaction.response.is_done():

@@ -124,3 +124,23 @@ def test_several_pictures_add_a_choice_read_back_as_an_index() -> None:
     data = {"components": [{"type": 18, "component": {"type": 3, "custom_id": "picture",
                                                        "values": ["1"]}}]}  # fmt: skip
     assert modals.submitted_values(data) == {"picture": "1"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "pictures", "labels"),
+    [
+        ("refine", None, ["Prompt", "Negative prompt", "Strength", "Seed"]),
+        ("edit", None, ["Prompt", "Negative prompt", "Strength", "Seed", "Style"]),
+        ("this", ["a.png"], ["Prompt", "Negative prompt", "Strength", "Seed", "Style"]),
+        ("this", ["a.png", "b.png"], ["Picture", "Prompt", "Negative prompt", "Strength", "Style"]),
+    ],
+)
+def test_edit_and_this_have_a_style_field_within_five_components(
+    kind: str, pictures: list[str] | None, labels: list[str]
+) -> None:
+    payload = modals.build(kind, 1, prompt="a fox", strength=0.5, pictures=pictures).to_dict()
+    assert [c["label"] for c in payload["components"]] == labels
+    assert len(labels) <= modals.MAX_COMPONENTS
+    form = modals.read_form({"prompt": "a fox", "strength": "0.5", "style": " oil-painting "})
+    assert form.style == "oil-painting"
+    assert modals.read_form({"prompt": "a fox", "strength": "0.5", "style": " "}).style is None

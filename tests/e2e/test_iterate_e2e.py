@@ -170,6 +170,7 @@ async def test_bad_modal_input_is_refused_privately_and_queues_nothing(
         ({"Strength": "strong"}, "Strength must be a number", "Refine"),
         ({"Prompt": "   "}, "prompt is empty", "Edit"),
         ({"Seed": "-3"}, "Seed must be a whole number", "Edit"),
+        ({"Style": "no-such"}, "There is no style called `no-such`", "Edit"),
     ]
     for values, needle, label in cases:
         opened = await open_modal(fd, original, label, world.bob)
@@ -214,10 +215,14 @@ async def test_img2img_this_on_a_members_photo_and_on_a_message_without_one(
     await menu.wait_modal()
     assert "Picture" in menu.modal_inputs()
     picked = await wait_result(
-        fd, await fd.submit_modal(menu, {"Picture": ["1"], "Prompt": "a dog"})
+        fd,
+        await fd.submit_modal(menu, {"Picture": ["1"], "Prompt": "a dog", "Style": "watercolour"}),
     )
     job = await bot.store.get_job(int(picked["embeds"][0]["footer"]["text"].rsplit("#", 1)[1]))
     assert job is not None and (job.input_width, job.input_height) == (400, 300)
+    # the Style field composes the prompt like /img2img's style option
+    assert job.style == "watercolour" and job.prompt.startswith("a dog, ")
+    assert embed_fields(picked)["Style"] == "watercolour"
 
     text_only = fd.upload_message(world.channel, world.carol, "no picture here")
     menu = await fd.send_message_command(
