@@ -119,6 +119,8 @@ class ImgBot(commands.Bot):
             inpaint_model_id=s.inpaint_model_id or None,
             mask_threshold=s.mask_threshold,
             mask_dilate=s.mask_dilate,
+            batching=s.batching,
+            max_batch=s.max_batch,
         )
 
     async def setup_hook(self) -> None:

@@ -146,9 +146,13 @@ class JobDispatch(JobEvents):
     def _batch_key(self, queued: QueuedJob) -> Hashable:
         """Jobs share a call when they render at one size with one step plan and guidance.
         The size depends on the model's resolution, known only once the worker is ready,
-        so it is derived here at dispatch time rather than when the job was queued."""
+        so it is derived here at dispatch time rather than when the job was queued. With
+        step batching (`EngineInfo.step_slots`) jobs need only one size (latent shape)."""
         (width, height), plan, guidance, mode = queued.batch_key  # type: ignore[misc]
-        return target_size(width, height, self.resolution), plan, guidance, mode
+        size = target_size(width, height, self.resolution)
+        if getattr(getattr(self, "engine_info", None), "step_slots", 0):
+            return size, mode
+        return size, plan, guidance, mode
 
     async def _dispatch(self) -> None:
         """Hand the next batch to the worker. An error puts back (or fails) only its jobs."""

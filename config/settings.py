@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         None, ge=64, le=2048, description="Long side in px; default: the model's native size."
     )
     max_batch: int = Field(4, ge=1, le=16, description="Most compatible jobs in one call.")
+    batching: Literal["step", "call"] = Field(
+        "step",
+        description="step: iteration-level batching for SD 1.x/2.x/Turbo img2img (jobs of one "
+        "size share every UNet call whatever their strength, steps and guidance; up to "
+        "MAX_BATCH jobs, new ones join between steps); call: one pipeline call per batch of "
+        "same-size, same-steps, same-guidance jobs (always used for other models and inpaint).",
+    )
 
     # Safety
     safety_checker: Literal["auto", "on", "off"] = Field(

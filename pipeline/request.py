@@ -88,6 +88,11 @@ class EngineInfo:
     and none could be loaded: results are not filtered)."""
     region_masks: bool = False
     """True when the mask model (CLIPSeg) loaded, so `/inpaint region:` can be served."""
+    step_slots: int = 0
+    """0: one batch at a time, jobs of a batch share one pipeline call (same size, step plan
+    and guidance). N > 0: iteration-level batching (`pipeline.stepbatch`): up to N jobs in
+    flight, each `Run` taken while others run; jobs need only the same generated size to
+    share a UNet call."""
 
 
 def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import threading
@@ -110,8 +111,9 @@ class WorkerClient:
     def __init__(
         self, config: WorkerConfig, *, start_timeout: float = 600.0, max_batch: int = 1
     ) -> None:
-        self.config = config
         self.max_batch = max(1, max_batch)
+        # Step batching sizes its running set by the same number (see WorkerConfig.batching).
+        self.config = dataclasses.replace(config, max_batch=self.max_batch)
         self.start_timeout = start_timeout
         self._ctx = multiprocessing.get_context("spawn")
         self._events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
@@ -125,6 +127,7 @@ class WorkerClient:
         self._stopping = False
         self._info: EngineInfo | None = None
         self._busy = False
+        self._exiting = False  # the worker said it exits (device broken): submit nothing
         self._pending: dict[str, None] = {}  # submitted jobs without a final event, in order
         self._started: set[str] = set()  # … of which the worker said Started
         self._exitcode: int | None = None
@@ -137,10 +140,22 @@ class WorkerClient:
         return self._busy
 
     @property
+    def step_slots(self) -> int:
+        """>0: the worker batches per denoising step (`EngineInfo.step_slots`) and takes
+        new jobs while others run; 0: one batch at a time."""
+        info = self.info
+        return int(getattr(info, "step_slots", 0) or 0) if info is not None else 0
+
+    @property
     def free_slots(self) -> int:
-        """`WorkerBackend`: one batch at a time, so none while busy or not ready, else
-        `max_batch` (the batch size the owner configured)."""
-        return 0 if self._busy or self.info is None else self.max_batch
+        """`WorkerBackend`: none while not ready. Step batching: the running set's free
+        places (`step_slots` − jobs in flight). Otherwise one batch at a time: none while
+        busy, else `max_batch` (the batch size the owner configured)."""
+        if self.info is None:
+            return 0
+        if self.step_slots:
+            return 0 if self._exiting else max(0, self.step_slots - len(self._pending))
+        return 0 if self._busy else self.max_batch
 
     @property
     def pid(self) -> int | None:
@@ -260,7 +275,8 @@ class WorkerClient:
 
     # -- jobs -------------------------------------------------------------------------
     def submit(self, batch: Sequence[GenerationRequest]) -> None:
-        """Send one batch (jobs that share one diffusers call). One batch at a time.
+        """Send one batch (jobs that share one diffusers call). One batch at a time, or
+        with step batching any number of batches up to `free_slots` jobs in all.
 
         Never raises for a dead worker: the jobs then come back at once as the `unstarted`
         of a `WorkerDied` event. Raises only for a caller's mistake (an empty batch,
@@ -275,11 +291,20 @@ class WorkerClient:
             log.warning("worker is not running; jobs %s handed back unstarted", job_ids)
             self._events.put_nowait(WorkerDied(self._exitcode, (), unstarted=tuple(job_ids)))
             return
-        if self._busy:
-            raise RuntimeError(f"worker is busy with {', '.join(self._pending) or 'a batch'}")
-        self._busy = True
-        self._pending = dict.fromkeys(job_ids)
-        self._started = set()
+        if self.step_slots:
+            if len(job_ids) > self.free_slots or any(j in self._pending for j in job_ids):
+                raise RuntimeError(
+                    f"{len(job_ids)} jobs for {self.free_slots} free slots"
+                    f" (running: {', '.join(self._pending) or 'nothing'})"
+                )
+            self._busy = True
+            self._pending.update(dict.fromkeys(job_ids))
+        else:
+            if self._busy:
+                raise RuntimeError(f"worker is busy with {', '.join(self._pending) or 'a batch'}")
+            self._busy = True
+            self._pending = dict.fromkeys(job_ids)
+            self._started = set()
         try:
             self._conn.send(Run(batch))
         except (OSError, ValueError) as exc:
@@ -334,6 +359,16 @@ class WorkerClient:
         elif isinstance(message, (Finished, Failed, Cancelled)):
             self._pending.pop(message.job_id, None)
             self._events.put_nowait(message)
+        elif isinstance(message, BatchDone) and self.step_slots:
+            for job_id in message.job_ids:  # one Run of several in flight is done
+                self._pending.pop(job_id, None)
+                self._started.discard(job_id)
+            if message.worker_exiting and not self._exiting:
+                self._exiting = True
+                log.warning("worker pid %s exits after this batch", self.pid)
+                asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._kill_if_alive, generation)
+            self._busy = bool(self._pending) or self._exiting
+            self._events.put_nowait(message)
         elif isinstance(message, BatchDone):
             self._pending = {}
             self._started = set()
@@ -372,6 +407,7 @@ class WorkerClient:
         self._pending = {}
         self._started = set()
         self._busy = False
+        self._exiting = False
         if self._info is None:  # died while loading: start() reports it, not an event
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(

@@ -10,6 +10,7 @@ step. Imports no torch itself: the engine module does, in the child only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import importlib
 import logging
@@ -38,6 +39,7 @@ from pipeline.worker_protocol import (
     Stop,
     WorkerConfig,
 )
+from pipeline.worker_steps import StepServer, step_run
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class _Worker:
         self.parent_pid = os.getppid()
         self.job_cancelled: type[BaseException] = _NeverRaised
         self.device_broken = False
+        self.step_slots = 0
+        """>0: iteration-level batching (`pipeline.worker_steps`) with this many jobs."""
 
     # -- main thread ------------------------------------------------------------------
     def run(self, engine_ref: str) -> int:
@@ -109,16 +113,27 @@ class _Worker:
                 self._send(LoadFailed(_load_message(self.config.model_id, exc)))
                 return EXIT_LOAD_FAILED
             self.phase = "idle"
-            if not self._send(Ready(engine.info)):
+            info = engine.info
+            if self.config.batching == "step" and getattr(engine, "steps_ok", False):
+                self.step_slots = max(1, self.config.max_batch)
+                info = dataclasses.replace(info, step_slots=self.step_slots)
+            if not self._send(Ready(info)):
                 return EXIT_OK
-            log.info("ready: %s", engine.info)
+            log.info("ready: %s", info)
             while not self.stopping.is_set():
                 command = self.commands.get()
                 if command is None:
                     break
                 self.phase = "running"
+                runs = [command]
                 try:
-                    self._run_batch(engine, command.batch)
+                    while runs and not self.device_broken:
+                        run = runs.pop(0)
+                        if self.step_slots and step_run(run):
+                            # Runs that arrive meanwhile join; a call-path one comes back.
+                            runs[:0] = StepServer(self, engine, self.step_slots).serve(run)
+                        else:
+                            self._run_batch(engine, run.batch)
                 finally:
                     self.phase = "idle"
                 if self.device_broken:
@@ -257,8 +272,9 @@ class _Worker:
                 self._request_stop("parent closed the connection")
                 return
             if isinstance(command, Run):
-                with self.cancel_lock:  # a late Cancel for an earlier batch must not linger
-                    self.cancelled.clear()
+                if not self.step_slots:  # (step mode forgets a Cancel at the job's end)
+                    with self.cancel_lock:  # a late Cancel for an earlier batch must not linger
+                        self.cancelled.clear()
                 self.commands.put(command)
             elif isinstance(command, Cancel):
                 with self.cancel_lock:

@@ -29,6 +29,11 @@ class WorkerConfig:
     """A dedicated inpainting model; None: inpaint shares the loaded model's weights."""
     mask_threshold: float = 0.4
     mask_dilate: int = 8
+    batching: str = "call"
+    """`step`: iteration-level batching where the model supports it (`Engine.steps_ok`);
+    `call`: one pipeline call per batch (the only path for other models and inpainting)."""
+    max_batch: int = 1
+    """Step batching: most jobs in the running set (the client's `free_slots`)."""
 
 
 # -- commands: parent → worker ----------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The worker's step-batching mode: `Run`s are taken while others run (worker child side).
+
+With iteration-level batching (`Engine.run_steps`, `pipeline.stepbatch`) the worker does
+not run one batch at a time: jobs of every `Run` that arrives join the running set at the
+next step boundary while a slot is free, and each job leaves when it is done. Events are
+per job (`Started` when it joins, `Progress`, exactly one final event); a `Run` gets its
+`BatchDone` once all its jobs had theirs, so the client's bookkeeping stays per `Run`.
+
+A `Run` with an inpaint job keeps the pipeline-call path: the worker stops taking new
+`Run`s, lets the running set drain, runs that batch alone, then goes on in order.
+Imports no torch itself (the engine does).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from typing import TYPE_CHECKING, Any
+
+from pipeline.request import GenerationRequest, GenerationResult
+from pipeline.worker_protocol import (
+    BatchDone,
+    Cancelled,
+    Failed,
+    Finished,
+    Progress,
+    Run,
+    Started,
+)
+
+if TYPE_CHECKING:
+    from pipeline.worker_child import _Worker
+
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_INTERVAL_S = 0.2
+"""Per job: at most ~5 Progress messages a second; its first and last step always go out."""
+
+
+def step_run(run: Run) -> bool:
+    """Whether a Run can go through the step loop (plain img2img jobs only)."""
+    return all(getattr(r, "mode", "img2img") == "img2img" for r in run.batch)
+
+
+class StepServer:
+    """Serves Runs through `engine.run_steps` until nothing is left to run."""
+
+    def __init__(self, worker: _Worker, engine: Any, max_batch: int) -> None:
+        self.worker = worker
+        self.engine = engine
+        self.max_batch = max_batch
+        self.run_of: dict[str, tuple[str, ...]] = {}  # job → the job ids of its Run
+        self.open: dict[tuple[str, ...], set[str]] = {}  # Run → jobs without a final event
+        self.last_progress: dict[str, float] = {}
+        self.deferred: list[Run] = []  # Runs for the pipeline-call path, in order
+
+    def serve(self, first: Run) -> list[Run]:
+        """Run `first` and every step Run that arrives meanwhile; return the Runs that need
+        the pipeline-call path (to run next, in order) and stop taking Runs once one came."""
+        from pipeline.stepbatch import StepHooks
+
+        hooks = StepHooks(
+            on_finished=self._finished,
+            on_failed=lambda job_id, message: self._final(Failed(job_id, message)),
+            on_cancelled=lambda job_id: self._final(Cancelled(job_id)),
+            on_started=self._started,
+            on_progress=self._progress,
+            is_cancelled=self.worker._is_cancelled,
+        )
+        try:
+            self.engine.run_steps(
+                self._take(first), hooks, max_batch=self.max_batch, more=self._more
+            )
+        except self.worker.job_cancelled:  # an engine may stop a whole set this way
+            self._end_all(None)
+        except Exception as exc:
+            log.exception("step batch %s failed", ", ".join(self.run_of))
+            self._end_all(self.worker._failure_message(exc))
+        from pipeline.worker_child import NO_IMAGE_MESSAGE
+
+        self._end_all(NO_IMAGE_MESSAGE)  # a job the engine dropped without a word
+        return self.deferred
+
+    # -- Runs in --------------------------------------------------------------------------
+    def _take(self, run: Run) -> list[GenerationRequest]:
+        if not step_run(run):
+            self.deferred.append(run)
+            return []
+        job_ids = tuple(r.job_id for r in run.batch)
+        self.open[job_ids] = set(job_ids)
+        for job_id in job_ids:
+            self.run_of[job_id] = job_ids
+        return list(run.batch)
+
+    def _more(self) -> list[GenerationRequest]:
+        """Runs that arrived since the last step (none once a call-path Run waits, so the
+        set drains and the order of Runs is kept)."""
+        taken: list[GenerationRequest] = []
+        while not self.deferred and not self.worker.stopping.is_set():
+            try:
+                command = self.worker.commands.get_nowait()
+            except queue.Empty:
+                break
+            if command is None:  # stop: is_cancelled now says yes to every job
+                self.worker.commands.put(None)
+                break
+            taken.extend(self._take(command))
+        return taken
+
+    # -- events out -----------------------------------------------------------------------
+    def _started(self, job_id: str) -> None:
+        self.worker._send(Started((job_id,)))
+
+    def _progress(self, job_id: str, step: int, total: int) -> None:
+        now = time.monotonic()
+        last = self.last_progress.get(job_id, -1.0)
+        if last < 0 or step >= total or now - last >= PROGRESS_MIN_INTERVAL_S:
+            self.last_progress[job_id] = now
+            self.worker._send(Progress((job_id,), step, total))
+
+    def _finished(self, result: GenerationResult) -> None:
+        self._final(Finished(result))
+
+    def _final(self, event: Finished | Failed | Cancelled) -> None:
+        job_id = event.job_id
+        run = self.run_of.pop(job_id, None)
+        if run is None:
+            return  # already ended
+        self.last_progress.pop(job_id, None)
+        with self.worker.cancel_lock:  # a Cancel for it must not linger
+            self.worker.cancelled.discard(job_id)
+        self.worker._send(event)
+        left = self.open[run]
+        left.discard(job_id)
+        if not left:
+            del self.open[run]
+            self.worker._send(BatchDone(run, worker_exiting=self.worker.device_broken))
+
+    def _end_all(self, message: str | None) -> None:
+        """Every job still owed a final event gets one: Cancelled if it was cancelled (or
+        `message` is None), else Failed with `message`."""
+        for job_id in list(self.run_of):
+            if message is not None and not self.worker._is_cancelled(job_id):
+                self._final(Failed(job_id, message))
+            else:
+                self._final(Cancelled(job_id))
