@@ -1,12 +1,15 @@
-"""Command line for the pipeline, without Discord: `python -m pipeline run|make-tiny`.
+"""Command line for the pipeline, without Discord: `python -m pipeline run|inpaint|make-tiny`.
 
 `run` goes through the same input checks, engine and safety checker (SAFETY_CHECKER,
 SAFETY_CHECKER_ID) as the bot, so it is the quickest way to try a model or an image. Bad
 input prints the bot's message to stderr and exits 2; an image the safety checker withheld
 is not written, says so on stderr and exits 3.
 
-`make-tiny` writes the tiny random-weight test model, optionally shipping a tiny safety
-checker; `make-tiny-checker` writes a standalone tiny checker folder (for SAFETY_CHECKER_ID).
+`inpaint` regenerates only a masked region (see `pipeline.cli_inpaint`).
+
+`make-tiny` writes the tiny random-weight test model (and a tiny CLIPSeg in its `clipseg/`
+folder, for MASK_MODEL_ID), optionally shipping a tiny safety checker; `make-tiny-checker`
+writes a standalone tiny checker folder (for SAFETY_CHECKER_ID).
 """
 
 from __future__ import annotations
@@ -68,7 +71,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--allow-nsfw", action="store_true", help="write a flagged image anyway (marked)"
     )
 
+    from pipeline.cli_inpaint import add_parser as add_inpaint
     from pipeline.tiny_checker import CHECKER_MODES
+
+    add_inpaint(sub)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight test model")
     tiny.add_argument("dir", type=Path)
@@ -181,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "make-tiny":
         from pipeline.tiny import make_tiny
+        from pipeline.tiny_clipseg import save_tiny_clipseg
 
         print(f"wrote tiny model to {make_tiny(args.dir, safety_checker=args.safety_checker)}")
+        print(f"wrote tiny CLIPSeg (MASK_MODEL_ID) to {save_tiny_clipseg(args.dir / 'clipseg')}")
         return 0
     if args.command == "make-tiny-checker":
         from pipeline.tiny_checker import save_tiny_checker
@@ -194,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_BAD_INPUT
         print(f"wrote tiny safety checker ({args.flags}) to {out}")
         return 0
+    if args.command == "inpaint":
+        from pipeline.cli_inpaint import run as run_inpaint
+
+        return run_inpaint(args)
     return _run(args)
 
 

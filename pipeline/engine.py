@@ -164,6 +164,8 @@ class Engine:
         self.pipe = pipe
         self.info = info
         self.checker = checker
+        self.inpainting: Any = None
+        """`pipeline.inpaint.Inpainting` once `load` set it up; None: no inpainting."""
         self.steps_ok = supports_steps(pipe)
         """A UNet2DConditionModel SD img2img pipeline: `run_steps` (iteration-level batching)
         serves it; other models take the pipeline-call path (`generate`)."""
@@ -180,11 +182,16 @@ class Engine:
         channels_last: bool = True,
         safety_checker: str = "auto",
         safety_checker_id: str | None = DEFAULT_CHECKER_ID,
+        mask_model_id: str | None = None,
+        inpaint_model_id: str | None = None,
+        mask_threshold: float = 0.4,
+        mask_dilate: int = 8,
     ) -> Engine:
         """Load `model_id` (hub id or local diffusers folder) once, ready to generate.
 
         `safety_checker` is `auto`, `on` or `off` (see `pipeline.safety`); a standalone
-        checker is looked for at `safety_checker_id` when the model ships none."""
+        checker is looked for at `safety_checker_id` when the model ships none. The mask_*
+        and inpaint_model_id arguments set up inpainting (see `pipeline.inpaint`)."""
         try:
             dev = resolve_device(device)
             torch_dtype = resolve_dtype(dtype, dev)
@@ -240,6 +247,17 @@ class Engine:
         res = resolution or _native_resolution(pipe)
         if compile:
             _compile_unet(pipe, int(res))
+        from pipeline.inpaint import setup_inpainting
+
+        try:
+            inpainting = setup_inpainting(
+                pipe, device=dev, dtype=torch_dtype, resolution=int(res),
+                dtype_kwarg=_DTYPE_KWARG, mask_model_id=mask_model_id,
+                inpaint_model_id=inpaint_model_id, mask_threshold=mask_threshold,
+                mask_dilate=mask_dilate,
+            )  # fmt: skip
+        except Exception as exc:
+            raise fail(f"INPAINT_MODEL_ID {inpaint_model_id!r}: {_short(exc)}", exc) from exc
         info = EngineInfo(
             model_id=model_id,
             device=dev,
@@ -247,13 +265,16 @@ class Engine:
             resolution=int(res),
             pipeline_class=type(pipe).__name__,
             safety_checker=checker_status,
+            region_masks=inpainting.region_masks,
         )
         log.info(
             "loaded %s (%s) on %s/%s, %d px, safety checker %s, in %.1f s",
             model_id, info.pipeline_class, dev, info.dtype, info.resolution, checker_status,
             time.perf_counter() - started,
         )  # fmt: skip
-        return cls(pipe, info, checker)
+        engine = cls(pipe, info, checker)
+        engine.inpainting = inpainting
+        return engine
 
     def run_steps(
         self,
@@ -301,6 +322,13 @@ class Engine:
         """
         if not requests:
             return []
+        if any(r.mode == "inpaint" for r in requests):
+            from pipeline.inpaint import generate_inpaint
+
+            return generate_inpaint(
+                self, requests, on_progress=on_progress, is_cancelled=is_cancelled,
+                on_cancelled=on_cancelled, on_failed=on_failed,
+            )  # fmt: skip
         started = time.perf_counter()
         loaded = self._load_inputs(requests, on_failed)
         if not loaded:

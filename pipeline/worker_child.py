@@ -161,6 +161,10 @@ class _Worker:
             channels_last=c.channels_last,
             safety_checker=c.safety_checker,
             safety_checker_id=c.safety_checker_id,
+            mask_model_id=c.mask_model_id,
+            inpaint_model_id=c.inpaint_model_id,
+            mask_threshold=c.mask_threshold,
+            mask_dilate=c.mask_dilate,
         )
 
     def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:

@@ -34,3 +34,12 @@ def checker_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("checkers")
     return {mode: save_tiny_checker(root / mode, mode) for mode in ("all", "none", "dark")}
+
+
+@pytest.fixture(scope="session")
+def tiny_clipseg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight CLIPSeg (model + processor) for MASK_MODEL_ID, loaded through
+    the real `from_pretrained` path; see `pipeline.tiny_clipseg` for what its masks are."""
+    from pipeline.tiny_clipseg import save_tiny_clipseg
+
+    return save_tiny_clipseg(tmp_path_factory.mktemp("tiny-clipseg"))
