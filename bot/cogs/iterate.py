@@ -25,6 +25,7 @@ import shutil
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -96,6 +97,25 @@ def images_of(message: discord.Message) -> list[dict[str, Any]]:
                 )
                 break
     return found[: modals.MAX_PICTURES]
+
+
+def copy_output(data_dir: Path, job: Job) -> tuple[str, int, int]:
+    """A job's result as a new input of its own, (path, width, height); blocking, run it in
+    a thread. Refine and Inpaint start from a result this way, so deleting the parent
+    breaks nothing."""
+    name = uuid.uuid4().hex
+    folder = data_dir / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.png.tmp"
+    try:
+        shutil.copyfile(data_dir / str(job.output_path), tmp)
+        with Image.open(tmp) as image:
+            width, height = image.size
+        tmp.replace(folder / f"{name}.png")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return f"inputs/{name}.png", width, height
 
 
 class IterateCog(commands.Cog):
@@ -281,20 +301,7 @@ class IterateCog(commands.Cog):
         return bool(job.output_path) and (self.data_dir / str(job.output_path)).is_file()
 
     def _copy_output(self, job: Job) -> tuple[str, int, int]:
-        """The parent's result as a new input of its own (runs in a thread)."""
-        name = uuid.uuid4().hex
-        folder = self.data_dir / "inputs"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.png.tmp"
-        try:
-            shutil.copyfile(self.data_dir / str(job.output_path), tmp)
-            with Image.open(tmp) as image:
-                width, height = image.size
-            tmp.replace(folder / f"{name}.png")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return f"inputs/{name}.png", width, height
+        return copy_output(self.data_dir, job)
 
     async def _say(self, interaction: Interaction, text: str) -> None:
         if interaction.response.is_done():
