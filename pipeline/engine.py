@@ -247,7 +247,7 @@ class Engine:
         res = resolution or _native_resolution(pipe)
         if compile:
             _compile_unet(pipe, int(res))
-        from pipeline.inpaint import setup_inpainting
+        from pipeline.inpaint_models import setup_inpainting
 
         try:
             inpainting = setup_inpainting(
