@@ -71,6 +71,11 @@ class NewJob:
     channel_nsfw: bool = False  # the channel (or a thread's parent) is age-restricted
     interaction_created_at: float | None = None  # the token's 15 minutes count from here
     style: str | None = None  # the saved style applied to the prompt, by name
+    mode: str = "img2img"  # "inpaint": only the masked region is regenerated
+    mask_path: str | None = None  # inpaint: the mask stored beside the input
+    mask_source: str | None = None  # inpaint: "mask", "transparent area" or region words
+    region: str | None = None  # inpaint: words the worker turns into a mask
+    crop: str = "auto"  # inpaint: auto | on | off
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
@@ -256,7 +261,8 @@ class JobService(JobDispatch):
             token_expires_at=token_from + TOKEN_LIFETIME_S if new.interaction_token else None,
             reply_to_message_id=new.reply_to_message_id, created_at=now,
             channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
-            style=new.style,
+            style=new.style, mode=new.mode, mask_path=new.mask_path,
+            mask_source=new.mask_source, region=new.region, crop=new.crop,
         )  # fmt: skip
         return await self._get(db, job_id)
 
