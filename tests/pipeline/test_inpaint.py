@@ -384,3 +384,72 @@ def test_worker_round_trip(tiny_model_dir: Path, tiny_clipseg_dir: Path, tmp_pat
     with Image.open(req.output_path) as out:
         kept = beyond_feather(image.size, (10, 10, 50, 40))
         assert (np.asarray(out)[kept] == np.asarray(image)[kept]).all()
+
+
+# -- a dedicated inpainting model (INPAINT_MODEL_ID) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's parts with a 9-channel UNet (latents + mask + masked image), saved as
+    a diffusers inpainting pipeline, like stable-diffusion-inpainting."""
+    import torch
+    from diffusers import (
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        UNet2DConditionModel,
+    )
+
+    base = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel.from_config({**base.unet.config, "in_channels": 9})
+    pipe = StableDiffusionInpaintPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=unet,
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    path = tmp_path_factory.mktemp("tiny-inpaint")
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_inpaint_model_id_loads_a_dedicated_model(
+    tiny_model_dir: Path, tiny_inpaint_dir: Path, tmp_path: Path
+) -> None:
+    engine = Engine.load(
+        str(tiny_model_dir),
+        device="cpu",
+        resolution=RESOLUTION,
+        safety_checker="off",
+        inpaint_model_id=str(tiny_inpaint_dir),
+    )
+    assert engine.inpainting.pipe.unet.config.in_channels == 9
+    assert engine.inpainting.pipe.unet is not engine.pipe.unet
+    assert not engine.info.region_masks  # no MASK_MODEL_ID given
+    image = noise((RESOLUTION, 192), seed=6)
+    box = (90, 40, 200, 150)
+    out = run_one(engine, request(tmp_path, image, mask=rect_mask(image.size, box), crop="off"))
+    assert_inpainted(out, image, box)
+
+
+def test_a_broken_inpaint_model_id_stops_the_load(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from pipeline.engine import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="INPAINT_MODEL_ID"):
+        Engine.load(str(tiny_model_dir), device="cpu", inpaint_model_id=str(tmp_path / "none"))
+
+
+def test_a_broken_mask_model_only_disables_region_masks(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine.load(
+        str(tiny_model_dir), device="cpu", safety_checker="off", mask_model_id=str(tmp_path)
+    )
+    assert not engine.info.region_masks and engine.inpainting.masker is None
+    assert engine.inpainting.pipe is not None  # inpainting with a mask still works
+    assert "region masks are off" in caplog.text
