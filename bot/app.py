@@ -39,6 +39,7 @@ from bot.store import Store, is_locked
 from bot.style_store import StyleStore
 from config import Settings
 from pipeline.worker import WorkerClient, WorkerConfig
+from pipeline.worker_backend import WorkerBackend
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +124,29 @@ class ImgBot(commands.Bot):
             max_batch=s.max_batch,
         )
 
+    def worker_backend(self) -> WorkerBackend:
+        """WORKER_BACKEND: the spawned local worker, or remote workers through REDIS_URL."""
+        s = self.settings
+        if s.worker_backend == "redis":
+            from bot.backends.redis import RedisBackend
+
+            return RedisBackend(
+                s.redis_url.get_secret_value(),
+                model_id=s.model_id,
+                resolution=s.resolution,
+                heartbeat_s=s.worker_heartbeat_s,
+                silence_s=s.worker_silence_s,
+            )
+        return WorkerClient(
+            self.worker_config(), start_timeout=s.worker_start_timeout_s, max_batch=s.max_batch
+        )
+
     async def setup_hook(self) -> None:
         settings = self.settings
         self.store = await Store.open(settings.db_path)
         if self.application_id:
             log.info("invite URL: %s", invite_url(self.application_id))
-        worker = WorkerClient(
-            self.worker_config(),
-            start_timeout=settings.worker_start_timeout_s,
-            max_batch=settings.max_batch,
-        )
+        worker = self.worker_backend()
         delivery = DiscordDelivery(self, self.store, settings.data_dir.resolve())
         self.jobs = JobService(settings, self.store, worker, delivery)
         self.jobs.on_fatal = self._on_fatal

@@ -125,7 +125,9 @@ class JobEvents:
             "worker died (exit code %s) while running %s; not started: %s",
             event.exitcode, event.job_ids or "nothing", unstarted or "nothing",
         )  # fmt: skip
-        popped = {q.job_id: q for q in self.queue.running}
+        # Jobs the backend still runs (on other workers of a scale-out backend) stay.
+        still = set(self.worker.running)
+        popped = {q.job_id: q for q in self.queue.running if q.job_id not in still}
         for job_id in event.job_ids:
             try:
                 job = await self._end(int(job_id), state="failed", counted=0, error="worker died")
@@ -137,8 +139,8 @@ class JobEvents:
         # Jobs it never started, and any the event does not name (they made nothing).
         back = [popped[j] for j in unstarted if j in popped]
         back += [q for j, q in popped.items() if j not in unstarted and j not in event.job_ids]
-        for queued in self.queue.running:
-            self.queue.finish(queued.job_id)
+        for job_id in popped:
+            self.queue.finish(job_id)
         try:
             await self._requeue(back)
         except Exception:

@@ -323,10 +323,12 @@ class JobService(JobDispatch):
         return self._progress.get(job_id, (0, 1))
 
     def _refresh_positions(self) -> None:
+        note = getattr(self.worker, "status_note", lambda: None)()  # e.g. no workers online
         for queued in self.queue.order():
             eta = self.eta(int(queued.job_id))
             if eta is not None:
-                self.status.set(int(queued.job_id), queue_text(*eta))
+                text = queue_text(*eta)
+                self.status.set(int(queued.job_id), f"{text}\n{note}" if note else text)
 
     async def _send_status(self, job_id: int, text: str, cancellable: bool) -> None:
         job = await self.store.get_job(job_id)

@@ -117,6 +117,36 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(2.0, ge=0.0, description="Least time between edits.")
     worker_start_timeout_s: float = Field(600.0, gt=0, description="Model load time limit.")
 
+    # Scale-out: where the workers are (README "Scale-out")
+    worker_backend: Literal["local", "redis"] = Field(
+        "local",
+        description="local: the bot spawns one worker process; redis: any number of "
+        "`python -m pipeline worker` processes, anywhere, reached through REDIS_URL.",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr(""),
+        description="Valkey or Redis (6.2 or newer) URL, e.g. redis://:password@host:6379/0, "
+        "for WORKER_BACKEND=redis and for workers; never logged with its password.",
+    )
+    worker_heartbeat_s: float = Field(
+        15.0, gt=0, description="A remote worker not heard from for this long is dead."
+    )
+    worker_silence_s: float = Field(
+        300.0, gt=0, description="A remote worker with jobs but no event for this long is dead."
+    )
+    worker_id: str = Field("", description="A remote worker's name; default host-pid.")
+
+    # Operations
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Least severe log level written."
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve /metrics and /healthz here (off by default)."
+    )
+    shard_count: int | None = Field(
+        None, ge=1, description="Gateway shards; default: Discord's recommendation."
+    )
+
     @field_validator("discord_api_base", "discord_gateway_url")
     @classmethod
     def _url_scheme(cls, value: str) -> str:
@@ -135,6 +165,12 @@ class Settings(BaseSettings):
         for low, high in pairs:
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low.upper()} must not exceed {high.upper()}")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> Settings:
+        if self.worker_backend == "redis" and not self.redis_url.get_secret_value():
+            raise ValueError("WORKER_BACKEND=redis needs REDIS_URL")
         return self
 
     @property

@@ -88,6 +88,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "make-tiny-checker", help="write a standalone tiny safety checker folder"
     )
     checker.add_argument("dir", type=Path)
+    worker = sub.add_parser(
+        "worker", help="serve as one GPU worker of a bot with WORKER_BACKEND=redis"
+    )
+    worker.add_argument("--redis", default="", help="server URL (default: REDIS_URL)")
+    worker.add_argument("--id", default=None, help="worker name (default: WORKER_ID or host-pid)")
     checker.add_argument("--flags", choices=CHECKER_MODES, required=True)
     checker.add_argument(
         "--like", type=Path, action="append", default=[], help="(like) flag images like this"
@@ -179,8 +184,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    """Settings come from the environment like the bot's (MODEL_ID, DEVICE, MAX_BATCH…)."""
+    from pipeline.remote_worker import main as worker_main
+
+    try:
+        level = load_settings().log_level
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(
+        level=level, format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s"
+    )
+    return worker_main(args.redis, args.id)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "worker":
+        return _worker(args)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

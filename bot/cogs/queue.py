@@ -41,6 +41,9 @@ class QueueCog(commands.Cog):
                 job = await self.bot.store.get_job(int(queued.job_id))
                 if job is not None:
                     lines.append(f"• {ordinal(place)}: {job_summary(job)}")
+        online = getattr(jobs.worker, "workers_online", None)
+        if online is not None:
+            lines.append(f"🖥️ Image workers online: {online}")
         others = len(jobs.queue) - len(waiting)
         if others:
             lines.append(

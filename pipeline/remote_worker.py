@@ -1,0 +1,360 @@
+"""`python -m pipeline worker --redis URL`: one GPU worker that the bot reaches through
+Valkey/Redis streams, started anywhere, as many as you like.
+
+It runs batches exactly like the local worker process: it *is* `worker_child._Worker` (same
+engine loading, same batch running, same failure messages), with the pipe swapped for
+streams. The bot stays the only scheduler: the worker announces itself (a heartbeat key
+with a TTL carrying its id, model and free slots, and a hello when its model is loaded),
+the bot grants jobs into the worker's own grants stream, and the worker answers on its own
+events stream, tagging every event with (job, attempt) so the bot can drop a late answer
+for a job it already gave to another worker.
+
+Input images travel inside the grant and the PNG inside the result (files here are only
+scratch copies), so a worker needs no shared disk with the bot. The synchronous redis
+client is fine here: three threads (generation, grants listener, heartbeat) each block on
+their own calls. Every write is retried with backoff while the server is away, so a
+restart of the server loses no event. SIGTERM gives running jobs back to the bot (they run
+again elsewhere, same seed) and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pipeline import stream_codec as codec
+from pipeline.request import EngineInfo, GenerationRequest
+from pipeline.worker_child import ENGINE_REF, _Worker
+from pipeline.worker_protocol import (
+    BatchDone,
+    Cancelled,
+    Failed,
+    Finished,
+    LoadFailed,
+    Progress,
+    Ready,
+    Run,
+    Started,
+    WorkerConfig,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 3
+"""The bot refused this worker (another model): restarting it would not help."""
+GRANT_BLOCK_MS = 1000
+EVENTS_MAXLEN = 10_000
+BACKOFF_MAX_S = 5.0
+
+
+@dataclass
+class _Held:
+    """A granted job this worker has not sent a final event for yet."""
+
+    attempt: int
+    scratch: list[Path]
+
+
+class _NoPipe:
+    """`_Worker` closes its pipe on exit; a remote worker has none."""
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteWorker(_Worker):
+    """`_Worker` with the pipe replaced by a grants stream in and an events stream out."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: WorkerConfig,
+        *,
+        worker_id: str,
+        max_batch: int,
+        heartbeat_s: float,
+        keys: codec.Keys | None = None,
+    ) -> None:
+        super().__init__(_NoPipe(), config)  # type: ignore[arg-type]
+        self.r = client
+        self.worker_id = worker_id
+        self.max_batch = max(1, max_batch)
+        self.heartbeat_s = heartbeat_s
+        self.keys = keys or codec.Keys()
+        self.info: EngineInfo | None = None
+        self.held: dict[str, _Held] = {}
+        self.held_lock = threading.Lock()
+        self.epoch = ""
+        self.seen = 0
+        self.last_step: float | None = None
+        self.refused = False
+        self.registered = threading.Event()
+        self.scratch = Path(tempfile.mkdtemp(prefix="img2img-worker-"))
+
+    # -- entry --------------------------------------------------------------------------
+    def serve(self, engine_ref: str = ENGINE_REF) -> int:
+        """Load, serve until stopped or refused, say goodbye; the process exit code."""
+        try:
+            code = self.run(engine_ref)
+        finally:
+            self.stopping.set()
+            self._goodbye()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return EXIT_REFUSED if self.refused else code
+
+    # -- what the batch runner sends ----------------------------------------------------
+    def _send(self, message: object) -> bool:
+        if isinstance(message, Ready):
+            self.info = message.info
+            self._beat()
+            self._write(self.keys.hello, {b"hello": codec.dumps(self._status())}, maxlen=1000)
+            self.registered.set()
+            threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True).start()
+            log.info("worker %s ready and announced", self.worker_id)
+        elif isinstance(message, LoadFailed):
+            log.error("%s", message.message)
+        elif isinstance(message, Started):
+            self._event("started", jobs=codec.dumps(self._tagged(message.job_ids)))
+        elif isinstance(message, Progress):
+            self.last_step = time.time()
+            self._event(
+                "progress",
+                jobs=codec.dumps(self._tagged(message.job_ids)),
+                step=str(message.step),
+                total=str(message.total),
+            )
+        elif isinstance(message, Finished):
+            self._final(message.job_id, "finished", **self._finished_fields(message))
+        elif isinstance(message, Failed):
+            self._final(message.job_id, "failed", message=message.message)
+        elif isinstance(message, Cancelled):
+            # Stopping (SIGTERM) cancels what runs: those jobs were not cancelled by anyone,
+            # so they go back to the bot to run elsewhere.
+            with self.cancel_lock:
+                asked = message.job_id in self.cancelled
+            kind = "cancelled" if asked or not self.stopping.is_set() else "released"
+            self._final(message.job_id, kind)
+        elif isinstance(message, BatchDone):
+            self._ask()
+        return True
+
+    def _finished_fields(self, message: Finished) -> dict[str, str | bytes]:
+        result = message.result
+        out: dict[str, str | bytes] = {"result": codec.encode_result(result)}
+        if not result.withheld and result.output_path:
+            path = Path(result.output_path)
+            out["png"] = path.read_bytes()
+            path.unlink(missing_ok=True)
+        return out
+
+    def _final(self, job_id: str, kind: str, **extra: str | bytes) -> None:
+        with self.held_lock:
+            held = self.held.pop(job_id, None)
+        with self.cancel_lock:
+            self.cancelled.discard(job_id)
+        attempt = held.attempt if held else 0
+        self._event(kind, job=job_id, a=str(attempt), **extra)
+        if held:
+            for path in held.scratch:
+                path.unlink(missing_ok=True)
+        log.info("worker %s: job %s attempt %d %s", self.worker_id, job_id, attempt, kind)
+        self._ask()
+
+    def _tagged(self, job_ids: tuple[str, ...]) -> list[list[Any]]:
+        with self.held_lock:
+            return [[j, self.held[j].attempt if j in self.held else 0] for j in job_ids]
+
+    def _ask(self) -> None:
+        """Tell the bot how many jobs this worker takes now (after `seen` grants)."""
+        self._beat()
+        status = self._status()
+        self._event("ask", free=str(status["free"]), seen=str(self.seen), e=self.epoch)
+
+    def _event(self, kind: str, **values: str | bytes) -> None:
+        entry = {b"t": kind.encode(), b"w": self.worker_id.encode()}
+        entry.update(
+            {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in values.items()}
+        )
+        self._write(self.keys.events(self.worker_id), entry, maxlen=EVENTS_MAXLEN)
+
+    def _write(self, key: str, entry: dict[bytes, bytes], *, maxlen: int) -> None:
+        """XADD, retried with backoff while the server is away (a result must not be lost);
+        gives up only when the worker was stopped and the server stays away for long."""
+        delay, gave_up_at = 0.1, None
+        while True:
+            try:
+                self.r.xadd(key, entry, maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self.stopping.is_set():
+                    gave_up_at = gave_up_at or time.monotonic() + 10.0
+                    if time.monotonic() > gave_up_at:
+                        log.error("server unreachable while stopping; event %s lost", entry[b"t"])
+                        return
+                log.warning("server unreachable (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(BACKOFF_MAX_S, delay * 2)
+
+    # -- status and heartbeat -----------------------------------------------------------
+    def _status(self) -> dict[str, Any]:
+        with self.held_lock:
+            free = 0 if self.stopping.is_set() else max(0, self.max_batch - len(self.held))
+        return {
+            "id": self.worker_id,
+            "model": self.config.model_id,
+            "info": codec.encode_info(self.info) if self.info else None,
+            "max_batch": self.max_batch,
+            "free": free,
+            "seen": self.seen,
+            "epoch": self.epoch,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "last_step": self.last_step,
+        }
+
+    def _beat(self) -> None:
+        """Set the heartbeat key (id, model, free slots) with its TTL; a failure is only
+        logged: the next beat tries again, and the bot allows a whole TTL."""
+        ttl_ms = max(100, int(self.heartbeat_s * 1000))
+        try:
+            self.r.set(self.keys.heartbeat(self.worker_id), codec.dumps(self._status()), px=ttl_ms)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("heartbeat failed: %s", exc)
+
+    def _heartbeat(self) -> None:
+        """Refresh the heartbeat key three times per TTL until stopped."""
+        while not self.stopping.wait(self.heartbeat_s / 3):
+            self._beat()
+
+    def _goodbye(self) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.r.delete(self.keys.heartbeat(self.worker_id))
+        if self.info is not None and not self.refused:
+            with contextlib.suppress(redis.RedisError):
+                self._event("bye")
+        log.info("worker %s stopped", self.worker_id)
+
+    # -- grants listener (replaces the pipe listener) -----------------------------------
+    def _listen(self) -> None:
+        self.registered.wait()
+        key, last, delay = self.keys.grants(self.worker_id), b"0-0", 0.1
+        while not self.stopping.is_set():
+            try:
+                reply = self.r.xread({key: last}, count=16, block=GRANT_BLOCK_MS)
+                delay = 0.1
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("reading grants failed (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(BACKOFF_MAX_S, delay * 2)
+                continue
+            for _stream, entries in reply or ():
+                for entry_id, entry in entries:
+                    last = entry_id
+                    try:
+                        self._on_grant(entry)
+                    except Exception:
+                        log.exception("could not take grant %r", entry_id)
+                    with contextlib.suppress(redis.RedisError):
+                        self.r.xdel(key, entry_id)
+
+    def _on_grant(self, entry: codec.Fields) -> None:
+        kind = codec.text(entry, "t")
+        if kind == "run":
+            self._take(entry)
+        elif kind == "cancel":
+            job_id = codec.text(entry, "job")
+            with self.held_lock:
+                mine = job_id in self.held and self.held[job_id].attempt == codec.number(entry, "a")
+            if mine:
+                with self.cancel_lock:
+                    self.cancelled.add(job_id)
+        elif kind == "refused":
+            log.error("the bot refused this worker: %s", codec.text(entry, "reason"))
+            self.refused = True
+            self._request_stop("refused by the bot")
+        else:
+            log.warning("ignoring unknown grant %r", kind)
+
+    def _take(self, entry: codec.Fields) -> None:
+        epoch, seq = codec.text(entry, "e"), codec.number(entry, "n")
+        if epoch != self.epoch:  # a (re)started bot numbers its grants from 1 again
+            self.epoch, self.seen = epoch, 0
+        if seq <= self.seen:
+            return  # re-sent after a reconnect, and taken already
+        self.seen = seq
+        batch: list[GenerationRequest] = []
+        for item in codec.loads(entry[b"batch"]):
+            request = codec.decode_request(item["req"])
+            request, scratch = self._localize(request, entry)
+            with self.held_lock:
+                self.held[request.job_id] = _Held(int(item["a"]), scratch)
+            batch.append(request)
+            log.info("worker %s: took job %s attempt %s", self.worker_id, request.job_id, item["a"])
+        self.commands.put(Run(tuple(batch)))
+
+    def _localize(
+        self, request: GenerationRequest, entry: codec.Fields
+    ) -> tuple[GenerationRequest, list[Path]]:
+        """Write the granted files to scratch and point the request at them."""
+        changes: dict[str, str] = {}
+        scratch: list[Path] = []
+        stem = f"{request.job_id}-{time.monotonic_ns()}"
+        for f in fields(request):
+            if not f.name.endswith("_path"):
+                continue
+            if f.name == "output_path":
+                path = self.scratch / f"{stem}.out.png"
+            else:
+                data = entry.get(f"file:{request.job_id}:{f.name}".encode())
+                if data is None:
+                    continue
+                path = self.scratch / f"{stem}.{f.name}"
+                path.write_bytes(data)
+            changes[f.name] = str(path)
+            scratch.append(path)
+        return replace(request, **changes), scratch  # type: ignore[arg-type]
+
+
+def config_from_settings(settings: Any) -> WorkerConfig:
+    """The same `WorkerConfig` the bot gives its local worker: every field of it that the
+    settings class has (MODEL_ID, DEVICE, DTYPE, COMPILE, SAFETY_CHECKER…)."""
+    names = [f.name for f in fields(WorkerConfig) if hasattr(settings, f.name)]
+    return WorkerConfig(**{name: getattr(settings, name) for name in names})
+
+
+def main(url: str, worker_id: str | None = None, engine_ref: str = ENGINE_REF) -> int:
+    """Run one worker until SIGTERM (or a refusal); the process exit code."""
+    from config.settings import load_settings
+
+    settings = load_settings()
+    url = url or settings.redis_url.get_secret_value()
+    if not url:
+        log.error("no server: pass --redis URL or set REDIS_URL")
+        return 2
+    wid = worker_id or settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    client = redis.Redis.from_url(
+        url, socket_timeout=GRANT_BLOCK_MS / 1000 + 10, socket_connect_timeout=5
+    )
+    log.info("worker %s using %s", wid, codec.redact_url(url))
+    worker = RemoteWorker(
+        client,
+        config_from_settings(settings),
+        worker_id=wid,
+        max_batch=settings.max_batch,
+        heartbeat_s=settings.worker_heartbeat_s,
+    )
+    # Ctrl+C stops like SIGTERM: running jobs go back to the bot.
+    signal.signal(signal.SIGINT, lambda signum, frame: worker._on_sigterm(signum, frame))
+    return worker.serve(engine_ref)
