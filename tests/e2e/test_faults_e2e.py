@@ -147,7 +147,9 @@ async def test_a_device_broken_exit_does_not_fail_the_next_job(
 async def test_cancelling_one_job_of_a_batch_of_four(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
-    bot = await make_bot(max_batch=4)
+    # The call path: a batch waits whole behind the blocker (with BATCHING=step each job
+    # would join the running set at once; tests/pipeline/test_worker_steps.py covers that).
+    bot = await make_bot(max_batch=4, batching="call")
     blocker = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
     block_msg = await wait_status(fd, blocker, "step")
     with worker_paused(bot):  # line up one batch of three behind the blocker
