@@ -43,6 +43,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    logging.getLogger().setLevel(settings.log_level)
     token = settings.discord_token.get_secret_value()
     if not token:
         print(

@@ -82,8 +82,11 @@ def configure_endpoints(settings: Settings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
-class ImgBot(commands.Bot):
-    """Holds the settings and the long-lived resources the cogs share."""
+class ImgBot(commands.AutoShardedBot):
+    """Holds the settings and the long-lived resources the cogs share.
+
+    Auto-sharded: Discord requires shards past 2,500 servers, and one process holds many;
+    SHARD_COUNT fixes their number, else Discord's recommendation (`GET /gateway/bot`)."""
 
     store: Store
     jobs: JobService
@@ -94,6 +97,8 @@ class ImgBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
+        if settings.shard_count is not None:
+            options.setdefault("shard_count", settings.shard_count)
         super().__init__(
             command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options
         )
