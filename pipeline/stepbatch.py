@@ -157,6 +157,17 @@ class StepLoop:
     def job_ids(self) -> list[str]:
         return [job.req.job_id for job in self.running]
 
+    def evals_left(self) -> int:
+        """UNet calls until the running set drains (0 when empty)."""
+        return max((len(job.timesteps) - job.index for job in self.running), default=0)
+
+    def evals_needed(self, req: GenerationRequest) -> int:
+        """UNet calls `req` would take (its timesteps after the strength cut)."""
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        total, _ = plan_steps(req.steps, req.strength)
+        scheduler.set_timesteps(total, device="cpu")
+        return len(self._get_timesteps(scheduler, total, float(req.strength)))
+
     @torch.no_grad()
     def admit(self, req: GenerationRequest, image: Image.Image) -> None:
         """Set the job up exactly as the img2img call does before its denoising loop."""
@@ -374,35 +385,50 @@ def run_steps(
 
     `first` and whatever `more()` returns at each step boundary are admitted in arrival
     order while a slot is free. A job whose image size differs from the running set waits
-    (and so do the jobs behind it, to keep the fair order) until the set drains. `load`
-    reads a job's input or reports its failure itself and returns None.
+    until the set drains; a job behind it still joins the set, but only if it ends no later
+    than the set would anyway (so the waiting job never waits longer for it). `load` reads
+    a job's input or reports its failure itself and returns None.
     """
     waiting: list[tuple[GenerationRequest, Image.Image | None]] = [(r, None) for r in first]
     while True:
         if more is not None:
             waiting.extend((r, None) for r in more())
-        while waiting and loop.free > 0:
-            req, image = waiting[0]
-            if hooks.is_cancelled is not None and hooks.is_cancelled(req.job_id):
-                waiting.pop(0)
-                if hooks.on_cancelled is not None:
-                    hooks.on_cancelled(req.job_id)
-                continue
-            if image is None:
-                image = load(req)
-                if image is None:  # its failure is reported; the rest go on
-                    waiting.pop(0)
-                    continue
-                waiting[0] = (req, image)
-            if not loop.fits(image):
-                break
-            waiting.pop(0)
-            loop.admit(req, image)
-            if hooks.on_started is not None:
-                hooks.on_started(req.job_id)
+        _admit(loop, waiting, hooks, load)
         if not loop.running:
             if not waiting:
                 return
-            continue  # the head job starts a new set of its own size
+            continue  # the first waiting job starts a new set of its own size
         loop.step(hooks)
         loop.drop_cancelled(hooks)
+
+
+def _admit(
+    loop: StepLoop,
+    waiting: list[tuple[GenerationRequest, Image.Image | None]],
+    hooks: StepHooks,
+    load: Callable[[GenerationRequest], Image.Image | None],
+) -> None:
+    """Move waiting jobs into the set at a step boundary, in order (see `run_steps`)."""
+    blocked = False  # a job of another size waits ahead of the rest
+    i = 0
+    while i < len(waiting) and loop.free > 0:
+        req, image = waiting[i]
+        if hooks.is_cancelled is not None and hooks.is_cancelled(req.job_id):
+            waiting.pop(i)
+            if hooks.on_cancelled is not None:
+                hooks.on_cancelled(req.job_id)
+            continue
+        if image is None:
+            image = load(req)
+            if image is None:  # its failure is reported; the rest go on
+                waiting.pop(i)
+                continue
+            waiting[i] = (req, image)
+        if not loop.fits(image) or (blocked and loop.evals_needed(req) > loop.evals_left()):
+            blocked = True
+            i += 1
+            continue
+        waiting.pop(i)
+        loop.admit(req, image)
+        if hooks.on_started is not None:
+            hooks.on_started(req.job_id)

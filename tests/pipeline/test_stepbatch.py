@@ -161,8 +161,8 @@ def test_each_job_equals_its_solo_run(
     d = job(tmp_path, inputs["tall"], "dddd", strength=1.0, steps=3, guidance=1.0)
     e = job(tmp_path, inputs["wide"], "eeeee", strength=0.65, steps=4, guidance=0.0)
     rec = Recorder()
-    # c joins after one step of a and b; d (another shape) waits for the set to drain and
-    # e, queued behind d, keeps the fair order and runs with d.
+    # c joins after one step of a and b; d (another shape) waits for the set to drain; e,
+    # queued behind d, joins the wide set only if that does not make d wait longer.
     engine.run_steps([a, b], rec.hooks(), max_batch=3, more=arrivals((), [c], [d, e]))
 
     assert rec.finals() == {j.job_id: "finished" for j in (a, b, c, d, e)}
@@ -170,13 +170,31 @@ def test_each_job_equals_its_solo_run(
     assert rec.index("started", "ccc") < rec.index("finished", "a")
     last_wide = max(rec.index("finished", j) for j in ("a", "bb", "ccc"))
     assert rec.index("started", "dddd") > last_wide
-    assert rec.index("started", "dddd") < rec.index("started", "eeeee")
+    assert rec.index("finished", "eeeee") < rec.index("started", "dddd") or rec.index(
+        "started", "eeeee"
+    ) > rec.index("started", "dddd")
     assert rec.results["dddd"].width < rec.results["dddd"].height
     for req in (a, b, c, d, e):
         result = rec.results[req.job_id]
         np.testing.assert_array_equal(png(result), solo(engine, req), err_msg=req.job_id)
         progress = [ev for ev in rec.events if ev[:2] == ("progress", req.job_id)]
         assert [int(ev[2]) for ev in progress] == list(range(1, result.steps_run + 1))
+
+
+def test_a_job_behind_another_size_joins_only_if_it_ends_in_time(
+    engine: Engine, scheduler: str, inputs: dict[str, str], tmp_path: Path
+) -> None:
+    running = job(tmp_path, inputs["wide"], "running", steps=8, strength=1.0)
+    tall = job(tmp_path, inputs["tall"], "tall", steps=2, strength=1.0)
+    short = job(tmp_path, inputs["wide"], "short", steps=2, strength=1.0)  # 2 steps: fits
+    long = job(tmp_path, inputs["wide"], "long", steps=10, strength=1.0)  # would delay tall
+    rec = Recorder()
+    engine.run_steps([running], rec.hooks(), max_batch=3, more=arrivals((), [tall, short, long]))
+    started = [ev[1] for ev in rec.events if ev[0] == "started"]
+    assert started == ["running", "short", "tall", "long"]
+    assert rec.index("started", "tall") > rec.index("finished", "running")
+    assert rec.index("started", "tall") < rec.index("progress", "long")
+    assert set(rec.finals()) == {"running", "tall", "short", "long"}
 
 
 def test_running_set_never_exceeds_max_batch(
