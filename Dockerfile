@@ -1,34 +1,53 @@
-# GPU image: CUDA runtime + the bot. Build: docker build -t img2img-bot .
-# Run:   docker run --gpus all --env-file .env -v hf-cache:/cache -v bot-data:/data img2img-bot
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+# One image for the bot and the GPU workers (compose.yaml runs both).
+# Build: docker build -t img2img-bot .
+# Bot:    docker run --env-file .env -v hf-cache:/cache -v bot-data:/data img2img-bot
+# Worker: docker run --gpus all --env-file .env -v hf-cache:/cache img2img-bot \
+#             python -m pipeline worker --redis redis://valkey:6379/0
+#
+# No CUDA base image: PyPI's Linux x86_64 torch wheels bring their own CUDA and cuDNN
+# libraries (the nvidia-* wheels), so they need only glibc and the host's NVIDIA driver
+# (through the NVIDIA container toolkit). A CUDA runtime image would add a second copy.
+FROM python:3.11-slim-bookworm
 
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
+# The same pin as the Makefile's TORCH_PIN (a CUDA build when installed from PyPI).
+ARG TORCH_PIN=torch==2.13.0
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/cache/huggingface \
     DATA_DIR=/data \
-    DEVICE=cuda
-
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip \
-    && rm -rf /var/lib/apt/lists/*
+    DEVICE=auto \
+    METRICS_PORT=9100 \
+    PATH=/opt/venv/bin:$PATH
 
 RUN useradd --create-home --uid 1000 bot \
     && mkdir -p /app /cache /data \
-    && chown -R bot:bot /app /cache /data
+    && chown -R bot:bot /app /cache /data \
+    && python -m venv /opt/venv
 
 WORKDIR /app
-RUN python3.11 -m venv /opt/venv && chown -R bot:bot /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 
-COPY --chown=bot:bot pyproject.toml README.md ./
-COPY --chown=bot:bot bot ./bot
-COPY --chown=bot:bot pipeline ./pipeline
+# Dependencies first, in their own layers: a source change does not reinstall torch.
+RUN pip install "$TORCH_PIN"
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt "$TORCH_PIN" \
+    && rm /tmp/requirements.txt
+
+COPY --chown=bot:bot README.md ./
 COPY --chown=bot:bot config ./config
-# torch from PyPI is the CUDA build on Linux x86_64.
-RUN pip install --upgrade pip && pip install .
+COPY --chown=bot:bot pipeline ./pipeline
+COPY --chown=bot:bot bot ./bot
+RUN pip install --no-deps .
 
 USER bot
 VOLUME ["/cache", "/data"]
+EXPOSE 9100
+# /healthz on METRICS_PORT: the bot (gateway, dispatch loop, database, workers online) or a
+# worker (model loaded); 503 makes the container unhealthy.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('METRICS_PORT', '9100'), timeout=8)"
 CMD ["python", "-m", "bot"]

@@ -34,7 +34,9 @@ from bot.cogs.settings import setup_quotas
 from bot.cogs.styles import setup_styles
 from bot.delivery import DiscordDelivery
 from bot.errors import UserError
+from bot.job_events import Delivery
 from bot.jobs import JobService
+from bot.metrics import BotMetrics, MeteredDelivery, MetricsServer
 from bot.store import Store, is_locked
 from bot.style_store import StyleStore
 from config import Settings
@@ -104,6 +106,7 @@ class ImgBot(commands.AutoShardedBot):
         )
         self.settings = settings
         self.prechecks: list[Precheck] = []
+        self.metrics_server: MetricsServer | None = None  # METRICS_PORT
         self.fatal_error: str | None = None
         self.accepting = True  # False once shutdown began: interactions are turned away
         self._shutdown: asyncio.Future[None] | None = None
@@ -152,7 +155,12 @@ class ImgBot(commands.AutoShardedBot):
         if self.application_id:
             log.info("invite URL: %s", invite_url(self.application_id))
         worker = self.worker_backend()
-        delivery = DiscordDelivery(self, self.store, settings.data_dir.resolve())
+        delivery: Delivery = DiscordDelivery(self, self.store, settings.data_dir.resolve())
+        if settings.metrics_port:
+            metrics = BotMetrics()
+            delivery = MeteredDelivery(delivery, metrics)
+            self.metrics_server = MetricsServer(self, metrics, settings.metrics_port)
+            await self.metrics_server.start()
         self.jobs = JobService(settings, self.store, worker, delivery)
         self.jobs.on_fatal = self._on_fatal
         self.actions = Actions(self)
@@ -242,6 +250,8 @@ class ImgBot(commands.AutoShardedBot):
             await asyncio.wait(set(self._refusals), timeout=1.0)
         if hasattr(self, "store"):
             await self.store.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await super().close()
 
     async def on_app_command_error(

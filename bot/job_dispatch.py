@@ -156,6 +156,9 @@ class JobDispatch(JobEvents):
 
     async def _dispatch(self) -> None:
         """Hand the next batch to the worker. An error puts back (or fails) only its jobs."""
+        info = self.worker.info
+        if info is not None and info != self.engine_info:  # a remote worker told us more
+            self._on_ready(info)
         try:
             batch = self.queue.pop_batch(
                 min(self.settings.max_batch, self.worker.free_slots), key=self._batch_key

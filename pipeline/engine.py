@@ -53,6 +53,21 @@ DEFAULT_CHECKER_ID = "CompVis/stable-diffusion-safety-checker"
 _DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def _from_pretrained(model_id: str, kwargs: dict[str, Any], *, half: bool) -> Any:
+    """In fp16, the model's fp16 weight variant where it has one (half the download and
+    no cast at load), else its default weights."""
+    if half:
+        try:
+            return AutoPipelineForImage2Image.from_pretrained(model_id, variant="fp16", **kwargs)
+        except (OSError, ValueError) as exc:
+            log.info(
+                "no fp16 weight variant for %r (%s); loading the default weights",
+                model_id,
+                type(exc).__name__,
+            )
+    return AutoPipelineForImage2Image.from_pretrained(model_id, **kwargs)
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message names what was tried and why it failed."""
 
@@ -224,7 +239,7 @@ class Engine:
                 kwargs["requires_safety_checker"] = False
                 if safety_checker == "off":
                     kwargs["safety_checker"] = None
-            pipe = AutoPipelineForImage2Image.from_pretrained(model_id, **kwargs)
+            pipe = _from_pretrained(model_id, kwargs, half=torch_dtype == torch.float16)
             pipe = pipe.to(dev)
         except Exception as exc:
             raise fail(f"{type(exc).__name__}: {_short(exc)}", exc) from exc

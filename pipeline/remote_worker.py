@@ -37,6 +37,7 @@ import redis
 from pipeline import stream_codec as codec
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker_child import ENGINE_REF, _Worker
+from pipeline.worker_metrics import WorkerMetrics, health_of, serve
 from pipeline.worker_protocol import (
     BatchDone,
     Cancelled,
@@ -86,8 +87,10 @@ class RemoteWorker(_Worker):
         max_batch: int,
         heartbeat_s: float,
         keys: codec.Keys | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__(_NoPipe(), config)  # type: ignore[arg-type]
+        self.metrics = metrics
         self.r = client
         self.worker_id = worker_id
         self.max_batch = max(1, max_batch)
@@ -129,6 +132,8 @@ class RemoteWorker(_Worker):
             self._event("started", jobs=codec.dumps(self._tagged(message.job_ids)))
         elif isinstance(message, Progress):
             self.last_step = time.time()
+            if self.metrics:
+                self.metrics.last_step.set(self.last_step)
             self._event(
                 "progress",
                 jobs=codec.dumps(self._tagged(message.job_ids)),
@@ -152,6 +157,8 @@ class RemoteWorker(_Worker):
 
     def _finished_fields(self, message: Finished) -> dict[str, str | bytes]:
         result = message.result
+        if self.metrics:
+            self.metrics.gpu_seconds.inc(result.seconds)
         out: dict[str, str | bytes] = {"result": codec.encode_result(result)}
         if not result.withheld and result.output_path:
             path = Path(result.output_path)
@@ -170,6 +177,9 @@ class RemoteWorker(_Worker):
             for path in held.scratch:
                 path.unlink(missing_ok=True)
         log.info("worker %s: job %s attempt %d %s", self.worker_id, job_id, attempt, kind)
+        if self.metrics:
+            self.metrics.jobs.labels(kind).inc()
+            self.metrics.held.set(len(self.held))
         self._ask()
 
     def _tagged(self, job_ids: tuple[str, ...]) -> list[list[Any]]:
@@ -223,6 +233,12 @@ class RemoteWorker(_Worker):
             "pid": os.getpid(),
             "last_step": self.last_step,
         }
+
+    def health(self) -> dict[str, Any]:
+        """/healthz: model loaded, not stopping, and when the last step ran."""
+        return health_of(
+            self.info is not None, self.stopping.is_set(), self.last_step, len(self.held)
+        )
 
     def _beat(self) -> None:
         """Set the heartbeat key (id, model, free slots) with its TTL; a failure is only
@@ -348,13 +364,17 @@ def main(url: str, worker_id: str | None = None, engine_ref: str = ENGINE_REF) -
         url, socket_timeout=GRANT_BLOCK_MS / 1000 + 10, socket_connect_timeout=5
     )
     log.info("worker %s using %s", wid, codec.redact_url(url))
+    metrics = WorkerMetrics() if settings.metrics_port else None
     worker = RemoteWorker(
         client,
         config_from_settings(settings),
         worker_id=wid,
         max_batch=settings.max_batch,
         heartbeat_s=settings.worker_heartbeat_s,
+        metrics=metrics,
     )
+    if metrics is not None and settings.metrics_port:
+        serve(settings.metrics_port, metrics, worker.health)
     # Ctrl+C stops like SIGTERM: running jobs go back to the bot.
     signal.signal(signal.SIGINT, lambda signum, frame: worker._on_sigterm(signum, frame))
     return worker.serve(engine_ref)

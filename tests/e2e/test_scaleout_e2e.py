@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -65,7 +68,7 @@ async def start_worker(
 ) -> AsyncIterator[StartWorker]:
     started: list[Worker] = []
 
-    def start(worker_id: str, model: Path | None = None) -> Worker:
+    def start(worker_id: str, model: Path | None = None, metrics_port: int | None = None) -> Worker:
         env = {
             **os.environ,
             "MODEL_ID": str(model or tiny_model_dir),
@@ -79,6 +82,8 @@ async def start_worker(
             "HF_HUB_OFFLINE": "1",
         }
         env.pop("REDIS_URL", None)
+        if metrics_port is not None:
+            env["METRICS_PORT"] = str(metrics_port)
         log = tmp_path / f"worker-{worker_id}.log"
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "worker", "--redis", valkey.url, "--id", worker_id],
@@ -101,10 +106,28 @@ async def start_worker(
             worker.proc.wait()
 
 
-async def redis_bot(make_bot: BotFactory, valkey: Valkey) -> ImgBot:  # noqa: F811
+async def redis_bot(make_bot: BotFactory, valkey: Valkey, **settings: Any) -> ImgBot:  # noqa: F811
     return await make_bot(
-        worker_backend="redis", redis_url=valkey.url, worker_heartbeat_s=TTL_S, max_batch=1
+        worker_backend="redis",
+        redis_url=valkey.url,
+        worker_heartbeat_s=TTL_S,
+        max_batch=1,
+        **settings,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def get(port: int, path: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
 
 
 def backend(bot: ImgBot) -> RedisBackend:
@@ -160,8 +183,11 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     start_worker: StartWorker,
     valkey: Valkey,  # noqa: F811
 ) -> None:
-    bot = await redis_bot(make_bot, valkey)
+    port = free_port()
+    bot = await redis_bot(make_bot, valkey, metrics_port=port)
     b = backend(bot)
+    status, body = await get(port, "/healthz")
+    assert status == 503 and json.loads(body)["checks"]["workers"] is False
     # No worker yet: every job waits, and its status says why.
     order = [
         (world.guild, world.channel, world.alice), (world.guild, world.channel, world.alice),
@@ -177,7 +203,8 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     jobs = {job_id(fd, h): (g, u) for h, (g, _, u) in zip(handles, order, strict=True)}
     assert list(b.granted) == [] and b.workers_online == 0
 
-    workers = {w.id: w for w in (start_worker("w1"), start_worker("w2"))}
+    worker_port = free_port()
+    workers = {w.id: w for w in (start_worker("w1", metrics_port=worker_port), start_worker("w2"))}
     for handle in handles:
         await wait_result(fd, handle)
     for job in jobs:
@@ -192,6 +219,18 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     assert len(set(members[:3])) == 3 and len(set(members[3:])) == 3
     for w in workers.values():  # logs say which worker ran which job
         assert f"worker {w.id}: job" in w.text()
+    # METRICS_PORT: the bot's and a worker's /metrics and /healthz.
+    await fd.settle()
+    status, text = await get(port, "/metrics")
+    assert 'img2img_jobs_total{outcome="done"} 8.0' in text
+    assert "img2img_workers_online 2.0" in text and "img2img_event_loop_lag_seconds" in text
+    status, body = await get(port, "/healthz")
+    assert status == 200 and all(json.loads(body)["checks"].values()), body
+    status, body = await get(worker_port, "/healthz")
+    assert status == 200 and json.loads(body)["model_loaded"] is True
+    status, text = await get(worker_port, "/metrics")
+    served = sum(1 for j in jobs if b.ran_by[j] == "w1")
+    assert f'img2img_worker_jobs_total{{outcome="finished"}} {served}.0' in text
 
     # Cancel reaches the remote worker that runs the job.
     long = await slash(fd, world.guild, world.channel, world.alice, **LONG)
