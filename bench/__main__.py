@@ -5,8 +5,12 @@ Scenarios (same model, device and inputs for both paths, in one run):
   2. N_SMALL same-shape SMALL_SIZE px jobs queued, MAX_BATCH on, vs the direct unbatched
      loop → ratio_batched (≥ 1.25)
   3. SIZE px, batching on vs off on the full path → ratio_on_off (≥ 0.95: never slower)
+  5. (section `mixed`) N_SMALL SMALL_SIZE px jobs, iteration-level batching (BATCHING=step)
+     vs same-key batching (BATCHING=call), MAX_BATCH both: strengths, steps and two aspect
+     ratios mixed → ratio_mixed (≥ 1.20); one shape and step plan → ratio_uniform (≥ 0.95)
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
-which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs).
+which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
+section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
 
 Every flag has an environment variable (in brackets); flags win. The last line printed is
 one JSON object with the headline figures.
@@ -39,6 +43,8 @@ from bench.scenarios import (
     Params,
     batched_vs_direct,
     burst_order,
+    mixed_sweep,
+    step_vs_call,
     sweep,
     unbatched_and_batched,
 )
@@ -87,23 +93,27 @@ class Run:
                 raise RuntimeError(f"make-tiny failed; see {self.log}")
         return str(path)
 
-    async def start_full(self, model: str, resolution: int) -> FullPath:
+    async def start_full(self, model: str, resolution: int, batching: str = "step") -> FullPath:
         o = self.opts
         settings = FullPath.settings_for(
-            self.work / f"data-{resolution}",
+            self.work / f"data-{resolution}-{batching}",
+            batching=batching,
             model_id=model,
             device=o.device,
             dtype=o.dtype,
             compile=o.compile,
             channels_last=o.channels_last,
             resolution=resolution,
-            max_batch=o.max_batch,
+            max_batch=max([o.max_batch, *o.sweep]),  # step batching: the running set's size
         )
         full = FullPath(settings)
         note(f"starting the worker ({resolution} px)")
         started = time.perf_counter()
         with stderr_to(self.log):
             await full.start()
+        if batching != "step":  # the mixed section's second worker, for comparison only
+            self.starts[f"worker {resolution}px {batching}"] = time.perf_counter() - started
+            return full
         self.starts[f"worker {resolution}px"] = time.perf_counter() - started
         self.procs.watch("worker", full.worker.pid)
         self.full = full
@@ -136,6 +146,21 @@ class Run:
             note("two-guild burst")
             params = Params(BURST_STEPS, o.strength, o.guidance)
             r["burst"] = await burst_order(full, params, o.small_size, o.max_batch)
+        if "mixed" in o.only:
+            step = await self.use_full(model, o.small_size)
+            note(f"starting a second worker with BATCHING=call ({o.small_size} px)")
+            call = await self.start_full(model, o.small_size, batching="call")
+            try:
+                r["mixed"] = await step_vs_call(
+                    bench, step, call, o.small_size, o.n_small, o.rounds, o.max_batch
+                )
+            finally:
+                await call.stop()
+        if "mixedsweep" in o.only:
+            full = await self.use_full(model, o.size)
+            r["mixedsweep"] = await mixed_sweep(
+                bench, full, o.size, o.n_sweep, o.rounds, o.sweep or [1, o.max_batch]
+            )
         if "sweep" in o.only:
             full = await self.use_full(model, o.size)
             r["sweep"] = await sweep(bench, full, o.size, o.n_sweep, o.rounds, o.sweep)

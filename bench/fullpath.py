@@ -36,12 +36,21 @@ class RecordingWorker(WorkerClient):
     def __init__(self, config: WorkerConfig, **kwargs: float) -> None:
         super().__init__(config, **kwargs)
         self.hold = False
+        self.cap = self.max_batch  # jobs in flight at most: the run's MAX_BATCH
         self.batches: list[tuple[float, tuple[str, ...]]] = []
         self.events: list[tuple[float, WorkerEvent]] = []
 
     @property
     def busy(self) -> bool:
         return self.hold or super().busy
+
+    @property
+    def free_slots(self) -> int:
+        """None while held. With step batching the worker's running set is sized once at
+        start (the largest MAX_BATCH of the bench); `cap` holds a run to its own MAX_BATCH."""
+        if self.hold:
+            return 0
+        return max(0, min(super().free_slots, self.cap - len(self.running)))
 
     @property
     def generating(self) -> bool:
@@ -150,8 +159,10 @@ class FullPath:
                 resolution=settings.resolution,
                 compile=settings.compile,
                 channels_last=settings.channels_last,
+                batching=settings.batching,
             ),
             start_timeout=start_timeout,
+            max_batch=settings.max_batch,
         )
         self.store: Store | None = None
         self.service: JobService | None = None
@@ -200,6 +211,7 @@ class FullPath:
         assert service is not None, "start() first"
         await self.idle()
         service.settings = self.settings.model_copy(update={"max_batch": max_batch})
+        worker.cap = max_batch
         first_batch = len(worker.batches)
         submitted: dict[int, float] = {}
         by_id: dict[str, JobSpec] = {}
@@ -257,7 +269,7 @@ class FullPath:
             user_id=USER_ID,
             prompt=spec.prompt,
             negative_prompt=spec.negative_prompt,
-            strength=strength,
+            strength=spec.strength or strength,
             steps=spec.steps or steps,
             guidance=guidance,
             seed=spec.seed,

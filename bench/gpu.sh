@@ -6,8 +6,12 @@
 #   1. SD 1.5 fp16, the bot's defaults (channels_last on): scenarios 1-3, the burst, and a
 #      MAX_BATCH sweep 1,4,8 (full path vs the plain diffusers loop at each batch size)
 #   2. the tiny model, same sweep: the bot's fixed per-job cost when images are nearly free
-#   3. SD 1.5 variants, scenario 1 and 3 only: bf16; channels_last off; torch.compile
-#      (the last needs about 5 more minutes, so it runs only with BENCH_BUDGET_S≈1200)
+#   3. SD 1.5, the mixed workload (strengths 0.35-0.8, steps 20/30, two aspect ratios) at
+#      512 px with iteration-level batching (BATCHING=step) at MAX_BATCH 1/4/8/16: image-steps
+#      per second per batch size, without and then with COMPILE (row counts padded to
+#      buckets, so a few compiled graphs serve every mix of jobs)
+#   4. SD 1.5 variants, scenario 1 and 3 only: bf16; channels_last off; torch.compile
+#      (the compile runs need about 5 more minutes each: BENCH_BUDGET_S≈1500 for all)
 # Each run's report is printed as it ends, then a summary of their JSON lines. A step
 # that would not fit in the time left is skipped and says so.
 #
@@ -27,6 +31,8 @@ DEADLINE=$((SECONDS + BUDGET))
 export BENCH_N=${BENCH_N:-8} BENCH_N_SMALL=${BENCH_N_SMALL:-16} BENCH_N_SWEEP=${BENCH_N_SWEEP:-16}
 export BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 SWEEP=${GPU_SWEEP:-1,4,8}
+MIXED_SWEEP=${GPU_MIXED_SWEEP:-1,4,8,16}
+MIXED_N=${GPU_MIXED_N:-32}
 SUMMARY="$WORK/summary.jsonl"
 : >"$SUMMARY"
 
@@ -79,6 +85,9 @@ step "build sd15" 60 150 "$PY" -m bench.sd15_random "$WORK/sd15" --device "$DEVI
 SD15=(--model "$WORK/sd15")
 bench sd15-fp16 150 240 "${SD15[@]}" --dtype fp16 --sweep "$SWEEP"
 bench tiny 45 75 --model "$WORK/tiny" --only big --sweep "$SWEEP"
+MIXED=(--only mixedsweep --sweep "$MIXED_SWEEP" --n-sweep "$MIXED_N" --rounds 1)
+bench sd15-mixed 90 180 "${SD15[@]}" --dtype fp16 "${MIXED[@]}"
+bench sd15-mixed-compile 300 600 "${SD15[@]}" --dtype fp16 --compile "${MIXED[@]}"
 bench sd15-bf16 45 75 "${SD15[@]}" --dtype bf16 --only big --rounds 1
 bench sd15-fp16-no-channels-last 45 75 "${SD15[@]}" --dtype fp16 --no-channels-last \
   --only big --rounds 1
@@ -103,5 +112,8 @@ for row in rows:
     for batch, fig in (row.get("sweep") or {}).items():
         if isinstance(fig, dict):
             print(f"  MAX_BATCH={batch}: " + ", ".join(f"{k} {v}" for k, v in fig.items()))
+    for batch, fig in (row.get("mixed_sweep") or {}).items():
+        print(f"  mixed, MAX_BATCH={batch}: image-steps/s {fig['image_steps_per_s']}, "
+              f"img/s {fig['ips_wall']}, x{fig['ratio_to_first']} of MAX_BATCH=1")
 PYSUM
 echo "## done in $SECONDS s; files in $WORK"

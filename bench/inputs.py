@@ -7,7 +7,8 @@ neither side resizes and both do the same work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -36,6 +37,7 @@ class JobSpec:
     seed: int
     guild_id: int = 1
     steps: int | None = None  # None: the run's step count
+    strength: float | None = None  # None: the run's strength
 
 
 def _draw(size: int, index: int) -> Image.Image:
@@ -72,6 +74,36 @@ def make_jobs(
                 negative_prompt=NEGATIVE_PROMPTS[i % len(NEGATIVE_PROMPTS)],
                 seed=seed0 + i,
                 guild_id=guild_id,
+            )
+        )
+    return jobs
+
+
+MIXED_STRENGTHS = (0.35, 0.5, 0.65, 0.8)  # the ±0.15 buttons, Compare and Refine side by side
+MIXED_STEPS = (20, 30)
+
+
+def make_mixed_jobs(
+    data_dir: Path, size: int, count: int, *, tag: str, seed0: int = 3000
+) -> list[JobSpec]:
+    """Traffic as it comes: strengths, step counts and two aspect ratios (1:1 and 4:3
+    landscape) mixed in a fixed pseudo-random order, so today's same-key batching finds
+    few jobs to batch. The images are made at their generation size."""
+    rng = random.Random(seed0)
+    short = max(8, int(size * 3 / 4 / 8 + 0.5) * 8)
+    jobs = []
+    for spec in make_jobs(data_dir, size, count, tag=tag, seed0=seed0):
+        width, height = rng.choice(((size, size), (size, short)))
+        if (width, height) != (spec.width, spec.height):
+            with Image.open(spec.image_path) as square:
+                square.resize((width, height), Image.Resampling.LANCZOS).save(spec.image_path)
+        jobs.append(
+            replace(
+                spec,
+                width=width,
+                height=height,
+                steps=rng.choice(MIXED_STEPS),
+                strength=rng.choice(MIXED_STRENGTHS),
             )
         )
     return jobs

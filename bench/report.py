@@ -55,7 +55,13 @@ def json_line(figures: dict[str, Any]) -> str:
     return json.dumps(rounded(figures), separators=(", ", ": "))
 
 
-TARGETS = {"ratio_unbatched": 0.90, "ratio_batched": 1.25, "ratio_on_off": 0.95}
+TARGETS = {
+    "ratio_unbatched": 0.90,
+    "ratio_batched": 1.25,
+    "ratio_on_off": 0.95,
+    "ratio_mixed": 1.20,
+    "ratio_uniform": 0.95,
+}
 
 
 def _target(name: str, value: float, wall: float) -> str:
@@ -64,6 +70,39 @@ def _target(name: str, value: float, wall: float) -> str:
         f"    ratio         {value:.3f}   target ≥ {target:.2f}  {verdict(value, target)}"
         f"   (by wall time {wall:.3f})"
     )
+
+
+def _render_mixed(
+    opts: Any, mx: dict[str, Any], lines: list[str], figures: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """Scenario [5]: iteration-level batching against same-key batching (wall-clock rates:
+    step batching has no per-call time to take a median of)."""
+    lines = [
+        *lines,
+        "",
+        f"[5] {opts.small_size} px, {opts.n_small} jobs queued, MAX_BATCH={opts.max_batch}: "
+        "BATCHING=step vs BATCHING=call",
+    ]
+    for load, what in (
+        ("mixed", "strengths 0.35-0.8, steps 20/30, two aspect ratios"),
+        ("uniform", "one shape and step plan"),
+    ):
+        s, c = mx[f"step_{load}"], mx[f"call_{load}"]
+        lines += [
+            f"  {load}: {what}",
+            f"    step  {s['ips_wall']:.3f} img/s  {s['image_steps_per_s']:.2f} image-steps/s"
+            f"  latency p50 {s['latency_p50_s']:.2f} s",
+            f"    call  {c['ips_wall']:.3f} img/s  {c['image_steps_per_s']:.2f} image-steps/s"
+            f"  latency p50 {c['latency_p50_s']:.2f} s  worker calls of {c['batch_sizes']}",
+            _target(f"ratio_{load}", mx[f"ratio_{load}"], mx[f"ratio_{load}"]),
+        ]
+        figures = figures | {
+            f"ratio_{load}": mx[f"ratio_{load}"],
+            f"ratio_{load}_median": mx[f"ratio_{load}_median"],
+            f"step_{load}_image_steps_per_s": s["image_steps_per_s"],
+            f"call_{load}_image_steps_per_s": c["image_steps_per_s"],
+        }
+    return lines, figures
 
 
 def _mode(label: str, m: dict[str, Any], extra: str = "") -> str:
@@ -156,6 +195,26 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             "full_batched_small_ips": fb["ips"],
             "batched_latency_p50_s": fb["latency_p50_s"],
             "batched_latency_p95_s": fb["latency_p95_s"],
+        }
+    if "mixed" in r:
+        lines, figures = _render_mixed(opts, r["mixed"], lines, figures)
+    if "mixedsweep" in r:
+        ms = r["mixedsweep"]
+        lines += [
+            "",
+            f"[mixed sweep] {opts.size} px, {opts.n_sweep} mixed jobs a round (strengths, steps, "
+            "two aspect ratios), BATCHING=step",
+            "    MAX_BATCH  img/s  image-steps/s  × first  latency p50/p95 s",
+        ]
+        for b, row in ms.items():
+            lines.append(
+                f"    {b:>9}  {row['ips_wall']:>5.2f}  {row['image_steps_per_s']:>13.2f}  "
+                f"{row['ratio_to_first']:>7.2f}  {row['latency_p50_s']:>7.2f}/"
+                f"{row['latency_p95_s']:.2f}"
+            )
+        figures["mixed_sweep"] = {
+            b: {k: row[k] for k in ("ips_wall", "image_steps_per_s", "ratio_to_first")}
+            for b, row in ms.items()
         }
     if "sweep" in r:
         sw = r["sweep"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ from PIL import Image
 
 from bench.direct import DirectRun, DirectRunner
 from bench.fullpath import FullPath, FullRun
-from bench.inputs import JobSpec, make_jobs
+from bench.inputs import JobSpec, make_jobs, make_mixed_jobs
 from bench.report import percentile, rate, ratio
+from pipeline.request import plan_steps
 
 GUILD_A, GUILD_B = 1001, 2002
 
@@ -352,4 +354,98 @@ async def sweep(
             "lag_p99_ms": percentile(lag, 99),
         }
     result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def image_steps(jobs: Sequence[JobSpec], params: Params) -> int:
+    """Denoising steps the jobs run in all (steps × strength each): the work done."""
+    return sum(plan_steps(j.steps or params.steps, j.strength or params.strength)[1] for j in jobs)
+
+
+async def step_vs_call(
+    bench: Bench,
+    step: FullPath,
+    call: FullPath,
+    size: int,
+    n: int,
+    rounds: int,
+    max_batch: int,
+) -> dict[str, Any]:
+    """Iteration-level batching (BATCHING=step) against today's same-key batching
+    (BATCHING=call), both on the full path at MAX_BATCH=`max_batch`:
+
+    - mixed: `n` jobs with strengths, step counts and two aspect ratios mixed → ratio_mixed
+    - uniform: `n` same-shape jobs with one step plan (scenario 2's) → ratio_uniform
+
+    Rates are wall-clock (images over summed wall time): with step batching jobs leave the
+    running set one by one, so there is no per-call time to take a median of."""
+    data_dir = step.settings.data_dir
+    mixed = make_mixed_jobs(data_dir, size, n, tag=f"mixed{size}")
+    uniform = make_jobs(data_dir, size, n, tag=f"uniform{size}", seed0=4000)
+    warm = make_mixed_jobs(data_dir, size, max_batch, tag=f"warmmixed{size}", seed0=600)
+    for spec in [*mixed, *uniform, *warm]:  # the call path has a data dir of its own
+        target = call.settings.data_dir / spec.input_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data_dir / spec.input_path, target)
+    bench.note(f"{size} px: warming up both batching paths")
+    for full in (step, call):
+        await bench.run_full(full, warm, max_batch, "warm-mixed")
+    modes = {
+        (path, load): ModeResult(f"{path}-{load}")
+        for path in ("step", "call")
+        for load in ("mixed", "uniform")
+    }
+    jobs = {"mixed": mixed, "uniform": uniform}
+    steps: list[Step] = []
+    for path, full in (("step", step), ("call", call)):
+        for load in ("mixed", "uniform"):
+
+            async def go(path: str = path, full: FullPath = full, load: str = load) -> None:
+                run = await bench.run_full(full, jobs[load], max_batch, f"{path}-{load}")
+                modes[path, load].add_full(run)
+
+            steps.append(go)
+    bench.note(f"{size} px: {rounds} rounds of {n} images × (step, call) × (mixed, uniform)")
+    await _rounds(rounds, steps)
+    out: dict[str, Any] = {}
+    for (path, load), m in modes.items():
+        work = image_steps(jobs[load], bench.params) * rounds
+        out[f"{path}_{load}"] = {**m.summary(), "image_steps_per_s": rate(work, m.wall)}
+    for load in ("mixed", "uniform"):
+        s, c = modes["step", load], modes["call", load]
+        out[f"ratio_{load}"] = ratio(s.ips_wall, c.ips_wall)
+        out[f"ratio_{load}_median"] = ratio(s.ips, c.ips)
+    return out
+
+
+async def mixed_sweep(
+    bench: Bench, full: FullPath, size: int, n: int, rounds: int, batches: Sequence[int]
+) -> dict[str, Any]:
+    """The mixed workload on one full path at each MAX_BATCH in `batches`: image-steps per
+    second per batch size (for GPU runs: where iteration-level batching pays)."""
+    data_dir = full.settings.data_dir
+    jobs = make_mixed_jobs(data_dir, size, n, tag=f"mixedsweep{size}")
+    warm = make_mixed_jobs(data_dir, size, max(batches), tag=f"warmmixsw{size}", seed0=800)
+    bench.note(f"mixed sweep at {size} px: warming up batch sizes {list(batches)}")
+    for b in batches:
+        started = time.perf_counter()
+        await bench.run_full(full, warm, b, f"warm-mixed{b}")
+        bench.warmups.setdefault(f"mixed {size}px b{b}", time.perf_counter() - started)
+    modes = {b: ModeResult(f"mixed{b}") for b in batches}
+    steps: list[Step] = []
+    for b in batches:
+
+        async def go(b: int = b) -> None:
+            modes[b].add_full(await bench.run_full(full, jobs, b, f"mixed{b}"))
+
+        steps.append(go)
+    bench.note(f"mixed sweep at {size} px: {rounds} rounds of {n} images per MAX_BATCH")
+    await _rounds(rounds, steps)
+    work = image_steps(jobs, bench.params) * rounds
+    result: dict[str, Any] = {
+        str(b): {**m.summary(), "image_steps_per_s": rate(work, m.wall)} for b, m in modes.items()
+    }
+    base = modes[batches[0]].ips_wall
+    for b, m in modes.items():
+        result[str(b)]["ratio_to_first"] = ratio(m.ips_wall, base)
     return result
