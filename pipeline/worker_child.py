@@ -4,7 +4,9 @@
 `Engine`, says `Ready` (or `LoadFailed` and exits), then runs batches: `Started`, progress,
 exactly one final event per job, `BatchDone`. A listener thread reads commands while the
 main thread is inside the diffusers call, so `Cancel` takes effect at the next denoising
-step. Imports no torch itself: the engine module does, in the child only.
+step. With step batching (`EngineInfo.step_slots`, see `pipeline.worker_steps`) a Run that
+arrives while others run joins them at the next step instead of waiting for a BatchDone.
+Imports no torch itself: the engine module does, in the child only.
 """
 
 from __future__ import annotations
