@@ -37,6 +37,7 @@ from bench.logs import stderr_to
 from bench.monitor import LagTicker, ProcessSampler
 from bench.options import Options, parse_args
 from bench.report import json_line, render
+from bench.scaleout import scaleout
 from bench.scenarios import (
     Bench,
     Lag,
@@ -164,6 +165,11 @@ class Run:
         if "sweep" in o.only:
             full = await self.use_full(model, o.size)
             r["sweep"] = await sweep(bench, full, o.size, o.n_sweep, o.rounds, o.sweep)
+        if "scaleout" in o.only:
+            full = await self.use_full(model, o.size)
+            r["scaleout"] = await scaleout(
+                bench, full, self.work, self.log, size=o.size, n=o.n, rounds=o.rounds, note=note
+            )
 
     async def use_full(self, model: str, resolution: int) -> FullPath:
         """The running full path if it has this resolution, else a fresh one."""

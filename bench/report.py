@@ -61,6 +61,8 @@ TARGETS = {
     "ratio_on_off": 0.95,
     "ratio_mixed": 1.20,
     "ratio_uniform": 0.95,
+    "ratio_redis_local": 0.90,
+    "ratio_2workers": 1.7,
 }
 
 
@@ -195,6 +197,25 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             "full_batched_small_ips": fb["ips"],
             "batched_latency_p50_s": fb["latency_p50_s"],
             "batched_latency_p95_s": fb["latency_p95_s"],
+        }
+    if "scaleout" in r:
+        sc = r["scaleout"]
+        lines += [
+            "",
+            f"[4] scale-out through Valkey, {opts.size} px, MAX_BATCH=1: {opts.n} images a round",
+            _mode("local worker", sc["local"]),
+            _mode("1 remote", sc["redis"]),
+            _target("ratio_redis_local", sc["ratio_redis_local"], sc["ratio_redis_local_wall"]),
+            _latency(sc["redis"]),
+            _mode("1 worker, 1t", sc["one_worker"]),
+            _mode("2 workers, 1t", sc["two_workers"], f"  served by {sc['workers_served']}"),
+            _target("ratio_2workers", sc["ratio_2workers"], sc["ratio_2workers_wall"]),
+        ]
+        figures |= {
+            "ratio_redis_local": sc["ratio_redis_local"],
+            "ratio_2workers": sc["ratio_2workers"],
+            "ratio_redis_local_wall": sc["ratio_redis_local_wall"],
+            "ratio_2workers_wall": sc["ratio_2workers_wall"],
         }
     if "mixed" in r:
         lines, figures = _render_mixed(opts, r["mixed"], lines, figures)

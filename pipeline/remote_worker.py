@@ -172,14 +172,14 @@ class RemoteWorker(_Worker):
         with self.cancel_lock:
             self.cancelled.discard(job_id)
         attempt = held.attempt if held else 0
+        log.info("worker %s: job %s attempt %d %s", self.worker_id, job_id, attempt, kind)
+        if self.metrics:  # counted before the bot can hear of it
+            self.metrics.jobs.labels(kind).inc()
+            self.metrics.held.set(len(self.held))
         self._event(kind, job=job_id, a=str(attempt), **extra)
         if held:
             for path in held.scratch:
                 path.unlink(missing_ok=True)
-        log.info("worker %s: job %s attempt %d %s", self.worker_id, job_id, attempt, kind)
-        if self.metrics:
-            self.metrics.jobs.labels(kind).inc()
-            self.metrics.held.set(len(self.held))
         self._ask()
 
     def _tagged(self, job_ids: tuple[str, ...]) -> list[list[Any]]:

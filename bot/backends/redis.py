@@ -17,6 +17,8 @@ One reader task XREADs the hello stream and the events stream of every worker on
 set changes only when a worker joins, which the hello itself announces); one writer task
 sends grants in order, retrying while the server is away. After the server comes back,
 grants a worker has not acknowledged are sent again (a worker skips those it took).
+Membership (hello, heartbeats, drops, refusals) and the meaning of each event are in
+`bot.backends.redis_members`; the worker side is `pipeline.remote_worker`.
 """
 
 from __future__ import annotations
