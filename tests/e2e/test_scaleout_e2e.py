@@ -43,7 +43,8 @@ from tests.valkey_server import Valkey, valkey, valkey_server  # noqa: F401  (fi
 ROOT = Path(__file__).resolve().parents[2]
 TTL_S = 3.0
 LONG = {"steps": 150, "strength": 1.0}  # runs until cancelled or moved
-MEDIUM = {"steps": 24, "strength": 1.0}  # long enough that two workers share a queue
+MEDIUM = {"steps": 24, "strength": 1.0}  # long enough to be caught running
+SHARED = {"steps": 60, "strength": 1.0}  # eight of these outlast a second worker's start
 WORKER_START_S = 180.0
 
 
@@ -197,7 +198,7 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     ]  # fmt: skip
     handles = []
     for guild, channel, user in order:
-        handle = await slash(fd, guild, channel, user, **MEDIUM)
+        handle = await slash(fd, guild, channel, user, **SHARED)
         await wait_status(fd, handle, "No image workers online")
         handles.append(handle)
     jobs = {job_id(fd, h): (g, u) for h, (g, _, u) in zip(handles, order, strict=True)}
