@@ -317,6 +317,9 @@ async def test_waiting_jobs_survive_a_server_restart_and_another_model_is_refuse
     assert await asyncio.to_thread(refused.proc.wait, WORKER_START_S) == 3
     assert "refused" in refused.text() and "refusing worker other" in caplog.text
     assert b.workers == ("w1",)
+    queue = await fd.send_slash(world.guild, world.channel, world.alice, "queue")
+    msg = await queue.wait_original()
+    assert msg["ephemeral"] and "Image workers online: 1" in msg["content"]
 
     # Three jobs: one runs, two wait; the server restarts (empty: no persistence).
     handles = [await slash(fd, world.guild, world.channel, world.alice, **MEDIUM)]
