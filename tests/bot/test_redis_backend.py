@@ -1,0 +1,164 @@
+"""`RedisBackend` against a real Valkey server, with the test speaking the worker's side of
+the stream protocol by hand: attempts across worker deaths, late answers, refusals.
+
+(The end-to-end tests run real worker processes; these pin the rules exactly and fast.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from bot.backends.redis import RedisBackend
+from pipeline import stream_codec as codec
+from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
+from pipeline.worker_protocol import Finished, Started, WorkerDied, WorkerEvent
+from tests.valkey_server import Valkey, valkey, valkey_server  # noqa: F401  (fixtures)
+
+TTL_S = 0.6
+MODEL = "tiny/model"
+E = TypeVar("E")
+
+
+@pytest_asyncio.fixture
+async def backend(valkey: Valkey) -> AsyncIterator[RedisBackend]:  # noqa: F811
+    b = RedisBackend(valkey.url, model_id=MODEL, resolution=64, heartbeat_s=TTL_S)
+    await b.start()
+    yield b
+    await b.stop()
+
+
+@pytest_asyncio.fixture
+async def r(valkey: Valkey) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
+    client = aioredis.Redis.from_url(valkey.url)
+    yield client
+    await client.aclose()
+
+
+K = codec.Keys()
+
+
+async def hello(r: aioredis.Redis, wid: str, model: str = MODEL) -> None:
+    """What a worker does once its model is loaded: a heartbeat key and a hello."""
+    status = {
+        "id": wid, "model": model, "max_batch": 1, "free": 1, "seen": 0, "epoch": "",
+        "info": codec.to_dict(EngineInfo(model, "cpu", "fp32", 64, "P")),
+    }  # fmt: skip
+    await r.set(K.heartbeat(wid), codec.dumps(status), px=int(TTL_S * 1000))
+    await r.xadd(K.hello, {b"hello": codec.dumps(status)})
+
+
+async def event(r: aioredis.Redis, wid: str, kind: str, **fields: Any) -> None:
+    entry = {b"t": kind.encode(), b"w": wid.encode()}
+    entry.update(
+        {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+    )
+    await r.xadd(K.events(wid), entry)  # type: ignore[arg-type]
+
+
+async def grant(r: aioredis.Redis, wid: str) -> dict[str, Any]:
+    """The next grant in the worker's stream (taken, as a worker would)."""
+    reply = await r.xread({K.grants(wid): "0-0"}, count=1, block=5000)
+    assert reply, f"no grant for {wid}"
+    entry_id, entry = reply[0][1][0]
+    await r.xdel(K.grants(wid), entry_id)
+    return {k.decode(): v for k, v in entry.items()}
+
+
+async def next_of(b: RedisBackend, kind: type[E], timeout: float = 10.0) -> E:
+    async with asyncio.timeout(timeout):
+        while True:
+            ev: WorkerEvent = await b.next_event()
+            if isinstance(ev, kind):
+                return ev
+
+
+async def online(b: RedisBackend, count: int) -> None:
+    async with asyncio.timeout(10):
+        while b.workers_online != count:
+            await asyncio.sleep(0.02)
+
+
+def request(tmp_path: Path) -> GenerationRequest:
+    image = tmp_path / "in.png"
+    image.write_bytes(b"not really a png")
+    return GenerationRequest(
+        "1", str(image), "a fox", 0.5, 42, 10, 7.5, str(tmp_path / "out" / "1.png")
+    )
+
+
+async def test_a_job_runs_again_once_after_a_death_then_fails_and_late_answers_are_dropped(
+    backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    req = request(tmp_path)
+    await hello(r, "a")
+    await online(backend, 1)
+    backend.submit([req])
+    first = await grant(r, "a")
+    (item,) = codec.loads(first["batch"])
+    assert item["a"] == 1 and item["req"]["seed"] == 42
+    assert first["file:1:image_path"] == b"not really a png"  # the input travels along
+    await event(r, "a", "started", jobs=codec.dumps([["1", 1]]))
+    assert await next_of(backend, Started) == Started(("1",))
+
+    # "a" stops beating: the job waits again (it started once; two are allowed).
+    died = await next_of(backend, WorkerDied)
+    assert (died.job_ids, died.unstarted) == ((), ("1",))
+    assert backend.running == () and backend.workers_online == 0
+
+    await hello(r, "b")
+    await online(backend, 1)
+    backend.submit([req])
+    (item,) = codec.loads((await grant(r, "b"))["batch"])
+    assert item["a"] == 2 and item["req"]["seed"] == 42  # same seed: the same picture
+    await event(r, "b", "started", jobs=codec.dumps([["1", 2]]))
+    await next_of(backend, Started)
+
+    # "a" comes back and answers attempt 1: discarded, nothing reaches the job service.
+    await hello(r, "a")
+    await online(backend, 2)
+    result = GenerationResult("1", "/scratch/1.png", 42, 5, 10, 64, 64, 0.1)
+    await event(r, "a", "finished", job="1", a=1, result=codec.encode_result(result), png=b"x")
+    async with asyncio.timeout(10):
+        while backend.discarded < 1:
+            await asyncio.sleep(0.02)
+    assert not Path(req.output_path).exists()
+
+    # "b" dies too: the job started on two workers that both died, so it fails.
+    await r.delete(K.heartbeat("b"))
+    died = await next_of(backend, WorkerDied)
+    assert (died.job_ids, died.unstarted) == (("1",), ())
+
+
+async def test_a_result_is_written_where_the_bot_keeps_it(
+    backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    req = request(tmp_path)
+    await hello(r, "a")
+    await online(backend, 1)
+    backend.submit([req])
+    await grant(r, "a")
+    await event(r, "a", "started", jobs=codec.dumps([["1", 1]]))
+    result = GenerationResult("1", "/scratch/1.png", 42, 5, 10, 64, 64, 0.1)
+    await event(r, "a", "finished", job="1", a=1, result=codec.encode_result(result), png=b"PNG")
+    finished = await next_of(backend, Finished)
+    assert finished.result.output_path == req.output_path
+    assert Path(req.output_path).read_bytes() == b"PNG"
+    assert backend.ran_by["1"] == "a" and backend.running == ()
+    assert await r.xlen(K.events("a")) == 0  # the PNG does not stay on the server
+
+
+async def test_a_worker_with_another_model_is_refused(
+    backend: RedisBackend, r: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    await hello(r, "odd", model="another/model")
+    refusal = await grant(r, "odd")
+    assert refusal["t"] == b"refused" and b"another/model" in refusal["reason"]
+    assert backend.workers_online == 0 and backend.free_slots == 0
+    assert "refusing worker odd" in caplog.text
