@@ -162,3 +162,32 @@ async def test_a_worker_with_another_model_is_refused(
     assert refusal["t"] == b"refused" and b"another/model" in refusal["reason"]
     assert backend.workers_online == 0 and backend.free_slots == 0
     assert "refusing worker odd" in caplog.text
+
+
+async def test_a_worker_that_beats_but_goes_silent_with_a_job_is_dropped(
+    valkey: Valkey,  # noqa: F811
+    r: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    b = RedisBackend(valkey.url, model_id=MODEL, heartbeat_s=TTL_S, silence_s=1.0)
+    await b.start()
+    try:
+        await hello(r, "hung")
+        await online(b, 1)
+        b.submit([request(tmp_path)])
+        await grant(r, "hung")
+        await event(r, "hung", "started", jobs=codec.dumps([["1", 1]]))
+
+        async def beat() -> None:  # the heartbeat thread lives on; the GPU hangs
+            while True:
+                await r.pexpire(K.heartbeat("hung"), int(TTL_S * 1000))
+                await asyncio.sleep(TTL_S / 4)
+
+        beating = asyncio.create_task(beat())
+        try:
+            died = await next_of(b, WorkerDied)
+        finally:
+            beating.cancel()
+        assert (died.job_ids, died.unstarted) == ((), ("1",))
+    finally:
+        await b.stop()
