@@ -50,7 +50,9 @@ class RecordingWorker(WorkerClient):
         start (the largest MAX_BATCH of the bench); `cap` holds a run to its own MAX_BATCH."""
         if self.hold:
             return 0
-        return max(0, min(super().free_slots, self.cap - len(self.running)))
+        # The worker's own prefetch only where its running set is this run's MAX_BATCH.
+        cap = self.step_capacity if self.cap == self.step_slots else self.cap
+        return max(0, min(super().free_slots, cap - len(self.running)))
 
     @property
     def generating(self) -> bool:

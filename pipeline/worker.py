@@ -147,14 +147,23 @@ class WorkerClient:
         return int(getattr(info, "step_slots", 0) or 0) if info is not None else 0
 
     @property
+    def step_capacity(self) -> int:
+        """Step batching: jobs the worker may hold, running or ready to join. Twice the
+        running set when it holds several, so a finished job's place is taken at the very
+        next step by a job already in the worker, not after a round trip through the bot
+        (the price: up to one set of jobs leaves the fair queue one set early)."""
+        slots = self.step_slots
+        return 2 * slots if slots > 1 else slots
+
+    @property
     def free_slots(self) -> int:
-        """`WorkerBackend`: none while not ready. Step batching: the running set's free
-        places (`step_slots` − jobs in flight). Otherwise one batch at a time: none while
-        busy, else `max_batch` (the batch size the owner configured)."""
+        """`WorkerBackend`: none while not ready. Step batching: `step_capacity` − jobs in
+        flight. Otherwise one batch at a time: none while busy, else `max_batch` (the
+        batch size the owner configured)."""
         if self.info is None:
             return 0
         if self.step_slots:
-            return 0 if self._exiting else max(0, self.step_slots - len(self._pending))
+            return 0 if self._exiting else max(0, self.step_capacity - len(self._pending))
         return 0 if self._busy else self.max_batch
 
     @property

@@ -99,7 +99,7 @@ def where(events: list[WorkerEvent], kind: type, job_id: str) -> int:
 @module_loop
 async def test_ready_says_step_mode(client: WorkerClient) -> None:
     assert client.info is not None and client.info.step_slots == SLOTS
-    assert client.free_slots == SLOTS
+    assert client.free_slots == 2 * SLOTS  # a running set and as many ready to join
 
 
 @module_loop
@@ -107,12 +107,12 @@ async def test_a_run_arriving_mid_run_joins(client: WorkerClient, tmp_path: Path
     a = request(tmp_path, "a", steps=30)  # long enough for b to join while it runs
     b = request(tmp_path, "b", steps=3)
     client.submit([a])
-    assert client.free_slots == SLOTS - 1
+    assert client.free_slots == 2 * SLOTS - 1
 
     def join_b(event: WorkerEvent) -> None:
         if isinstance(event, Progress) and event.job_ids == ("a",) and event.step == 1:
             client.submit([b])
-            assert client.free_slots == SLOTS - 2
+            assert client.free_slots == 2 * SLOTS - 2
 
     events = await collect(client, batches_done(2), join_b)
     assert where(events, Started, "b") < where(events, Finished, "a")  # ran side by side
@@ -120,7 +120,7 @@ async def test_a_run_arriving_mid_run_joins(client: WorkerClient, tmp_path: Path
     assert [e.job_ids for e in events if isinstance(e, BatchDone)] == [("b",), ("a",)]
     assert {e.job_id for e in events if isinstance(e, Finished)} == {"a", "b"}
     assert all(len(e.job_ids) == 1 for e in events if isinstance(e, (Progress, Started)))
-    assert client.free_slots == SLOTS and client.running == () and not client.busy
+    assert client.free_slots == 2 * SLOTS and client.running == () and not client.busy
     assert Path(a.output_path).is_file() and Path(b.output_path).is_file()
 
 
@@ -128,7 +128,7 @@ async def test_a_run_arriving_mid_run_joins(client: WorkerClient, tmp_path: Path
 async def test_cancel_one_of_three(client: WorkerClient, tmp_path: Path) -> None:
     jobs = [request(tmp_path, name, steps=s) for name, s in (("x", 4), ("y", 60), ("z", 6))]
     client.submit(jobs)
-    assert client.free_slots == 0
+    assert client.free_slots == SLOTS
 
     def cancel_y(event: WorkerEvent) -> None:
         if isinstance(event, Progress) and event.job_ids == ("y",):
@@ -138,7 +138,17 @@ async def test_cancel_one_of_three(client: WorkerClient, tmp_path: Path) -> None
     finals = {e.job_id: type(e).__name__ for e in events if isinstance(e, (Finished, Cancelled))}
     assert finals == {"x": "Finished", "y": "Cancelled", "z": "Finished"}
     assert max(e.step for e in events if isinstance(e, Progress) and e.job_ids == ("y",)) < 60
-    assert client.free_slots == SLOTS
+    assert client.free_slots == 2 * SLOTS
+
+
+@module_loop
+async def test_jobs_beyond_the_set_wait_in_the_worker(client: WorkerClient, tmp_path: Path) -> None:
+    jobs = [request(tmp_path, f"w{i}", steps=3 + i) for i in range(SLOTS + 1)]
+    client.submit(jobs)  # one more than the running set: it waits in the worker
+    events = await collect(client, batches_done(1))
+    first_done = min(where(events, Finished, j.job_id) for j in jobs)
+    assert where(events, Started, jobs[-1].job_id) > first_done
+    assert all(where(events, Started, j.job_id) < first_done for j in jobs[:-1])
 
 
 @module_loop
@@ -173,4 +183,4 @@ async def test_death_lists_started_and_waiting_jobs(client: WorkerClient, tmp_pa
     assert died.job_ids == ("running",) and died.unstarted == ("waiting",)
     assert client.free_slots == 0
     await client.restart()
-    assert client.free_slots == SLOTS
+    assert client.free_slots == 2 * SLOTS
