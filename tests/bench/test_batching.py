@@ -1,4 +1,5 @@
-"""Batching end to end: JobService + the real worker on the tiny model + a recorder.
+"""Same-key batching (`BATCHING=call`) end to end: JobService + the real worker on the tiny
+model + a recorder.
 
 Compatible jobs queued behind a running job must go to the worker as one call, in the
 fair queue's round-robin order, and each must come out pixel-identical to the same job run
@@ -42,6 +43,7 @@ async def full(
         resolution=RESOLUTION,
         max_batch=4,
         progress_interval_s=0.0,
+        batching="call",  # same-key batching; the step loop has tests/pipeline/test_stepbatch.py
     )
     path = FullPath(settings, start_timeout=120.0)
     await path.start()
