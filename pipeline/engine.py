@@ -39,6 +39,7 @@ from pipeline.request import (
     InputError,
     plan_steps,
 )
+from pipeline.results import store_result
 from pipeline.safety import SafetyChecker, SafetyCheckerUnavailable, setup_checker
 from pipeline.stepbatch import StepHooks, StepLoop, run_steps, supports_steps
 
@@ -412,31 +413,10 @@ class Engine:
         ]
         images_kept = [out for _, out in kept]
         flags = self.checker.flags(images_kept) if self.checker else [False] * len(kept)
-        results = []
-        for (req, out), flagged in zip(kept, flags, strict=True):
-            withheld = flagged and not req.allow_nsfw
-            path = ""
-            if withheld:
-                log.info("job %s: the safety checker flagged the image; withheld", req.job_id)
-            else:
-                target = Path(req.output_path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                out.save(target, format="PNG")
-                path = str(target)
-            results.append(
-                GenerationResult(
-                    job_id=req.job_id,
-                    output_path=path,
-                    seed=req.seed,
-                    steps_run=steps_run,
-                    steps_total=total,
-                    width=out.width,
-                    height=out.height,
-                    seconds=seconds,
-                    nsfw=flagged,
-                    withheld=withheld,
-                )
-            )
+        results = [
+            store_result(req, out, flagged, steps_run=steps_run, steps_total=total, seconds=seconds)
+            for (req, out), flagged in zip(kept, flags, strict=True)
+        ]
         log.info(
             "batch of %d (%d cancelled, %d flagged): %d/%d steps at %dx%d in %.2f s",
             len(requests), len(cancelled), sum(flags), steps_run, total,

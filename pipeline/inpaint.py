@@ -16,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +40,7 @@ from pipeline.request import (
     InputError,
     plan_steps,
 )
+from pipeline.results import store_result
 
 log = logging.getLogger(__name__)
 
@@ -239,32 +239,13 @@ def _finish(
 ) -> GenerationResult:
     """Safety check and PNG, as `Engine.generate` does for img2img results."""
     flagged = bool(engine.checker.flags([out])[0]) if engine.checker else False
-    withheld = flagged and not req.allow_nsfw
-    path = ""
-    if withheld:
-        log.info("job %s: the safety checker flagged the image; withheld", req.job_id)
-    else:
-        target = Path(req.output_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        out.save(target, format="PNG")
-        path = str(target)
     seconds = time.perf_counter() - started
     log.info(
         "inpaint %s: %d steps at %dx%d in %.2f s%s",
         req.job_id, steps_run, out.width, out.height, seconds, " (flagged)" if flagged else "",
     )  # fmt: skip
-    return GenerationResult(
-        job_id=req.job_id,
-        output_path=path,
-        seed=req.seed,
-        steps_run=steps_run,
-        steps_total=plan_steps(req.steps, req.strength)[0],
-        width=out.width,
-        height=out.height,
-        seconds=seconds,
-        nsfw=flagged,
-        withheld=withheld,
-    )
+    total = plan_steps(req.steps, req.strength)[0]
+    return store_result(req, out, flagged, steps_run=steps_run, steps_total=total, seconds=seconds)
 
 
 __all__ = [

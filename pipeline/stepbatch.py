@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from pipeline.request import GenerationRequest, GenerationResult, plan_steps
+from pipeline.results import store_result
 from pipeline.safety import SafetyChecker
 
 log = logging.getLogger(__name__)
@@ -324,28 +324,14 @@ class StepLoop:
             0
         ]
         flagged = bool(self.checker.flags([image])[0]) if self.checker else False
-        req = job.req
-        withheld = flagged and not req.allow_nsfw
-        path = ""
-        if withheld:
-            log.info("job %s: the safety checker flagged the image; withheld", req.job_id)
-        else:
-            target = Path(req.output_path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            image.save(target, format="PNG")
-            path = str(target)
         hooks.on_finished(
-            GenerationResult(
-                job_id=req.job_id,
-                output_path=path,
-                seed=req.seed,
+            store_result(
+                job.req,
+                image,
+                flagged,
                 steps_run=job.reported,
                 steps_total=job.total,
-                width=image.width,
-                height=image.height,
                 seconds=time.perf_counter() - job.started,
-                nsfw=flagged,
-                withheld=withheld,
             )
         )
 
