@@ -1,7 +1,9 @@
 """The diffusion engine: loads one img2img pipeline and runs batches of requests on it.
 
-This is the only module in `pipeline` that imports torch and diffusers, so the bot process
-never pays for them; the worker process loads the model once and calls `generate`.
+The worker process builds it once (`Engine.load`, with `pipeline.loading`) and calls
+`generate`. It and the modules it drives (`loading`, `stepbatch`, `inpaint`, `safety`) are
+the only ones that import torch and diffusers, and nothing in `bot/` imports them, so the
+bot process never pays for them.
 
 Reproducibility: every image gets its own CPU `torch.Generator` seeded with the job's seed,
 so a job's noise never depends on its neighbours. On CPU the batched call is also made
@@ -14,21 +16,29 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoPipelineForImage2Image
-from diffusers.utils import deprecation_utils
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from pipeline.invariance import make_batch_invariant
+from pipeline.loading import (
+    DTYPE_KWARG,
+    DTYPE_NAMES,
+    ModelLoadError,
+    compile_unet,
+    describe_source,
+    from_pretrained,
+    native_resolution,
+    resolve_device,
+    resolve_dtype,
+    short,
+)
 from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import (
     INPUT_MISSING,
@@ -45,32 +55,7 @@ from pipeline.stepbatch import StepHooks, StepLoop, run_steps, supports_steps
 
 log = logging.getLogger(__name__)
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
-DEFAULT_RESOLUTION = 512
 DEFAULT_CHECKER_ID = "CompVis/stable-diffusion-safety-checker"
-# diffusers renamed from_pretrained's `torch_dtype` to `dtype` (the old name warns).
-_DTYPE_KWARG = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-
-
-def _from_pretrained(model_id: str, kwargs: dict[str, Any], *, half: bool) -> Any:
-    """In fp16, the model's fp16 weight variant where it has one (half the download and
-    no cast at load), else its default weights."""
-    if half:
-        try:
-            return AutoPipelineForImage2Image.from_pretrained(model_id, variant="fp16", **kwargs)
-        except (OSError, ValueError) as exc:
-            log.info(
-                "no fp16 weight variant for %r (%s); loading the default weights",
-                model_id,
-                type(exc).__name__,
-            )
-    return AutoPipelineForImage2Image.from_pretrained(model_id, **kwargs)
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message names what was tried and why it failed."""
 
 
 class JobCancelled(Exception):
@@ -82,95 +67,6 @@ class JobCancelled(Exception):
         super().__init__(message)
         self.job_ids = tuple(job_ids)
         self.steps_run = steps_run
-
-
-def resolve_device(device: str) -> str:
-    """`auto` picks CUDA, then Apple MPS, then CPU; an explicit choice must be available."""
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps is not None and mps.is_available())
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if mps_ok else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("DEVICE=cuda was asked for, but torch sees no CUDA GPU.")
-    if device == "mps" and not mps_ok:
-        raise ModelLoadError("DEVICE=mps was asked for, but Apple MPS is not available.")
-    if device not in ("cuda", "mps", "cpu"):
-        raise ModelLoadError(f"Unknown DEVICE {device!r}; use auto, cuda, mps or cpu.")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """`auto`: fp16 on GPUs (half the memory, much faster), fp32 on CPU (fp16 is slow there)."""
-    if dtype == "auto":
-        return torch.float16 if device in ("cuda", "mps") else torch.float32
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ModelLoadError(f"Unknown DTYPE {dtype!r}; use auto, fp16, bf16 or fp32.") from None
-
-
-def _describe_source(model_id: str) -> tuple[str, Path | None]:
-    """Say where the model will be looked for; return the local folder if it is one."""
-    path = Path(model_id).expanduser()
-    if path.exists():
-        return f"local folder {str(path)!r}", path
-    if _HUB_ID.match(model_id) and not model_id.startswith((".", "~")):
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        where = "local HF cache only, HF_HUB_OFFLINE is set" if offline else "HuggingFace hub"
-        return f"no local folder of that name; hub id {model_id!r} ({where})", None
-    return f"local folder {str(path)!r} (does not exist)", path
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 400 else text[:400] + "…"
-
-
-def _native_resolution(pipe: Any) -> int:
-    """Long side the model was trained at: denoiser sample_size × VAE scale factor."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    sample = getattr(getattr(denoiser, "config", None), "sample_size", None)
-    sample = sample or getattr(pipe, "default_sample_size", None)
-    if isinstance(sample, (list, tuple)):
-        sample = max(sample)
-    scale = getattr(pipe, "vae_scale_factor", 8) or 8
-    return int(sample * scale) if sample else DEFAULT_RESOLUTION
-
-
-# --- the engine ----------------------------------------------------------------------------
-
-
-# Aspect ratios whose sizes are compiled at load when COMPILE is on; other sizes compile
-# once on first use. Fixed shapes let inductor specialise kernels (the gain), each shape
-# costs a compile (the price), so the common photo shapes are paid for up front.
-COMPILE_BUCKETS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16))
-
-
-def _compile_unet(pipe: Any, resolution: int) -> None:
-    """torch.compile the UNet and warm it up on the bucket sizes (one step each)."""
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(
-        torch._dynamo.config.cache_size_limit, 4 * len(COMPILE_BUCKETS)
-    )
-    pipe.unet = torch.compile(pipe.unet, dynamic=False)
-    started = time.perf_counter()
-    for w, h in COMPILE_BUCKETS:
-        size = target_size(w * 1000, h * 1000, resolution)
-        pipe(
-            prompt="warm-up",
-            image=Image.new("RGB", size, "gray"),
-            strength=1.0,
-            num_inference_steps=1,
-            guidance_scale=7.5,  # with guidance the UNet sees a doubled batch; compile that
-        )
-    log.info(
-        "compiled the UNet for %d sizes in %.0f s",
-        len(COMPILE_BUCKETS),
-        time.perf_counter() - started,
-    )
 
 
 class Engine:
@@ -213,7 +109,7 @@ class Engine:
             torch_dtype = resolve_dtype(dtype, dev)
         except ModelLoadError as exc:
             raise ModelLoadError(f"Could not load model {model_id!r} on {device}: {exc}") from None
-        tried, local = _describe_source(model_id)
+        tried, local = describe_source(model_id)
         started = time.perf_counter()
         # Loading bars are noise in the worker's log; `generate` has its own progress.
         diffusers_logging.disable_progress_bar()
@@ -233,17 +129,17 @@ class Engine:
                 raise fail("no model_index.json there, so it is not a diffusers-format pipeline")
         try:
             config = AutoPipelineForImage2Image.load_config(model_id)
-            kwargs: dict[str, Any] = {_DTYPE_KWARG: torch_dtype}
+            kwargs: dict[str, Any] = {DTYPE_KWARG: torch_dtype}
             if isinstance(config, dict) and "safety_checker" in config:
                 # We run the checker ourselves (see pipeline.safety); diffusers need not
                 # warn when a model's checker is missing.
                 kwargs["requires_safety_checker"] = False
                 if safety_checker == "off":
                     kwargs["safety_checker"] = None
-            pipe = _from_pretrained(model_id, kwargs, half=torch_dtype == torch.float16)
+            pipe = from_pretrained(model_id, kwargs, half=torch_dtype == torch.float16)
             pipe = pipe.to(dev)
         except Exception as exc:
-            raise fail(f"{type(exc).__name__}: {_short(exc)}", exc) from exc
+            raise fail(f"{type(exc).__name__}: {short(exc)}", exc) from exc
         try:
             checker, checker_status = setup_checker(
                 pipe, safety_checker, safety_checker_id, device=dev, dtype=torch_dtype
@@ -260,24 +156,24 @@ class Engine:
         elif dev == "cpu":
             make_batch_invariant(pipe)
 
-        res = resolution or _native_resolution(pipe)
+        res = resolution or native_resolution(pipe)
         if compile:
-            _compile_unet(pipe, int(res))
+            compile_unet(pipe, int(res))
         from pipeline.inpaint_models import setup_inpainting
 
         try:
             inpainting = setup_inpainting(
                 pipe, device=dev, dtype=torch_dtype, resolution=int(res),
-                dtype_kwarg=_DTYPE_KWARG, mask_model_id=mask_model_id,
+                dtype_kwarg=DTYPE_KWARG, mask_model_id=mask_model_id,
                 inpaint_model_id=inpaint_model_id, mask_threshold=mask_threshold,
                 mask_dilate=mask_dilate,
             )  # fmt: skip
         except Exception as exc:
-            raise fail(f"INPAINT_MODEL_ID {inpaint_model_id!r}: {_short(exc)}", exc) from exc
+            raise fail(f"INPAINT_MODEL_ID {inpaint_model_id!r}: {short(exc)}", exc) from exc
         info = EngineInfo(
             model_id=model_id,
             device=dev,
-            dtype=_DTYPE_NAMES.get(torch_dtype, str(torch_dtype)),
+            dtype=DTYPE_NAMES.get(torch_dtype, str(torch_dtype)),
             resolution=int(res),
             pipeline_class=type(pipe).__name__,
             safety_checker=checker_status,
