@@ -20,29 +20,24 @@ import secrets
 import sys
 import tempfile
 from pathlib import Path
-from typing import TypeVar
 
 from config.settings import SettingsError, load_settings
-from pipeline.request import (
-    MAX_SEED,
-    GenerationRequest,
-    InputError,
-    check_prompt,
-    check_seed,
-    check_steps,
-    check_strength,
+from pipeline.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_MODEL,
+    EXIT_WITHHELD,
+    add_common_arguments,
+    check_options,
+    load_engine,
+    or_default,
+    read_file,
+    run_request,
 )
+from pipeline.request import MAX_SEED, GenerationRequest, InputError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-EXIT_BAD_INPUT = 2
-EXIT_MODEL = 1
-EXIT_WITHHELD = 3
-
-
-def _or(value: T | None, default: T) -> T:
-    return default if value is None else value
+__all__ = ["EXIT_BAD_INPUT", "EXIT_MODEL", "EXIT_WITHHELD", "main"]
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -52,24 +47,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="transform one image")
     run.add_argument("image", type=Path, help="input PNG, JPEG or WebP")
-    run.add_argument("--prompt", required=True)
-    run.add_argument("--strength", type=float, required=True, help="0.05 (keep) to 1.0")
-    run.add_argument("--negative-prompt", default=None)
-    run.add_argument("--seed", type=int, default=None, help="default: random")
-    run.add_argument("--steps", type=int, default=None, help="default: DEFAULT_STEPS")
-    run.add_argument("--guidance", type=float, default=None, help="default: DEFAULT_GUIDANCE")
-    run.add_argument("--model", default=None, help="hub id or diffusers folder (MODEL_ID)")
-    run.add_argument("--resolution", type=int, default=None, help="long side in px")
-    run.add_argument("--device", default=None, choices=["auto", "cuda", "mps", "cpu"])
-    run.add_argument("--dtype", default=None, choices=["auto", "fp16", "bf16", "fp32"])
-    run.add_argument("--output", type=Path, required=True, help="where to write the PNG")
-    run.add_argument(
-        "--safety-checker", default=None, choices=["auto", "on", "off"], help="SAFETY_CHECKER"
-    )
-    run.add_argument("--safety-checker-id", default=None, help="SAFETY_CHECKER_ID")
-    run.add_argument(
-        "--allow-nsfw", action="store_true", help="write a flagged image anyway (marked)"
-    )
+    add_common_arguments(run)
 
     from pipeline.cli_inpaint import add_parser as add_inpaint
     from pipeline.tiny_checker import CHECKER_MODES
@@ -104,84 +82,49 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.prepare import check_declared_size, load_input
+    from pipeline.prepare import load_input
 
     try:
         settings = load_settings()  # the defaults of every option, as for the bot
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    max_bytes, min_side = settings.max_input_bytes, settings.min_input_side
     try:
-        prompt = check_prompt(args.prompt)
-        negative = check_prompt(args.negative_prompt, field="negative prompt", required=False)
-        strength = check_strength(args.strength)
-        seed = check_seed(args.seed)
-        steps = check_steps(args.steps)
-        if not args.image.is_file():
-            raise InputError(f"No such image file: {args.image}")
-        check_declared_size(args.image.stat().st_size, max_bytes=max_bytes)
+        options = check_options(args)
         image = load_input(
-            args.image.read_bytes(),
-            max_bytes=max_bytes,
-            min_side=min_side,
+            read_file(args.image, "image", settings.max_input_bytes),
+            max_bytes=settings.max_input_bytes,
+            min_side=settings.min_input_side,
             max_side=settings.max_stored_side,
         )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from pipeline.engine import Engine, ModelLoadError
+    from pipeline.engine import ModelLoadError
 
-    seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
     try:
-        engine = Engine.load(
-            _or(args.model, settings.model_id),
-            device=_or(args.device, settings.device),
-            dtype=_or(args.dtype, settings.dtype),
-            resolution=_or(args.resolution, settings.resolution),
-            safety_checker=_or(args.safety_checker, settings.safety_checker),
-            safety_checker_id=_or(args.safety_checker_id, settings.safety_checker_id),
-        )
+        engine = load_engine(args, settings)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL
-
+    seed = or_default(options.seed, secrets.randbelow(MAX_SEED + 1))
     with tempfile.TemporaryDirectory(prefix="img2img-") as tmp:
         source = Path(tmp) / "input.png"
         image.save(source, format="PNG")
         request = GenerationRequest(
             job_id="cli",
             image_path=str(source),
-            prompt=prompt,
-            strength=strength,
+            prompt=options.prompt,
+            strength=options.strength,
             seed=seed,
-            steps=_or(steps, settings.default_steps),
-            guidance=_or(args.guidance, settings.default_guidance),
+            steps=or_default(options.steps, settings.default_steps),
+            guidance=or_default(args.guidance, settings.default_guidance),
             output_path=str(args.output),
-            negative_prompt=negative or None,
+            negative_prompt=options.negative_prompt,
             allow_nsfw=args.allow_nsfw,
         )
-        try:
-            (result,) = engine.generate([request])
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    print(f"seed: {result.seed}")
-    print(f"steps: {result.steps_run} run (of {result.steps_total} scheduled)")
-    print(f"time: {result.seconds:.2f} s")
-    print(f"safety checker: {engine.info.safety_checker}")
-    if result.withheld:
-        print(
-            "withheld: the safety checker flagged the image, so it was not written. "
-            "Try another prompt or seed, or a lower strength.",
-            file=sys.stderr,
-        )
-        return EXIT_WITHHELD
-    if result.nsfw:
-        print("flagged: the safety checker flagged the image (written: --allow-nsfw)")
-    print(f"output: {result.output_path} ({result.width}x{result.height})")
-    return 0
+        return run_request(engine, request)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -16,28 +16,21 @@ import secrets
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from config.settings import SettingsError, load_settings
-from pipeline.mask import CROP_MODES, check_coverage, mask_from_alpha, mask_from_upload
-from pipeline.request import (
-    MAX_SEED,
-    GenerationRequest,
-    InputError,
-    check_prompt,
-    check_seed,
-    check_steps,
-    check_strength,
+from pipeline.cli_common import (
+    EXIT_BAD_INPUT,
+    EXIT_MODEL,
+    add_common_arguments,
+    check_options,
+    load_engine,
+    or_default,
+    read_file,
+    run_request,
 )
-
-T = TypeVar("T")
-EXIT_BAD_INPUT = 2
-EXIT_MODEL = 1
-EXIT_WITHHELD = 3
-
-
-def _or(value: T | None, default: T) -> T:
-    return default if value is None else value
+from pipeline.mask import CROP_MODES, check_coverage, mask_from_alpha, mask_from_upload
+from pipeline.request import MAX_SEED, GenerationRequest, InputError
 
 
 def add_parser(sub: Any) -> None:
@@ -47,35 +40,11 @@ def add_parser(sub: Any) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--mask", type=Path, help="white repaints, black keeps, grey blends")
     what.add_argument("--region", help="words for the mask model, e.g. 'the sky'")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--strength", type=float, required=True, help="0.05 (keep) to 1.0")
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--seed", type=int, default=None, help="default: random")
-    p.add_argument("--steps", type=int, default=None, help="default: DEFAULT_STEPS")
-    p.add_argument("--guidance", type=float, default=None, help="default: DEFAULT_GUIDANCE")
     p.add_argument("--crop", choices=CROP_MODES, default="auto", help="only-masked mode")
     p.add_argument("--mask-blur", type=int, default=None, help="default: MASK_BLUR")
-    p.add_argument("--model", default=None, help="hub id or diffusers folder (MODEL_ID)")
     p.add_argument("--mask-model", default=None, help="CLIPSeg for --region (MASK_MODEL_ID)")
     p.add_argument("--inpaint-model", default=None, help="INPAINT_MODEL_ID")
-    p.add_argument("--resolution", type=int, default=None, help="long side in px")
-    p.add_argument("--device", default=None, choices=["auto", "cuda", "mps", "cpu"])
-    p.add_argument("--dtype", default=None, choices=["auto", "fp16", "bf16", "fp32"])
-    p.add_argument(
-        "--safety-checker", default=None, choices=["auto", "on", "off"], help="SAFETY_CHECKER"
-    )
-    p.add_argument("--safety-checker-id", default=None, help="SAFETY_CHECKER_ID")
-    p.add_argument("--allow-nsfw", action="store_true", help="write a flagged image anyway")
-    p.add_argument("--output", type=Path, required=True, help="where to write the PNG")
-
-
-def _read(path: Path, what: str, max_bytes: int) -> bytes:
-    from pipeline.prepare import check_declared_size
-
-    if not path.is_file():
-        raise InputError(f"No such {what} file: {path}")
-    check_declared_size(path.stat().st_size, max_bytes=max_bytes)
-    return path.read_bytes()
+    add_common_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,12 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     max_bytes = settings.max_input_bytes
     try:
-        prompt = check_prompt(args.prompt)
-        negative = check_prompt(args.negative_prompt, field="negative prompt", required=False)
-        strength = check_strength(args.strength)
-        seed = check_seed(args.seed)
-        steps = check_steps(args.steps)
-        data = _read(args.image, "image", max_bytes)
+        options = check_options(args)
+        data = read_file(args.image, "image", max_bytes)
         image = load_input(
             data,
             max_bytes=max_bytes,
@@ -105,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         )
         mask = None
         if args.mask is not None:
-            mask = mask_from_upload(_read(args.mask, "mask", max_bytes), image.size)
+            mask = mask_from_upload(read_file(args.mask, "mask", max_bytes), image.size)
         elif not args.region:
             with Image.open(io.BytesIO(data)) as upload:
                 mask = mask_from_alpha(upload, size=image.size)
@@ -120,20 +85,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from pipeline.engine import Engine, ModelLoadError
+    from pipeline.engine import ModelLoadError
 
-    seed = seed if seed is not None else secrets.randbelow(MAX_SEED + 1)
+    mask_model = or_default(args.mask_model, settings.mask_model_id) if args.region else None
     try:
-        engine = Engine.load(
-            _or(args.model, settings.model_id),
-            device=_or(args.device, settings.device),
-            dtype=_or(args.dtype, settings.dtype),
-            resolution=_or(args.resolution, settings.resolution),
-            safety_checker=_or(args.safety_checker, settings.safety_checker),
-            safety_checker_id=_or(args.safety_checker_id, settings.safety_checker_id),
-            mask_model_id=(_or(args.mask_model, settings.mask_model_id) if args.region else None)
-            or None,
-            inpaint_model_id=_or(args.inpaint_model, settings.inpaint_model_id) or None,
+        engine = load_engine(
+            args,
+            settings,
+            mask_model_id=mask_model or None,
+            inpaint_model_id=or_default(args.inpaint_model, settings.inpaint_model_id) or None,
             mask_threshold=settings.mask_threshold,
             mask_dilate=settings.mask_dilate,
         )
@@ -147,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_MODEL
-
+    seed = or_default(options.seed, secrets.randbelow(MAX_SEED + 1))
     with tempfile.TemporaryDirectory(prefix="inpaint-") as tmp:
         source = Path(tmp) / "input.png"
         image.save(source, format="PNG")
@@ -158,36 +118,18 @@ def run(args: argparse.Namespace) -> int:
         request = GenerationRequest(
             job_id="cli",
             image_path=str(source),
-            prompt=prompt,
-            strength=strength,
+            prompt=options.prompt,
+            strength=options.strength,
             seed=seed,
-            steps=_or(steps, settings.default_steps),
-            guidance=_or(args.guidance, settings.default_guidance),
+            steps=or_default(options.steps, settings.default_steps),
+            guidance=or_default(args.guidance, settings.default_guidance),
             output_path=str(args.output),
-            negative_prompt=negative or None,
+            negative_prompt=options.negative_prompt,
             allow_nsfw=args.allow_nsfw,
             mode="inpaint",
             mask_path=str(mask_path) if mask_path else None,
             region=None if mask_path else args.region,
             crop=args.crop,
-            mask_blur=_or(args.mask_blur, settings.mask_blur),
+            mask_blur=or_default(args.mask_blur, settings.mask_blur),
         )
-        try:
-            (result,) = engine.generate([request])
-        except InputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-    print(f"seed: {result.seed}")
-    print(f"steps: {result.steps_run} run (of {result.steps_total} scheduled)")
-    print(f"time: {result.seconds:.2f} s")
-    if result.withheld:
-        print(
-            "withheld: the safety checker flagged the image, so it was not written. "
-            "Try another prompt or seed, or a lower strength.",
-            file=sys.stderr,
-        )
-        return EXIT_WITHHELD
-    if result.nsfw:
-        print("flagged: the safety checker flagged the image (written: --allow-nsfw)")
-    print(f"output: {result.output_path} ({result.width}x{result.height})")
-    return 0
+        return run_request(engine, request)

@@ -1,0 +1,126 @@
+"""What `python -m pipeline run` and `inpaint` share: their common options, the bot's own
+checks of them, loading the engine from options over settings, and running one request
+with the same exit codes (2 bad input, 1 model, 3 withheld)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from config import Settings
+from pipeline.request import (
+    GenerationRequest,
+    InputError,
+    check_prompt,
+    check_seed,
+    check_steps,
+    check_strength,
+)
+
+T = TypeVar("T")
+
+EXIT_BAD_INPUT = 2
+EXIT_MODEL = 1
+EXIT_WITHHELD = 3
+
+
+def or_default(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options both commands take, after their own."""
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--strength", type=float, required=True, help="0.05 (keep) to 1.0")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--seed", type=int, default=None, help="default: random")
+    p.add_argument("--steps", type=int, default=None, help="default: DEFAULT_STEPS")
+    p.add_argument("--guidance", type=float, default=None, help="default: DEFAULT_GUIDANCE")
+    p.add_argument("--model", default=None, help="hub id or diffusers folder (MODEL_ID)")
+    p.add_argument("--resolution", type=int, default=None, help="long side in px")
+    p.add_argument("--device", default=None, choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--dtype", default=None, choices=["auto", "fp16", "bf16", "fp32"])
+    p.add_argument("--output", type=Path, required=True, help="where to write the PNG")
+    p.add_argument(
+        "--safety-checker", default=None, choices=["auto", "on", "off"], help="SAFETY_CHECKER"
+    )
+    p.add_argument("--safety-checker-id", default=None, help="SAFETY_CHECKER_ID")
+    p.add_argument(
+        "--allow-nsfw", action="store_true", help="write a flagged image anyway (marked)"
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """The common options, checked like the bot checks a slash command's."""
+
+    prompt: str
+    negative_prompt: str | None
+    strength: float
+    seed: int | None
+    steps: int | None
+
+
+def check_options(args: argparse.Namespace) -> Options:
+    """Raises `InputError` with the bot's message."""
+    negative = check_prompt(args.negative_prompt, field="negative prompt", required=False)
+    return Options(
+        prompt=check_prompt(args.prompt),
+        negative_prompt=negative or None,
+        strength=check_strength(args.strength),
+        seed=check_seed(args.seed),
+        steps=check_steps(args.steps),
+    )
+
+
+def read_file(path: Path, what: str, max_bytes: int) -> bytes:
+    """A file's bytes, refused like an upload past MAX_INPUT_BYTES."""
+    from pipeline.prepare import check_declared_size
+
+    if not path.is_file():
+        raise InputError(f"No such {what} file: {path}")
+    check_declared_size(path.stat().st_size, max_bytes=max_bytes)
+    return path.read_bytes()
+
+
+def load_engine(args: argparse.Namespace, settings: Settings, **extra: Any) -> Any:
+    """`Engine.load` with the options over the settings (as the bot's worker loads it);
+    raises `ModelLoadError`."""
+    from pipeline.engine import Engine
+
+    return Engine.load(
+        or_default(args.model, settings.model_id),
+        device=or_default(args.device, settings.device),
+        dtype=or_default(args.dtype, settings.dtype),
+        resolution=or_default(args.resolution, settings.resolution),
+        safety_checker=or_default(args.safety_checker, settings.safety_checker),
+        safety_checker_id=or_default(args.safety_checker_id, settings.safety_checker_id),
+        **extra,
+    )
+
+
+def run_request(engine: Any, request: GenerationRequest) -> int:
+    """Generate one request through the engine, print what ran, return the exit code."""
+    try:
+        (result,) = engine.generate([request])
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"seed: {result.seed}")
+    print(f"steps: {result.steps_run} run (of {result.steps_total} scheduled)")
+    print(f"time: {result.seconds:.2f} s")
+    print(f"safety checker: {engine.info.safety_checker}")
+    if result.withheld:
+        print(
+            "withheld: the safety checker flagged the image, so it was not written. "
+            "Try another prompt or seed, or a lower strength.",
+            file=sys.stderr,
+        )
+        return EXIT_WITHHELD
+    if result.nsfw:
+        print("flagged: the safety checker flagged the image (written: --allow-nsfw)")
+    print(f"output: {result.output_path} ({result.width}x{result.height})")
+    return 0
