@@ -76,7 +76,7 @@ class Actions:
     def settings(self) -> Settings:
         return self.bot.settings
 
-    async def _say(self, interaction: Interaction, text: str) -> None:
+    async def say(self, interaction: Interaction, text: str) -> None:
         """An ephemeral answer, whether or not the interaction was acknowledged."""
         if interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True)
@@ -255,15 +255,27 @@ class Actions:
         return "⏳ Waiting for the worker…"
 
     # -- buttons ----------------------------------------------------------------------
-    async def _source_job(self, interaction: Interaction, job_id: int) -> Job:
+    async def job_here(
+        self, interaction: Interaction, job_id: int, *, deleted_ok: bool = True
+    ) -> Job:
+        """The job a button or modal names, if it belongs to this server (and, unless
+        `deleted_ok`, is not deleted); else a `UserError` in plain words."""
         job = await self.bot.store.get_job(job_id)
-        if job is None or job.guild_id != interaction.guild_id:
+        if (
+            job is None
+            or job.guild_id != interaction.guild_id
+            or (job.state == "deleted" and not deleted_ok)
+        ):
             raise UserError("This image is no longer known to the bot.")
         return job
 
+    def stored(self, rel: str | None) -> bool:
+        """A file under DATA_DIR (an input or a result) is still there."""
+        return bool(rel) and (self.settings.data_dir / str(rel)).is_file()
+
     async def variant(self, interaction: Interaction, job_id: int, delta: float) -> None:
         try:
-            parent = await self._source_job(interaction, job_id)
+            parent = await self.job_here(interaction, job_id)
             strength = variant_strength(parent.strength, delta)
             if strength is None:
                 raise UserError(
@@ -273,16 +285,16 @@ class Actions:
                 interaction, parent, strength=strength, seed=parent.seed, kind="variant"
             )
         except (InputError, UserError) as exc:
-            await self._say(interaction, f"❌ {exc}")
+            await self.say(interaction, f"❌ {exc}")
 
     async def reroll(self, interaction: Interaction, job_id: int) -> None:
         try:
-            parent = await self._source_job(interaction, job_id)
+            parent = await self.job_here(interaction, job_id)
             await self.requeue(
                 interaction, parent, strength=parent.strength, seed=None, kind="reroll"
             )
         except (InputError, UserError) as exc:
-            await self._say(interaction, f"❌ {exc}")
+            await self.say(interaction, f"❌ {exc}")
 
     async def requeue(
         self, interaction: Interaction, parent: Job, *, strength: float, seed: int | None, kind: str
@@ -366,14 +378,14 @@ class Actions:
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:
         try:
-            job = await self._source_job(interaction, job_id)
+            job = await self.job_here(interaction, job_id)
             if job.user_id != interaction.user.id and not interaction.permissions.manage_messages:
                 raise UserError(
                     "Only the person who made this image, or someone with Manage "
                     "Messages, can delete it."
                 )
         except UserError as exc:
-            await self._say(interaction, f"❌ {exc}")
+            await self.say(interaction, f"❌ {exc}")
             return
         await interaction.response.send_message("🗑️ Deleted.", ephemeral=True)
         if interaction.message is not None:
@@ -390,4 +402,4 @@ class Actions:
             )
         except UserError as exc:
             text = f"❌ {exc}"
-        await self._say(interaction, text)
+        await self.say(interaction, text)

@@ -90,10 +90,10 @@ class CompareCog(commands.Cog):
     async def compare(self, interaction: Interaction, job_id: int) -> None:
         queued: list[Job] = []
         try:
-            parent = await self._job(interaction, job_id)
-            if not self._stored(parent.output_path):
+            parent = await self.bot.actions.job_here(interaction, job_id, deleted_ok=False)
+            if not self.bot.actions.stored(parent.output_path):
                 raise UserError(GONE_TEXT)
-            if not self._stored(parent.input_path):
+            if not self.bot.actions.stored(parent.input_path):
                 raise UserError(INPUT_GONE_TEXT)
             await self.bot.actions.precheck(interaction)
             strengths = compare_strengths(parent.strength)
@@ -141,7 +141,7 @@ class CompareCog(commands.Cog):
             job = parent if strength == parent.strength else by_strength.get(strength)
             if job is None:
                 continue
-            if job.state == "done" and self._stored(job.output_path):
+            if job.state == "done" and self.bot.actions.stored(job.output_path):
                 path = self.bot.settings.data_dir / str(job.output_path)
                 name = f"img2img-{job.id}-strength-{strength:.2f}.png"
                 files.append(discord.File(path, filename=name, spoiler=bool(job.nsfw)))
@@ -195,8 +195,8 @@ class CompareCog(commands.Cog):
     async def use(self, interaction: Interaction, job_id: int) -> None:
         """Post a compared image as a normal result (no new job, no quota)."""
         try:
-            job = await self._job(interaction, job_id)
-            if job.state != "done" or not self._stored(job.output_path):
+            job = await self.bot.actions.job_here(interaction, job_id, deleted_ok=False)
+            if job.state != "done" or not self.bot.actions.stored(job.output_path):
                 raise UserError(GONE_TEXT)
         except UserError as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
@@ -209,15 +209,6 @@ class CompareCog(commands.Cog):
         )
 
     # -- helpers ------------------------------------------------------------------------
-    async def _job(self, interaction: Interaction, job_id: int) -> Job:
-        job = await self.bot.store.get_job(job_id)
-        if job is None or job.guild_id != interaction.guild_id or job.state == "deleted":
-            raise UserError("This image is no longer known to the bot.")
-        return job
-
-    def _stored(self, rel: str | None) -> bool:
-        return bool(rel) and (self.bot.settings.data_dir / str(rel)).is_file()
-
     async def _siblings(self, job: Job) -> list[Job]:
         cursor = await self.bot.store.db.execute(
             "SELECT * FROM jobs WHERE kind=? AND parent_id=? AND status_message_id=? "

@@ -252,8 +252,8 @@ class InpaintCog(commands.Cog):
     async def open_modal(self, interaction: Interaction, job_id: int) -> None:
         """Refuse cheaply (a modal must be the first answer), else show the modal."""
         try:
-            job = await self._job(interaction, job_id)
-            if not self._output_stored(job):
+            job = await self.bot.actions.job_here(interaction, job_id, deleted_ok=False)
+            if not self.bot.actions.stored(job.output_path):
                 raise UserError(OUTPUT_GONE_TEXT)
             await self.bot.actions.precheck(interaction)
         except UserError as exc:
@@ -272,7 +272,9 @@ class InpaintCog(commands.Cog):
             await self._submit(interaction, int(match["job"]))
         except Exception:
             log.exception("handling the inpaint modal failed")
-            await self._say(interaction, "❌ Something went wrong on our side. Please try again.")
+            await self.bot.actions.say(
+                interaction, "❌ Something went wrong on our side. Please try again."
+            )
 
     async def _submit(self, interaction: Interaction, job_id: int) -> None:
         values = modals.submitted_values(interaction.data)
@@ -292,8 +294,8 @@ class InpaintCog(commands.Cog):
             if uploads:
                 mask = discord.Attachment(data=uploads[0], state=self.bot._connection)
                 check_declared_size(mask.size, max_bytes=self.bot.settings.max_input_bytes)
-            parent = await self._job(interaction, job_id)
-            if not self._output_stored(parent):
+            parent = await self.bot.actions.job_here(interaction, job_id, deleted_ok=False)
+            if not self.bot.actions.stored(parent.output_path):
                 raise UserError(OUTPUT_GONE_TEXT)
             await self.bot.actions.precheck(interaction)
         except (InputError, UserError) as exc:
@@ -326,8 +328,10 @@ class InpaintCog(commands.Cog):
             job = await self.bot.jobs.submit(new)
         except (InputError, UserError, discord.HTTPException) as exc:
             self.bot.actions.discard(copied)
-            text = str(exc) if not isinstance(exc, discord.HTTPException) else (
-                "Could not download the mask. Upload it again."
+            text = (
+                str(exc)
+                if not isinstance(exc, discord.HTTPException)
+                else ("Could not download the mask. Upload it again.")
             )
             await interaction.edit_original_response(content=f"❌ {text}\n{RETRY}")
             return
@@ -337,20 +341,6 @@ class InpaintCog(commands.Cog):
         await self.bot.actions.announce(interaction, job)
 
     # -- helpers --------------------------------------------------------------------------
-    async def _job(self, interaction: Interaction, job_id: int) -> Job:
-        job = await self.bot.store.get_job(job_id)
-        if job is None or job.guild_id != interaction.guild_id or job.state == "deleted":
-            raise UserError("This image is no longer known to the bot.")
-        return job
-
-    def _output_stored(self, job: Job) -> bool:
-        return bool(job.output_path) and (self.data_dir / str(job.output_path)).is_file()
-
-    async def _say(self, interaction: Interaction, text: str) -> None:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup_inpaint(bot: ImgBot) -> None:

@@ -139,8 +139,8 @@ class IterateCog(commands.Cog):
     async def open_modal(self, interaction: Interaction, kind: str, job_id: int) -> None:
         """Refine or Edit: refuse cheaply, else show the prefilled modal."""
         try:
-            job = await self._job(interaction, job_id)
-            if kind == "refine" and not self._output_stored(job):
+            job = await self.bot.actions.job_here(interaction, job_id, deleted_ok=False)
+            if kind == "refine" and not self.bot.actions.stored(job.output_path):
                 raise UserError(OUTPUT_GONE_TEXT)
             if kind == "edit" and not (self.data_dir / job.input_path).is_file():
                 raise UserError(INPUT_GONE_TEXT)
@@ -216,7 +216,7 @@ class IterateCog(commands.Cog):
             return
         copied: str | None = None
         try:
-            parent = await self._job(interaction, ref)
+            parent = await self.bot.actions.job_here(interaction, ref, deleted_ok=False)
             prompt_kept = form.prompt == parent.prompt and form.style is None
             changed = replace(
                 parent,
@@ -225,7 +225,7 @@ class IterateCog(commands.Cog):
                 style=styled.style or (parent.style if prompt_kept else None),
             )
             if kind == "refine":
-                if not self._output_stored(parent):
+                if not self.bot.actions.stored(parent.output_path):
                     raise UserError(OUTPUT_GONE_TEXT)
                 copied, width, height = await asyncio.to_thread(self._copy_output, parent)
                 changed = replace(
@@ -237,7 +237,7 @@ class IterateCog(commands.Cog):
         except (InputError, UserError) as exc:
             if copied is not None:
                 (self.data_dir / copied).unlink(missing_ok=True)
-            await self._say(interaction, f"❌ {exc}")
+            await self.bot.actions.say(interaction, f"❌ {exc}")
         except BaseException:
             if copied is not None:
                 (self.data_dir / copied).unlink(missing_ok=True)
@@ -291,23 +291,8 @@ class IterateCog(commands.Cog):
         )
 
     # -- helpers ------------------------------------------------------------------------
-    async def _job(self, interaction: Interaction, job_id: int) -> Job:
-        job = await self.bot.store.get_job(job_id)
-        if job is None or job.guild_id != interaction.guild_id or job.state == "deleted":
-            raise UserError("This image is no longer known to the bot.")
-        return job
-
-    def _output_stored(self, job: Job) -> bool:
-        return bool(job.output_path) and (self.data_dir / str(job.output_path)).is_file()
-
     def _copy_output(self, job: Job) -> tuple[str, int, int]:
         return copy_output(self.data_dir, job)
-
-    async def _say(self, interaction: Interaction, text: str) -> None:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
 
     async def _pop_target(self, key: int) -> dict[str, Any] | None:
         """The picture an Img2img this modal was opened on; read once, then forgotten."""
