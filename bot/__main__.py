@@ -31,7 +31,7 @@ def main() -> int:
     import discord
 
     from bot.app import ImgBot, configure_endpoints
-    from bot.store import StoreError
+    from bot.store.db import StoreError
     from config import load_settings
     from config.settings import SettingsError
 

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.buttons import cancel_view
 from bot.errors import UserError
 from bot.inpaint_masks import MASK_GONE_TEXT, copy_mask, mask_path_for, remove_with_input
-from bot.jobs import NewJob
-from bot.render import job_summary, queue_text
-from bot.store import Job
+from bot.jobs.service import NewJob
+from bot.store.db import Job
+from bot.ui.buttons import cancel_view
+from bot.ui.render import job_summary, queue_text
 from bot.variants import variant_strength
 from bot.visibility import channel_flags
 from config import Settings

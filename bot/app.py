@@ -21,7 +21,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import Actions
-from bot.buttons import DYNAMIC_ITEMS
 from bot.cogs.compare import setup_compare
 from bot.cogs.gallery import setup_gallery
 from bot.cogs.generate import GenerateCog
@@ -32,13 +31,14 @@ from bot.cogs.queue import QueueCog
 from bot.cogs.series import setup_series
 from bot.cogs.settings import setup_quotas
 from bot.cogs.styles import setup_styles
-from bot.delivery import DiscordDelivery
 from bot.errors import UserError
-from bot.job_events import Delivery
-from bot.jobs import JobService
+from bot.jobs.delivery import DiscordDelivery
+from bot.jobs.events import Delivery
+from bot.jobs.service import JobService
 from bot.metrics import BotMetrics, MeteredDelivery, MetricsServer
-from bot.store import Store, is_locked
-from bot.style_store import StyleStore
+from bot.store.db import Store, is_locked
+from bot.store.styles import StyleStore
+from bot.ui.buttons import DYNAMIC_ITEMS
 from config import Settings
 from pipeline.worker import WorkerClient, WorkerConfig
 from pipeline.worker_backend import WorkerBackend
@@ -136,7 +136,7 @@ class ImgBot(commands.AutoShardedBot):
         """WORKER_BACKEND: the spawned local worker, or remote workers through REDIS_URL."""
         s = self.settings
         if s.worker_backend == "redis":
-            from bot.backends.redis import RedisBackend
+            from bot.jobs.backends.redis import RedisBackend
 
             return RedisBackend(
                 s.redis_url.get_secret_value(),

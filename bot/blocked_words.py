@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import aiosqlite
 
 from bot.errors import UserError
-from bot.store import Store
+from bot.store.db import Store
 
 if TYPE_CHECKING:
-    from bot.jobs import NewJob
+    from bot.jobs.service import NewJob
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bot.errors import UserError
-from bot.store import ACTIVE_STATES, Store
+from bot.store.db import ACTIVE_STATES, Store
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bot.job_events import Delivery
-from bot.store import Job
+from bot.jobs.events import Delivery
+from bot.store.db import Job
 
 if TYPE_CHECKING:
     from bot.app import ImgBot

@@ -1,7 +1,7 @@
 """Quota arithmetic over a rolling 24 h window, as plain functions of values.
 
 Kept free of SQL and Discord so every rule (window edges, refunds, resets, role limits) is
-tested with tables of numbers; `bot.quota_store` feeds it rows and `bot.cogs` words it.
+tested with tables of numbers; `bot.store.quotas` feeds it rows and `bot.cogs` words it.
 
 A unit is used by a counted job (`jobs.counted = 1`) created inside the window. Cancelled,
 failed and refused jobs are counted 0 (refunded) and so never appear here.

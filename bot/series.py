@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.render import user_text
+from bot.ui.render import user_text
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A style is a prompt template plus an optional negative prompt and strength, so a series of
 pictures can share one look without typing the settings again. Everything here is a function
-of values; `bot.style_store` keeps styles in SQLite and `bot.cogs.styles` words the answers.
+of values; `bot.store.styles` keeps styles in SQLite and `bot.cogs.styles` words the answers.
 """
 
 from __future__ import annotations

@@ -20,16 +20,16 @@ import discord
 from discord.ext import commands
 
 from bot.actions import INPUT_GONE_TEXT
-from bot.buttons import result_view, use_view
 from bot.errors import UserError
-from bot.render import result_embed
-from bot.store import ACTIVE_STATES, Job
+from bot.store.db import ACTIVE_STATES, Job
+from bot.ui.buttons import result_view, use_view
+from bot.ui.render import result_embed
 from bot.variants import compare_strengths
 from pipeline.request import InputError
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
-    from bot.job_events import Delivery
+    from bot.jobs.events import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -46,23 +46,26 @@ from discord.ext import commands
 
 from bot.errors import UserError
 from bot.forget import Forgotten, forget_member, preview
-from bot.gallery import (
+from bot.inpaint_masks import mask_path_for, remove_with_input
+from bot.store.db import Job
+from bot.store.files import Pruner, max_bytes
+from bot.store.gallery import (
     MAX_SEARCH_CHARS,
-    PAGE_TEMPLATE,
     Direction,
     GalleryEntry,
     GalleryFilter,
     GalleryStore,
     Page,
-    gallery_embed,
     normalize_search,
+)
+from bot.ui.gallery import (
+    PAGE_TEMPLATE,
+    describe,
+    gallery_embed,
     page_custom_id,
     parse_direction,
 )
-from bot.inpaint_masks import mask_path_for, remove_with_input
-from bot.storage import Pruner, max_bytes
-from bot.store import Job
-from bot.tips import lineage
+from bot.ui.tips import lineage
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -195,7 +198,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         search_id = await self.entries.search_id(guild_id, words) if words else 0
         page = await self.entries.page(guild_id, filt)
         if page is None:
-            text = f"No pictures {filt.describe()} yet." if filt.describe() else "No pictures yet."
+            text = f"No pictures {describe(filt)} yet." if describe(filt) else "No pictures yet."
             await interaction.response.send_message(
                 f"🖼️ {text}", ephemeral=True, allowed_mentions=NO_MENTIONS
             )

@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.render import HELP_TEXT
-from bot.tips import INPAINTING, TROUBLESHOOTING, WALKTHROUGH, WORKING_ON_A_RESULT
+from bot.ui.render import HELP_TEXT
+from bot.ui.tips import INPAINTING, TROUBLESHOOTING, WALKTHROUGH, WORKING_ON_A_RESULT
 
 if TYPE_CHECKING:
     from bot.app import ImgBot

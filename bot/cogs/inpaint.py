@@ -26,7 +26,6 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import modals
 from bot.cogs.generate import compose
 from bot.cogs.iterate import OUTPUT_GONE_TEXT, copy_output
 from bot.cogs.styles import style_autocomplete
@@ -40,7 +39,8 @@ from bot.inpaint_masks import (
     choose_mask,
     write_mask,
 )
-from bot.store import Job
+from bot.store.db import Job
+from bot.ui import modals
 from pipeline.prepare import check_declared_size
 from pipeline.request import (
     MAX_PROMPT_CHARS,

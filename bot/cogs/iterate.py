@@ -1,6 +1,6 @@
 """Working on a picture: Refine and Edit on a result, and "Apps → Img2img this" on any message.
 
-All three open the settings modal (`bot.modals`); its submit is routed here by custom_id
+All three open the settings modal (`bot.ui.modals`); its submit is routed here by custom_id
 (`on_interaction`), so a modal or button from before a restart still works.
 
 - Refine: the result becomes the new input (copied into `inputs/`, so the new job owns its
@@ -33,11 +33,11 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from bot import modals
 from bot.actions import INPUT_GONE_TEXT
 from bot.errors import UserError
-from bot.store import Job
+from bot.store.db import Job
 from bot.styles import unknown_style_text
+from bot.ui import modals
 from pipeline.request import InputError
 
 if TYPE_CHECKING:

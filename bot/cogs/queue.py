@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.render import job_summary, ordinal, progress_bar
+from bot.ui.render import job_summary, ordinal, progress_bar
 
 if TYPE_CHECKING:
     from bot.app import ImgBot

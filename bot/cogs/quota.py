@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.quota import summarize
-from bot.quota_store import QuotaStore
+from bot.store.quotas import QuotaStore
 
 if TYPE_CHECKING:
     from bot.app import ImgBot

@@ -21,13 +21,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.buttons import result_view
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
-from bot.jobs import NewJob
-from bot.quota_store import QuotaStore
-from bot.render import result_embed
+from bot.jobs.service import NewJob
 from bot.series import (
     MAX_IMAGES,
     Item,
@@ -36,10 +33,13 @@ from bot.series import (
     bad_images_text,
     quota_refusal,
 )
-from bot.series_store import SeriesStore
-from bot.series_ui import CancelSeries, OpenSelect, SeriesDelivery
-from bot.store import Job
+from bot.store.db import Job
+from bot.store.quotas import QuotaStore
+from bot.store.series import SeriesStore
 from bot.styles import unknown_style_text
+from bot.ui.buttons import result_view
+from bot.ui.render import result_embed
+from bot.ui.series import CancelSeries, OpenSelect, SeriesDelivery
 from pipeline.fair_queue import QueueFull
 from pipeline.prepare import check_declared_size
 from pipeline.request import (

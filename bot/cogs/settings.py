@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot.blocked_words import MAX_WORD_CHARS, BlockedWords
 from bot.cogs.quota import QuotaCog, member_role_ids
 from bot.quota import WINDOW_S, plural
-from bot.quota_store import QuotaStore
+from bot.store.quotas import QuotaStore
 
 if TYPE_CHECKING:
     from bot.app import ImgBot

@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
-from bot.style_store import StyleStore
+from bot.store.styles import StyleStore
 from bot.styles import (
     BUILTINS,
     MAX_NAME_CHARS,

@@ -18,8 +18,8 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.actions import BUSY_TEXT, INPUT_GONE_TEXT, STORAGE_FULL_TEXT, Actions
-from bot.jobs import TOKEN_LIFETIME_S, JobService
-from bot.store import Job, Store
+from bot.jobs.service import TOKEN_LIFETIME_S, JobService
+from bot.store.db import Job, Store
 from config import Settings
 from pipeline.worker import WorkerClient, WorkerConfig
 

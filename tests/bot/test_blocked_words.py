@@ -17,8 +17,8 @@ from bot.blocked_words import (
     words_of,
 )
 from bot.errors import UserError
-from bot.jobs import NewJob
-from bot.store import Store
+from bot.jobs.service import NewJob
+from bot.store.db import Store
 
 GUILD, OTHER_GUILD, ADMIN = 10, 20, 99
 

@@ -17,9 +17,9 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.buttons import cancel_view
-from bot.delivery import GENERIC_FAILURE, DiscordDelivery, plain_text
-from bot.store import Job, Store
+from bot.jobs.delivery import GENERIC_FAILURE, DiscordDelivery, plain_text
+from bot.store.db import Job, Store
+from bot.ui.buttons import cancel_view
 from tests.fakediscord import Call, FakeDiscord
 
 

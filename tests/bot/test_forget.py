@@ -11,9 +11,9 @@ import pytest
 
 from bot.errors import UserError
 from bot.forget import forget_member, preview
-from bot.gallery import GalleryStore
-from bot.quota_store import QuotaStore
-from bot.store import Job, Store
+from bot.store.db import Job, Store
+from bot.store.gallery import GalleryStore
+from bot.store.quotas import QuotaStore
 from config import Settings
 
 GUILD, OTHER_GUILD = 10, 20

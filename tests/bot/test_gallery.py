@@ -11,19 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from bot.gallery import (
-    CUSTOM_ID_LIMIT,
-    PAGE_TEMPLATE,
+from bot.store.db import Job, Store
+from bot.store.gallery import (
     GalleryFilter,
     GalleryStore,
-    gallery_embed,
     message_url,
     normalize_search,
-    page_custom_id,
-    parse_direction,
     search_words,
 )
-from bot.store import Job, Store
+from bot.ui.gallery import (
+    CUSTOM_ID_LIMIT,
+    PAGE_TEMPLATE,
+    describe,
+    gallery_embed,
+    page_custom_id,
+    parse_direction,
+)
 
 GUILD_A, GUILD_B = 111, 222
 ALICE, BOB = 1001, 1002
@@ -105,8 +108,8 @@ def test_message_url() -> None:
 
 
 def test_filter_description() -> None:
-    assert GalleryFilter().describe() == ""
-    text = GalleryFilter(ALICE, "fox").describe()
+    assert describe(GalleryFilter()) == ""
+    text = describe(GalleryFilter(ALICE, "fox"))
     assert f"<@{ALICE}>" in text and "fox" in text
 
 

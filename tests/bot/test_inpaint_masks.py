@@ -25,9 +25,9 @@ from bot.inpaint_masks import (
     thumbnail_png,
     write_mask,
 )
-from bot.render import job_summary, masked_text, result_embed
-from bot.storage import prune_files, scan
-from bot.store import Job
+from bot.store.db import Job
+from bot.store.files import prune_files, scan
+from bot.ui.render import job_summary, masked_text, result_embed
 from pipeline.mask import MaskEmpty, MaskFull, MaskShapeMismatch
 from pipeline.request import InputError
 
@@ -198,7 +198,7 @@ def test_the_result_says_inpaint_and_what_was_repainted() -> None:
 
 
 def test_help_explains_inpaint_and_its_button_within_a_field() -> None:
-    from bot.tips import INPAINTING
+    from bot.ui.tips import INPAINTING
 
     assert len(INPAINTING) <= 1024  # an embed field's limit
     for needle in ("/inpaint", "`mask`", "`region`", "transparent", "**Inpaint** button"):
@@ -210,7 +210,7 @@ def test_inpaint_jobs_reach_the_worker_with_their_mask_and_never_share_a_call(
 ) -> None:
     from types import SimpleNamespace
 
-    from bot.job_dispatch import JobDispatch
+    from bot.jobs.dispatch import JobDispatch
 
     service = SimpleNamespace(
         data_dir=tmp_path, settings=SimpleNamespace(mask_blur=5), resolution=128

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import bot.job_dispatch as job_dispatch
-import bot.jobs as jobs_module
+import bot.jobs.dispatch as job_dispatch
+import bot.jobs.service as jobs_module
 from bot.errors import UserError
-from bot.job_events import CRASH_MESSAGE
-from bot.jobs import JobService, NewJob
-from bot.store import Job, Store
+from bot.jobs.events import CRASH_MESSAGE
+from bot.jobs.service import JobService, NewJob
+from bot.store.db import Job, Store
 from config import Settings
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
 from pipeline.worker import BatchDone, Cancelled, Finished, Progress, WorkerDied

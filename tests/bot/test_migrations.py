@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.migrations import MIGRATIONS
-from bot.store import Store, StoreError
+from bot.store.db import Store, StoreError
+from bot.store.migrations import MIGRATIONS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v1.sqlite3"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot import modals
+from bot.ui import modals
 from pipeline.request import InputError
 
 

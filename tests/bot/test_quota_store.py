@@ -12,8 +12,8 @@ import pytest
 
 from bot.errors import UserError
 from bot.quota import WINDOW_S
-from bot.quota_store import QuotaStore
-from bot.store import Store
+from bot.store.db import Store
+from bot.store.quotas import QuotaStore
 from config import Settings
 
 GUILD = 1000
@@ -148,14 +148,14 @@ class NullDelivery:
 
 
 def make_service(tmp_path: Path, store: Store, clock: Clock) -> Any:
-    from bot.jobs import JobService
+    from bot.jobs.service import JobService
 
     worker = SimpleNamespace(cancel=lambda job_id: None, free_slots=0)
     return JobService(make_settings(tmp_path), store, worker, NullDelivery(), clock=clock)  # type: ignore[arg-type]
 
 
 def new_job(user_id: int, role_ids: tuple[int, ...] = ()) -> Any:
-    from bot.jobs import NewJob
+    from bot.jobs.service import NewJob
 
     return NewJob(
         guild_id=GUILD, channel_id=2, user_id=user_id, prompt="a fox", strength=0.6, steps=30,

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from bot.backends.redis import RedisBackend
+from bot.jobs.backends.redis import RedisBackend
 from pipeline import stream_codec as codec
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
 from pipeline.worker_protocol import Finished, Started, WorkerDied, WorkerEvent

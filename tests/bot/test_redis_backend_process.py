@@ -15,7 +15,7 @@ MAX_RSS_MB = 250  # discord.py, pydantic, redis, aiosqlite, Pillow: far below a 
 def test_bot_process_with_the_redis_backend_holds_no_model() -> None:
     code = (
         "import sys, psutil\n"
-        "import bot.__main__, bot.app, bot.backends.redis\n"
+        "import bot.__main__, bot.app, bot.jobs.backends.redis\n"
         "from config.settings import load_settings\n"
         "from bot.app import ImgBot\n"
         "bot = ImgBot(load_settings(worker_backend='redis', redis_url='redis://127.0.0.1:1/0'))\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.render import HELP_TEXT, model_label, user_text
+from bot.ui.render import HELP_TEXT, model_label, user_text
 
 
 @pytest.mark.parametrize(

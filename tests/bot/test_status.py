@@ -8,7 +8,7 @@ import itertools
 import random
 from pathlib import Path
 
-from bot.status import StatusBoard
+from bot.jobs.status import StatusBoard
 from config import Settings
 
 INTERVAL = 2.0
@@ -131,7 +131,7 @@ async def test_random_updates_never_edit_closer_than_the_interval() -> None:
 
 
 def test_the_service_uses_progress_interval_s(tmp_path: Path) -> None:
-    from bot.jobs import JobService
+    from bot.jobs.service import JobService
 
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval_s=3.5)  # type: ignore[call-arg]
     service = JobService(settings, None, None, None)  # type: ignore[arg-type]

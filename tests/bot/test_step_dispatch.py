@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from bot.job_dispatch import JobDispatch
+from bot.jobs.dispatch import JobDispatch
 from pipeline.fair_queue import QueuedJob
 from pipeline.request import EngineInfo, plan_steps
 

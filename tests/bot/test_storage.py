@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.gallery import GalleryFilter, GalleryStore
-from bot.storage import (
+from bot.store.db import Store
+from bot.store.files import (
     Pruner,
     StoredFile,
     choose_victims,
@@ -21,7 +21,7 @@ from bot.storage import (
     prune_files,
     scan,
 )
-from bot.store import Store
+from bot.store.gallery import GalleryFilter, GalleryStore
 
 GUILD = 111
 
@@ -150,7 +150,7 @@ async def test_pruner_flags_gallery_entries_and_spares_waiting_inputs(
 async def test_pruner_runs_off_the_loop_and_coalesces(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bot.storage as storage
+    import bot.store.files as storage
 
     threads: list[str] = []
     release = threading.Event()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import Store, StoreError
+from bot.store.db import Store, StoreError
 
 
 @pytest.fixture

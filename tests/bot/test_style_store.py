@@ -9,8 +9,8 @@ import pytest
 import pytest_asyncio
 
 from bot.errors import UserError
-from bot.store import Store
-from bot.style_store import StyleStore
+from bot.store.db import Store
+from bot.store.styles import StyleStore
 from bot.styles import BUILTINS, MAX_PER_MEMBER, MAX_PER_SERVER, Style
 
 GUILD, OTHER_GUILD, ALICE, BOB = 10, 20, 1, 2

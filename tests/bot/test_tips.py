@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from bot.render import result_embed
-from bot.store import Job
-from bot.tips import lineage, tip_for
+from bot.store.db import Job
+from bot.ui.render import result_embed
+from bot.ui.tips import lineage, tip_for
 
 
 def job(**values: Any) -> Job:

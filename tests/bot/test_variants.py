@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.render import duration, ordinal, progress_bar, progress_text, queue_text
+from bot.ui.render import duration, ordinal, progress_bar, progress_text, queue_text
 from bot.variants import STEP, compare_strengths, variant_label, variant_strength
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot.app import ImgBot
-from bot.store import Store
+from bot.store.db import Store
 from pipeline.worker import WorkerClient
 from tests.e2e.conftest import (
     JOB_TIMEOUT,
@@ -186,7 +186,7 @@ async def test_cancelling_one_job_of_a_batch_of_four(
 async def test_shutdown_keeps_a_result_being_posted_and_a_running_job(
     fd: FakeDiscord, world: World, make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bot.jobs as jobs_module
+    import bot.jobs.service as jobs_module
 
     monkeypatch.setattr(jobs_module, "STOP_DELIVERY_GRACE_S", 0.5)
     bot = await make_bot()

@@ -20,7 +20,7 @@ from PIL import Image
 
 from bot.app import ImgBot
 from bot.cogs.gallery import GalleryCog
-from bot.store import Job
+from bot.store.db import Job
 from tests.e2e.conftest import (
     BotFactory,
     World,

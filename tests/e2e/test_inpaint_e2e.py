@@ -239,4 +239,3 @@ async def test_the_inpaint_button_takes_a_mask_upload_or_region_words(
 
     await eventually(removed)
     fd.assert_no_unknown_routes()
-

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bot.app import ImgBot
-from bot.store import Job
+from bot.store.db import Job
 from tests.e2e.conftest import (
     MANAGE_MESSAGES,
     BotFactory,

@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 
 from bot.app import ImgBot
-from bot.backends.redis import RedisBackend
+from bot.jobs.backends.redis import RedisBackend
 from tests.e2e.conftest import (
     JOB_TIMEOUT,
     BotFactory,

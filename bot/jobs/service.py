@@ -3,8 +3,8 @@
 State lives in SQLite (`Store`); the in-memory `FairQueue` is rebuilt from it at start, so
 waiting jobs survive a restart. The worker is a separate process behind a `WorkerBackend`; this
 service only sends it small messages and reacts to its events, so the event loop stays free.
-This module is intake and the life cycle; `bot.job_dispatch` runs the dispatch loop and
-`bot.job_events` handles the worker's events.
+This module is intake and the life cycle; `bot.jobs.dispatch` runs the dispatch loop and
+`bot.jobs.events` handles the worker's events.
 
 Shutdown (`stop`) never loses a finished result: it waits a bounded time for results being
 posted, and `start` posts any that a shutdown still cut off.
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 import aiosqlite
 
 from bot.errors import UserError
-from bot.job_dispatch import JobDispatch
-from bot.job_events import Delivery
-from bot.render import queue_text
-from bot.status import StatusBoard
-from bot.store import ACTIVE_STATES, Job, Store
+from bot.jobs.dispatch import JobDispatch
+from bot.jobs.events import Delivery
+from bot.jobs.status import StatusBoard
+from bot.store.db import ACTIVE_STATES, Job, Store
+from bot.ui.render import queue_text
 from config import Settings
 from pipeline.fair_queue import Caps, FairQueue, QueueFull
 from pipeline.request import MAX_SEED, EngineInfo, plan_steps

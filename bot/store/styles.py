@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from bot.store import Store
+from bot.store.db import Store
 from bot.styles import Composed, Scope, Style, apply_style, check_room, resolve
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 import discord
 
-from bot.store import Job
-from bot.tips import lineage, tip_for
+from bot.store.db import Job
+from bot.ui.tips import lineage, tip_for
 
 BAR_WIDTH = 16
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bot.inpaint_masks import input_of, is_mask, remove_with_input
-from bot.store import ACTIVE_STATES, Store
+from bot.store.db import ACTIVE_STATES, Store
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from bot.migrations import MIGRATIONS
+from bot.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The dispatch half of the job service: the loop, its supervisor, batches to the worker.
 
-A mixin of `JobService` (see `bot.jobs`). The loop cannot die while the bot runs: an error
+A mixin of `JobService` (see `bot.jobs.service`). The loop cannot die while the bot runs: an error
 while dispatching puts back (or, after a few tries, fails) only the jobs it touched and
 is logged with its traceback, and the supervisor runs the loop again if it ever ends.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.job_events import JobEvents
-from bot.store import Job
+from bot.jobs.events import JobEvents
+from bot.store.db import Job
 from pipeline.fair_queue import QueuedJob
 from pipeline.prepare import target_size
 from pipeline.request import EngineInfo, GenerationRequest, plan_steps

@@ -18,7 +18,7 @@ set changes only when a worker joins, which the hello itself announces); one wri
 sends grants in order, retrying while the server is away. After the server comes back,
 grants a worker has not acknowledged are sent again (a worker skips those it took).
 Membership (hello, heartbeats, drops, refusals) and the meaning of each event are in
-`bot.backends.redis_members`; the worker side is `pipeline.remote_worker`.
+`bot.jobs.backends.redis_members`; the worker side is `pipeline.remote_worker`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bot.backends.redis_members import Grant, Members, Remote
+from bot.jobs.backends.redis_members import Grant, Members, Remote
 from pipeline import stream_codec as codec
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker_protocol import (

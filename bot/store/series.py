@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from bot.series import Item
-from bot.store import Job, Store
+from bot.store.db import Job, Store
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from bot.quota import (
     refusal_text,
     window_cutoff,
 )
-from bot.store import Store
+from bot.store.db import Store
 from config import Settings
 
 if TYPE_CHECKING:
-    from bot.jobs import NewJob
+    from bot.jobs.service import NewJob
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the job service does with the worker's events, and how final messages go out.
 
-Split from `bot.jobs` (intake and dispatch): this half records each job's end in SQLite
+Split from `bot.jobs.service` (intake and dispatch): this half records each job's end in SQLite
 exactly once, refunds what did not produce an image, and delivers the final message in the
 background so the dispatch loop never waits on Discord.
 
@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from bot.render import progress_text
-from bot.status import StatusBoard
-from bot.store import ACTIVE_STATES, Job, Store
+from bot.jobs.status import StatusBoard
+from bot.store.db import ACTIVE_STATES, Job, Store
+from bot.ui.render import progress_text
 from pipeline.fair_queue import FairQueue, QueuedJob
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
@@ -37,7 +37,7 @@ from pipeline.worker import (
 from pipeline.worker_backend import WorkerBackend
 
 if TYPE_CHECKING:
-    from bot.jobs import Hooks
+    from bot.jobs.service import Hooks
     from config import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ CRASH_MESSAGE = (
 
 
 class Delivery(Protocol):
-    """The Discord side of a job's life (implemented in `bot.delivery`)."""
+    """The Discord side of a job's life (implemented in `bot.jobs.delivery`)."""
 
     async def show_status(self, job: Job, text: str, cancellable: bool) -> None: ...
     async def deliver_result(self, job: Job) -> None: ...

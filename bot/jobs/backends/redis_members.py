@@ -1,7 +1,7 @@
 """The membership and event half of `RedisBackend`: which workers are online, and what
 their events mean for the jobs granted to them.
 
-A mixin, split from `bot.backends.redis` (connection, grants, the reader and the writer).
+A mixin, split from `bot.jobs.backends.redis` (connection, grants, the reader and the writer).
 Rules kept here: an event is used only if its worker holds that (job, attempt) now; a
 worker whose heartbeat expires or that goes silent with jobs is dropped and its jobs come
 back as a `WorkerDied` (`unstarted`: run again; `job_ids`: started `max_attempts` times,

@@ -6,7 +6,7 @@ Pure functions of a job's values, so the rules are tested without Discord.
 
 from __future__ import annotations
 
-from bot.store import Job
+from bot.store.db import Job
 
 GOOD_SIDE = 512  # the guide: sources of at least 512×512 transfer well
 HIGH_STRENGTH = 0.7  # the guide: from here on faces distort

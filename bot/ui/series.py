@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from bot.store import Job
+from bot.store.db import Job
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
     from bot.cogs.series import SeriesCog
-    from bot.job_events import Delivery
+    from bot.jobs.events import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -22,19 +22,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-import discord
-
-from bot.render import truncate
-from bot.store import Job, Store
+from bot.store.db import Job, Store
 
 Direction = Literal["newer", "older"]
 
 MAX_SEARCH_WORDS = 5
 MAX_SEARCH_CHARS = 100
-CUSTOM_ID_LIMIT = 100  # Discord's limit on a component's custom_id
-
-# ◀/▶ buttons: direction, anchor job id, filter user id (0 = anyone), stored search id (0 = none).
-PAGE_TEMPLATE = r"gal:(?P<dir>[no]):(?P<anchor>\d+):(?P<user>\d+):(?P<search>\d+)"
 
 
 def message_url(guild_id: int, channel_id: int, message_id: int) -> str:
@@ -60,16 +53,6 @@ def normalize_search(text: str | None) -> str | None:
     return " ".join(search_words(text)) or None
 
 
-def page_custom_id(direction: Direction, anchor: int, user_id: int | None, search_id: int) -> str:
-    custom_id = f"gal:{direction[0]}:{anchor}:{user_id or 0}:{search_id}"
-    assert len(custom_id) <= CUSTOM_ID_LIMIT, custom_id
-    return custom_id
-
-
-def parse_direction(letter: str) -> Direction:
-    return "newer" if letter == "n" else "older"
-
-
 @dataclass(frozen=True)
 class GalleryFilter:
     """Who made it and which words its prompt holds; empty = the whole server. `here`:
@@ -78,14 +61,6 @@ class GalleryFilter:
     user_id: int | None = None
     search: str | None = None
     here: tuple[int, ...] = ()
-
-    def describe(self) -> str:
-        parts = []
-        if self.user_id:
-            parts.append(f"by <@{self.user_id}>")
-        if self.search:
-            parts.append(f"with “{truncate(self.search, 60)}” in the prompt")
-        return " ".join(parts)
 
 
 @dataclass
@@ -329,41 +304,3 @@ class GalleryStore:
         row = await cursor.fetchone()
         assert row is not None
         return Page(entry, index=int(row[1] or 0) + 1, total=int(row[0]))
-
-
-def gallery_embed(
-    entry: GalleryEntry,
-    *,
-    image_filename: str | None,
-    page: Page | None = None,
-    filt: GalleryFilter | None = None,
-) -> discord.Embed:
-    """A gallery picture with its facts; says so when the file was pruned."""
-    embed = discord.Embed(colour=discord.Colour.dark_teal(), title="🖼️ Server gallery")
-    if filt is not None and filt.describe():
-        embed.description = f"Pictures {filt.describe()}"
-    embed.add_field(name="Requester", value=f"<@{entry.user_id}>")
-    embed.add_field(name="Strength", value=f"{entry.strength:.2f}")
-    embed.add_field(name="Seed", value=str(entry.seed))
-    embed.add_field(name="Prompt", value=truncate(entry.prompt, 1024), inline=False)
-    if entry.negative_prompt:
-        embed.add_field(
-            name="Negative prompt", value=truncate(entry.negative_prompt, 1024), inline=False
-        )
-    made = int(entry.created_at)
-    embed.add_field(name="Made", value=f"<t:{made}:f> (<t:{made}:R>)")
-    embed.add_field(name="Message", value=entry.url or "not posted")
-    if image_filename:
-        embed.set_image(url=f"attachment://{image_filename}")
-    else:
-        embed.add_field(
-            name="Image",
-            value="🧹 The image file is gone (pruned to save space); the message link above "
-            "may still show it.",
-            inline=False,
-        )
-    footer = f"job #{entry.job_id}"
-    if page is not None:
-        footer = f"Picture {page.index} of {page.total} · {footer}"
-    embed.set_footer(text=footer)
-    return embed

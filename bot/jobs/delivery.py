@@ -22,10 +22,10 @@ from typing import Any
 
 import discord
 
-from bot.buttons import cancel_view, result_view
 from bot.inpaint_masks import thumbnail_png
-from bot.render import job_summary, result_embed
-from bot.store import Job, Store
+from bot.store.db import Job, Store
+from bot.ui.buttons import cancel_view, result_view
+from bot.ui.render import job_summary, result_embed
 
 log = logging.getLogger(__name__)
 

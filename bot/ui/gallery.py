@@ -1,0 +1,72 @@
+"""The gallery as members see it: the picture's embed, what a filter shows, and the ◀ ▶
+buttons' custom_ids (direction, anchor job, filter), which route a click after a restart."""
+
+from __future__ import annotations
+
+import discord
+
+from bot.store.gallery import Direction, GalleryEntry, GalleryFilter, Page
+from bot.ui.render import truncate
+
+CUSTOM_ID_LIMIT = 100  # Discord's limit on a component's custom_id
+
+# ◀/▶ buttons: direction, anchor job id, filter user id (0 = anyone), stored search id (0 = none).
+PAGE_TEMPLATE = r"gal:(?P<dir>[no]):(?P<anchor>\d+):(?P<user>\d+):(?P<search>\d+)"
+
+
+def page_custom_id(direction: Direction, anchor: int, user_id: int | None, search_id: int) -> str:
+    custom_id = f"gal:{direction[0]}:{anchor}:{user_id or 0}:{search_id}"
+    assert len(custom_id) <= CUSTOM_ID_LIMIT, custom_id
+    return custom_id
+
+
+def parse_direction(letter: str) -> Direction:
+    return "newer" if letter == "n" else "older"
+
+
+def describe(filt: GalleryFilter) -> str:
+    """`by @someone with “words” in the prompt`; empty for the whole server."""
+    parts = []
+    if filt.user_id:
+        parts.append(f"by <@{filt.user_id}>")
+    if filt.search:
+        parts.append(f"with “{truncate(filt.search, 60)}” in the prompt")
+    return " ".join(parts)
+
+
+def gallery_embed(
+    entry: GalleryEntry,
+    *,
+    image_filename: str | None,
+    page: Page | None = None,
+    filt: GalleryFilter | None = None,
+) -> discord.Embed:
+    """A gallery picture with its facts; says so when the file was pruned."""
+    embed = discord.Embed(colour=discord.Colour.dark_teal(), title="🖼️ Server gallery")
+    if filt is not None and describe(filt):
+        embed.description = f"Pictures {describe(filt)}"
+    embed.add_field(name="Requester", value=f"<@{entry.user_id}>")
+    embed.add_field(name="Strength", value=f"{entry.strength:.2f}")
+    embed.add_field(name="Seed", value=str(entry.seed))
+    embed.add_field(name="Prompt", value=truncate(entry.prompt, 1024), inline=False)
+    if entry.negative_prompt:
+        embed.add_field(
+            name="Negative prompt", value=truncate(entry.negative_prompt, 1024), inline=False
+        )
+    made = int(entry.created_at)
+    embed.add_field(name="Made", value=f"<t:{made}:f> (<t:{made}:R>)")
+    embed.add_field(name="Message", value=entry.url or "not posted")
+    if image_filename:
+        embed.set_image(url=f"attachment://{image_filename}")
+    else:
+        embed.add_field(
+            name="Image",
+            value="🧹 The image file is gone (pruned to save space); the message link above "
+            "may still show it.",
+            inline=False,
+        )
+    footer = f"job #{entry.job_id}"
+    if page is not None:
+        footer = f"Picture {page.index} of {page.total} · {footer}"
+    embed.set_footer(text=footer)
+    return embed
