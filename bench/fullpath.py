@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.inputs import JobSpec
-from bot.jobs import JobService, NewJob
-from bot.store import Job, Store
+from bot.jobs.service import JobService, NewJob
+from bot.store.db import Job, Store
 from config import Settings
 from pipeline.request import GenerationRequest
 from pipeline.worker import WorkerClient, WorkerConfig, WorkerEvent

@@ -26,7 +26,7 @@ from bench.inputs import JobSpec, make_jobs
 from bench.report import ratio
 from bench.scenarios import Bench, ModeResult, _rounds
 from bench.valkey import Valkey
-from bot.backends.redis import RedisBackend
+from bot.jobs.backends.redis import RedisBackend
 from config import Settings
 from pipeline.request import GenerationRequest
 from pipeline.worker import WorkerEvent
