@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
+from bot.jobs.scheduler import QueueFull
 from bot.jobs.service import NewJob
 from bot.series import (
     MAX_IMAGES,
@@ -40,7 +41,6 @@ from bot.styles import unknown_style_text
 from bot.ui.buttons import result_view
 from bot.ui.render import result_embed
 from bot.ui.series import CancelSeries, OpenSelect, SeriesDelivery
-from pipeline.fair_queue import QueueFull
 from pipeline.prepare import check_declared_size
 from pipeline.request import (
     MAX_PROMPT_CHARS,

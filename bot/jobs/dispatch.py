@@ -16,8 +16,8 @@ from pathlib import Path
 import aiosqlite
 
 from bot.jobs.events import JobEvents
+from bot.jobs.scheduler import QueuedJob
 from bot.store.db import Job
-from pipeline.fair_queue import QueuedJob
 from pipeline.prepare import target_size
 from pipeline.request import EngineInfo, GenerationRequest, plan_steps
 from pipeline.worker import WorkerEvent, WorkerStartError

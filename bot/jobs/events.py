@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
 from bot.ui.render import progress_text
-from pipeline.fair_queue import FairQueue, QueuedJob
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
     BatchDone,

@@ -24,11 +24,11 @@ import aiosqlite
 from bot.errors import UserError
 from bot.jobs.dispatch import JobDispatch
 from bot.jobs.events import Delivery
+from bot.jobs.scheduler import Caps, FairQueue, QueueFull
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
 from bot.ui.render import queue_text
 from config import Settings
-from pipeline.fair_queue import Caps, FairQueue, QueueFull
 from pipeline.request import MAX_SEED, EngineInfo, plan_steps
 from pipeline.worker_backend import WorkerBackend
 from pipeline.worker_protocol import WorkerEvent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from bot.jobs.dispatch import JobDispatch
-from pipeline.fair_queue import QueuedJob
+from bot.jobs.scheduler import QueuedJob
 from pipeline.request import EngineInfo, plan_steps
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.fair_queue import Caps, FairQueue, QueuedJob, QueueFull
+from bot.jobs.scheduler import Caps, FairQueue, QueuedJob, QueueFull
 
 
 def job(n: int, guild: int, user: int = 0, key: object = "k") -> QueuedJob:

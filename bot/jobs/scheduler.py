@@ -1,4 +1,5 @@
-"""Per-guild queues served in round-robin order, with caps and fair batching.
+"""The fair scheduler: per-guild queues served in round-robin order, with caps and fair
+batching. Bot side only: the bot is the one scheduler, whatever the number of workers.
 
 Two levels of turns: a server with 50 waiting jobs delays another server's job by at most
 one job (the scheduler takes one job from each guild in turn), and inside a guild's turn the
