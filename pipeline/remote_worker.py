@@ -190,7 +190,7 @@ class RemoteWorker(_Worker):
         """Tell the bot how many jobs this worker takes now (after `seen` grants)."""
         self._beat()
         status = self._status()
-        self._event("ask", free=str(status["free"]), seen=str(self.seen), e=self.epoch)
+        self._event("ask", free=str(status["free"]), seen=str(status["seen"]), e=status["epoch"])
 
     def _event(self, kind: str, **values: str | bytes) -> None:
         entry = {b"t": kind.encode(), b"w": self.worker_id.encode()}
@@ -219,16 +219,17 @@ class RemoteWorker(_Worker):
 
     # -- status and heartbeat -----------------------------------------------------------
     def _status(self) -> dict[str, Any]:
-        with self.held_lock:
+        with self.held_lock:  # one moment's free slots and grants seen, never a mix
             free = 0 if self.stopping.is_set() else max(0, self.max_batch - len(self.held))
+            seen, epoch = self.seen, self.epoch
         return {
             "id": self.worker_id,
             "model": self.config.model_id,
             "info": codec.encode_info(self.info) if self.info else None,
             "max_batch": self.max_batch,
             "free": free,
-            "seen": self.seen,
-            "epoch": self.epoch,
+            "seen": seen,
+            "epoch": epoch,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "last_step": self.last_step,
@@ -305,19 +306,24 @@ class RemoteWorker(_Worker):
 
     def _take(self, entry: codec.Fields) -> None:
         epoch, seq = codec.text(entry, "e"), codec.number(entry, "n")
-        if epoch != self.epoch:  # a (re)started bot numbers its grants from 1 again
-            self.epoch, self.seen = epoch, 0
-        if seq <= self.seen:
-            return  # re-sent after a reconnect, and taken already
-        self.seen = seq
+        with self.held_lock:
+            if epoch != self.epoch:  # a (re)started bot numbers its grants from 1 again
+                self.epoch, self.seen = epoch, 0
+            if seq <= self.seen:
+                return  # re-sent after a reconnect, and taken already
         batch: list[GenerationRequest] = []
+        held: dict[str, _Held] = {}
         for item in codec.loads(entry[b"batch"]):
             request = codec.decode_request(item["req"])
             request, scratch = self._localize(request, entry)
-            with self.held_lock:
-                self.held[request.job_id] = _Held(int(item["a"]), scratch)
+            held[request.job_id] = _Held(int(item["a"]), scratch)
             batch.append(request)
             log.info("worker %s: took job %s attempt %s", self.worker_id, request.job_id, item["a"])
+        # `seen` and `held` change together: an ask between them would offer the bot a
+        # slot this grant already fills (seen counts it, free does not yet).
+        with self.held_lock:
+            self.held.update(held)
+            self.seen = seq
         self.commands.put(Run(tuple(batch)))
 
     def _localize(

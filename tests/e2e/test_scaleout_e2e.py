@@ -42,8 +42,8 @@ from tests.valkey_server import Valkey, valkey, valkey_server  # noqa: F401  (fi
 
 ROOT = Path(__file__).resolve().parents[2]
 TTL_S = 3.0
-LONG = {"steps": 150, "strength": 1.0}  # runs until cancelled or moved
-MEDIUM = {"steps": 24, "strength": 1.0}  # long enough to be caught running
+LONG = {"steps": 150, "strength": 1.0}  # still running while a test acts on it, however fast
+MEDIUM = {"steps": 24, "strength": 1.0}  # a job that only has to finish
 SHARED = {"steps": 60, "strength": 1.0}  # eight of these outlast a second worker's start
 WORKER_START_S = 180.0
 
@@ -262,7 +262,7 @@ async def test_a_dead_or_frozen_worker_loses_no_job_and_a_late_result_is_dropped
     await until(lambda: b.workers_online == 2, WORKER_START_S, "two workers online")
 
     # SIGKILL mid-job: the job runs again (attempt 2, same seed) on the other worker.
-    killed = await slash(fd, world.guild, world.channel, world.alice, **MEDIUM, seed=7)
+    killed = await slash(fd, world.guild, world.channel, world.alice, **LONG, seed=7)
     await wait_status(fd, killed, "step")
     job = job_id(fd, killed)
     victim = await running_on(bot, job, workers)
@@ -278,7 +278,7 @@ async def test_a_dead_or_frozen_worker_loses_no_job_and_a_late_result_is_dropped
     third = start_worker("w3")
     workers[third.id] = third
     await until(lambda: b.workers_online == 2, WORKER_START_S, "the third worker online")
-    frozen_handle = await slash(fd, world.guild, world.channel, world.bob, **MEDIUM)
+    frozen_handle = await slash(fd, world.guild, world.channel, world.bob, **LONG)
     await wait_status(fd, frozen_handle, "step")
     job = job_id(fd, frozen_handle)
     frozen = await running_on(bot, job, workers)
@@ -322,7 +322,7 @@ async def test_waiting_jobs_survive_a_server_restart_and_another_model_is_refuse
     assert msg["ephemeral"] and "Image workers online: 1" in msg["content"]
 
     # Three jobs: one runs, two wait; the server restarts (empty: no persistence).
-    handles = [await slash(fd, world.guild, world.channel, world.alice, **MEDIUM)]
+    handles = [await slash(fd, world.guild, world.channel, world.alice, **LONG)]
     await wait_status(fd, handles[0], "step")
     for user in (world.bob, world.carol):
         handles.append(await slash(fd, world.guild, world.channel, user, **MEDIUM))
