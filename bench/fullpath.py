@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.inputs import JobSpec
 from bot.jobs.service import JobService, NewJob
@@ -30,15 +31,32 @@ QUEUE_CAP = 500
 USER_ID = 42
 
 
-class RecordingWorker(WorkerClient):
-    """A `WorkerClient` that records batches and events; `hold` keeps the dispatcher off."""
+class Recording:
+    """Mixin over a worker backend: records, timed, the batches the dispatcher hands over
+    and the events that come back (what `FullPath.run` reads), and `hold` for a burst."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold = False
+        self.batches: list[tuple[float, tuple[str, ...]]] = []
+        self.events: list[tuple[float, WorkerEvent]] = []
+
+    def submit(self, batch: Sequence[GenerationRequest]) -> None:
+        self.batches.append((time.monotonic(), tuple(r.job_id for r in batch)))
+        super().submit(batch)  # type: ignore[misc]
+
+    async def next_event(self) -> WorkerEvent:
+        event: WorkerEvent = await super().next_event()  # type: ignore[misc]
+        self.events.append((time.monotonic(), event))
+        return event
+
+
+class RecordingWorker(Recording, WorkerClient):
+    """The local `WorkerClient`, recorded; `cap` holds a run to its own MAX_BATCH."""
 
     def __init__(self, config: WorkerConfig, **kwargs: float) -> None:
         super().__init__(config, **kwargs)
-        self.hold = False
         self.cap = self.max_batch  # jobs in flight at most: the run's MAX_BATCH
-        self.batches: list[tuple[float, tuple[str, ...]]] = []
-        self.events: list[tuple[float, WorkerEvent]] = []
 
     @property
     def busy(self) -> bool:
@@ -58,15 +76,6 @@ class RecordingWorker(WorkerClient):
     def generating(self) -> bool:
         """A batch is really in the worker (ignores `hold`)."""
         return super().busy
-
-    def submit(self, batch: Sequence[GenerationRequest]) -> None:
-        self.batches.append((time.monotonic(), tuple(r.job_id for r in batch)))
-        super().submit(batch)
-
-    async def next_event(self) -> WorkerEvent:
-        event = await super().next_event()
-        self.events.append((time.monotonic(), event))
-        return event
 
 
 class RecordingDelivery:

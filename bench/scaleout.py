@@ -16,32 +16,23 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.fullpath import FullPath
+from bench.fullpath import FullPath, Recording
 from bench.inputs import JobSpec, make_jobs
 from bench.report import ratio
 from bench.scenarios import Bench, ModeResult, _rounds
 from bench.valkey import Valkey
 from bot.jobs.backends.redis import RedisBackend
 from config import Settings
-from pipeline.request import GenerationRequest
-from pipeline.worker import WorkerEvent
 
 WORKER_START_TIMEOUT_S = 900.0
 
 
-class RecordingRedis(RedisBackend):
-    """`RedisBackend` with what `FullPath.run` reads: `hold`, `batches`, `generating`."""
-
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self.hold = False
-        self.batches: list[tuple[float, tuple[str, ...]]] = []
-        self.events: list[tuple[float, WorkerEvent]] = []
+class RecordingRedis(Recording, RedisBackend):
+    """`RedisBackend`, recorded, with what `FullPath.run` reads besides: `generating`."""
 
     @property
     def free_slots(self) -> int:
@@ -50,15 +41,6 @@ class RecordingRedis(RedisBackend):
     @property
     def generating(self) -> bool:
         return bool(self._jobs)
-
-    def submit(self, batch: Sequence[GenerationRequest]) -> None:
-        self.batches.append((time.monotonic(), tuple(r.job_id for r in batch)))
-        super().submit(batch)
-
-    async def next_event(self) -> WorkerEvent:
-        event = await super().next_event()
-        self.events.append((time.monotonic(), event))
-        return event
 
 
 class RedisFullPath(FullPath):

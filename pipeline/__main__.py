@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -27,13 +26,13 @@ from pipeline.cli_common import (
     EXIT_MODEL,
     EXIT_WITHHELD,
     add_common_arguments,
+    build_request,
     check_options,
     load_engine,
-    or_default,
     read_file,
     run_request,
 )
-from pipeline.request import MAX_SEED, GenerationRequest, InputError
+from pipeline.request import InputError
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +107,10 @@ def _run(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL
-    seed = or_default(options.seed, secrets.randbelow(MAX_SEED + 1))
     with tempfile.TemporaryDirectory(prefix="img2img-") as tmp:
         source = Path(tmp) / "input.png"
         image.save(source, format="PNG")
-        request = GenerationRequest(
-            job_id="cli",
-            image_path=str(source),
-            prompt=options.prompt,
-            strength=options.strength,
-            seed=seed,
-            steps=or_default(options.steps, settings.default_steps),
-            guidance=or_default(args.guidance, settings.default_guidance),
-            output_path=str(args.output),
-            negative_prompt=options.negative_prompt,
-            allow_nsfw=args.allow_nsfw,
-        )
-        return run_request(engine, request)
+        return run_request(engine, build_request(args, settings, options, source))
 
 
 def _worker(args: argparse.Namespace) -> int:

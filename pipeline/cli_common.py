@@ -5,6 +5,7 @@ with the same exit codes (2 bad input, 1 model, 3 withheld)."""
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 
 from config import Settings
 from pipeline.request import (
+    MAX_SEED,
     GenerationRequest,
     InputError,
     check_prompt,
@@ -73,6 +75,26 @@ def check_options(args: argparse.Namespace) -> Options:
         strength=check_strength(args.strength),
         seed=check_seed(args.seed),
         steps=check_steps(args.steps),
+    )
+
+
+def build_request(
+    args: argparse.Namespace, settings: Settings, options: Options, image_path: Path, **extra: Any
+) -> GenerationRequest:
+    """The one request a command runs: its options over the settings, a random seed when
+    none was given, `extra` for what only that command sets (inpainting's mask)."""
+    return GenerationRequest(
+        job_id="cli",
+        image_path=str(image_path),
+        prompt=options.prompt,
+        strength=options.strength,
+        seed=or_default(options.seed, secrets.randbelow(MAX_SEED + 1)),
+        steps=or_default(options.steps, settings.default_steps),
+        guidance=or_default(args.guidance, settings.default_guidance),
+        output_path=str(args.output),
+        negative_prompt=options.negative_prompt,
+        allow_nsfw=args.allow_nsfw,
+        **extra,
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import secrets
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from pipeline.cli_common import (
     EXIT_BAD_INPUT,
     EXIT_MODEL,
     add_common_arguments,
+    build_request,
     check_options,
     load_engine,
     or_default,
@@ -30,7 +30,7 @@ from pipeline.cli_common import (
     run_request,
 )
 from pipeline.mask import CROP_MODES, check_coverage, mask_from_alpha, mask_from_upload
-from pipeline.request import MAX_SEED, GenerationRequest, InputError
+from pipeline.request import InputError
 
 
 def add_parser(sub: Any) -> None:
@@ -107,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_MODEL
-    seed = or_default(options.seed, secrets.randbelow(MAX_SEED + 1))
     with tempfile.TemporaryDirectory(prefix="inpaint-") as tmp:
         source = Path(tmp) / "input.png"
         image.save(source, format="PNG")
@@ -115,17 +114,11 @@ def run(args: argparse.Namespace) -> int:
         if mask is not None:
             mask_path = Path(tmp) / "mask.png"
             mask.save(mask_path, format="PNG")
-        request = GenerationRequest(
-            job_id="cli",
-            image_path=str(source),
-            prompt=options.prompt,
-            strength=options.strength,
-            seed=seed,
-            steps=or_default(options.steps, settings.default_steps),
-            guidance=or_default(args.guidance, settings.default_guidance),
-            output_path=str(args.output),
-            negative_prompt=options.negative_prompt,
-            allow_nsfw=args.allow_nsfw,
+        request = build_request(
+            args,
+            settings,
+            options,
+            source,
             mode="inpaint",
             mask_path=str(mask_path) if mask_path else None,
             region=None if mask_path else args.region,

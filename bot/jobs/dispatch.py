@@ -136,10 +136,10 @@ class JobDispatch(JobEvents):
 
     def _queued(self, job: Job) -> QueuedJob:
         """The queue's view of a job; its batch key holds the input size, sized later, and
-        the mode: an inpaint job's own mask makes its key unique, so it never shares a call
+        the mode: an inpaint job's key is its own (its id), so it never shares a call
         (nor with img2img jobs)."""
         plan = plan_steps(job.steps, job.strength)
-        mode: Hashable = ("inpaint", job.mask_path, job.id) if job.mode == "inpaint" else job.mode
+        mode: Hashable = ("inpaint", job.id) if job.mode == "inpaint" else job.mode
         raw_key = ((job.input_width, job.input_height), plan, job.guidance, mode)
         return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key)
 
@@ -150,7 +150,7 @@ class JobDispatch(JobEvents):
         step batching (`EngineInfo.step_slots`) jobs need only one size (latent shape)."""
         (width, height), plan, guidance, mode = queued.batch_key  # type: ignore[misc]
         size = target_size(width, height, self.resolution)
-        if getattr(getattr(self, "engine_info", None), "step_slots", 0):
+        if self.engine_info is not None and self.engine_info.step_slots:
             return size, mode
         return size, plan, guidance, mode
 

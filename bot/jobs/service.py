@@ -225,12 +225,12 @@ class JobService(JobDispatch):
         first = news[0]
         async with self.store.transaction() as db:
             try:
-                if len(news) == 1 and group is None:
-                    self.queue.check_caps(first.guild_id, first.user_id)
-                else:
-                    self.queue.check_caps(
-                        first.guild_id, first.user_id, size=len(news), group=NEW_GROUP
-                    )
+                self.queue.check_caps(
+                    first.guild_id,
+                    first.user_id,
+                    size=len(news),
+                    group=NEW_GROUP if group is not None else None,
+                )
             except QueueFull as exc:
                 raise UserError(str(exc)) from None
             jobs = [await self._insert(db, new, now) for new in news]

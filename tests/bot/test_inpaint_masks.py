@@ -213,7 +213,7 @@ def test_inpaint_jobs_reach_the_worker_with_their_mask_and_never_share_a_call(
     from bot.jobs.dispatch import JobDispatch
 
     service = SimpleNamespace(
-        data_dir=tmp_path, settings=SimpleNamespace(mask_blur=5), resolution=128
+        data_dir=tmp_path, settings=SimpleNamespace(mask_blur=5), resolution=128, engine_info=None
     )
     job = _job(crop="on", region=None)
     request = JobDispatch._request(service, job)  # type: ignore[arg-type]
