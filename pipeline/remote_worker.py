@@ -35,6 +35,7 @@ from typing import Any
 import redis
 
 from pipeline import stream_codec as codec
+from pipeline.malloc_tuning import keep_freed_memory
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker_child import ENGINE_REF, _Worker
 from pipeline.worker_metrics import WorkerMetrics, health_of, serve
@@ -358,6 +359,7 @@ def config_from_settings(settings: Any) -> WorkerConfig:
 
 def main(url: str, worker_id: str | None = None, engine_ref: str = ENGINE_REF) -> int:
     """Run one worker until SIGTERM (or a refusal); the process exit code."""
+    keep_freed_memory()
     from config.settings import load_settings
 
     settings = load_settings()

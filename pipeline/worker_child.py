@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pipeline.malloc_tuning import keep_freed_memory
 from pipeline.request import GenerationRequest, GenerationResult, InputError
 from pipeline.worker_protocol import (
     BatchDone,
@@ -72,6 +73,7 @@ def worker_main(conn: Connection, config: WorkerConfig, engine_ref: str = ENGINE
     """Entry point of the worker process (spawn context). Exits when told or orphaned."""
     # Ctrl+C in a terminal reaches the whole process group; the bot decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO,
