@@ -197,17 +197,20 @@ class Engine:
         more: Callable[[], Sequence[GenerationRequest]] | None = None,
     ) -> None:
         """Iteration-level batching (see `pipeline.stepbatch`): run `first` and whatever
-        `more()` hands over at each step boundary, up to `max_batch` jobs at a time, until
-        none is left. Each job ends in exactly one of the hooks' final callbacks."""
+        `more()` hands over at each step boundary, up to `max_batch` jobs per UNet call
+        (per running set of one shape), until none is left. Each job ends in exactly one of
+        the hooks' final callbacks."""
         if not self.steps_ok:
             raise ValueError(f"{self.info.pipeline_class} has no step-batching path")
-        loop = StepLoop(self.pipe, checker=self.checker, max_batch=max_batch)
+
+        def new_set() -> StepLoop:
+            return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch)
 
         def load(req: GenerationRequest) -> Image.Image | None:
             loaded = self._load_inputs([req], hooks.on_failed)
             return loaded[0][1] if loaded else None
 
-        run_steps(loop, first, hooks, load=load, more=more)
+        run_steps(new_set, first, hooks, load=load, more=more)
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The size an input of width×height is generated at on this model."""

@@ -6,7 +6,8 @@ mixes strengths, step counts and guidance, so it mostly runs one image at a time
 job keeps its own scheduler instance, timesteps, latents and generator, and at every step
 the latents of all running jobs are stacked into one UNet call with a timestep per row
 (classifier-free guidance rows only for jobs that use it). Jobs join at step boundaries
-while a slot is free and leave when done (VAE decode, safety check, PNG per job).
+while a slot is free and leave when done (VAE decode, safety check, PNG per job). Jobs of
+another shape (a portrait among landscapes) form a second set, and the sets take turns.
 
 Each job is computed exactly as diffusers' `StableDiffusionImg2ImgPipeline.__call__`
 computes it alone (encode_prompt, get_timesteps with the strength, prepare_latents with the
@@ -34,6 +35,11 @@ from pipeline.results import store_result
 from pipeline.safety import SafetyChecker
 
 log = logging.getLogger(__name__)
+
+MAX_SETS = 2
+"""Running sets (latent shapes) at once, stepped in turn. Two let a portrait start beside
+running landscapes instead of after them; each set still holds at most MAX_BATCH jobs, so
+one UNet call never sees more rows than with one set. A third shape waits for a drain."""
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 """With a compiled UNet the row count is padded up to one of these, so a handful of
@@ -114,8 +120,9 @@ def _step_kwargs(scheduler: Any, generator: torch.Generator, eta: float) -> dict
 
 
 class StepLoop:
-    """The running set. `admit` adds a job at a step boundary, `step` runs one UNet call
-    for every running job and finishes those that are done. Not thread-safe."""
+    """One running set (one latent shape). `admit` adds a job at a step boundary, `step`
+    runs one UNet call for every running job and finishes those that are done. Not
+    thread-safe."""
 
     def __init__(
         self,
@@ -360,44 +367,61 @@ def _pad(
 
 
 def run_steps(
-    loop: StepLoop,
+    new_set: Callable[[], StepLoop],
     first: Sequence[GenerationRequest],
     hooks: StepHooks,
     *,
     load: Callable[[GenerationRequest], Image.Image | None],
     more: Callable[[], Sequence[GenerationRequest]] | None = None,
+    max_sets: int = MAX_SETS,
 ) -> None:
-    """Drive `loop` until it and the queue are empty.
+    """Drive running sets made by `new_set` until they and the queue are empty.
 
-    `first` and whatever `more()` returns at each step boundary are admitted in arrival
-    order while a slot is free. A job whose image size differs from the running set waits
-    until the set drains; a job behind it still joins the set, but only if it ends no later
-    than the set would anyway (so the waiting job never waits longer for it). `load` reads
-    a job's input or reports its failure itself and returns None.
+    Jobs of one latent shape share a set; up to `max_sets` sets (shapes) run at once, one
+    UNet call each in turn, so a portrait among landscapes starts at once instead of
+    waiting for the landscapes to drain. `first` and whatever `more()` returns at each step
+    boundary are admitted in arrival order while their set has a free slot (see `_admit`).
+    `load` reads a job's input or reports its failure itself and returns None.
     """
+    sets: list[StepLoop] = []
     waiting: list[tuple[GenerationRequest, Image.Image | None]] = [(r, None) for r in first]
     while True:
         if more is not None:
             waiting.extend((r, None) for r in more())
-        _admit(loop, waiting, hooks, load)
-        if not loop.running:
+        _admit(sets, new_set, max_sets, waiting, hooks, load)
+        if not sets:
             if not waiting:
                 return
-            continue  # the first waiting job starts a new set of its own size
+            continue  # the waiting jobs failed to load or were cancelled: look again
+        loop = sets.pop(0)  # round robin: this set steps now, the others next
         loop.step(hooks)
-        loop.drop_cancelled(hooks)
+        sets.append(loop)
+        for each in sets:
+            each.drop_cancelled(hooks)
+        sets[:] = [each for each in sets if each.running]
 
 
 def _admit(
-    loop: StepLoop,
+    sets: list[StepLoop],
+    new_set: Callable[[], StepLoop],
+    max_sets: int,
     waiting: list[tuple[GenerationRequest, Image.Image | None]],
     hooks: StepHooks,
     load: Callable[[GenerationRequest], Image.Image | None],
 ) -> None:
-    """Move waiting jobs into the set at a step boundary, in order (see `run_steps`)."""
-    blocked = False  # a job of another size waits ahead of the rest
+    """Move waiting jobs into sets at a step boundary, in arrival order.
+
+    A job joins the set of its shape while that has a free slot, or opens a new set while
+    fewer than `max_sets` run. A job of a further shape waits for a set to drain; a job
+    behind it still joins its set, but only if it ends no later than that set would anyway,
+    so the waiting job never waits longer for it. Jobs behind a full set's waiting job
+    cannot overtake it: slots of that set go to the earliest waiting job first.
+    """
+    blocked = False  # a job of a further shape waits ahead of the rest
     i = 0
-    while i < len(waiting) and loop.free > 0:
+    while i < len(waiting):
+        if len(sets) >= max_sets and all(each.free == 0 for each in sets):
+            return
         req, image = waiting[i]
         if hooks.is_cancelled is not None and hooks.is_cancelled(req.job_id):
             waiting.pop(i)
@@ -410,8 +434,15 @@ def _admit(
                 waiting.pop(i)
                 continue
             waiting[i] = (req, image)
-        if not loop.fits(image) or (blocked and loop.evals_needed(req) > loop.evals_left()):
-            blocked = True
+        loop = next((each for each in sets if each.size == image.size), None)
+        if loop is None:
+            if len(sets) >= max_sets:
+                blocked = True
+                i += 1
+                continue
+            loop = new_set()
+            sets.append(loop)
+        elif loop.free == 0 or (blocked and loop.evals_needed(req) > loop.evals_left()):
             i += 1
             continue
         waiting.pop(i)

@@ -149,9 +149,10 @@ class WorkerClient:
     @property
     def step_capacity(self) -> int:
         """Step batching: jobs the worker may hold, running or ready to join. Twice the
-        running set when it holds several, so a finished job's place is taken at the very
-        next step by a job already in the worker, not after a round trip through the bot
-        (the price: up to one set of jobs leaves the fair queue one set early)."""
+        running set when it holds several: with one size running, a finished job's place is
+        taken at the very next step by a job already in the worker, not after a round trip
+        through the bot; with two sizes, both running sets can fill (the price: up to one
+        set of jobs leaves the fair queue one set early)."""
         slots = self.step_slots
         return 2 * slots if slots > 1 else slots
 

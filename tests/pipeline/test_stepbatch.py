@@ -58,10 +58,14 @@ def scheduler(engine: Engine, request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A landscape and a portrait input (two latent shapes at 64 px)."""
+    """A landscape, a portrait and a square input (three latent shapes at 64 px)."""
     folder = tmp_path_factory.mktemp("step-inputs")
     made = {}
-    for name, (w, h), seed in (("wide", (64, 48), 1), ("tall", (48, 64), 2)):
+    for name, (w, h), seed in (
+        ("wide", (64, 48), 1),
+        ("tall", (48, 64), 2),
+        ("square", (64, 64), 3),
+    ):
         pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
         path = folder / f"{name}.png"
         Image.fromarray(pixels, "RGB").save(path)
@@ -161,18 +165,19 @@ def test_each_job_equals_its_solo_run(
     d = job(tmp_path, inputs["tall"], "dddd", strength=1.0, steps=3, guidance=1.0)
     e = job(tmp_path, inputs["wide"], "eeeee", strength=0.65, steps=4, guidance=0.0)
     rec = Recorder()
-    # c joins after one step of a and b; d (another shape) waits for the set to drain; e,
-    # queued behind d, joins the wide set only if that does not make d wait longer.
+    # c joins after one step of a and b; d (another shape) opens a second set at once, and
+    # the two sets take turns; e joins the wide set.
     engine.run_steps([a, b], rec.hooks(), max_batch=3, more=arrivals((), [c], [d, e]))
 
     assert rec.finals() == {j.job_id: "finished" for j in (a, b, c, d, e)}
     assert rec.index("started", "ccc") > rec.index("progress", "a", "1")
     assert rec.index("started", "ccc") < rec.index("finished", "a")
-    last_wide = max(rec.index("finished", j) for j in ("a", "bb", "ccc"))
-    assert rec.index("started", "dddd") > last_wide
-    assert rec.index("finished", "eeeee") < rec.index("started", "dddd") or rec.index(
-        "started", "eeeee"
-    ) > rec.index("started", "dddd")
+    last_wide_done = max(rec.index("finished", j) for j in ("a", "bb", "ccc", "eeeee"))
+    assert rec.index("started", "dddd") < last_wide_done  # no wait for a drain
+    d_first, d_done = rec.index("progress", "dddd"), rec.index("finished", "dddd")
+    assert any(  # the sets take turns: wide jobs step while d runs
+        ev[0] == "progress" and ev[1] != "dddd" for ev in rec.events[d_first:d_done]
+    )
     assert rec.results["dddd"].width < rec.results["dddd"].height
     for req in (a, b, c, d, e):
         result = rec.results[req.job_id]
@@ -181,20 +186,24 @@ def test_each_job_equals_its_solo_run(
         assert [int(ev[2]) for ev in progress] == list(range(1, result.steps_run + 1))
 
 
-def test_a_job_behind_another_size_joins_only_if_it_ends_in_time(
+def test_a_third_shape_waits_and_a_job_behind_it_joins_only_if_it_ends_in_time(
     engine: Engine, scheduler: str, inputs: dict[str, str], tmp_path: Path
 ) -> None:
     running = job(tmp_path, inputs["wide"], "running", steps=8, strength=1.0)
-    tall = job(tmp_path, inputs["tall"], "tall", steps=2, strength=1.0)
+    tall = job(tmp_path, inputs["tall"], "tall", steps=10, strength=1.0)
+    square = job(tmp_path, inputs["square"], "square", steps=2, strength=1.0)
     short = job(tmp_path, inputs["wide"], "short", steps=2, strength=1.0)  # 2 steps: fits
-    long = job(tmp_path, inputs["wide"], "long", steps=10, strength=1.0)  # would delay tall
+    long = job(tmp_path, inputs["wide"], "long", steps=10, strength=1.0)  # would delay square
     rec = Recorder()
-    engine.run_steps([running], rec.hooks(), max_batch=3, more=arrivals((), [tall, short, long]))
+    engine.run_steps(
+        [running], rec.hooks(), max_batch=3, more=arrivals([tall], [square, short, long])
+    )
     started = [ev[1] for ev in rec.events if ev[0] == "started"]
-    assert started == ["running", "short", "tall", "long"]
-    assert rec.index("started", "tall") > rec.index("finished", "running")
-    assert rec.index("started", "tall") < rec.index("progress", "long")
-    assert set(rec.finals()) == {"running", "tall", "short", "long"}
+    assert started == ["running", "tall", "short", "square", "long"]
+    assert rec.index("started", "tall") < rec.index("finished", "running")  # a second set
+    assert rec.index("started", "square") > rec.index("finished", "running")  # no third
+    assert rec.index("started", "square") < rec.index("progress", "long")
+    assert set(rec.finals()) == {"running", "tall", "square", "short", "long"}
 
 
 def test_running_set_never_exceeds_max_batch(
@@ -261,14 +270,20 @@ def test_padded_rows_change_nothing(
         job(tmp_path, inputs["wide"], "qq", guidance=0.0, steps=3, strength=1.0),
         job(tmp_path, inputs["wide"], "rrr", guidance=2.0),
     ]
-    loop = StepLoop(engine.pipe, checker=engine.checker, max_batch=3, pad_rows=True)
+    made: list[StepLoop] = []
+
+    def new_set() -> StepLoop:
+        made.append(StepLoop(engine.pipe, checker=engine.checker, max_batch=3, pad_rows=True))
+        return made[-1]
+
     rec = Recorder()
 
     def load(req: GenerationRequest) -> Image.Image:
         with Image.open(req.image_path) as src:
             return src.convert("RGB")
 
-    run_steps(loop, reqs, rec.hooks(), load=load)
+    run_steps(new_set, reqs, rec.hooks(), load=load)
+    (loop,) = made
     assert loop.rows_run < 8 * loop.unet_calls  # real rows counted, padding not
     for req in reqs:
         diff = np.abs(png(rec.results[req.job_id]).astype(int) - solo(engine, req))

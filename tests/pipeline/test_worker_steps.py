@@ -1,9 +1,10 @@
 """The worker in step-batching mode (BATCHING=step), with the real engine on the tiny model.
 
 A Run arriving while others run joins at the next step boundary; a job of another size
-waits in the worker until the set drains; every job gets exactly one final event and each
-Run its BatchDone; a death lists started and waiting jobs apart. (Pixel equality of the
-loop itself is tested in test_stepbatch.py; the call-path worker in test_worker.py.)
+runs beside them in a second set, and one of a third size waits in the worker for a drain;
+every job gets exactly one final event and each Run its BatchDone; a death lists started
+and waiting jobs apart. (Pixel equality of the loop itself is tested in test_stepbatch.py;
+the call-path worker in test_worker.py.)
 """
 
 from __future__ import annotations
@@ -152,23 +153,27 @@ async def test_jobs_beyond_the_set_wait_in_the_worker(client: WorkerClient, tmp_
 
 
 @module_loop
-async def test_another_size_waits_for_the_set_to_drain(
+async def test_a_second_size_runs_beside_and_a_third_waits(
     client: WorkerClient, tmp_path: Path
 ) -> None:
-    wide = request(tmp_path, "wide", steps=3)
-    tall = request(tmp_path, "tall", size=(60, 80), steps=2)
+    wide = request(tmp_path, "wide", steps=12)
+    tall = request(tmp_path, "tall", size=(60, 80), steps=12)
+    square = request(tmp_path, "square", size=(80, 80), steps=2)
     client.submit([wide])
     client.submit([tall])
-    events = await collect(client, batches_done(2))
-    assert where(events, Finished, "wide") < where(events, Started, "tall")
-    assert {e.job_id for e in events if isinstance(e, Finished)} == {"wide", "tall"}
+    client.submit([square])
+    events = await collect(client, batches_done(3))
+    first_done = min(where(events, Finished, j) for j in ("wide", "tall"))
+    assert where(events, Started, "tall") < first_done
+    assert where(events, Started, "square") > first_done
+    assert {e.job_id for e in events if isinstance(e, Finished)} == {"wide", "tall", "square"}
 
 
 @module_loop
 async def test_death_lists_started_and_waiting_jobs(client: WorkerClient, tmp_path: Path) -> None:
-    running = request(tmp_path, "running", steps=40)
-    waiting = request(tmp_path, "waiting", size=(60, 80))
-    client.submit([running])
+    running = [request(tmp_path, f"running{i}", steps=40) for i in range(SLOTS)]
+    waiting = request(tmp_path, "waiting")  # the set is full: it waits in the worker
+    client.submit(running)
     client.submit([waiting])
     pid = client.pid
     assert pid is not None
@@ -180,7 +185,7 @@ async def test_death_lists_started_and_waiting_jobs(client: WorkerClient, tmp_pa
     events = await collect(client, lambda ev: bool(ev) and isinstance(ev[-1], WorkerDied), kill)
     died = events[-1]
     assert isinstance(died, WorkerDied)
-    assert died.job_ids == ("running",) and died.unstarted == ("waiting",)
+    assert set(died.job_ids) == {r.job_id for r in running} and died.unstarted == ("waiting",)
     assert client.free_slots == 0
     await client.restart()
     assert client.free_slots == 2 * SLOTS
