@@ -57,6 +57,9 @@ class StepHooks:
     on_started: Callable[[str], None] | None = None
     on_progress: Callable[[str, int, int], None] | None = None
     is_cancelled: Callable[[str], bool] | None = None
+    on_step_end: Callable[[], None] | None = None
+    """After each step boundary (admissions, one UNet call, leavers): lets a caller send
+    what it gathered at that boundary as one message."""
 
 
 @dataclass
@@ -399,6 +402,8 @@ def run_steps(
         for each in sets:
             each.drop_cancelled(hooks)
         sets[:] = [each for each in sets if each.running]
+        if hooks.on_step_end is not None:
+            hooks.on_step_end()
 
 
 def _admit(

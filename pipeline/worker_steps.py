@@ -5,6 +5,9 @@ not run one batch at a time: jobs of every `Run` that arrives join the running s
 next step boundary while a slot is free, and each job leaves when it is done. Events are
 per job (`Started` when it joins, `Progress`, exactly one final event); a `Run` gets its
 `BatchDone` once all its jobs had theirs, so the client's bookkeeping stays per `Run`.
+`Started` and `Progress` gathered at one step boundary go out together (one `Started` for
+the jobs that joined, one `Progress` per step count), so a set of jobs costs the bot, and
+a Redis stream, about as many messages as one batch of the pipeline-call path.
 
 A `Run` with an inpaint job keeps the pipeline-call path: the worker stops taking new
 `Run`s, lets the running set drain, runs that batch alone, then goes on in order.
@@ -54,6 +57,8 @@ class StepServer:
         self.open: dict[tuple[str, ...], set[str]] = {}  # Run → jobs without a final event
         self.last_progress: dict[str, float] = {}
         self.deferred: list[Run] = []  # Runs for the pipeline-call path, in order
+        self.joined: list[str] = []  # Started, not sent yet
+        self.stepped: dict[tuple[int, int], list[str]] = {}  # (step, total) → jobs, not sent
 
     def serve(self, first: Run) -> list[Run]:
         """Run `first` and every step Run that arrives meanwhile; return the Runs that need
@@ -67,6 +72,7 @@ class StepServer:
             on_started=self._started,
             on_progress=self._progress,
             is_cancelled=self.worker._is_cancelled,
+            on_step_end=self._flush,
         )
         try:
             self.engine.run_steps(
@@ -79,6 +85,7 @@ class StepServer:
             self._end_all(self.worker._failure_message(exc))
         from pipeline.worker_child import NO_IMAGE_MESSAGE
 
+        self._flush()
         self._end_all(NO_IMAGE_MESSAGE)  # a job the engine dropped without a word
         return self.deferred
 
@@ -110,14 +117,23 @@ class StepServer:
 
     # -- events out -----------------------------------------------------------------------
     def _started(self, job_id: str) -> None:
-        self.worker._send(Started((job_id,)))
+        self.joined.append(job_id)
 
     def _progress(self, job_id: str, step: int, total: int) -> None:
         now = time.monotonic()
         last = self.last_progress.get(job_id, -1.0)
         if last < 0 or step >= total or now - last >= PROGRESS_MIN_INTERVAL_S:
             self.last_progress[job_id] = now
-            self.worker._send(Progress((job_id,), step, total))
+            self.stepped.setdefault((step, total), []).append(job_id)
+
+    def _flush(self) -> None:
+        """Send the Started and Progress gathered since the last boundary, in that order."""
+        if self.joined:
+            self.worker._send(Started(tuple(self.joined)))
+            self.joined = []
+        for (step, total), job_ids in self.stepped.items():
+            self.worker._send(Progress(tuple(job_ids), step, total))
+        self.stepped = {}
 
     def _finished(self, result: GenerationResult) -> None:
         self._final(Finished(result))
@@ -127,6 +143,7 @@ class StepServer:
         run = self.run_of.pop(job_id, None)
         if run is None:
             return  # already ended
+        self._flush()  # its Started and Progress go out before its end
         self.last_progress.pop(job_id, None)
         with self.worker.cancel_lock:  # a Cancel for it must not linger
             self.worker.cancelled.discard(job_id)

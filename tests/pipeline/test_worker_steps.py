@@ -1,6 +1,7 @@
 """The worker in step-batching mode (BATCHING=step), with the real engine on the tiny model.
 
-A Run arriving while others run joins at the next step boundary; a job of another size
+A Run arriving while others run joins at the next step boundary (what happens at one
+boundary goes out as one Started and one Progress per step count); a job of another size
 runs beside them in a second set, and one of a third size waits in the worker for a drain;
 every job gets exactly one final event and each Run its BatchDone; a death lists started
 and waiting jobs apart. (Pixel equality of the loop itself is tested in test_stepbatch.py;
@@ -132,13 +133,28 @@ async def test_cancel_one_of_three(client: WorkerClient, tmp_path: Path) -> None
     assert client.free_slots == SLOTS
 
     def cancel_y(event: WorkerEvent) -> None:
-        if isinstance(event, Progress) and event.job_ids == ("y",):
+        if isinstance(event, Progress) and "y" in event.job_ids and event.step >= 2:
             client.cancel("y")
 
     events = await collect(client, batches_done(1), cancel_y)
     finals = {e.job_id: type(e).__name__ for e in events if isinstance(e, (Finished, Cancelled))}
     assert finals == {"x": "Finished", "y": "Cancelled", "z": "Finished"}
-    assert max(e.step for e in events if isinstance(e, Progress) and e.job_ids == ("y",)) < 60
+    assert max(e.step for e in events if isinstance(e, Progress) and "y" in e.job_ids) < 60
+    assert [e.job_ids for e in events if isinstance(e, Started)] == [("x", "y", "z")]
+
+
+@module_loop
+async def test_one_boundary_is_one_message(client: WorkerClient, tmp_path: Path) -> None:
+    """Jobs that join together and share a step count are reported together: a set costs
+    the bot (or a Redis stream) as many messages as one pipeline-call batch."""
+    jobs = [request(tmp_path, name, steps=3) for name in ("p", "q")]
+    client.submit(jobs)
+    events = await collect(client, batches_done(1))
+    assert [e.job_ids for e in events if isinstance(e, Started)] == [("p", "q")]
+    progress = [(e.job_ids, e.step, e.total) for e in events if isinstance(e, Progress)]
+    assert progress and all(ids == ("p", "q") and total == 3 for ids, _, total in progress)
+    assert progress[0][1] == 1 and progress[-1][1] == 3
+    assert where(events, Progress, "p") < where(events, Finished, "p")
     assert client.free_slots == 2 * SLOTS
 
 
