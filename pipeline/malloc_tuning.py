@@ -3,7 +3,7 @@
 glibc's malloc serves big blocks with mmap and returns them with munmap, and trims the top
 of the heap on free; its thresholds move with what the process did so far. A denoising
 loop frees and reallocates the same activation buffers at every step, so depending on the
-order of its first allocations a worker could spend a quarter of its time in the kernel
+order of its first allocations a worker could spend a sixth of its CPU time in the kernel
 zeroing freshly faulted pages: on the dev VM some worker processes ran the same 16 jobs in
 3.5 s with 4.3 s of system time, others in 2.9 s with 1 s (measured with psutil). Fixing
 both thresholds high makes every worker the fast one (system time ≈ 0.5 s, 2.3–2.8 s).
