@@ -3,7 +3,7 @@
 A click queues the missing strengths as jobs of kind `compare` (same input, prompt, seed;
 each counts against quota) and posts one message for the comparison; that message is the
 jobs' status message, which is all that ties them together, so a comparison still finishes
-after a restart. The s image is the original result's own PNG, reused. `CompareDelivery`
+after a restart. The s image is the original result's own PNG, reused. A `KindDelivery`
 wraps the bot's delivery: a compare job's end re-renders the comparison instead of posting
 a result of its own. `Use 0.35` / `Use 0.50` / `Use 0.65` post that image as a normal result
 with the full set of buttons, with no new GPU work.
@@ -21,6 +21,7 @@ from discord.ext import commands
 
 from bot.actions import INPUT_GONE_TEXT
 from bot.errors import UserError
+from bot.jobs.events import KindDelivery
 from bot.store.db import ACTIVE_STATES, Job
 from bot.ui.buttons import result_view, use_view
 from bot.ui.render import result_embed
@@ -29,7 +30,6 @@ from pipeline.request import InputError
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
-    from bot.jobs.events import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -49,36 +49,6 @@ def comparison_text(parent: Job, strengths: list[float], notes: dict[float, str]
         )
     lines += [f"{s:.2f}: {notes[s]}" for s in strengths if s in notes]
     return "\n".join(lines)
-
-
-class CompareDelivery:
-    """The bot's delivery, except that a compare job's end updates its comparison."""
-
-    def __init__(self, inner: Delivery, cog: CompareCog) -> None:
-        self.inner = inner
-        self.cog = cog
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
-        if job.kind != KIND:  # the comparison changes when an image ends, not every step
-            await self.inner.show_status(job, text, cancellable)
-
-    async def deliver_result(self, job: Job) -> None:
-        await (self.cog.refresh(job) if job.kind == KIND else self.inner.deliver_result(job))
-
-    async def deliver_failure(self, job: Job, message: str) -> None:
-        if job.kind == KIND:
-            await self.cog.refresh(job)
-        else:
-            await self.inner.deliver_failure(job, message)
-
-    async def deliver_cancelled(self, job: Job) -> None:
-        await (self.cog.refresh(job) if job.kind == KIND else self.inner.deliver_cancelled(job))
-
-    async def deliver_withheld(self, job: Job) -> None:
-        await (self.cog.refresh(job) if job.kind == KIND else self.inner.deliver_withheld(job))
 
 
 class CompareCog(commands.Cog):
@@ -222,4 +192,4 @@ async def setup_compare(bot: ImgBot) -> None:
     """Add Compare and Use, and the delivery wrapper for compare jobs."""
     cog = CompareCog(bot)
     await bot.add_cog(cog)
-    bot.jobs.delivery = CompareDelivery(bot.jobs.delivery, cog)
+    bot.jobs.delivery = KindDelivery(bot.jobs.delivery, KIND, cog.refresh)

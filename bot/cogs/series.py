@@ -4,7 +4,7 @@ All or nothing at the door: every image is checked (bad ones named by position) 
 whole series must fit the member's and the server's quota and the queue caps before any
 job is queued. Each image is its own job (gallery, quota); the jobs are marked as one
 series in the fair queue, so they are one entry against MAX_JOBS_PER_USER and the member's
-turns interleave with other members'. `SeriesDelivery` wraps the bot's delivery: results of
+turns interleave with other members'. A `KindDelivery` wraps the bot's delivery: results of
 series jobs fill the album message instead of each posting a message of its own.
 """
 
@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
+from bot.jobs.events import KindDelivery
 from bot.jobs.scheduler import QueueFull
 from bot.jobs.service import NewJob
 from bot.series import (
@@ -40,7 +41,7 @@ from bot.store.series import SeriesStore
 from bot.styles import unknown_style_text
 from bot.ui.buttons import result_view
 from bot.ui.render import result_embed
-from bot.ui.series import CancelSeries, OpenSelect, SeriesDelivery
+from bot.ui.series import CancelSeries, OpenSelect
 from pipeline.prepare import check_declared_size
 from pipeline.request import (
     MAX_PROMPT_CHARS,
@@ -366,4 +367,4 @@ async def setup_series(bot: ImgBot) -> None:
     cog = SeriesCog(bot, quotas, SeriesStore(bot.store))
     await bot.add_cog(cog)
     bot.add_dynamic_items(OpenSelect, CancelSeries)
-    bot.jobs.delivery = SeriesDelivery(bot.jobs.delivery, cog)
+    bot.jobs.delivery = KindDelivery(bot.jobs.delivery, "series", cog.refresh_of)

@@ -61,6 +61,39 @@ class Delivery(Protocol):
     async def deliver_withheld(self, job: Job) -> None: ...
 
 
+class KindDelivery:
+    """A `Delivery` for jobs that share one message (a series album, a comparison): jobs of
+    `kind` show no status of their own, and their end re-renders that message through
+    `refresh`; every other job goes on to `inner`."""
+
+    def __init__(self, inner: Delivery, kind: str, refresh: Callable[[Job], Awaitable[None]]):
+        self.inner = inner
+        self.kind = kind
+        self.refresh = refresh
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+        if job.kind != self.kind:  # the shared message changes when an image ends
+            await self.inner.show_status(job, text, cancellable)
+
+    async def deliver_result(self, job: Job) -> None:
+        await (self.refresh(job) if job.kind == self.kind else self.inner.deliver_result(job))
+
+    async def deliver_failure(self, job: Job, message: str) -> None:
+        if job.kind == self.kind:
+            await self.refresh(job)
+        else:
+            await self.inner.deliver_failure(job, message)
+
+    async def deliver_cancelled(self, job: Job) -> None:
+        await (self.refresh(job) if job.kind == self.kind else self.inner.deliver_cancelled(job))
+
+    async def deliver_withheld(self, job: Job) -> None:
+        await (self.refresh(job) if job.kind == self.kind else self.inner.deliver_withheld(job))
+
+
 class JobEvents:
     """Mixin of `JobService`: worker events in, final states and messages out."""
 

@@ -1,8 +1,7 @@
-"""The album's components and the delivery wrapper for series jobs.
+"""The album's components for series jobs.
 
 `OpenSelect` and `CancelSeries` are DynamicItems: the series id lives in the custom_id, so
-they keep working after a restart. `SeriesDelivery` wraps the bot's delivery: a series job's
-end re-renders its album instead of posting a message of its own.
+they keep working after a restart.
 """
 
 from __future__ import annotations
@@ -13,12 +12,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from bot.store.db import Job
-
 if TYPE_CHECKING:
     from bot.app import ImgBot
     from bot.cogs.series import SeriesCog
-    from bot.jobs.events import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -80,42 +76,3 @@ class CancelSeries(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"i2
 
     async def callback(self, interaction: Interaction) -> None:
         await _cog(interaction).cancel(interaction, self.series_id)
-
-
-class SeriesDelivery:
-    """The bot's delivery, except that a series job's end updates its album."""
-
-    def __init__(self, inner: Delivery, cog: SeriesCog) -> None:
-        self.inner = inner
-        self.cog = cog
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
-        if job.kind != "series":  # the album changes when an image ends, not every step
-            await self.inner.show_status(job, text, cancellable)
-
-    async def deliver_result(self, job: Job) -> None:
-        if job.kind != "series":
-            await self.inner.deliver_result(job)
-        else:
-            await self.cog.refresh_of(job)
-
-    async def deliver_failure(self, job: Job, message: str) -> None:
-        if job.kind != "series":
-            await self.inner.deliver_failure(job, message)
-        else:
-            await self.cog.refresh_of(job)
-
-    async def deliver_cancelled(self, job: Job) -> None:
-        if job.kind != "series":
-            await self.inner.deliver_cancelled(job)
-        else:
-            await self.cog.refresh_of(job)
-
-    async def deliver_withheld(self, job: Job) -> None:
-        if job.kind != "series":
-            await self.inner.deliver_withheld(job)
-        else:
-            await self.cog.refresh_of(job)
