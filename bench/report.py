@@ -136,7 +136,7 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         f"{r['cpus']} CPUs",
         f"{total} steps × strength {opts.strength} → {effective} denoising steps, guidance "
         f"{opts.guidance}; {opts.rounds} rounds per scenario, modes alternating",
-        "img/s = 1 / median seconds per image (wall = images / total time; see README)",
+        "img/s = 1 / median seconds per image (wall = images / total time; see docs/benchmarks.md)",
     ]
     figures: dict[str, Any] = {
         "device": getattr(engine, "device", None),

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         "", description="Comma-separated words refused in prompts on every server."
     )
 
-    # Inpainting (see README "Inpainting settings")
+    # Inpainting (see docs/operators.md "Inpainting settings")
     mask_model_id: str = Field(
         "CIDAS/clipseg-rd64-refined",
         description="CLIPSeg model turning /inpaint region words into a mask (hub id or local "
@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(2.0, ge=0.0, description="Least time between edits.")
     worker_start_timeout_s: float = Field(600.0, gt=0, description="Model load time limit.")
 
-    # Scale-out: where the workers are (README "Scale-out")
+    # Scale-out: where the workers are (docs/operators.md "Scale-out")
     worker_backend: Literal["local", "redis"] = Field(
         "local",
         description="local: the bot spawns one worker process; redis: any number of "
