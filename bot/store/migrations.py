@@ -232,4 +232,23 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN crop TEXT NOT NULL DEFAULT 'auto'",
         ],
     ),
+    (
+        "picture messages: every public message that shows a job's picture",
+        [
+            # Use and Open… copies, albums and comparisons (bot/store/picture_messages.py),
+            # so deleting a picture reaches every message showing it. No FK on job_id:
+            # forget-me deletes job rows and these with them.
+            """
+            CREATE TABLE picture_messages (
+                message_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                guild_id INTEGER NOT NULL,
+                job_id INTEGER NOT NULL,
+                kind TEXT NOT NULL,  -- 'single', 'album' or 'comparison'
+                PRIMARY KEY (message_id, job_id)
+            )
+            """,
+            "CREATE INDEX picture_messages_job ON picture_messages (job_id)",
+        ],
+    ),
 ]
