@@ -54,10 +54,24 @@ class RegionMasker:
         model = model.to(device).eval()
         return cls(model, processor, device=device, threshold=threshold, dilate_px=dilate_px)
 
+    @property
+    def max_tokens(self) -> int:
+        """Text positions CLIPSeg has (77); a tokenizer without a limit says a huge number."""
+        positions = self.model.config.text_config.max_position_embeddings
+        return int(min(positions, getattr(self.processor.tokenizer, "model_max_length", positions)))
+
     def probabilities(self, image: Image.Image, words: str) -> np.ndarray:
-        """CLIPSeg's per-pixel probability (its own grid, e.g. 352×352) that it shows `words`."""
+        """CLIPSeg's per-pixel probability (its own grid, e.g. 352×352) that it shows `words`.
+
+        Words past the text encoder's 77 positions are cut there (truncation), not an error:
+        the first words name the region, and the bot's own length limit counts characters."""
         inputs = self.processor(
-            text=[words], images=[image.convert("RGB")], padding=True, return_tensors="pt"
+            text=[words],
+            images=[image.convert("RGB")],
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
         )
         dtype = next(self.model.parameters()).dtype
         inputs = {

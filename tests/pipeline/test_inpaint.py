@@ -271,6 +271,19 @@ def test_region_words_give_a_deterministic_partial_mask(engine: Engine) -> None:
     assert 0 < check_coverage(first) < 1  # neither empty nor full (it would raise)
 
 
+def test_region_words_past_clipsegs_77_tokens_are_cut_not_an_error(engine: Engine) -> None:
+    """CLIPSeg's text encoder has 77 positions: longer words are truncated to them (a tail
+    past the cut changes nothing) instead of failing the job with the generic error."""
+    masker = engine.inpainting.masker
+    picture = photo()
+    long_words = "the bright blue sky above " * 40  # ~200 tokens
+    assert len(masker.processor.tokenizer(long_words)["input_ids"]) > 77
+    first = masker.probabilities(picture, long_words)
+    other_tail = masker.probabilities(picture, long_words + "and a red barn " * 20)
+    assert np.array_equal(first, other_tail)
+    assert masker.mask(picture, long_words).size == picture.size
+
+
 def test_a_region_job_changes_only_its_region(engine: Engine, tmp_path: Path) -> None:
     picture = photo()
     region = np.asarray(engine.inpainting.masker.mask(picture, "the sky")) > 0
