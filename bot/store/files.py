@@ -49,8 +49,53 @@ class PruneResult:
     total: int = 0  # bytes stored after the pass
 
 
+PARTIAL_SUFFIXES = (".part", ".tmp")
+"""Names of files being written (temporary name, renamed into place when complete)."""
+
+
 def max_bytes(storage_max_gb: float) -> int:
     return int(storage_max_gb * BYTES_PER_GB)
+
+
+def write_file(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` under a temporary `.part` name, then rename it into place:
+    nobody reads half a file, and any failure (a full disk, a rename refused) removes the
+    `.part` before the error goes on. Blocking: run it in a thread."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sweep_partial_files(data_dir: Path) -> list[str]:
+    """Delete files a crash left half-written (`*.part`, `*.tmp`) under the stored folders;
+    returns their paths. Run at start, before anything writes there: one bot owns a
+    DATA_DIR. Blocking: run it in a thread."""
+    swept: list[str] = []
+    for folder in STORED_DIRS:
+        try:
+            entries = list(os.scandir(data_dir / folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(PARTIAL_SUFFIXES) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("could not remove the partial file %s: %s", entry.name, exc)
+                    continue
+                swept.append(f"{folder}/{entry.name}")
+    if swept:
+        log.info("removed %d partial files left by an earlier stop", len(swept))
+    return swept
 
 
 def scan(data_dir: Path) -> list[StoredFile]:

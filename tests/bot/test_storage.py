@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import signal
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +22,8 @@ from bot.store.files import (
     protected_paths,
     prune_files,
     scan,
+    sweep_partial_files,
+    write_file,
 )
 from bot.store.gallery import GalleryFilter, GalleryStore
 
@@ -172,3 +176,48 @@ async def test_pruner_runs_off_the_loop_and_coalesces(
     assert await first is not None
     assert len(threads) == 2
     assert threading.main_thread().name not in threads
+
+
+# -- partial files ---------------------------------------------------------------------------
+
+
+def test_write_file_puts_the_whole_file_in_place(tmp_path: Path) -> None:
+    target = tmp_path / "outputs" / "5.png"
+    write_file(str(target), b"png bytes")
+    assert target.read_bytes() == b"png bytes"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["5.png"]
+
+
+def test_write_file_leaves_no_part_file_when_the_disk_fills(tmp_path: Path) -> None:
+    """A real short write: the process may write files of at most 1 KB (RLIMIT_FSIZE)."""
+    target = tmp_path / "outputs" / "5.png"
+    target.parent.mkdir()
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, hard))
+    try:
+        with pytest.raises(OSError):
+            write_file(target, b"x" * 64 * 1024)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_write_file_leaves_no_part_file_when_the_rename_fails(tmp_path: Path) -> None:
+    target = tmp_path / "outputs" / "5.png"
+    target.mkdir(parents=True)  # something that is not a file holds the name
+    with pytest.raises(OSError):
+        write_file(target, b"png bytes")
+    assert [p.name for p in target.parent.iterdir()] == ["5.png"] and target.is_dir()
+
+
+def test_partial_files_of_an_earlier_run_are_swept(tmp_path: Path) -> None:
+    for rel in ("outputs/.5.png.part", "outputs/6.part", "inputs/.ab.png.tmp"):
+        put(tmp_path, rel, 10, 1.0)
+    put(tmp_path, "outputs/5.png", 10, 1.0)
+    put(tmp_path, "inputs/ab.png", 10, 1.0)
+    swept = sweep_partial_files(tmp_path)
+    assert sorted(swept) == ["inputs/.ab.png.tmp", "outputs/.5.png.part", "outputs/6.part"]
+    assert sorted(f.path for f in scan(tmp_path)) == ["inputs/ab.png", "outputs/5.png"]
+    assert sweep_partial_files(tmp_path / "missing") == []

@@ -15,12 +15,12 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from bot.store.files import write_file
 from pipeline import stream_codec as codec
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker_protocol import (
@@ -274,11 +274,3 @@ class Members:
             if not left:
                 del self._batches[key]
                 self._events.put_nowait(BatchDone(self._batch_ids.pop(key, ())))
-
-
-def write_file(path: str, data: bytes) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
