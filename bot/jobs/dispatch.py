@@ -17,7 +17,7 @@ import aiosqlite
 
 from bot.jobs.events import JobEvents
 from bot.jobs.scheduler import QueuedJob
-from bot.store.db import Job
+from bot.store.db import ACTIVE_STATES, Job
 from pipeline.prepare import target_size
 from pipeline.request import EngineInfo, GenerationRequest, plan_steps
 from pipeline.worker import WorkerEvent, WorkerStartError
@@ -172,12 +172,15 @@ class JobDispatch(JobEvents):
         ids = ", ".join(q.job_id for q in batch)
         try:
             requests = await self._mark_running(batch)
-            self.worker.submit(requests)
+            if requests:
+                self.worker.submit(requests)
         except Exception:
             log.exception("dispatching jobs %s failed; they wait again", ids)
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S
             await self._dispatch_failed(batch)
             return
+        sent = {r.job_id for r in requests}
+        batch = [q for q in batch if q.job_id in sent]
         for request in requests:
             self._dispatch_errors.pop(request.job_id, None)
             if request.job_id in self._cancel_requested:
@@ -187,17 +190,25 @@ class JobDispatch(JobEvents):
         self._refresh_positions()
 
     async def _mark_running(self, batch: list[QueuedJob]) -> list[GenerationRequest]:
+        """Mark the batch's jobs running (queued → running only) and build their requests.
+        A job that is no longer queued (it ended meanwhile) is left out, never run again."""
         now = self.clock()
         requests: list[GenerationRequest] = []
         allowed: dict[int, bool] = {}
+        gone: list[str] = []
         async with self.store.transaction() as db:
             for queued in batch:
                 job_id = int(queued.job_id)
-                await self.store.update_job_in(db, job_id, state="running", started_at=now)
+                if not await self._move(db, job_id, ("queued",), state="running", started_at=now):
+                    gone.append(queued.job_id)
+                    continue
                 job = await self._get(db, job_id)
                 if job.guild_id not in allowed:
                     allowed[job.guild_id] = await self._nsfw_allowed(db, job.guild_id)
                 requests.append(self._request(job, allow_nsfw=allowed[job.guild_id]))
+        for job_id in gone:
+            log.warning("job %s is no longer queued; it is not run again", job_id)
+            self.queue.finish(job_id)
         return requests
 
     async def _dispatch_failed(self, batch: list[QueuedJob]) -> None:
@@ -229,7 +240,8 @@ class JobDispatch(JobEvents):
     async def _requeue(self, queued: list[QueuedJob]) -> None:
         """Put jobs that never ran back at the head of their guild's queue, untouched.
         The in-memory queue changes first, so a failing database cannot lose them; a job
-        whose cancel was asked for meanwhile ends cancelled instead."""
+        whose cancel was asked for meanwhile ends cancelled instead, and one whose row says
+        it ended leaves the queue again (an end never goes back)."""
         dropped = [q for q in queued if q.job_id in self._cancel_requested]
         queued = [q for q in queued if q not in dropped]
         for q in queued:
@@ -238,12 +250,19 @@ class JobDispatch(JobEvents):
             self.queue.requeue_front(q)
         self._refresh_positions()
         self._wake.set()
+        ended: list[str] = []
         if queued:
             async with self.store.transaction() as db:
                 for q in queued:
-                    await self.store.update_job_in(
-                        db, int(q.job_id), state="queued", started_at=None
-                    )
+                    if not await self._move(
+                        db, int(q.job_id), ACTIVE_STATES, state="queued", started_at=None
+                    ):
+                        ended.append(q.job_id)
+        for job_id in ended:
+            log.warning("job %s had already ended; it does not wait again", job_id)
+            self.queue.remove(job_id)
+        if ended:
+            self._refresh_positions()
         for q in dropped:
             job = await self._end(int(q.job_id), state="cancelled", counted=0)
             if job is not None:

@@ -5,8 +5,13 @@ exactly once, refunds what did not produce an image, and delivers the final mess
 background so the dispatch loop never waits on Discord.
 
 Rules that keep a job from being lost or shown twice:
-- A job ends once: `_end` only changes a row that is still queued or running, so a late
+- A job's state only moves forward: queued → running → an end (a job the worker never
+  started may go back to queued). Every change is an `UPDATE … WHERE state IN (…)` whose row
+  count is checked (`_move`), so a job that ended never runs or ends again: a late
   `Finished` for a job already cancelled is discarded (and its file removed).
+- A final event is applied only after it is persisted: until its row is written the job
+  stays running in memory (`_finals` marks it), so a `WorkerDied` handled meanwhile never
+  puts it back in the queue; and `_worker_died` puts back only the jobs the event names.
 - A final message waits (bounded) for the job's status message to be attached, so a job
   that finishes before its caller posted that message still ends as one result message.
 - Deliveries in flight are tracked, so `stop()` can wait for them instead of dropping them.
@@ -20,10 +25,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import aiosqlite
+
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
-from bot.store.files import sweep_partial_files
 from bot.ui.render import progress_text
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
@@ -110,6 +116,7 @@ class JobEvents:
     seconds_per_image: float
     _progress: dict[int, tuple[int, int]]
     _cancel_requested: set[str]
+    _finals: set[str]
     _background: set[asyncio.Task[None]]
     _status_gates: dict[int, asyncio.Event]
     _stopping: bool
@@ -130,8 +137,9 @@ class JobEvents:
                     self.status.set(int(job_id), progress_text(event.step, event.total))
         elif isinstance(event, Finished):
             # Recorded and delivered in the background, so the loop gets to BatchDone and
-            # hands the worker its next batch without waiting on SQLite or Discord.
-            self.queue.finish(event.result.job_id)
+            # hands the worker its next batch without waiting on SQLite or Discord. The job
+            # leaves the running set only once its end is written (`_end`).
+            self._finals.add(event.result.job_id)
             self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * event.result.seconds
             self._spawn(self._complete(event.result))
         elif isinstance(event, Failed):
@@ -144,7 +152,8 @@ class JobEvents:
                 self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
         elif isinstance(event, BatchDone):
             for job_id in event.job_ids:
-                self.queue.finish(job_id)
+                if job_id not in self._finals:  # else `_end` does it once the row is written
+                    self.queue.finish(job_id)
             self._refresh_positions()
         elif isinstance(event, WorkerDied):
             await self._worker_died(event)
@@ -153,15 +162,17 @@ class JobEvents:
 
     async def _worker_died(self, event: WorkerDied) -> None:
         """Jobs that never started wait again at the head of their queue; jobs that were
-        running fail (refunded). Then the worker is restarted, whatever failed before."""
+        running fail (refunded). Then the worker is restarted, whatever failed before.
+
+        Only the jobs the event names are touched (every backend names each job it loses):
+        a job another worker just finished is no longer listed as running by its backend
+        while its result is on the way, and must not be put back to run again."""
         unstarted = event.unstarted
         log.error(
             "worker died (exit code %s) while running %s; not started: %s",
             event.exitcode, event.job_ids or "nothing", unstarted or "nothing",
         )  # fmt: skip
-        # Jobs the backend still runs (on other workers of a scale-out backend) stay.
-        still = set(self.worker.running)
-        popped = {q.job_id: q for q in self.queue.running if q.job_id not in still}
+        running = {q.job_id: q for q in self.queue.running}
         for job_id in event.job_ids:
             try:
                 job = await self._end(int(job_id), state="failed", counted=0, error="worker died")
@@ -170,11 +181,8 @@ class JobEvents:
                 continue
             if job is not None:
                 self._spawn(self._deliver(job, self.delivery.deliver_failure, CRASH_MESSAGE))
-        # Jobs it never started, and any the event does not name (they made nothing).
-        back = [popped[j] for j in unstarted if j in popped]
-        back += [q for j, q in popped.items() if j not in unstarted and j not in event.job_ids]
-        for job_id in popped:
-            self.queue.finish(job_id)
+        # A job whose final event came meanwhile (or is being written) stays out.
+        back = [running[j] for j in unstarted if j in running and j not in self._finals]
         try:
             await self._requeue(back)
         except Exception:
@@ -194,28 +202,47 @@ class JobEvents:
 
     # -- final states -----------------------------------------------------------------
     async def _end(self, job_id: int, **values: object) -> Job | None:
-        """Record a job's final state (and refund, via counted=0) and drop its status.
+        """Record a job's final state (and refund, via counted=0), then drop it from memory
+        (queue, status): only what is written is applied.
 
         Only a job still queued or running changes; None means it had already ended."""
+        values["finished_at"] = self.clock()
+        async with self.store.transaction() as db:
+            ended = await self._move(db, job_id, ACTIVE_STATES, **values)
+            row = None
+            if ended:
+                cursor = await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
+                row = await cursor.fetchone()
         self.status.forget(job_id)
         self._progress.pop(job_id, None)
         self._cancel_requested.discard(str(job_id))
         self.queue.finish(str(job_id))
-        values["finished_at"] = self.clock()
+        self.queue.remove(str(job_id))  # an ended job never waits to run again
+        if row is None:
+            log.info("job %d had already ended; %s ignored", job_id, values.get("state"))
+            return None
+        return Job.from_row(row)
+
+    async def _move(
+        self, db: aiosqlite.Connection, job_id: int, states: tuple[str, ...], **values: object
+    ) -> bool:
+        """Change a job's row only while its state is one of `states` (the guard that keeps
+        a state from going back); False: it was not, and nothing changed."""
         sets = ", ".join(f"{k}=?" for k in values)
-        states = ", ".join("?" for _ in ACTIVE_STATES)
-        async with self.store.transaction() as db:
-            cursor = await db.execute(
-                f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({states})",
-                [*values.values(), job_id, *ACTIVE_STATES],
-            )
-            if cursor.rowcount == 0:
-                log.info("job %d had already ended; %s ignored", job_id, values.get("state"))
-                return None
-            row = await (await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))).fetchone()
-            return Job.from_row(row)
+        marks = ", ".join("?" for _ in states)
+        cursor = await db.execute(
+            f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})",
+            [*values.values(), job_id, *states],
+        )
+        return cursor.rowcount == 1
 
     async def _complete(self, r: GenerationResult) -> None:
+        try:
+            await self._record_result(r)
+        finally:
+            self._finals.discard(r.job_id)
+
+    async def _record_result(self, r: GenerationResult) -> None:
         job_id = int(r.job_id)
         ran = {"steps_run": r.steps_run, "steps_total": r.steps_total, "seconds": r.seconds}
         if getattr(r, "withheld", False):
@@ -273,9 +300,7 @@ class JobEvents:
         return await self.store.get_job(job.id) or job
 
     async def _redeliver(self) -> None:
-        """Results that finished but never reached Discord (a shutdown cut them off).
-        Files a stop left half-written go first (see `sweep_partial_files`)."""
-        await asyncio.to_thread(sweep_partial_files, self.settings.data_dir)
+        """Results that finished but never reached Discord (a shutdown cut them off)."""
         cursor = await self.store.db.execute(
             "SELECT * FROM jobs WHERE state='done' AND result_message_id IS NULL "
             "AND output_path IS NOT NULL ORDER BY id"

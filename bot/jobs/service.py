@@ -130,6 +130,7 @@ class JobService(JobDispatch):
         self._background: set[asyncio.Task[None]] = set()
         self._progress: dict[int, tuple[int, int]] = {}
         self._cancel_requested: set[str] = set()
+        self._finals: set[str] = set()  # a final event came; its row is being written
         self._status_gates: dict[int, asyncio.Event] = {}
         self._dispatch_errors: dict[str, int] = {}
         self._hold_until = 0.0  # monotonic time before which dispatch waits (after an error)

@@ -45,6 +45,7 @@ class ScriptedWorker:
         self.info: EngineInfo | None = None
         self.restarts = 0
         self.submit_errors: list[Exception] = []
+        self.held: list[str] = []  # what `running` lists (a scale-out backend's jobs)
 
     async def start(self) -> EngineInfo:
         self.info = INFO
@@ -65,7 +66,7 @@ class ScriptedWorker:
 
     @property
     def running(self) -> tuple[str, ...]:
-        return ()
+        return tuple(self.held)
 
     def submit(self, batch: Any) -> None:
         if self.submit_errors:
@@ -223,15 +224,15 @@ async def test_a_dispatch_error_puts_the_job_back_and_the_loop_goes_on(
     if fault == "submit":
         h.worker.submit_errors.append(RuntimeError("worker is not running"))
     else:
-        real = h.store.update_job_in
+        real = h.service._move
         failures = [sqlite3.OperationalError("disk I/O error")]
 
-        async def flaky(db: Any, job_id: int, **values: Any) -> None:
+        async def flaky(db: Any, job_id: int, states: Any, **values: Any) -> bool:
             if values.get("state") == "running" and failures:
                 raise failures.pop()
-            await real(db, job_id, **values)
+            return await real(db, job_id, states, **values)
 
-        monkeypatch.setattr(h.store, "update_job_in", flaky)
+        monkeypatch.setattr(h.service, "_move", flaky)
     await h.start()
     job = await h.submit()
     await until(lambda: h.worker.batches, "the retried dispatch")
@@ -598,3 +599,58 @@ async def test_a_set_is_queued_whole_as_one_entry_or_not_at_all(
         await service.submit_many([new_job(user_id=8) for _ in range(3)], group=group)
     assert len(groups) == 1 and len(service.queue) == 5
     assert len(await store.jobs_in_states(("queued",))) == rows_before
+
+
+# -- no double run: a worker's death and another worker's result cross ----------------------
+@pytest.mark.parametrize("when", ["on its way", "being written"])
+async def test_a_worker_scaled_down_while_a_result_is_handled_runs_nothing_twice(
+    h: Harness, when: str
+) -> None:
+    """Job a ran on one worker, b was granted to another that is scaled down. a's result is
+    on its way (its backend no longer lists a, the event is behind the death) or is being
+    written (the row write waits): a is never queued or run again, one result, one done row;
+    b, never started, runs again."""
+    h.settings.max_batch = 2
+    service = await h.start()
+    h.worker.busy = True  # hold dispatch until both are queued, so they share a batch
+    a, b = await h.submit(7), await h.submit(8)
+    h.worker.busy = False
+    service._wake.set()
+    await until(lambda: h.worker.batches, "the batch")
+    assert [r.job_id for r in h.worker.batches[0]] == [str(a.id), str(b.id)]
+    died = WorkerDied(None, (), unstarted=(str(b.id),))
+    if when == "on its way":
+        h.worker.held = []  # the backend forgot a as its result arrived, b with its worker
+        h.worker.emit(died, Finished(h.result(a.id)))
+    else:
+        async with h.store._write_lock:  # the row write of a's end waits
+            h.worker.emit(Finished(h.result(a.id)))
+            await until(lambda: str(a.id) in service._finals, "a's result being handled")
+            h.worker.emit(died)
+            await until(lambda: str(b.id) in service.queue, "b put back (its row waits)")
+    await until(lambda: len(h.worker.batches) == 2, "b's second dispatch")
+    await until(lambda: h.delivery.of("result"), "a's result")
+    assert [r.job_id for r in h.worker.batches[1]] == [str(b.id)]
+    assert str(a.id) not in service.queue and h.delivery.of("result") == [("result", a.id, None)]
+    rows = await (await h.store.db.execute("SELECT id, state FROM jobs ORDER BY id")).fetchall()
+    assert [tuple(r) for r in rows] == [(a.id, "done"), (b.id, "running")]
+
+
+async def test_a_job_whose_row_ended_is_never_dispatched_nor_queued_again(h: Harness) -> None:
+    """The state guard in SQL: queued → running only from queued, back to queued never from
+    an end, whatever the in-memory queue says."""
+    service = await h.start()
+    h.worker.busy = True
+    job = await h.submit()
+    await h.store.update_job(job.id, state="cancelled")  # ended behind the queue's back
+    h.worker.busy = False
+    service._wake.set()
+    await until(lambda: str(job.id) not in service.queue, "the queue to let it go")
+    assert h.worker.batches == [] and (await h.job(job.id)).state == "cancelled"
+
+    other = await h.submit(8)
+    await until(lambda: h.worker.batches, "the other job's dispatch")
+    [queued] = service.queue.running
+    await h.store.update_job(other.id, state="failed")
+    await service._requeue([queued])
+    assert str(other.id) not in service.queue and (await h.job(other.id)).state == "failed"
