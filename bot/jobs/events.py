@@ -30,6 +30,7 @@ import aiosqlite
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
+from bot.store.files import sweep_partial_files
 from bot.ui.render import progress_text
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
@@ -300,7 +301,9 @@ class JobEvents:
         return await self.store.get_job(job.id) or job
 
     async def _redeliver(self) -> None:
-        """Results that finished but never reached Discord (a shutdown cut them off)."""
+        """Results that finished but never reached Discord (a shutdown cut them off).
+        Files a stop left half-written go first (see `sweep_partial_files`)."""
+        await asyncio.to_thread(sweep_partial_files, self.settings.data_dir)
         cursor = await self.store.db.execute(
             "SELECT * FROM jobs WHERE state='done' AND result_message_id IS NULL "
             "AND output_path IS NOT NULL ORDER BY id"
