@@ -25,6 +25,7 @@ import discord
 from bot.inpaint_masks import thumbnail_png
 from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view, result_view
+from bot.ui.pictures import spoilered
 from bot.ui.render import job_summary, result_embed
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ class DiscordDelivery:
     # -- the end of a job ---------------------------------------------------------------
     async def deliver_result(self, job: Job) -> None:
         path = self.data_dir / (job.output_path or "")
-        # Allowed in an age-restricted channel only (the worker flagged it): a spoiler.
-        spoiler = bool(job.nsfw)
+        spoiler = spoilered(job)  # the one rule for every posted picture (bot.ui.pictures)
         thumb = await asyncio.to_thread(self._mask_thumbnail, job)
         thumb_name = f"mask-{job.id}.png"
         payload: dict[str, Any] = {
