@@ -31,7 +31,6 @@ from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
 from bot.store.files import sweep_partial_files
-from bot.ui.render import progress_text
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
     BatchDone,
@@ -131,11 +130,10 @@ class JobEvents:
     # -- events -----------------------------------------------------------------------
     async def _handle(self, event: WorkerEvent) -> None:
         if isinstance(event, Progress):
-            running = {q.job_id for q in self.queue.running}
             for job_id in event.job_ids:
-                if job_id in running:  # a job cancelled out of its batch shows no more
+                if self.queue.is_running(job_id):  # one cancelled out of its batch: no more
                     self._progress[int(job_id)] = (event.step, event.total)
-                    self.status.set(int(job_id), progress_text(event.step, event.total))
+                    self.status.progress(int(job_id), event.step, event.total)
         elif isinstance(event, Finished):
             # Recorded and delivered in the background, so the loop gets to BatchDone and
             # hands the worker its next batch without waiting on SQLite or Discord. The job

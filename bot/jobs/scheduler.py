@@ -115,6 +115,17 @@ class FairQueue:
                 return guild_ids.index(job_id) + 1, overall
         return None
 
+    def places(self) -> Iterator[tuple[QueuedJob, int, int]]:
+        """Every waiting job with its `position`, in one pass (status messages of a deep
+        queue would cost O(n²) through `position`)."""
+        in_guild: dict[int, int] = {}
+        for overall, job in enumerate(self.order()):
+            in_guild[job.guild_id] = place = in_guild.get(job.guild_id, 0) + 1
+            yield job, place, overall
+
+    def is_running(self, job_id: str) -> bool:
+        return job_id in self._running
+
     # -- changes ----------------------------------------------------------------------
     def check_caps(
         self, guild_id: int, user_id: int, size: int = 1, group: str | None = None

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 
 import aiosqlite
@@ -117,7 +117,13 @@ class JobService(JobDispatch):
         self.queue = FairQueue(
             Caps(settings.max_jobs_per_user, settings.max_queue_per_guild, settings.max_queue_total)
         )
-        self.status = StatusBoard(self._send_status, settings.progress_interval_s)
+        self.status = StatusBoard(
+            self._send_status,
+            settings.progress_interval_s,
+            places=self._places,
+            place_text=self._place_text,
+            note=self._status_note,
+        )
         self.resolution = settings.resolution or 512
         self.model_name = settings.model_id
         self.engine_info: EngineInfo | None = None  # what the worker loaded, once ready
@@ -314,22 +320,34 @@ class JobService(JobDispatch):
         if pos is None:
             return None
         guild_place, before = pos
+        return guild_place, self._eta_s(before)
+
+    def _eta_s(self, before: int) -> float:
+        """Seconds until a job with `before` jobs served ahead of it probably starts."""
         running = len(self.queue.running)
         step, total = next(iter(self._progress.values()), (0, 1))
         remaining_running = (1 - step / max(1, total)) * self.seconds_per_image if running else 0
         batch = max(1, self.settings.max_batch)
-        return guild_place, remaining_running + (before // batch + 1) * self.seconds_per_image
+        return remaining_running + (before // batch + 1) * self.seconds_per_image
 
     def progress_of(self, job_id: int) -> tuple[int, int]:
         return self._progress.get(job_id, (0, 1))
 
     def _refresh_positions(self) -> None:
-        note = getattr(self.worker, "status_note", lambda: None)()  # e.g. no workers online
-        for queued in self.queue.order():
-            eta = self.eta(int(queued.job_id))
-            if eta is not None:
-                text = queue_text(*eta)
-                self.status.set(int(queued.job_id), f"{text}\n{note}" if note else text)
+        """Places moved: the status board reads them once at its next tick (one pass over
+        the queue), not once per event per waiting job."""
+        self.status.places_changed()
+
+    def _places(self) -> Iterator[tuple[int, int, int]]:
+        for queued, place, before in self.queue.places():
+            yield int(queued.job_id), place, before
+
+    def _place_text(self, place: int, before: int, note: str | None) -> str:
+        text = queue_text(place, self._eta_s(before))
+        return f"{text}\n{note}" if note else text
+
+    def _status_note(self) -> str | None:
+        return getattr(self.worker, "status_note", lambda: None)()  # e.g. no workers online
 
     async def _send_status(self, job_id: int, text: str, cancellable: bool) -> None:
         job = await self.store.get_job(job_id)

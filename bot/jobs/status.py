@@ -1,8 +1,21 @@
-"""Throttled status edits: queue places and progress bars, at most one edit per interval.
+"""Status edits bounded per job, whatever the queue's depth.
 
-Discord rate-limits edits of one message, and a busy queue changes every waiting job's
-place at once, so edits are coalesced: only the newest text for a job is sent, and a job's
-message is edited at most once every `interval` seconds.
+A bot in front of many GPUs runs out of requests before it runs out of GPUs if every completion
+re-renders every waiting job's place (1,000 waiting: about 500 edits a second). So a job's
+status message is edited only when there is something worth knowing:
+
+- waiting: when its place in its server's queue first reaches a milestone
+  (`PLACE_MILESTONES`: 50th, 20th, 5th, 1st), so at most `WAIT_EDITS` edits at any depth, plus
+  one whenever the backend's note (e.g. "no image workers online") appears or goes;
+- running: "Starting…", the first step, and half-way: at most `RUN_EDITS` edits however long
+  the job runs (the bar shows the newest step each time);
+- every edit at least `interval` (PROGRESS_INTERVAL_S) after the previous one of that message,
+  the newest text winning, and at most one edit in flight per message: no new edit starts while
+  the previous one still waits (a 429), so edits never pile up behind a job's lock.
+
+With the acknowledgement, the status message and the final message, a job costs at most
+`REQUESTS_PER_JOB` requests (docs/operators.md). Places are read in one pass over the queue at
+most once per tick (`places_changed` only marks them stale), never once per event per job.
 """
 
 from __future__ import annotations
@@ -10,12 +23,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+
+from bot.ui.render import progress_text
 
 log = logging.getLogger(__name__)
 
 Sender = Callable[[int, str, bool], Awaitable[None]]
+Places = Callable[[], Iterable[tuple[int, int, int]]]
+"""Every waiting job as (job id, place in its server's queue, jobs served before it)."""
+PlaceText = Callable[[int, int, str | None], str]
+"""The waiting text for (place, jobs served before it, the backend's note)."""
+
+PLACE_MILESTONES = (50, 20, 5, 1)
+"""Places worth an edit: a waiting job's message changes when it first reaches one of these."""
+WAIT_EDITS = len(PLACE_MILESTONES)
+RUN_EDITS = 3  # "Starting…", the first step, half-way
+REQUESTS_PER_JOB = 2 + WAIT_EDITS + RUN_EDITS + 1
+"""Acknowledgement + status message, the edits above, the result: 10 (without a gallery)."""
+
+
+def milestone_reached(shown: int, place: int) -> bool:
+    """The place moved from `shown` to a milestone or past it (e.g. 23rd → 20th or 4th)."""
+    return any(place <= m < shown for m in PLACE_MILESTONES)
+
+
+def run_stage(step: int, total: int) -> int:
+    """0: starting, 1: a step done, 2: half-way or more."""
+    if step <= 0:
+        return 0
+    return 2 if 2 * step >= max(1, total) else 1
 
 
 @dataclass
@@ -24,6 +62,11 @@ class _Entry:
     cancellable: bool = True
     sent_text: str | None = None
     last_sent: float | None = None
+    inflight: bool = False
+    place: int | None = None  # the place its message shows while waiting; None: running
+    note: str | None = None  # the backend's note its message shows
+    stage: int = -1  # the run stage its text shows; -1 while waiting
+    edits: int = 0  # edits sent (for tests and the fleet bench)
 
 
 class StatusBoard:
@@ -36,11 +79,18 @@ class StatusBoard:
         tick: float = 0.25,
         *,
         clock: Callable[[], float] = time.monotonic,
+        places: Places | None = None,
+        place_text: PlaceText | None = None,
+        note: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._send = send
         self._interval = interval
         self._tick = tick
         self._clock = clock
+        self._places = places
+        self._place_text = place_text
+        self._note = note
+        self._places_stale = False
         self._entries: dict[int, _Entry] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
@@ -55,8 +105,28 @@ class StatusBoard:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def set(self, job_id: int, text: str, *, cancellable: bool = True) -> None:
+        """Show `text` at the next allowed edit (e.g. "Starting…": run stage 0)."""
         entry = self._entries.setdefault(job_id, _Entry())
         entry.text, entry.cancellable = text, cancellable
+        entry.place, entry.stage = None, max(entry.stage, 0)
+
+    def progress(self, job_id: int, step: int, total: int) -> None:
+        """A running job reached `step`: its bar is edited at a new run stage only, and a
+        text still waiting for its edit is refreshed to the newest step (no extra edit)."""
+        entry = self._entries.setdefault(job_id, _Entry())
+        stage = run_stage(step, total)
+        if stage > entry.stage or (entry.text != entry.sent_text and entry.place is None):
+            entry.stage = max(entry.stage, stage)
+            entry.place = None
+            entry.text = progress_text(step, total)
+
+    def places_changed(self) -> None:
+        """Queue places moved; they are read once, at the next flush."""
+        self._places_stale = True
+
+    def edits(self, job_id: int) -> int:
+        entry = self._entries.get(job_id)
+        return entry.edits if entry else 0
 
     def lock(self, job_id: int) -> asyncio.Lock:
         """Held while editing a job's message, so a final edit never races a status edit."""
@@ -74,32 +144,70 @@ class StatusBoard:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._tick)
-            self.flush_due()
+            try:
+                self.flush_due()
+            except Exception:
+                log.exception("status board tick failed")
+
+    def _refresh_places(self) -> None:
+        """One pass over the waiting jobs: a job's text changes only at a milestone, when the
+        note changed, or while an edit of it is still pending (then at no extra cost)."""
+        self._places_stale = False
+        if self._places is None or self._place_text is None:
+            return
+        note = self._note()
+        for job_id, place, before in self._places():
+            entry = self._entries.get(job_id)
+            if entry is None:  # its status message was just posted showing this place
+                self._entries[job_id] = entry = _Entry(place=place)
+            if not (
+                entry.place is None  # it ran and waits again
+                or milestone_reached(entry.place, place)
+                or entry.note != note
+                or (entry.text is not None and entry.text != entry.sent_text)
+            ):
+                continue
+            entry.place, entry.note, entry.stage = place, note, -1
+            entry.text = self._place_text(place, before, note)
 
     def flush_due(self) -> list[asyncio.Task[None]]:
         """Start the edits due now: the newest unsent text of each job whose last edit is
-        at least `interval` old. Called every tick; returns the started edits."""
+        at least `interval` old and has no edit in flight. Called every tick; returns the
+        started edits."""
+        if self._places_stale:
+            self._refresh_places()
         now = self._clock()
         started: list[asyncio.Task[None]] = []
-        for job_id, entry in list(self._entries.items()):
-            if entry.text is None or entry.text == entry.sent_text:
+        for job_id, entry in self._entries.items():
+            if entry.text is None or entry.text == entry.sent_text or entry.inflight:
                 continue
             if entry.last_sent is not None and now - entry.last_sent < self._interval:
                 continue
-            text, entry.last_sent = entry.text, now
-            task = asyncio.create_task(self._flush(job_id, text, entry.cancellable))
+            # The text counts as sent from now on, so a newer one is a new edit, never a
+            # refresh of this one; a failed edit puts the old mark back (retried later).
+            before, entry.sent_text = entry.sent_text, entry.text
+            entry.last_sent, entry.inflight = now, True
+            task = asyncio.create_task(
+                self._flush(job_id, entry, entry.text, entry.cancellable, before)
+            )
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
             started.append(task)
         return started
 
-    async def _flush(self, job_id: int, text: str, cancellable: bool) -> None:
-        async with self.lock(job_id):
-            entry = self._entries.get(job_id)
-            if entry is None:  # finished meanwhile
-                return
-            try:
+    async def _flush(
+        self, job_id: int, entry: _Entry, text: str, cancellable: bool, before: str | None
+    ) -> None:
+        try:
+            async with self.lock(job_id):
+                if self._entries.get(job_id) is not entry:  # finished meanwhile
+                    return
+                entry.edits += 1
                 await self._send(job_id, text, cancellable)
-                entry.sent_text = text
-            except Exception:
-                log.warning("status edit for job %s failed", job_id, exc_info=True)
+        except Exception:
+            log.warning("status edit for job %s failed", job_id, exc_info=True)
+            if entry.sent_text == text:
+                entry.sent_text = before
+        finally:
+            entry.inflight = False
+            entry.last_sent = self._clock()  # the interval counts from the edit's end

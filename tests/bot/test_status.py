@@ -1,15 +1,24 @@
 """The status board's throttle, on an injected clock: no two edits of one job's message
-closer than the interval (`PROGRESS_INTERVAL_S`), and the newest text always wins."""
+closer than the interval (`PROGRESS_INTERVAL_S`), and the newest text always wins; its bound
+per job: a waiting job is edited at place milestones only, a running one at its run stages,
+one edit in flight per message; and 300 jobs waiting behind a fake worker through the real
+`JobService` each cost at most the documented number of edits."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import random
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from bot.jobs.status import StatusBoard
+from bot.jobs.service import JobService, NewJob
+from bot.jobs.status import PLACE_MILESTONES, REQUESTS_PER_JOB, RUN_EDITS, WAIT_EDITS, StatusBoard
+from bot.store.db import Job, Store
 from config import Settings
+from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
+from pipeline.worker import BatchDone, Finished, Progress, Started
 
 INTERVAL = 2.0
 
@@ -136,3 +145,252 @@ def test_the_service_uses_progress_interval_s(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval_s=3.5)  # type: ignore[call-arg]
     service = JobService(settings, None, None, None)  # type: ignore[arg-type]
     assert service.status._interval == 3.5
+
+
+# -- the bound per job --------------------------------------------------------------------
+
+
+class Queue:
+    """Places for the board: job ids in order, one server, place = index + 1."""
+
+    def __init__(self, n: int) -> None:
+        self.jobs = list(range(1, n + 1))
+
+    def __call__(self) -> Iterator[tuple[int, int, int]]:
+        for before, job_id in enumerate(self.jobs):
+            yield job_id, before + 1, before
+
+
+def place_board(clock: Clock, queue: Queue, note: list[str | None]) -> tuple[StatusBoard, Recorder]:
+    recorder = Recorder(clock)
+    board = StatusBoard(
+        recorder,
+        INTERVAL,
+        clock=clock,
+        places=queue,
+        place_text=lambda place, before, n: f"place {place}" + (f" {n}" if n else ""),
+        note=lambda: note[0],
+    )
+    return board, recorder
+
+
+async def test_a_waiting_job_is_edited_only_at_place_milestones() -> None:
+    clock, queue, note = Clock(), Queue(300), [None]
+    board, rec = place_board(clock, queue, note)
+    board.places_changed()
+    await tick(board, clock, 0.0)
+    assert rec.sent == []  # each status message was posted showing its place
+    while len(queue.jobs) > 1:  # one job leaves the head at a time
+        queue.jobs.pop(0)
+        board.places_changed()
+        await tick(board, clock, clock.now + INTERVAL)
+    assert rec.texts(300) == [f"place {m}" for m in PLACE_MILESTONES]
+    assert rec.texts(4) == ["place 1"]
+    assert max(len(rec.texts(j)) for j in range(1, 301)) == WAIT_EDITS
+
+
+async def test_a_milestone_edit_waiting_for_the_interval_shows_the_newest_place() -> None:
+    clock, queue, note = Clock(), Queue(30), [None]
+    board, rec = place_board(clock, queue, note)
+    board.places_changed()
+    await tick(board, clock, 0.0)
+    del queue.jobs[:10]  # job 30 reaches the 20th place...
+    board.places_changed()
+    await tick(board, clock, 0.0)
+    assert rec.texts(30) == ["place 20"]
+    del queue.jobs[:3]  # ...and moves on before its next edit is allowed
+    board.places_changed()
+    await tick(board, clock, 1.0)
+    del queue.jobs[:14]
+    board.places_changed()
+    await tick(board, clock, 1.5)
+    assert rec.texts(30) == ["place 20"]
+    await tick(board, clock, 2.0)
+    assert rec.texts(30) == ["place 20", "place 3"]  # the 5th was passed: one edit, newest
+
+
+async def test_the_backend_note_appearing_is_worth_an_edit() -> None:
+    clock, queue, note = Clock(), Queue(3), [None]
+    board, rec = place_board(clock, queue, note)
+    board.places_changed()
+    await tick(board, clock, 0.0)
+    note[0] = "no workers"
+    board.places_changed()
+    await tick(board, clock, 1.0)
+    assert [rec.texts(j) for j in (1, 2, 3)] == [
+        ["place 1 no workers"], ["place 2 no workers"], ["place 3 no workers"]
+    ]
+
+
+async def test_a_running_job_is_edited_at_its_run_stages_only() -> None:
+    clock = Clock()
+    board, rec = board_at(clock)
+    board.set(1, "Starting")
+    await tick(board, clock, 0.0)
+    for step in range(1, 101):
+        board.progress(1, step, 100)
+        await tick(board, clock, clock.now + INTERVAL)
+    texts = rec.texts(1)
+    assert len(texts) == RUN_EDITS, texts
+    assert texts[0] == "Starting"
+    assert "step 1 of 100" in texts[1] and "step 50 of 100" in texts[2]
+
+
+async def test_a_pending_progress_text_shows_the_newest_step() -> None:
+    clock = Clock()
+    board, rec = board_at(clock)
+    board.set(1, "Starting")
+    await tick(board, clock, 0.0)
+    board.progress(1, 1, 10)
+    board.progress(1, 3, 10)  # the first-step edit still waits for the interval
+    await tick(board, clock, 2.0)
+    assert "step 3 of 10" in rec.texts(1)[1]
+
+
+async def test_at_most_one_edit_in_flight_per_message() -> None:
+    clock = Clock()
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def slow_send(job_id: int, text: str, cancellable: bool) -> None:
+        calls.append(text)
+        await release.wait()  # discord.py waiting out a 429
+
+    board = StatusBoard(slow_send, INTERVAL, clock=clock)
+    board.set(1, "a")
+    first = board.flush_due()
+    await asyncio.sleep(0)
+    for n in range(10):  # many intervals pass while the first edit waits
+        board.set(1, f"b{n}")
+        clock.now += INTERVAL
+        assert board.flush_due() == []
+    release.set()
+    await asyncio.gather(*first)
+    assert calls == ["a"]
+    clock.now += INTERVAL
+    await asyncio.gather(*board.flush_due())
+    assert calls == ["a", "b9"]
+
+
+# -- through the real job service -------------------------------------------------------
+
+INFO = EngineInfo("fake", "cpu", "fp32", 64, "Fake")
+STEPS = 8
+
+
+class FakeWorker:
+    """The worker backend's surface, no model: each batch reports every step and finishes.
+    Every event is followed by a flush of the board, the most edits a real tick could make."""
+
+    def __init__(self) -> None:
+        self.events: asyncio.Queue[Any] = asyncio.Queue()
+        self.info: EngineInfo | None = None
+        self.open = asyncio.Event()
+        self.busy = False
+        self.board: StatusBoard | None = None
+
+    async def start(self) -> EngineInfo:
+        self.info = INFO
+        return INFO
+
+    async def restart(self) -> EngineInfo:
+        return await self.start()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self.info = None
+
+    @property
+    def free_slots(self) -> int:
+        return 4 if self.open.is_set() and not self.busy else 0
+
+    @property
+    def running(self) -> tuple[str, ...]:
+        return ()
+
+    def submit(self, batch: tuple[GenerationRequest, ...]) -> None:
+        self.busy = True
+        ids = tuple(r.job_id for r in batch)
+        self.events.put_nowait(Started(ids))
+        for step in range(1, STEPS + 1):
+            self.events.put_nowait(Progress(ids, step, STEPS))
+        for r in batch:
+            result = GenerationResult(r.job_id, r.output_path, 1, STEPS, STEPS, 64, 64, 0.5)
+            self.events.put_nowait(Finished(result))
+        self.events.put_nowait(BatchDone(ids))
+
+    def cancel(self, job_id: str) -> None:
+        pass
+
+    async def next_event(self) -> Any:
+        if not self.open.is_set():
+            await self.open.wait()
+            return Started(())  # nothing happened, but the dispatch loop looks again
+        event = await self.events.get()
+        if self.board is not None:
+            await asyncio.gather(*self.board.flush_due())
+        if isinstance(event, BatchDone):
+            self.busy = False
+        return event
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.status: dict[int, list[str]] = {}
+        self.results: list[int] = []
+
+    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+        self.status.setdefault(job.id, []).append(text)
+
+    async def deliver_result(self, job: Job) -> None:
+        self.results.append(job.id)
+
+    async def deliver_failure(self, job: Job, message: str) -> None:
+        raise AssertionError(message)
+
+    async def deliver_cancelled(self, job: Job) -> None:
+        raise AssertionError("cancelled")
+
+    async def deliver_withheld(self, job: Job) -> None:
+        raise AssertionError("withheld")
+
+
+async def test_300_waiting_jobs_each_cost_at_most_the_bound(tmp_path: Path) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=tmp_path, progress_interval_s=0.0, max_batch=4,
+        max_jobs_per_user=100, max_queue_per_guild=300, max_queue_total=300,
+    )  # fmt: skip
+    store = await Store.open(settings.db_path)
+    worker, delivery = FakeWorker(), Recording()
+    service = JobService(settings, store, worker, delivery)  # type: ignore[arg-type]
+    worker.board = service.status
+    try:
+        await service.start()
+        jobs = []
+        for n in range(300):  # 3 servers, 10 members each, 10 jobs each
+            new = NewJob(
+                guild_id=1 + n % 3, channel_id=5, user_id=100 + n % 30, prompt="a fox",
+                strength=1.0, steps=STEPS, guidance=7.5, input_path="inputs/x.png",
+                input_width=64, input_height=64,
+            )  # fmt: skip
+            job = await service.submit(new)
+            await service.attach_status_message(job.id, 10_000 + job.id)
+            jobs.append(job.id)
+        assert len(service.queue) == 300
+        worker.open.set()
+        for _ in range(3000):
+            if len(delivery.results) == 300:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(delivery.results) == jobs
+    finally:
+        await service.stop()
+        await store.close()
+    waiting = {j: [t for t in delivery.status.get(j, []) if "queue" in t] for j in jobs}
+    running = {j: [t for t in delivery.status.get(j, []) if "queue" not in t] for j in jobs}
+    assert max(len(t) for t in waiting.values()) <= WAIT_EDITS
+    assert max(len(t) for t in running.values()) <= RUN_EDITS
+    # the deepest job (100th in its server) was told as it passed the milestones (batches
+    # of 4 move places by more than one, so a milestone may show as the place just past it)
+    places = [int(t.split(" ", 2)[1][:-2]) for t in waiting[jobs[-1]]]
+    assert places[:2] == [50, 20] and len(places) >= 3 and places[2] <= 5, places
+    assert REQUESTS_PER_JOB == 10
