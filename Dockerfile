@@ -30,18 +30,19 @@ RUN useradd --create-home --uid 1000 bot \
 WORKDIR /app
 
 # Dependencies first, in their own layers: a source change does not reinstall torch.
+# torch (with its CUDA libraries) apart, then exactly the runtime lock, hashes checked
+# (tools/lock.py sync; the dev/test lock stays out of the image).
 RUN pip install "$TORCH_PIN"
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt "$TORCH_PIN" \
-    && rm /tmp/requirements.txt
+COPY requirements/runtime.lock ./requirements/
+COPY tools/lock.py ./tools/
+RUN python tools/lock.py sync requirements/runtime.lock
 
 COPY --chown=bot:bot README.md ./
 COPY --chown=bot:bot config ./config
 COPY --chown=bot:bot pipeline ./pipeline
 COPY --chown=bot:bot bot ./bot
-RUN pip install --no-deps .
+RUN pip install --no-deps . && python tools/lock.py check requirements/runtime.lock
 
 USER bot
 VOLUME ["/cache", "/data"]

@@ -3,16 +3,24 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # A CPU build of torch; pip takes it from the local wheel store on the dev/CI machine.
+# torch is installed apart and first; everything else comes from the lock (docs/development.md).
 TORCH_PIN ?= torch==2.13.0
+LOCKS := requirements/runtime.lock requirements/dev.lock
 
-.PHONY: run test lint bench tiny clean
+.PHONY: run test lint bench tiny clean lock
 
-$(BIN)/.installed: pyproject.toml
-	$(PY) -m venv $(VENV)
+# Syncs .venv to the lock: exactly the locked versions (hashes checked), anything else removed.
+$(BIN)/.installed: $(LOCKS) tools/lock.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python tools/lock.py sync $(LOCKS)
 	touch $@
+
+# Re-resolve pyproject.toml's ranges into the lock (uv, Linux and macOS); then make test, make bench, commit.
+lock: $(BIN)/.installed
+	$(BIN)/python tools/lock.py compile --torch "$(TORCH_PIN)"
 
 run: $(BIN)/.installed
 	$(BIN)/python -m bot
