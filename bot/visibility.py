@@ -30,3 +30,19 @@ def channel_flags(channel: Any) -> tuple[bool, bool]:
         nsfw = bool(getattr(channel, "nsfw", False))
         return public, nsfw
     return False, False
+
+
+def viewer_channels(interaction: Any) -> tuple[int, ...]:
+    """The channels a viewer is in: the channel, and a thread's parent (threads follow it)."""
+    ids = [interaction.channel_id] if interaction.channel_id else []
+    parent = getattr(interaction.channel, "parent_id", None)
+    if parent:
+        ids.append(parent)
+    return tuple(ids)
+
+
+def shown_from(channel_id: int, public: bool, nsfw: bool, here: tuple[int, ...]) -> bool:
+    """The gallery's rule for anything that shows a job's prompt or picture: a job from a
+    public, not age-restricted channel shows anywhere in its server; any other job only in
+    its own channel (`here`: `viewer_channels`)."""
+    return (public and not nsfw) or channel_id in here

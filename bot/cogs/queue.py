@@ -1,4 +1,7 @@
-"""/queue: what runs now in this server, and where your jobs stand."""
+"""/queue: what runs now in this server, and where your jobs stand.
+
+A running job's prompt shows only where the gallery would show it (`bot.visibility`): a job
+from a private or age-restricted channel is "a job in another channel" everywhere else."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.ui.render import job_summary, ordinal, progress_bar
+from bot.visibility import shown_from, viewer_channels
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -24,14 +28,20 @@ class QueueCog(commands.Cog):
         jobs = self.bot.jobs
         guild_id = interaction.guild_id
         lines: list[str] = []
+        here = viewer_channels(interaction)
         running = [q for q in jobs.queue.running if q.guild_id == guild_id]
         for queued in running:
             job = await self.bot.store.get_job(int(queued.job_id))
             if job is None:
                 continue
             step, total = jobs.progress_of(job.id)
-            mine = " (yours)" if job.user_id == interaction.user.id else ""
-            lines.append(f"🎨 Now: {job_summary(job)}{mine} `{progress_bar(step, total, 10)}`")
+            bar = f"`{progress_bar(step, total, 10)}`"
+            if job.user_id == interaction.user.id:
+                lines.append(f"🎨 Now: {job_summary(job)} (yours) {bar}")
+            elif shown_from(job.channel_id, bool(job.channel_public), bool(job.channel_nsfw), here):
+                lines.append(f"🎨 Now: {job_summary(job)} {bar}")
+            else:  # a private or age-restricted channel's prompt stays there
+                lines.append(f"🎨 Now: a job in another channel {bar}")
         if not running:
             lines.append("🎨 Nothing of this server is running right now.")
         waiting = jobs.queue.guild_waiting(guild_id or 0)
