@@ -1,8 +1,9 @@
 """What the bot does for a command or a click: validate, queue, answer.
 
 Visibility rule: a private error can only come before a public acknowledgement, so
-`/img2img` acknowledges privately, checks the image, and only then posts the public status
-message that later becomes the result.
+`/img2img` checks the image before it answers: usually within `ACK_DEADLINE_S`, and the answer
+is then the public status message that later becomes the result (one request); a slow upload
+is acknowledged privately first (three requests). Requests per job: docs/operators.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ Interaction = discord.Interaction[Any]
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 DECODE_WAIT_S = 5.0  # how long an upload may wait for a free decode slot
+ACK_DEADLINE_S = 1.5
+"""An upload read and queued within this is answered once, in its final form: the public
+status message, or a private refusal (one request). A slower one is acknowledged privately
+first, since Discord wants an answer within 3 s, which costs two requests more."""
 BUSY_TEXT = (
     "The bot is busy reading other uploads right now. Nothing was queued and nothing "
     "counted against your quota; please try again in a moment."
@@ -61,6 +66,12 @@ the stored input (path, width, height) and returns more `NewJob` fields (/inpain
 mask). May raise `InputError`/`UserError`: then nothing is queued and the input is removed."""
 
 
+def _message_id(callback: Any) -> int | None:
+    """The message an interaction response created (discord.py's callback response)."""
+    message_id = getattr(callback, "message_id", None)
+    return int(message_id) if message_id is not None else None
+
+
 def _role_ids(interaction: Interaction) -> tuple[int, ...]:
     roles = getattr(interaction.user, "_roles", None) or getattr(interaction.user, "roles", [])
     return tuple(int(getattr(r, "id", r)) for r in roles)
@@ -71,6 +82,7 @@ class Actions:
         self.bot = bot
         self._decodes = asyncio.Semaphore(bot.settings.max_decodes)
         self.decode_wait_s = DECODE_WAIT_S
+        self.ack_deadline_s = ACK_DEADLINE_S
 
     @property
     def settings(self) -> Settings:
@@ -108,7 +120,8 @@ class Actions:
         on_stored: OnStored | None = None,
     ) -> None:
         """/img2img's intake, shared by every command taking an upload (/inpaint passes
-        `on_stored`): check, acknowledge privately, store, queue, post the status message."""
+        `on_stored`): check, store, queue, answer with the status message; acknowledged
+        privately first only when storing takes longer than `ACK_DEADLINE_S`."""
         try:
             prompt = check_prompt(prompt)
             negative = (
@@ -122,17 +135,18 @@ class Actions:
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
-        await interaction.response.defer(ephemeral=True, thinking=True)
         assert interaction.guild_id is not None
         public, nsfw = channel_flags(interaction.channel)
-        stored: str | None = None
-        try:
-            data, stored, width, height = await self._read_and_store(image)
-            extra = await on_stored(data, stored, width, height) if on_stored else {}
+        stored: list[str] = []  # the stored input, once there is one
+
+        async def intake() -> Job:
+            data, path, width, height = await self._read_and_store(image)
+            stored.append(path)
+            extra = await on_stored(data, path, width, height) if on_stored else {}
             del data
-            job = await self.bot.jobs.submit(
+            return await self.bot.jobs.submit(
                 NewJob(
-                    guild_id=interaction.guild_id,
+                    guild_id=interaction.guild_id or 0,
                     channel_id=interaction.channel_id or 0,
                     user_id=interaction.user.id,
                     prompt=prompt,
@@ -141,7 +155,7 @@ class Actions:
                     seed=seed,
                     steps=steps or self.settings.default_steps,
                     guidance=self.settings.default_guidance,
-                    input_path=stored,
+                    input_path=path,
                     input_width=width,
                     input_height=height,
                     application_id=interaction.application_id,
@@ -154,33 +168,55 @@ class Actions:
                     **extra,
                 )
             )
+
+        task = asyncio.ensure_future(intake())
+        try:
+            await asyncio.wait({task}, timeout=self.ack_deadline_s)
+            if not task.done():  # Discord wants an answer within 3 s: a private one
+                await interaction.response.defer(ephemeral=True, thinking=True)
+            job = await task
         except (InputError, UserError) as exc:
-            self.discard(stored)
-            await interaction.edit_original_response(content=f"❌ {exc}")
+            self.discard(stored[0] if stored else None)
+            await self._refuse(interaction, f"❌ {exc}")
             return
         except discord.HTTPException as exc:
-            self.discard(stored)
-            await interaction.edit_original_response(
-                content=f"❌ Could not download the attachment ({exc.status}). Upload it again."
+            self.discard(stored[0] if stored else None)
+            await self._refuse(
+                interaction,
+                f"❌ Could not download the attachment ({exc.status}). Upload it again.",
             )
             return
         except BaseException:
-            self.discard(stored)  # nothing was queued: keep no orphaned upload
+            task.cancel()
+            self.discard(stored[0] if stored else None)  # nothing was queued: no orphan
             raise
         await self.announce(interaction, job)
 
+    async def _refuse(self, interaction: Interaction, text: str) -> None:
+        """A private refusal: the answer itself, or the private acknowledgement's text."""
+        if interaction.response.is_done():
+            await interaction.edit_original_response(content=text)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
     async def announce(self, interaction: Interaction, job: Job) -> None:
-        """After a private acknowledgement: say privately that it was queued, then post the
-        public status message (which later becomes the result)."""
-        await interaction.edit_original_response(
-            content=f"✅ Queued as job #{job.id}. Your picture will appear in this channel."
-        )
+        """Post the job's public status message (which later becomes the result). Not yet
+        acknowledged: it is the answer itself (one request). After a private
+        acknowledgement: say privately that it was queued, then post it (two)."""
+        content = f"{job_summary(job)}\n{self._place(job)}"
         message_id: int | None = None
         try:
+            if not interaction.response.is_done():
+                callback = await interaction.response.send_message(
+                    content=content, view=cancel_view(job.id)
+                )
+                message_id = _message_id(callback)
+                return
+            await interaction.edit_original_response(
+                content=f"✅ Queued as job #{job.id}. Your picture will appear in this channel."
+            )
             message = await interaction.followup.send(
-                content=f"{job_summary(job)}\n{self._place(job)}",
-                view=cancel_view(job.id),
-                wait=True,
+                content=content, view=cancel_view(job.id), wait=True
             )
             message_id = message.id
         finally:
@@ -316,10 +352,12 @@ class Actions:
             raise
         message_id: int | None = None
         try:
-            await interaction.response.send_message(
+            callback = await interaction.response.send_message(
                 content=f"{job_summary(job)}\n{self._place(job)}", view=cancel_view(job.id)
             )
-            message_id = (await interaction.original_response()).id
+            message_id = _message_id(callback)
+            if message_id is None:
+                message_id = (await interaction.original_response()).id
         finally:
             await self.bot.jobs.attach_status_message(job.id, message_id)
 

@@ -50,9 +50,10 @@ class FakeInteraction:
         self._done = True
         self.said.append(("defer", ephemeral))
 
-    async def _send(self, content: str, *, ephemeral: bool = False, **_: Any) -> None:
+    async def _send(self, content: str, *, ephemeral: bool = False, **_: Any) -> Any:
         self._done = True
         self.said.append(("private" if ephemeral else "public", content))
+        return SimpleNamespace(message_id=self.original_id)  # discord.py's callback response
 
     async def _followup(
         self, content: str, *, ephemeral: bool = False, view: Any = None, wait: bool = False
@@ -134,7 +135,20 @@ async def img2img(actions: Actions, interaction: FakeInteraction, data: bytes) -
     )
 
 
-async def test_img2img_acks_privately_queues_and_posts_its_status(actions: Actions) -> None:
+async def test_img2img_answers_with_its_status_message_in_one_request(actions: Actions) -> None:
+    interaction = FakeInteraction()
+    await img2img(actions, interaction, png())
+    assert [kind for kind, _ in interaction.said] == ["public"]
+    assert interaction.said[0][1].startswith("#1 · strength 0.50")
+    (job,) = await jobs_in_db(actions)
+    assert job.status_message_id == interaction.original_id  # the answer is the status
+    assert (job.channel_public, job.channel_nsfw) == (0, 0)  # an unknown channel is private
+    assert [p.name for p in stored_files(actions)] == [Path(job.input_path).name]
+    assert (job.input_width, job.input_height) == (320, 256)
+
+
+async def test_a_slow_upload_is_acknowledged_privately_first(actions: Actions) -> None:
+    actions.ack_deadline_s = 0.0  # storing the upload takes longer than the deadline
     interaction = FakeInteraction()
     await img2img(actions, interaction, png())
     kinds = [kind for kind, _ in interaction.said]
@@ -143,9 +157,6 @@ async def test_img2img_acks_privately_queues_and_posts_its_status(actions: Actio
     assert "Queued as job #1" in interaction.said[1][1]
     (job,) = await jobs_in_db(actions)
     assert job.status_message_id is not None  # the status message was attached
-    assert (job.channel_public, job.channel_nsfw) == (0, 0)  # an unknown channel is private
-    assert [p.name for p in stored_files(actions)] == [Path(job.input_path).name]
-    assert (job.input_width, job.input_height) == (320, 256)
 
 
 async def test_the_token_clock_starts_at_the_interaction_not_at_submit(actions: Actions) -> None:
@@ -168,7 +179,7 @@ async def test_a_full_disk_is_named_and_leaves_no_file_and_no_job(
     monkeypatch.setattr(Image.Image, "save", disk_full)
     interaction = FakeInteraction()
     await img2img(actions, interaction, data)
-    assert interaction.said[-1] == ("edit", f"❌ {STORAGE_FULL_TEXT}")
+    assert interaction.said == [("private", f"❌ {STORAGE_FULL_TEXT}")]
     assert await jobs_in_db(actions) == []
     assert stored_files(actions) == []
 
@@ -195,14 +206,14 @@ async def test_past_max_decodes_the_upload_is_told_to_retry(actions: Actions) ->
         await actions._decodes.acquire()  # every decode slot is taken
     interaction = FakeInteraction()
     await img2img(actions, interaction, png())
-    assert interaction.said[-1] == ("edit", f"❌ {BUSY_TEXT}")
+    assert interaction.said == [("private", f"❌ {BUSY_TEXT}")]
     assert await jobs_in_db(actions) == []
     assert stored_files(actions) == []
 
     actions._decodes.release()
     again = FakeInteraction()
     await img2img(actions, again, png())
-    assert "Queued" in again.texts()
+    assert again.said[0][0] == "public" and "queue" in again.texts()
 
 
 async def test_bad_input_is_refused_before_the_acknowledgement(actions: Actions) -> None:

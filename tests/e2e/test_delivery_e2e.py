@@ -158,7 +158,7 @@ async def test_uploads_past_max_decodes_are_told_to_retry(
     assert await job_count(bot) == 0
     release.set()
     ack = await first.wait_original(lambda m: not m["loading"], timeout=30)
-    assert "Queued" in ack["content"]
+    assert "❌" not in ack["content"]  # queued (privately acknowledged if it was slow)
     assert await job_count(bot) == 1
 
 
@@ -286,8 +286,7 @@ async def test_jobs_record_where_they_were_made(
     ]:
         handle = await slash_img2img(fd, world.guild, channel, world.alice)
         ack = await handle.wait_original(lambda m: not m["loading"], timeout=30)
-        assert "Queued" in ack["content"], ack["content"]
-        job_id = int(ack["content"].split("#", 1)[1].split(".", 1)[0])
+        job_id = int(ack["content"].split("#", 1)[1].split(" ", 1)[0])  # "#N · strength…"
         expected[job_id] = flags
         await wait_result(fd, handle)  # one at a time: the per-member cap is 3
     for job_id, flags in expected.items():

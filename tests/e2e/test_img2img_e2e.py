@@ -42,10 +42,10 @@ async def test_img2img_defers_shows_progress_and_posts_result(
         fd, world.guild, world.channel, world.alice, negative_prompt="blurry", strength=0.5,
         seed=1234, steps=150,
     )  # fmt: skip
-    response = await handle.response()
-    assert response["type"] == 5 and response["data"]["flags"] & EPHEMERAL
+    response = await handle.response()  # the answer is the public status message itself
+    assert response["type"] == 4 and not response["data"].get("flags", 0) & EPHEMERAL
     ack = await handle.wait_original(lambda m: not m["loading"])
-    assert ack["ephemeral"] and "Queued" in ack["content"]
+    assert not ack["ephemeral"] and "in this server's queue" in ack["content"]
 
     result = await wait_result(fd, handle)
     assert not result["ephemeral"]
