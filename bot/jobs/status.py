@@ -5,16 +5,17 @@ re-renders every waiting job's place (1,000 waiting: about 500 edits a second). 
 status message is edited only when there is something worth knowing:
 
 - waiting: when its place in its server's queue first reaches a milestone
-  (`PLACE_MILESTONES`: 50th, 20th, 5th, 1st), so at most `WAIT_EDITS` edits at any depth, plus
-  one whenever the backend's note (e.g. "no image workers online") appears or goes;
+  (`PLACE_MILESTONES`: 20th, 5th, 1st), so at most `WAIT_EDITS` edits at any depth, plus one
+  whenever the backend's note (e.g. "no image workers online") appears or goes;
 - running: "Starting…", the first step, and half-way: at most `RUN_EDITS` edits however long
   the job runs (the bar shows the newest step each time);
 - every edit at least `interval` (PROGRESS_INTERVAL_S) after the previous one of that message,
   the newest text winning, and at most one edit in flight per message: no new edit starts while
   the previous one still waits (a 429), so edits never pile up behind a job's lock.
 
-With the acknowledgement, the status message and the final message, a job costs at most
-`REQUESTS_PER_JOB` requests (docs/operators.md). Places are read in one pass over the queue at
+With its acknowledgement and status message (1 request, or 3 for a slow upload: see
+`bot.actions`) and its final message, a job costs at most `REQUESTS_PER_JOB` requests
+(docs/operators.md). Places are read in one pass over the queue at
 most once per tick (`places_changed` only marks them stale), never once per event per job.
 """
 
@@ -36,11 +37,12 @@ Places = Callable[[], Iterable[tuple[int, int, int]]]
 PlaceText = Callable[[int, int, str | None], str]
 """The waiting text for (place, jobs served before it, the backend's note)."""
 
-PLACE_MILESTONES = (50, 20, 5, 1)
+PLACE_MILESTONES = (20, 5, 1)
 """Places worth an edit: a waiting job's message changes when it first reaches one of these."""
 WAIT_EDITS = len(PLACE_MILESTONES)
 RUN_EDITS = 3  # "Starting…", the first step, half-way
-REQUESTS_PER_JOB = 2 + WAIT_EDITS + RUN_EDITS + 1
+ACK_REQUESTS = 3  # at most: a private acknowledgement, its "queued" text, the status message
+REQUESTS_PER_JOB = ACK_REQUESTS + WAIT_EDITS + RUN_EDITS + 1
 """Acknowledgement + status message, the edits above, the result: 10 (without a gallery)."""
 
 

@@ -392,5 +392,5 @@ async def test_300_waiting_jobs_each_cost_at_most_the_bound(tmp_path: Path) -> N
     # the deepest job (100th in its server) was told as it passed the milestones (batches
     # of 4 move places by more than one, so a milestone may show as the place just past it)
     places = [int(t.split(" ", 2)[1][:-2]) for t in waiting[jobs[-1]]]
-    assert places[:2] == [50, 20] and len(places) >= 3 and places[2] <= 5, places
+    assert places[0] == 20 and len(places) >= 2 and places[1] <= 5, places
     assert REQUESTS_PER_JOB == 10
