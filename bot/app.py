@@ -142,6 +142,8 @@ class ImgBot(commands.AutoShardedBot):
                 s.redis_url.get_secret_value(),
                 model_id=s.model_id,
                 resolution=s.resolution,
+                safety_checker=s.safety_checker,
+                batching=s.batching,
                 heartbeat_s=s.worker_heartbeat_s,
                 silence_s=s.worker_silence_s,
             )

@@ -145,7 +145,15 @@ class MetricsServer:
     async def _healthz(self, request: web.Request) -> web.Response:
         checks = await self.checks()
         ok = all(checks.values())
-        body = {"ok": ok, "checks": checks, "event_loop_lag_s": round(self.metrics.last_lag, 3)}
+        body: dict[str, Any] = {
+            "ok": ok,
+            "checks": checks,
+            "event_loop_lag_s": round(self.metrics.last_lag, 3),
+        }
+        refused = getattr(getattr(self.bot, "jobs", None), "worker", None)
+        refused = getattr(refused, "refusals", None)  # remote workers whose settings differ
+        if refused:
+            body["refused_workers"] = {wid: detail for wid, (_, detail) in refused.items()}
         return web.json_response(body, status=200 if ok else 503)
 
     async def checks(self) -> dict[str, bool]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -102,6 +103,9 @@ class RemoteWorker(_Worker):
         self.held_lock = threading.Lock()
         self.epoch = ""
         self.seen = 0
+        self.nonce = secrets.token_hex(8)
+        """Drawn once per process: a restart under the same id is a new holder to the bot."""
+        self.status_v = 0
         self.last_step: float | None = None
         self.refused = False
         self.registered = threading.Event()
@@ -191,10 +195,16 @@ class RemoteWorker(_Worker):
         """Tell the bot how many jobs this worker takes now (after `seen` grants)."""
         self._beat()
         status = self._status()
-        self._event("ask", free=str(status["free"]), seen=str(status["seen"]), e=status["epoch"])
+        self._event(
+            "ask",
+            free=str(status["free"]),
+            seen=str(status["seen"]),
+            e=status["epoch"],
+            v=str(status["v"]),
+        )
 
     def _event(self, kind: str, **values: str | bytes) -> None:
-        entry = {b"t": kind.encode(), b"w": self.worker_id.encode()}
+        entry = {b"t": kind.encode(), b"w": self.worker_id.encode(), b"p": self.nonce.encode()}
         entry.update(
             {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in values.items()}
         )
@@ -220,17 +230,24 @@ class RemoteWorker(_Worker):
 
     # -- status and heartbeat -----------------------------------------------------------
     def _status(self) -> dict[str, Any]:
-        with self.held_lock:  # one moment's free slots and grants seen, never a mix
+        with self.held_lock:  # one moment's free slots, grants seen and jobs held
             free = 0 if self.stopping.is_set() else max(0, self.max_batch - len(self.held))
             seen, epoch = self.seen, self.epoch
+            held = [[job_id, h.attempt] for job_id, h in self.held.items()]
+            self.status_v += 1  # orders statuses: the bot keeps the newest it read
+            version = self.status_v
         return {
             "id": self.worker_id,
+            "nonce": self.nonce,
+            "v": version,
             "model": self.config.model_id,
             "info": codec.encode_info(self.info) if self.info else None,
+            "batching": self.config.batching,
             "max_batch": self.max_batch,
             "free": free,
             "seen": seen,
             "epoch": epoch,
+            "held": held,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "last_step": self.last_step,
@@ -248,6 +265,7 @@ class RemoteWorker(_Worker):
         ttl_ms = max(100, int(self.heartbeat_s * 1000))
         try:
             self.r.set(self.keys.heartbeat(self.worker_id), codec.dumps(self._status()), px=ttl_ms)
+            self.r.sadd(self.keys.workers, self.worker_id)  # again after a server restart
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("heartbeat failed: %s", exc)
 
@@ -288,7 +306,12 @@ class RemoteWorker(_Worker):
                         self.r.xdel(key, entry_id)
 
     def _on_grant(self, entry: codec.Fields) -> None:
-        kind = codec.text(entry, "t")
+        kind, target = codec.text(entry, "t"), codec.text(entry, "p")
+        if target and target != self.nonce:
+            # Meant for an earlier process under this id (a run, a cancel, a refusal): the
+            # bot saw that process go and runs its jobs again as their next attempt.
+            log.info("worker %s: skipping a %s for an earlier process", self.worker_id, kind)
+            return
         if kind == "run":
             self._take(entry)
         elif kind == "cancel":
@@ -305,8 +328,26 @@ class RemoteWorker(_Worker):
         else:
             log.warning("ignoring unknown grant %r", kind)
 
+    def _stale(self, fence: int) -> int:
+        """The current scheduler's fencing token if `fence` is older (0: not stale)."""
+        if not fence:
+            return 0
+        try:
+            current = int(self.r.get(self.keys.scheduler_token) or 0)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return 0  # cannot tell: the bot that granted it held the lock when it did
+        return current if fence < current else 0
+
     def _take(self, entry: codec.Fields) -> None:
         epoch, seq = codec.text(entry, "e"), codec.number(entry, "n")
+        current = self._stale(codec.number(entry, "f"))
+        if current:
+            log.warning(
+                "worker %s: refusing a grant from a bot that no longer holds the scheduler "
+                "lock (its token %d, the current one %d)",
+                self.worker_id, codec.number(entry, "f"), current,
+            )  # fmt: skip
+            return
         with self.held_lock:
             if epoch != self.epoch:  # a (re)started bot numbers its grants from 1 again
                 self.epoch, self.seen = epoch, 0
@@ -316,6 +357,13 @@ class RemoteWorker(_Worker):
         held: dict[str, _Held] = {}
         for item in codec.loads(entry[b"batch"]):
             request = codec.decode_request(item["req"])
+            with self.held_lock:
+                running = self.held.get(request.job_id)
+                if running is not None:
+                    # Already running here (a bot restarted and granted it again): the
+                    # run in progress answers as the new attempt; it never runs twice.
+                    running.attempt = int(item["a"])
+                    continue
             request, scratch = self._localize(request, entry)
             held[request.job_id] = _Held(int(item["a"]), scratch)
             batch.append(request)
@@ -325,7 +373,8 @@ class RemoteWorker(_Worker):
         with self.held_lock:
             self.held.update(held)
             self.seen = seq
-        self.commands.put(Run(tuple(batch)))
+        if batch:
+            self.commands.put(Run(tuple(batch)))
 
     def _localize(
         self, request: GenerationRequest, entry: codec.Fields

@@ -5,10 +5,11 @@ their dataclass fields (never pickle: unpickling data from a network server woul
 whatever code it names); images go as raw bytes fields beside them. Unknown fields are
 ignored on decode, so a bot and a worker one release apart still understand each other.
 
-Key layout (`Keys`): one heartbeat key per worker (`…:worker:<id>`, with a TTL), one shared
-`…:hello` stream where a worker says it is ready, one grants stream per worker (the bot's
-runs, cancels and refusals for it) and one events stream per worker (its events for the
-bot; the entries that carry PNG bytes are deleted once read).
+Key layout (`Keys`): one heartbeat key per worker (`…:worker:<id>`, with a TTL) and a set
+of worker ids (`…:workers`), one shared `…:hello` stream where a worker says it is ready,
+one grants stream per worker (the bot's runs, cancels and refusals for it) and one events
+stream per worker (its events for the bot; the entries that carry PNG bytes are deleted
+once read).
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ class Keys:
     @property
     def heartbeat_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    @property
+    def scheduler(self) -> str:
+        """The one-scheduler lock (its value names the bot that holds it)."""
+        return f"{self.prefix}:scheduler"
+
+    @property
+    def scheduler_token(self) -> str:
+        """The fencing token of the latest lock holder; a grant with a lower one is stale."""
+        return f"{self.prefix}:scheduler:token"
+
+    @property
+    def workers(self) -> str:
+        """The set of worker ids that may be alive (added on each beat, removed on drop),
+        so the bot reads their heartbeats without scanning the keyspace."""
+        return f"{self.prefix}:workers"
 
     def grants(self, worker_id: str) -> str:
         return f"{self.prefix}:grants:{worker_id}"

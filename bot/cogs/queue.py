@@ -54,6 +54,10 @@ class QueueCog(commands.Cog):
         online = getattr(jobs.worker, "workers_online", None)
         if online is not None:
             lines.append(f"🖥️ Image workers online: {online}")
+        refused = getattr(jobs.worker, "refusals", None)  # settings that differ from the bot's
+        if refused:
+            why = "; ".join(sorted({short for short, _ in refused.values()}))
+            lines.append(f"⚠️ Image workers refused: {len(refused)} ({why})")
         others = len(jobs.queue) - len(waiting)
         if others:
             lines.append(

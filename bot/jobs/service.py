@@ -148,12 +148,22 @@ class JobService(JobDispatch):
         """Rebuild the queue from SQLite, deliver results a shutdown cut off, then start
         the worker and the dispatch loop."""
         self._stopping = False
+        adopt = getattr(self.worker, "adopt", None)  # remote workers outlive the bot
+        held: list[Job] = []
         for job in await self.store.jobs_in_states(ACTIVE_STATES):
+            if job.state == "running" and adopt is not None:
+                # Its worker may still run it: it counts as running, and the backend either
+                # keeps it or hands it back (`WorkerDied.unstarted`) to wait again.
+                held.append(job)
+                self.queue._running[str(job.id)] = self._queued(job)
+                continue
             if job.state == "running":  # interrupted by a restart: it waits again
                 await self.store.update_job(job.id, state="queued", started_at=None)
             self.queue.push(self._queued(job), enforce_caps=False)
         if len(self.queue):
             log.info("restored %d waiting jobs", len(self.queue))
+        if adopt is not None:
+            await adopt(self.store, [self._request(job) for job in held])
         await self._redeliver()
         self.status.start()
         self._task = self._start_task(self._run())
@@ -172,10 +182,11 @@ class JobService(JobDispatch):
             task.cancel()  # still unsent after the grace: `start()` delivers it next time
         await asyncio.gather(*self._background, return_exceptions=True)
         try:
-            async with self.store.transaction() as db:
-                await db.execute(
-                    "UPDATE jobs SET state='queued', started_at=NULL WHERE state='running'"
-                )
+            if not getattr(self.worker, "keeps_running_jobs", False):
+                async with self.store.transaction() as db:
+                    await db.execute(
+                        "UPDATE jobs SET state='queued', started_at=NULL WHERE state='running'"
+                    )
         except Exception:
             log.exception("could not put running jobs back in the queue")
         await self.worker.stop(timeout=STOP_WORKER_TIMEOUT_S)

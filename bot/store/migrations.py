@@ -251,4 +251,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX picture_messages_job ON picture_messages (job_id)",
         ],
     ),
+    (
+        "remote workers: who holds a job (its attempt and the worker process)",
+        [
+            # One row per job granted to a remote worker and not ended: the attempt number
+            # and the worker's id and process nonce, so a bot started after a deploy adopts
+            # what a live worker still runs and ignores stale events (bot.jobs.backends).
+            """
+            CREATE TABLE job_holders (
+                job_id INTEGER PRIMARY KEY,  -- no FK: /gallery forget-me deletes job rows
+                attempt INTEGER NOT NULL,
+                worker_id TEXT NOT NULL,
+                worker_nonce TEXT NOT NULL,
+                granted_at REAL NOT NULL
+            )
+            """,
+        ],
+    ),
 ]

@@ -6,19 +6,26 @@ the job service asks `free_slots`, takes that many jobs from its own fair queue 
 `submit`s them, and this backend grants them to one worker's own grants stream. Nothing
 waits in a shared broker queue, so the fair order is exact with any number of workers.
 
-Every grant is (job, attempt); every event a worker sends names both, and an event is
-used only if that worker holds that attempt of that job now. A worker whose heartbeat
-expires (or that goes silent with jobs for WORKER_SILENCE_S) is dropped: its jobs come
-back as a `WorkerDied` whose `unstarted` the job service puts at the head of their guild's
-queue (same seed, so the same image); a job that had started twice already fails instead.
-A late answer from a dropped worker is discarded, so a result is posted once.
+Every grant is (job, attempt, worker process nonce), recorded in SQLite (`redis_ledger`)
+before it is sent; every event a worker sends names all three, and an event is used only
+if that process holds that attempt of that job now. A worker whose heartbeat expires (or
+that goes silent with jobs for WORKER_SILENCE_S, or restarts under its id) is dropped: its
+jobs come back as a `WorkerDied` whose `unstarted` the job service puts at the head of
+their guild's queue (same seed, so the same image); a job that had started twice already
+fails instead. A late answer from a dropped worker is discarded, so a result is posted once.
+
+A deploy loses nothing: `stop` sends no cancel (workers keep running what they hold and
+keep their results in their events streams), the job rows stay `running`, and the next
+bot `adopt`s them: a job a live worker lists in its heartbeat within one heartbeat period
+stays running and its result is delivered once; any other waits again as its next attempt.
 
 One reader task XREADs the hello stream and the events stream of every worker online (the
 set changes only when a worker joins, which the hello itself announces); one writer task
 sends grants in order, retrying while the server is away. After the server comes back,
 grants a worker has not acknowledged are sent again (a worker skips those it took).
-Membership (hello, heartbeats, drops, refusals) and the meaning of each event are in
-`bot.jobs.backends.redis_members`; the worker side is `pipeline.remote_worker`.
+Membership (hello, heartbeats, drops, refusals, adoption) is in
+`bot.jobs.backends.redis_members`, the meaning of each event in `redis_events`, the SQLite
+record of who holds what in `redis_ledger`; the worker side is `pipeline.remote_worker`.
 """
 
 from __future__ import annotations
@@ -37,9 +44,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bot.jobs.backends.redis_members import Grant, Members, Remote
+from bot.jobs.backends.redis_events import Events
+from bot.jobs.backends.redis_ledger import GrantLedger, Holder
+from bot.jobs.backends.redis_lock import SchedulerLock
+from bot.jobs.backends.redis_members import Grant, Remote
+from bot.store.db import Store
 from pipeline import stream_codec as codec
 from pipeline.request import EngineInfo, GenerationRequest
+from pipeline.worker import WorkerStartError
 from pipeline.worker_protocol import (
     BatchDone,
     WorkerDied,
@@ -56,7 +68,7 @@ BACKOFF_MAX_S = 5.0
 NO_WORKERS_TEXT = "No image workers online right now; your job waits until one joins."
 
 
-class RedisBackend(Members):
+class RedisBackend(Events):
     """`WorkerBackend` over Valkey/Redis streams; use from one event loop."""
 
     def __init__(
@@ -65,6 +77,8 @@ class RedisBackend(Members):
         *,
         model_id: str,
         resolution: int | None = None,
+        safety_checker: str = "off",
+        batching: str | None = None,
         heartbeat_s: float = 15.0,
         silence_s: float = 300.0,
         max_attempts: int = MAX_ATTEMPTS,
@@ -72,11 +86,15 @@ class RedisBackend(Members):
     ) -> None:
         self._url = url
         self.model_id = model_id
+        self.safety_checker = safety_checker
+        self.batching = batching
+        self.resolution = resolution
         self.heartbeat_s = heartbeat_s
         self.silence_s = silence_s
         self.max_attempts = max_attempts
         self.keys = keys or codec.Keys()
         self.epoch = secrets.token_hex(6)
+        self.lock = SchedulerLock(self.keys, self.epoch, ttl_s=2 * heartbeat_s)
         self._provisional = EngineInfo(
             model_id=model_id,
             device="remote",
@@ -93,7 +111,13 @@ class RedisBackend(Members):
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, Remote] = {}
-        self._refused: set[str] = set()
+        self._refused: set[tuple[str, str]] = set()  # (worker id, process nonce)
+        self.refusals: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        """Worker id → why it was refused (a few words for /queue, the details for /healthz
+        and the log), the newest few."""
+        self._ledger: GrantLedger | None = None
+        self._handed: list[str] = []
+        self._adopt_until: float | None = None
         self._last_ids: dict[str, bytes] = {}  # events stream position, kept past a death
         self._hello_id = b"0-0"
         self._hello_known = False
@@ -127,7 +151,10 @@ class RedisBackend(Members):
 
     @property
     def free_slots(self) -> int:
-        """The most jobs one worker takes now (a batch goes to one worker)."""
+        """The most jobs one worker takes now (a batch goes to one worker); none while
+        this bot is not the namespace's scheduler."""
+        if not self.lock.held:
+            return 0
         return max((w.slots for w in self._workers.values()), default=0)
 
     @property
@@ -138,10 +165,32 @@ class RedisBackend(Members):
         """What a waiting job's status adds: nothing, or that no worker is online."""
         return None if self._workers else NO_WORKERS_TEXT
 
+    keeps_running_jobs = True
+    """Remote workers outlive the bot: its running jobs stay running across a restart."""
+
+    async def adopt(self, store: Store, running: Sequence[GenerationRequest]) -> None:
+        """Before `start`: record grants in `store` from now on, and take over `running`
+        (jobs the last bot left running) as their holders recorded them. Those a live
+        worker lists within one heartbeat period stay; the rest come back as unstarted."""
+        self._ledger = GrantLedger(store)
+        holders = await self._ledger.running()
+        for job_id, holder in holders.items():
+            self._attempts[job_id] = holder.attempt
+        for request in running:
+            h = holders.get(request.job_id) or Holder(0, "", "")
+            self._jobs[request.job_id] = Grant(
+                h.worker_id, h.attempt, request, 0, h.nonce, started=True, adopting=True
+            )
+        if running:
+            ids = [r.job_id for r in running]
+            log.info("waiting one heartbeat for workers to claim jobs %s", ids)
+
     async def start(self) -> EngineInfo:
         """Connect and start the reader, writer and watcher; never waits for a worker
         (jobs wait in the queue until one joins)."""
         self._closing = False
+        if any(g.adopting for g in self._jobs.values()):
+            self._adopt_until = time.monotonic() + self.heartbeat_s
         if self._r is None:
             self._r = aioredis.Redis.from_url(
                 self._url,
@@ -153,6 +202,17 @@ class RedisBackend(Members):
             "redis backend on %s (epoch %s), heartbeat TTL %g s",
             codec.redact_url(self._url), self.epoch, self.heartbeat_s,
         )  # fmt: skip
+        try:
+            holder = await self.lock.acquire_or_wait(self._r)
+        except (RedisError, OSError) as exc:  # the watch loop takes it once the server is back
+            log.warning("could not take the scheduler lock yet (%s)", exc)
+            holder = None
+        if holder is not None:
+            raise WorkerStartError(
+                f"Another bot is the scheduler of {self.keys.prefix!r} on "
+                f"{codec.redact_url(self._url)}: {holder}. Stop it first, or give this bot "
+                "its own Valkey database."
+            )
         for coro in (self._read_loop(), self._write_loop(), self._watch_loop()):
             self._tasks.append(asyncio.create_task(coro))
         return self._info or self._provisional
@@ -162,28 +222,26 @@ class RedisBackend(Members):
         return self._info or self._provisional
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Tell workers to drop what they run for us (best effort), then disconnect. The
-        job service has put those jobs back in the queue for the next start."""
+        """Disconnect, cancelling nothing: workers go on with what they hold and the next
+        bot adopts it (grants still in the outbox were never sent: their jobs wait again)."""
         r = self._r
-        if r is not None and self._jobs:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                async with asyncio.timeout(min(1.0, timeout)):
-                    for job_id, g in self._jobs.items():
-                        await r.xadd(self.keys.grants(g.worker), self._cancel_entry(job_id, g))
         # redis-py may turn a cancel inside a read into a connection error, which the
         # loops treat as an outage: they also stop on `_closing`, and are cancelled again.
         self._closing = True
         pending = set(self._tasks)
         for _ in range(20):
+            if not pending:  # (none at all when `start` stopped at the lock)
+                break
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.25)
-            if not pending:
-                break
         if pending:
             log.warning("%d redis backend task(s) did not stop", len(pending))
         self._tasks.clear()
         if r is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self.lock.release(r)  # the next bot need not wait for its TTL
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await r.aclose()
@@ -203,25 +261,28 @@ class RedisBackend(Members):
             return
         seq = self._seq.get(worker.id, 0) + 1
         self._seq[worker.id] = seq
-        items, files = [], []
+        items, files, records = [], [], []
         for request in batch:
             attempt = self._attempts.get(request.job_id, 0) + 1
             self._attempts[request.job_id] = attempt
-            self._jobs[request.job_id] = Grant(worker.id, attempt, request, seq)
+            self._jobs[request.job_id] = Grant(worker.id, attempt, request, seq, worker.nonce)
             items.append({"a": attempt, "req": codec.encode_request(request)})
             files += _files_of(request)
+            records.append((request.job_id, Holder(attempt, worker.id, worker.nonce)))
             self.granted.append(request.job_id)
             log.info("job %s attempt %d granted to worker %s", request.job_id, attempt, worker.id)
         entry = {
             b"t": b"run",
             b"e": self.epoch.encode(),
             b"n": str(seq).encode(),
+            b"p": worker.nonce.encode(),
+            b"f": str(self.lock.token).encode(),
             b"batch": codec.dumps(items),
         }
         worker.unacked[seq] = (entry, files, len(batch))
         self._batches[(worker.id, seq)] = set(ids)
         self._batch_ids[(worker.id, seq)] = ids
-        self._send(self.keys.grants(worker.id), entry, files)
+        self._outbox.put_nowait(("grant", self.keys.grants(worker.id), entry, [files, records]))
 
     def cancel(self, job_id: str) -> None:
         g = self._jobs.get(job_id)
@@ -229,12 +290,21 @@ class RedisBackend(Members):
             self._send(self.keys.grants(g.worker), self._cancel_entry(job_id, g))
 
     async def next_event(self) -> WorkerEvent:
-        return await self._events.get()
+        """The next event; the service calls this only after it handled the last one."""
+        self._forget_handled()
+        event = await self._events.get()
+        self._handing(event)
+        return event
 
     # -- writing ----------------------------------------------------------------------
     @staticmethod
     def _cancel_entry(job_id: str, g: Grant) -> dict[bytes, bytes]:
-        return {b"t": b"cancel", b"job": job_id.encode(), b"a": str(g.attempt).encode()}
+        return {
+            b"t": b"cancel",
+            b"job": job_id.encode(),
+            b"a": str(g.attempt).encode(),
+            b"p": g.nonce.encode(),
+        }
 
     def _send(
         self, key: str, entry: dict[bytes, bytes], files: list[tuple[bytes, str]] | None = None
@@ -242,15 +312,23 @@ class RedisBackend(Members):
         self._outbox.put_nowait(("xadd", key, entry, list(files or ())))
 
     async def _write_loop(self) -> None:
-        """Write in order; retry while the server is away (a grant must not be lost)."""
+        """Write in order; retry while the server is away (a grant must not be lost). A
+        grant is recorded in SQLite before it is sent, so no worker answers an unknown one."""
         while not self._closing:
             op, key, entry, files = await self._outbox.get()
+            if op in ("grant", "forget"):
+                await self._record(op, files)
+                if op == "forget":
+                    continue
+                files = files[0]
             delay = 0.1
             while not self._closing:
                 try:
                     assert self._r is not None
                     if op == "del":
                         await self._r.delete(key)
+                    elif op == "srem":
+                        await self._r.srem(key, *files)
                     else:
                         full = dict(entry)
                         for name, path in files:
@@ -263,6 +341,17 @@ class RedisBackend(Members):
                     log.warning("writing to %s failed (%s); retrying in %.1f s", key, exc, delay)
                     await asyncio.sleep(delay)
                     delay = min(BACKOFF_MAX_S, delay * 2)
+
+    async def _record(self, op: str, values: list[Any]) -> None:
+        if self._ledger is None:
+            return
+        try:
+            if op == "grant":
+                await self._ledger.record(values[1])
+            else:
+                await self._ledger.forget(values)
+        except Exception:  # the grant still goes out; only its adoption after a restart
+            log.exception("could not record %s of %s in the database", op, values)
 
     # -- reading ----------------------------------------------------------------------
     async def _read_loop(self) -> None:

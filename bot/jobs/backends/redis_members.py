@@ -1,11 +1,22 @@
-"""The membership and event half of `RedisBackend`: which workers are online, and what
-their events mean for the jobs granted to them.
+"""The membership half of `RedisBackend`: which worker processes are online, what they may
+take, and which jobs they hold.
 
-A mixin, split from `bot.jobs.backends.redis` (connection, grants, the reader and the writer).
-Rules kept here: an event is used only if its worker holds that (job, attempt) now; a
-worker whose heartbeat expires or that goes silent with jobs is dropped and its jobs come
-back as a `WorkerDied` (`unstarted`: run again; `job_ids`: started `max_attempts` times,
-failed); a worker with another model is refused.
+A mixin, split from `bot.jobs.backends.redis` (connection, grants, the reader and the
+writer); what their events mean is `bot.jobs.backends.redis_events`.
+Rules kept here:
+- A worker is a process: its id and the nonce it drew at start. An event is used only if
+  that process holds that (job, attempt) now (the grant the ledger in SQLite recorded), so
+  a stale event (an earlier attempt, a process that died or restarted) is never applied.
+- A worker's free slots are what it last said (heartbeat or ask, the newest by its own
+  version number); a grant counts against it until the worker says it saw it.
+- A worker whose heartbeat expires, that goes silent with jobs, or whose id comes back with
+  another nonce (a restart) is dropped: its jobs come back as a `WorkerDied`
+  (`unstarted`: run again as the next attempt; `job_ids`: started `max_attempts` times,
+  failed) and its keys are deleted.
+- A worker must match the bot where it matters (model, safety checker, batching mode,
+  resolution) or it is refused, with the reason logged on both sides and kept for /queue.
+- A job adopted at start (running when the last bot stopped) stays running if a live
+  worker process lists it in its heartbeat within one heartbeat period; else it waits again.
 """
 
 from __future__ import annotations
@@ -14,22 +25,18 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from bot.store.files import write_file
+from bot.jobs.backends.redis_ledger import GrantLedger
+from bot.jobs.backends.redis_lock import SchedulerLock
 from pipeline import stream_codec as codec
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker_protocol import (
     BatchDone,
-    Cancelled,
-    Failed,
-    Finished,
-    Progress,
-    Started,
     WorkerDied,
     WorkerEvent,
 )
@@ -39,7 +46,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Remote:
-    """A worker online, as the bot sees it."""
+    """A worker process online, as the bot sees it."""
 
     id: str
     model: str
@@ -47,7 +54,10 @@ class Remote:
     max_batch: int
     free: int  # what it last said it takes, after `seen` grants
     seen: int
+    nonce: str = ""
     host: str = ""
+    version: int = 0  # of the newest status applied
+    held: frozenset[tuple[str, int]] = frozenset()
     last_seen: float = field(default_factory=time.monotonic)
     last_event: float = field(default_factory=time.monotonic)
     unacked: dict[int, tuple[dict[bytes, bytes], list[tuple[bytes, str]], int]] = field(
@@ -65,29 +75,53 @@ class Grant:
     attempt: int
     request: GenerationRequest
     seq: int
+    nonce: str = ""
     started: bool = False
+    final: bool = False
+    """Its final event is queued for the job service: kept (so it still counts as running)
+    until the service has handled it."""
+    adopting: bool = False
+    """Running when the bot started: kept only if its holder says it still runs it."""
+
+
+SAFETY_RANK = {"off": 0, "missing": 1, "on": 2}
+"""How much a worker filters (`EngineInfo.safety_checker`)."""
+SAFETY_REQUIRED = {"off": 0, "auto": 1, "on": 2}
+"""What the bot's SAFETY_CHECKER requires of a worker's `EngineInfo.safety_checker`."""
+REFUSALS_KEPT = 20
 
 
 class Members:
     """Mixin of `RedisBackend`: worker membership and worker events."""
 
     model_id: str
+    safety_checker: str
+    batching: str | None
+    resolution: int | None
     heartbeat_s: float
     silence_s: float
     max_attempts: int
     keys: codec.Keys
     epoch: str
+    lock: SchedulerLock
     discarded: int
     _closing: bool
     ran_by: collections.OrderedDict[str, str]
+    refusals: collections.OrderedDict[str, tuple[str, str]]
     _r: aioredis.Redis | None
     _info: EngineInfo | None
+    _ledger: GrantLedger | None
     _events: asyncio.Queue[WorkerEvent]
     _outbox: asyncio.Queue[tuple[str, str, dict[bytes, bytes], list[Any]]]
     _workers: dict[str, Remote]
-    _refused: set[str]
+    _refused: set[tuple[str, str]]
+    _last_ids: dict[str, bytes]
+    _seq: dict[str, int]
     _jobs: dict[str, Grant]
+    _attempts: dict[str, int]
     _starts: dict[str, int]
+    _handed: list[str]
+    _adopt_until: float | None
     _batches: dict[tuple[str, int], set[str]]
     _batch_ids: dict[tuple[str, int], tuple[str, ...]]
 
@@ -97,26 +131,71 @@ class Members:
         raise NotImplementedError
 
     # -- workers ----------------------------------------------------------------------
-    def _register(self, data: dict[str, Any]) -> None:
-        wid, model = str(data.get("id") or ""), str(data.get("model") or "")
-        if not wid or wid in self._refused:
-            return
+    def _mismatch(self, data: dict[str, Any], info: EngineInfo | None) -> tuple[str, str] | None:
+        """Why this worker cannot serve this bot, or None: (a few words safe to show any
+        member, the details for the operator's log and /healthz)."""
+        model = str(data.get("model") or "")
         if model.rstrip("/") != self.model_id.rstrip("/"):
-            self._refused.add(wid)
-            reason = f"the bot uses MODEL_ID {self.model_id!r}; this worker loaded {model!r}"
-            log.warning("refusing worker %s: %s", wid, reason)
-            self._send(self.keys.grants(wid), {b"t": b"refused", b"reason": reason.encode()})
+            detail = f"the bot uses MODEL_ID {self.model_id!r}; this worker loaded {model!r}"
+            return "another model", detail
+        if info is None:
+            return "an older release", "this worker sent no engine info (an older release?)"
+        needed = SAFETY_REQUIRED.get(self.safety_checker, 2)
+        if SAFETY_RANK.get(info.safety_checker, 0) < needed:
+            return "its safety checker is off", (
+                f"the bot has SAFETY_CHECKER={self.safety_checker}; this worker's safety "
+                f"checker is {info.safety_checker!r}"
+            )
+        batching = data.get("batching")
+        if self.batching and batching and batching != self.batching:
+            detail = f"the bot has BATCHING={self.batching}; this worker has BATCHING={batching}"
+            return "another batching mode", detail
+        if self.resolution and info.resolution != self.resolution:
+            return "another resolution", (
+                f"the bot has RESOLUTION={self.resolution}; this worker works at {info.resolution}"
+            )
+        for other in self._workers.values():  # one fleet: every worker batches alike
+            ref = other.info
+            if ref is not None and (ref.resolution, bool(ref.step_slots)) != (
+                info.resolution,
+                bool(info.step_slots),
+            ):
+                return "not like the other workers", (
+                    f"worker {other.id} works at {ref.resolution} "
+                    f"({'step' if ref.step_slots else 'call'} batching); this worker at "
+                    f"{info.resolution} ({'step' if info.step_slots else 'call'} batching)"
+                )
+            break
+        return None
+
+    def _register(self, data: dict[str, Any]) -> None:
+        wid, nonce = str(data.get("id") or ""), str(data.get("nonce") or "")
+        if not wid or (wid, nonce) in self._refused:
             return
         w = self._workers.get(wid)
+        if w is not None and w.nonce != nonce:
+            self._drop(w, "it restarted (a new process under the same id)", restarted=True)
+            w = None
         if w is not None:
             w.last_seen = time.monotonic()
+            self._apply_status(w, data)
             return
         info = codec.decode_info(data["info"]) if data.get("info") else None
-        seen = int(data.get("seen") or 0) if data.get("epoch") == self.epoch else 0
-        w = Remote(
-            wid, model, info, int(data.get("max_batch") or 1), int(data.get("free") or 0), seen
-        )
-        w.host = str(data.get("host") or "")
+        mismatch = self._mismatch(data, info)
+        if mismatch is not None:
+            reason = mismatch[1]
+            self._refused.add((wid, nonce))
+            self.refusals[wid] = mismatch
+            while len(self.refusals) > REFUSALS_KEPT:
+                self.refusals.popitem(last=False)
+            log.warning("refusing worker %s: %s", wid, reason)
+            refusal = {b"t": b"refused", b"p": nonce.encode(), b"reason": reason.encode()}
+            self._send(self.keys.grants(wid), refusal)
+            return
+        self.refusals.pop(wid, None)
+        w = Remote(wid, str(data.get("model")), info, int(data.get("max_batch") or 1), 0, 0)
+        w.nonce, w.host = nonce, str(data.get("host") or "")
+        self._apply_status(w, data)
         self._workers[wid] = w
         if info is not None:
             self._info = info
@@ -126,13 +205,40 @@ class Members:
         )  # fmt: skip
         self._events.put_nowait(BatchDone(()))  # wakes dispatch; statuses show the change
 
-    def _drop(self, w: Remote, reason: str, *, graceful: bool = False) -> None:
-        """The worker is gone: its jobs run again elsewhere (or fail after their last
-        attempt); its grants not taken yet are deleted so it never runs them late."""
+    def _apply_status(self, w: Remote, data: dict[str, Any]) -> None:
+        """Free slots, grants seen and jobs held, as the worker said them at one moment;
+        an older status (a heartbeat read after a newer ask) changes nothing."""
+        version = int(data.get("v") or 0)
+        if version and version <= w.version:
+            return
+        w.version = version
+        w.free = int(data.get("free") or 0)
+        if data.get("epoch") == self.epoch:
+            seen = int(data.get("seen") or 0)
+            self._ack(w, seen)
+            w.seen = max(w.seen, seen)
+        held = data.get("held")
+        if held is not None:
+            w.held = frozenset((str(j), int(a)) for j, a in held)
+            for job_id, attempt in w.held:
+                g = self._jobs.get(job_id)
+                if g is not None and g.adopting and self._holds(g, w.id, w.nonce, attempt):
+                    self._adopted(g, job_id)
+
+    def _adopted(self, g: Grant, job_id: str) -> None:
+        g.adopting = False
+        log.info("job %s attempt %d still runs on worker %s: adopted", job_id, g.attempt, g.worker)
+
+    def _drop(
+        self, w: Remote, reason: str, *, graceful: bool = False, restarted: bool = False
+    ) -> None:
+        """The worker process is gone: its jobs run again elsewhere (or fail after their
+        last attempt); its grants not taken yet are deleted so it never runs them late,
+        and so are its other keys (unless the same id already runs again)."""
         self._workers.pop(w.id, None)
         retry, fail = [], []
         for job_id, g in list(self._jobs.items()):
-            if g.worker != w.id:
+            if g.worker != w.id or g.nonce != w.nonce or g.final:
                 continue
             del self._jobs[job_id]
             spent = g.started and self._starts.get(job_id, 0) >= self.max_attempts
@@ -140,7 +246,12 @@ class Members:
         for key in [k for k in self._batches if k[0] == w.id]:
             self._batches.pop(key, None)
             self._batch_ids.pop(key, None)
+        self._seq.pop(w.id, None)
         self._outbox.put_nowait(("del", self.keys.grants(w.id), {}, []))
+        if not restarted:  # a new process under this id writes there now
+            self._last_ids.pop(w.id, None)
+            self._outbox.put_nowait(("del", self.keys.events(w.id), {}, []))
+            self._outbox.put_nowait(("srem", self.keys.workers, {}, [w.id]))
         log.log(
             logging.INFO if graceful else logging.ERROR,
             "worker %s is gone (%s): jobs %s wait again, %s failed after %d attempts; "
@@ -153,15 +264,18 @@ class Members:
             self._events.put_nowait(BatchDone(()))
 
     async def _watch_loop(self) -> None:
-        """Every third of a TTL: find workers by their heartbeat keys (a bot started after
-        them missed their hello) and drop those whose key expired or that went silent."""
+        """Every third of a TTL: read the heartbeats of the workers in the workers set (a
+        bot started after them missed their hello), drop those whose key expired or that
+        went silent, and after one period give back jobs no live worker adopted."""
         down = False
         while not self._closing:
             await asyncio.sleep(self.heartbeat_s / 3)
             try:
                 assert self._r is not None
-                found = [k async for k in self._r.scan_iter(self.keys.heartbeat_pattern)]
-                values = await self._r.mget(found) if found else []
+                await self.lock.refresh(self._r)
+                members = sorted(m.decode() for m in await self._r.smembers(self.keys.workers))
+                keys = [self.keys.heartbeat(m) for m in members]
+                values = await self._r.mget(keys) if keys else []
             except (RedisError, OSError):
                 down = True
                 continue
@@ -171,106 +285,46 @@ class Members:
                 for w in self._workers.values():
                     w.last_seen = now
             beats: dict[str, dict[str, Any]] = {}
-            for raw in values:
+            for wid, raw in zip(members, values, strict=True):
                 data = codec.loads(raw) if raw else None
                 if data and data.get("id"):
                     beats[str(data["id"])] = data
+                elif wid not in self._workers:  # gone before this bot knew it
+                    self._outbox.put_nowait(("srem", self.keys.workers, {}, [wid]))
             for wid, data in beats.items():
                 w = self._workers.get(wid)
-                if w is None:
+                if w is None or w.nonce != data.get("nonce"):
                     self._register(data)
                     continue
                 w.last_seen = now
-                if data.get("epoch") == self.epoch:
-                    self._ack(w, int(data.get("seen") or 0))
+                self._apply_status(w, data)
             for w in list(self._workers.values()):
                 if w.id not in beats and now - w.last_seen > self.heartbeat_s:
                     self._drop(w, f"no heartbeat for {self.heartbeat_s:g} s")
                 elif self._holds_jobs(w) and now - w.last_event > self.silence_s:
                     self._drop(w, f"no event for {self.silence_s:g} s while running jobs")
+            if self._adopt_until is not None and now >= self._adopt_until:
+                self._give_back_unadopted()
+
+    def _give_back_unadopted(self) -> None:
+        """One heartbeat period after start: a job that was running when the last bot
+        stopped and that no live worker lists waits again (its next grant is the next
+        attempt, so a late answer of the old one is recognised)."""
+        self._adopt_until = None
+        back = [j for j, g in self._jobs.items() if g.adopting]
+        for job_id in back:
+            del self._jobs[job_id]
+        if back:
+            log.warning("jobs %s were running before the restart and no worker has them", back)
+            self._events.put_nowait(WorkerDied(None, (), tuple(back)))
 
     def _holds_jobs(self, w: Remote) -> bool:
-        return any(g.worker == w.id for g in self._jobs.values())
+        return any(g.worker == w.id and not g.final for g in self._jobs.values())
 
     def _ack(self, w: Remote, seen: int) -> None:
         for seq in [s for s in w.unacked if s <= seen]:
             del w.unacked[seq]
 
-    # -- events -----------------------------------------------------------------------
-    def _current(self, wid: str, job_id: str, attempt: int) -> Grant | None:
-        g = self._jobs.get(job_id)
-        return g if g is not None and g.worker == wid and g.attempt == attempt else None
-
-    async def _on_event(self, wid: str, entry: codec.Fields) -> None:
-        kind = codec.text(entry, "t")
-        w = self._workers.get(wid)
-        if w is not None:
-            w.last_seen = w.last_event = time.monotonic()
-        if kind == "ask":
-            if w is not None:
-                if codec.text(entry, "e") == self.epoch:
-                    self._ack(w, codec.number(entry, "seen"))
-                    w.seen = max(w.seen, codec.number(entry, "seen"))
-                w.free = codec.number(entry, "free")
-                self._events.put_nowait(BatchDone(()))  # a slot may be free: dispatch
-        elif kind in ("started", "progress"):
-            pairs = codec.loads(entry.get(b"jobs")) or []
-            live = tuple(str(j) for j, a in pairs if self._current(wid, str(j), int(a)))
-            if not live:
-                return
-            if kind == "started":
-                for job_id in live:
-                    self._jobs[job_id].started = True
-                    self._starts[job_id] = self._starts.get(job_id, 0) + 1
-                self._events.put_nowait(Started(live))
-            else:
-                step, total = codec.number(entry, "step"), codec.number(entry, "total")
-                self._events.put_nowait(Progress(live, step, total))
-        elif kind in ("finished", "failed", "cancelled", "released"):
-            await self._on_final(wid, kind, entry)
-        elif kind == "bye":
-            if w is not None:
-                self._drop(w, "it stopped", graceful=True)
-        else:
-            log.warning("ignoring unknown event %r from worker %s", kind, wid)
-
-    async def _on_final(self, wid: str, kind: str, entry: codec.Fields) -> None:
-        job_id, attempt = codec.text(entry, "job"), codec.number(entry, "a")
-        g = self._current(wid, job_id, attempt)
-        if g is None:
-            self.discarded += 1
-            log.info(
-                "discarded a late %s of job %s attempt %d from worker %s: no longer its job",
-                kind, job_id, attempt, wid,
-            )  # fmt: skip
-            return
-        del self._jobs[job_id]
-        if kind == "finished":
-            result = codec.decode_result(entry[b"result"])
-            png = entry.get(b"png")
-            if png is not None:
-                await asyncio.to_thread(write_file, g.request.output_path, png)
-            result = replace(result, output_path=g.request.output_path)
-            self.ran_by[job_id] = wid
-            while len(self.ran_by) > 1000:
-                self.ran_by.popitem(last=False)
-            log.info(
-                "job %s attempt %d made by worker %s in %.1f s",
-                job_id, attempt, wid, result.seconds,
-            )  # fmt: skip
-            self._events.put_nowait(Finished(result))
-        elif kind == "failed":
-            self._events.put_nowait(Failed(job_id, codec.text(entry, "message")))
-        elif kind == "cancelled":
-            self._events.put_nowait(Cancelled(job_id))
-        else:  # released: the worker stopped; the job runs again, the try not counted
-            if g.started:
-                self._starts[job_id] = max(0, self._starts.get(job_id, 1) - 1)
-            self._events.put_nowait(WorkerDied(None, (), (job_id,)))
-        key = (wid, g.seq)
-        left = self._batches.get(key)
-        if left is not None:
-            left.discard(job_id)
-            if not left:
-                del self._batches[key]
-                self._events.put_nowait(BatchDone(self._batch_ids.pop(key, ())))
+    @staticmethod
+    def _holds(g: Grant, wid: str, nonce: str, attempt: int) -> bool:
+        return g.worker == wid and g.nonce == nonce and g.attempt == attempt and not g.final
