@@ -220,18 +220,3 @@ def style_choices(
         label = f"{style.name} ({SCOPE_LABEL[style.scope]})"
         (first if style.name.startswith(needle) else rest).append((label, style.name))
     return (first + rest)[:MAX_CHOICES]
-
-
-def describe(style: Style) -> str:
-    """The lines `/style show` prints."""
-    strength = f"{style.strength:.2f}" if style.strength is not None else "yours (default 0.50)"
-    lines = [
-        f"**{style.name}** ({SCOPE_LABEL[style.scope]})",
-        f"• Prompt: `{style.template}`",
-        f"• Negative prompt: `{style.negative_prompt}`" if style.negative_prompt else None,
-        f"• Strength: {strength}",
-        f"• Example: “a cat” becomes “{compose_prompt(style.template, 'a cat')}”",
-    ]
-    if style.description:
-        lines.insert(1, f"• {style.description}")
-    return "\n".join(line for line in lines if line)

@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot.blocked_words import MAX_WORD_CHARS, BlockedWords
 from bot.cogs.quota import QuotaCog, member_role_ids
+from bot.limits import CONTENT, fit_lines, join_items
 from bot.quota import WINDOW_S, plural
 from bot.store.quotas import QuotaStore
 
@@ -30,6 +31,9 @@ Interaction = discord.Interaction[Any]
 Count = app_commands.Range[int, 0, None]
 Word = app_commands.Range[str, 1, MAX_WORD_CHARS]
 NO_MENTIONS = discord.AllowedMentions.none()
+# /settings show gives an unbounded list this much of its 2,000 characters, then "…and N more"
+CHANNELS_CHARS = 500
+ROLES_CHARS = 600
 
 
 async def _done(interaction: Interaction, change: str) -> None:
@@ -77,7 +81,7 @@ class SettingsCog(
         channels = (
             "every channel"
             if gs.allowed_channels is None
-            else ", ".join(f"<#{c}>" for c in gs.allowed_channels)
+            else join_items([f"<#{c}>" for c in gs.allowed_channels], CHANNELS_CHARS)
         )
         user_note = "" if gs.user_daily is not None else " (default)"
         guild_note = "" if gs.guild_daily is not None else " (default)"
@@ -107,15 +111,18 @@ class SettingsCog(
             )
             + " (`/settings blocked-words list`)",
         ]
+        roles = []
         for rule in await q.role_limits(interaction.guild_id):
             what = "no per-member limit" if rule.exempt else plural(rule.user_daily or 0, "image")
-            lines.append(f"• Role <@&{rule.role_id}>: {what}")
+            roles.append(f"• Role <@&{rule.role_id}>: {what}")
+        if roles:
+            lines.append(fit_lines(roles, ROLES_CHARS, noun="roles"))
         audit = await q.audit_log(interaction.guild_id)
         lines.append("**Recent changes**" if audit else "No changes yet.")
         for entry in audit:
             lines.append(f"• <t:{int(entry.at)}:R> by <@{entry.user_id}>: {entry.change}")
         await interaction.response.send_message(
-            "\n".join(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
+            fit_lines(lines), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     @app_commands.command(
@@ -166,9 +173,11 @@ class SettingsCog(
         if self.blocked.operator_words:
             count = plural(len(self.blocked.operator_words), "word")
             lines.append(f"The bot's operator also blocks {count} on every server.")
-        text = "\n".join(lines)
-        if len(text) > 2000:
-            text = text[:1990] + "\n…"
+        if self.blocked.operator_words:  # the operator's note must survive the cut
+            note = lines.pop()
+            text = fit_lines(lines, CONTENT - len(note) - 1, noun="words") + "\n" + note
+        else:
+            text = fit_lines(lines, noun="words")
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="limits", description="Images per member and per server (24 h)")

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.errors import UserError
+from bot.limits import CONTENT, clip, fit_lines, join_items
 from bot.store.styles import StyleStore
 from bot.styles import (
     BUILTINS,
@@ -25,10 +26,10 @@ from bot.styles import (
     check_name,
     check_strength,
     check_template,
-    describe,
     style_choices,
     unknown_style_text,
 )
+from bot.ui.styles import style_embed
 from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_STRENGTH,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
+NAME_SHOWN = MAX_NAME_CHARS + 8  # a typed name is echoed at most this long
 
 
 def _can_manage(interaction: Interaction) -> bool:
@@ -85,6 +87,11 @@ def _lines(title: str, styles: list[Style], limit: int | None = None) -> list[st
         for s in styles
     ]
     return [head, *rows]
+
+
+def _names(styles: list[Style]) -> str:
+    """Style names for the short list, within a third of a message each."""
+    return join_items([s.name for s in styles], CONTENT // 3) or "none"
 
 
 @app_commands.guild_only()
@@ -136,8 +143,8 @@ class StylesCog(
         whose = "your style" if scope == "mine" else "the server style"
         verb = "Replaced" if replaced else "Saved"
         await interaction.response.send_message(
-            f"✅ {verb} {whose} `{style.name}`. Use it with `/img2img style:{style.name}`.\n"
-            + describe(style),
+            f"✅ {verb} {whose} `{style.name}`. Use it with `/img2img style:{style.name}`.",
+            embed=style_embed(style),
             ephemeral=True,
         )
 
@@ -152,12 +159,12 @@ class StylesCog(
             "`/style show name` shows one in full; `/img2img style:name` uses it.",
         ]
         text = "\n".join(lines)
-        if len(text) > 2000:  # 75 templates can pass Discord's limit: names only then
-            text = "\n".join(
+        if len(text) > CONTENT:  # 75 templates can pass Discord's limit: names only then
+            text = fit_lines(
                 [
-                    f"**Your styles:** {', '.join(s.name for s in mine) or 'none'}",
-                    f"**This server's:** {', '.join(s.name for s in server) or 'none'}",
-                    f"**Built-in:** {', '.join(BUILTINS)}",
+                    f"**Your styles:** {_names(mine)}",
+                    f"**This server's:** {_names(server)}",
+                    f"**Built-in:** {_names(list(BUILTINS.values()))}",
                     "`/style show name` shows one in full.",
                 ]
             )
@@ -169,8 +176,12 @@ class StylesCog(
     async def show(self, interaction: Interaction, name: str) -> None:
         assert interaction.guild_id is not None
         style = await self.styles.resolve(interaction.guild_id, interaction.user.id, name)
-        text = describe(style) if style else f"❌ {unknown_style_text(name)}"
-        await interaction.response.send_message(text, ephemeral=True)
+        if style is None:
+            await interaction.response.send_message(
+                f"❌ {unknown_style_text(clip(name, NAME_SHOWN))}", ephemeral=True
+            )
+            return
+        await interaction.response.send_message(embed=style_embed(style), ephemeral=True)
 
     @app_commands.command(name="delete", description="Delete one of your styles or the server's")
     @app_commands.describe(
@@ -186,7 +197,7 @@ class StylesCog(
     ) -> None:
         assert interaction.guild_id is not None
         guild, user = interaction.guild_id, interaction.user.id
-        key = name.strip().lower()
+        key = clip(name.strip().lower(), NAME_SHOWN)  # typed freely: up to 6,000 characters
         try:
             if scope is None:
                 mine, server = await self.styles.both(guild, user)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from bot.errors import UserError
+from bot.limits import join_items
 from bot.quota import (
     QuotaState,
     RoleLimit,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from bot.jobs.service import NewJob
 
 log = logging.getLogger(__name__)
+
+REFUSAL_CHANNELS_CHARS = 1500  # the channel refusal's list; its sentence fits the rest
 
 Conn = aiosqlite.Connection
 
@@ -216,7 +219,7 @@ class QuotaStore:
         allowed = (await self.guild_settings(guild_id)).allowed_channels
         if allowed is None or channel_id in allowed or (parent_id and parent_id in allowed):
             return
-        names = ", ".join(f"<#{c}>" for c in allowed)
+        names = join_items([f"<#{c}>" for c in allowed], REFUSAL_CHANNELS_CHARS)
         raise UserError(f"In this server the image bot can only be used in: {names}.")
 
     # -- changes (each audited in the same transaction) -------------------------------

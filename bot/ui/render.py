@@ -1,4 +1,4 @@
-"""Text and embeds the bot shows: queue places, progress bars, results, help.
+"""Text and embeds the bot shows: queue places, progress bars, results (/help: bot.ui.help).
 
 Pure functions of values, so tests need neither Discord nor a model.
 """
@@ -113,33 +113,3 @@ def result_embed(job: Job, *, mask_thumbnail: str | None = None) -> discord.Embe
         text=f"{model_label(job.model)} · {duration(job.seconds or 0)} · job #{job.id}"
     )
     return embed
-
-
-STRENGTH_GUIDE = (
-    "**Strength** decides how far the picture may move from your image:\n"
-    "• 0.1–0.2: subtle detail, colours and texture\n"
-    "• 0.3–0.4: light restyle, composition kept\n"
-    "• 0.5–0.6: balanced style transfer\n"
-    "• 0.7–0.8: loose reinterpretation, rough layout kept\n"
-    "• 1.0: about text-to-image; the image barely matters"
-)
-
-HELP_TEXT = (
-    "**/img2img** `image` `prompt` `strength` `[negative_prompt]` `[seed]` `[steps]`\n"
-    "Turns your photo or sketch into a new picture. PNG, JPEG or WebP, at least 512×512 works "
-    "best; the aspect ratio is kept.\n\n"
-    f"{STRENGTH_GUIDE}\n\n"
-    "Under each result: **−0.15 / +0.15** re-run it weaker or stronger with the same seed, "
-    "**Reroll** tries a new seed, **Delete** removes it (yours, or with Manage Messages).\n"
-    "**/queue** shows this server's queue. Servers are served in turn, so a busy server "
-    "never blocks yours for more than one image.\n"
-    "**/quota** shows how many images you and this server have left today.\n"
-    "**/gallery browse** `[user]` `[search]` `[public]` pages through this server's pictures; "
-    "**/gallery remove** deletes one.\n"
-    "**/gallery forget-me** deletes every picture and uploaded image of yours in this server.\n"
-    "**Safety**: prompts with a word this server (or the bot's operator) blocked are refused "
-    "before anything is queued; results the safety filter flags are never posted, and pictures "
-    "from private or age-restricted channels stay in their channel.\n"
-    "**/settings** (Manage Server): limits, allowed channels, gallery channel, role limits, "
-    "blocked words, age-restricted channels."
-)

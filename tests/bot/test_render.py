@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.ui.render import HELP_TEXT, model_label, user_text
+from bot.ui.render import model_label, user_text
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,3 @@ def test_user_text_escapes_markdown(text: str, shown: str) -> None:
 
 def test_user_text_shortens_before_escaping() -> None:
     assert user_text("*" * 10, 4) == "\\*\\*\\*…"
-
-
-def test_help_mentions_blocked_words_and_forget_me() -> None:
-    assert "blocked" in HELP_TEXT and "/gallery forget-me" in HELP_TEXT

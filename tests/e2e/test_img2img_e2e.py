@@ -168,7 +168,7 @@ async def test_queue_and_help_answer_privately(
     await make_bot()
     handle = await fd.send_slash(world.guild, world.channel, world.alice, "help")
     msg = await handle.wait_original()
-    assert msg["ephemeral"] and "Strength" in msg["embeds"][0]["description"]
+    assert msg["ephemeral"] and "/img2img" in msg["embeds"][0]["description"]
     handle = await fd.send_slash(world.guild, world.channel, world.alice, "queue")
     msg = await handle.wait_original()
     assert msg["ephemeral"] and "Waiting in this server: 0" in msg["content"]

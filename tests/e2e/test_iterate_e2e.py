@@ -275,20 +275,6 @@ async def test_buttons_and_modals_work_after_a_restart(
     assert await job_count(bot) == count
 
 
-async def test_help_has_the_troubleshooting_table_and_a_walkthrough(
-    fd: FakeDiscord, world: World, make_bot: BotFactory
-) -> None:
-    await make_bot(wait_worker=False)
-    handle = await fd.send_slash(world.guild, world.channel, world.alice, "help")
-    msg = await handle.wait_original()
-    assert msg["ephemeral"]
-    sections = {f["name"]: f["value"] for f in msg["embeds"][0]["fields"]}
-    assert "lower the strength to 0.4–0.5" in sections["When it goes wrong"]
-    assert "512×512" in sections["When it goes wrong"]
-    assert "Compare" in sections["First time? Try this"]
-    assert "Img2img this" in sections["Working on a result"]
-
-
 async def test_compare_shows_three_strengths_and_use_posts_one_without_a_new_job(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:

@@ -29,10 +29,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def private_text(handle: InteractionHandle) -> str:
-    """The interaction's answer, which must be visible only to the user."""
+    """The interaction's answer, which must be visible only to the user: its content and
+    its embed's text (a style is shown as an embed)."""
     msg = await handle.wait_original(lambda m: not m["loading"])
     assert msg["ephemeral"], msg["content"]
-    return str(msg["content"])
+    parts = [msg["content"] or ""]
+    for embed in msg["embeds"]:
+        parts += [embed.get("title") or "", embed.get("description") or ""]
+        parts += [f"{f['name']}: {f['value']}" for f in embed.get("fields", [])]
+    return "\n".join(parts)
 
 
 async def style(fd: FakeDiscord, world: World, by: int, sub: str, /, **options: Any) -> str:
@@ -201,3 +206,25 @@ async def test_a_style_survives_a_restart(
     shown = await style(fd, world, world.bob, "show", name="winter-shop")
     assert "winter-shop" in shown and "this server's" in shown
     assert "a cat, snow" in shown
+
+
+async def test_a_style_at_the_length_limits_is_saved_and_shown_whole(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    """A 1,000-character template and negative prompt (about 3,000 characters to show with
+    the example): before, Discord refused the answer (50035) after the style was saved."""
+    bot = await make_bot(wait_worker=False)
+    template = ("{prompt}, " + "oil painting, impressionist, " * 40)[:999] + "!"
+    negative = ("blurry, low quality, " * 60)[:1000]
+    saved = await style(
+        fd, world, world.alice, "save", name="long-look", prompt=template,
+        negative_prompt=negative, strength=0.6,
+    )  # fmt: skip
+    assert "Saved your style `long-look`" in saved
+    shown = await style(fd, world, world.alice, "show", name="long-look")
+    assert f"Prompt: `{template}`" in shown and f"Negative prompt: `{negative}`" in shown
+    assert "Example: “a cat” becomes “a cat, oil painting" in shown
+    assert len(shown) > 2000  # more than one message could hold
+    stored = await bot.styles.resolve(world.guild, world.alice, "long-look")
+    assert stored is not None and stored.template == template
+    assert all(b["status"] < 400 for b in fd.message_bodies())

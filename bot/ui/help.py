@@ -1,0 +1,168 @@
+"""/help by topic: one page per thing people come to learn, chosen from a select menu.
+
+One embed that every feature made longer had outgrown Discord's limits and left commands
+out; pages by topic stay short, and `tests/bot/test_help.py` checks that each fits and that
+every registered command is named on some page. The menu's custom_id is fixed
+(`help:topic`), so it keeps working on a /help answer posted before a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import discord
+
+from bot.limits import FIELD_VALUE, clip, fit_embed
+from bot.ui.tips import INPAINTING, TROUBLESHOOTING, WALKTHROUGH, WORKING_ON_A_RESULT
+
+HELP_SELECT_ID = "help:topic"
+
+STRENGTH_GUIDE = (
+    "**Strength** decides how far the picture may move from your image:\n"
+    "• 0.1–0.2: subtle detail, colours and texture\n"
+    "• 0.3–0.4: light restyle, composition kept\n"
+    "• 0.5–0.6: balanced style transfer\n"
+    "• 0.7–0.8: loose reinterpretation, rough layout kept\n"
+    "• 1.0: about text-to-image; the image barely matters"
+)
+
+
+@dataclass(frozen=True)
+class Topic:
+    key: str
+    label: str
+    emoji: str
+    summary: str  # the select option's description (at most 100 characters)
+    text: str  # the page (an embed description, at most 4,096 characters)
+
+
+TOPICS: tuple[Topic, ...] = (
+    Topic(
+        "start",
+        "Start here",
+        "👋",
+        "What the bot does and your first picture",
+        "**/img2img** `image` `prompt` `[strength]` `[negative_prompt]` `[seed]` `[steps]` "
+        "`[style]`\n"
+        "Turns your photo or sketch into a new picture. PNG, JPEG or WebP; at least 512×512 "
+        "works best; the aspect ratio is kept. The answer shows your place in the queue, then "
+        "the progress, then the result.\n\n"
+        f"**First time? Try this**\n{WALKTHROUGH}\n\n"
+        "**/queue** shows this server's queue. Servers take turns, so a busy server never "
+        "blocks yours for more than one image.\n"
+        "**/quota** shows how many images you and this server have left today.\n"
+        "**/help** opens this guide; pick a topic in the menu below.",
+    ),
+    Topic(
+        "strength",
+        "Strength",
+        "🎚️",
+        "How far the picture may move from yours",
+        f"{STRENGTH_GUIDE}\n\n"
+        "Without `strength`, a style's strength is used, else 0.5. Not sure? Make one "
+        "picture at 0.5 and click **Compare** under it: it shows 0.35 and 0.65 next to it.\n"
+        "Faces keep best below 0.6; a style shows clearly from about 0.55.",
+    ),
+    Topic(
+        "result",
+        "Working on a result",
+        "🛠️",
+        "The buttons under a result, Img2img this, your gallery",
+        "Under each result:\n"
+        "• **−0.15 / +0.15** run it again weaker or stronger with the same seed\n"
+        "• **Reroll** tries a new seed\n"
+        "• **Delete** removes it (yours, or with Manage Messages)\n"
+        "• **Cancel** (while it runs) stops your job and gives the image back to your quota\n\n"
+        f"{WORKING_ON_A_RESULT}\n\n"
+        "**Your pictures**\n"
+        "**/gallery browse** `[user]` `[search]` `[public]` pages through this server's "
+        "pictures; **/gallery remove** `job` deletes one; **/gallery forget-me** deletes every "
+        "picture and uploaded image of yours in this server.",
+    ),
+    Topic(
+        "inpaint",
+        "Inpainting",
+        "🖌️",
+        "Repaint only part of a picture",
+        INPAINTING,
+    ),
+    Topic(
+        "series",
+        "Series and styles",
+        "🎞️",
+        "Many pictures in one look; saved styles",
+        "**/series** `prompt` `image1` … `image10` `[strength]` `[style]` makes up to 10 "
+        "pictures with one prompt, one seed and one look, posted together as an album.\n\n"
+        "**Styles** are saved looks: a prompt template (`{prompt}` marks where each picture's "
+        "own prompt goes), a negative prompt and a strength.\n"
+        "• **/style save** `name` `prompt` `[negative_prompt]` `[strength]` `[scope]` saves "
+        "yours, or the server's with `scope: server` (Manage Server)\n"
+        "• **/style list** shows yours, this server's and the built-in ones\n"
+        "• **/style show** `name` shows one in full, with an example\n"
+        "• **/style delete** `name` deletes one\n"
+        "Use one with `style:` on **/img2img**, **/inpaint** or **/series**; your own "
+        "strength and negative prompt still apply.",
+    ),
+    Topic(
+        "settings",
+        "Settings",
+        "⚙️",
+        "Limits, channels, gallery, safety (Manage Server)",
+        "**/settings** is for members with Manage Server:\n"
+        "• **/settings show**: every setting and the recent changes\n"
+        "• **/settings limits** `[user]` `[guild]`: images per member and per server in 24 h\n"
+        "• **/settings role-limit** `role` `[limit]` `[exempt]`: a role's own limit\n"
+        "• **/settings reset-usage** `member`: start a member's 24 h count afresh\n"
+        "• **/settings channel-allow** `channel`, **/settings channel-disallow** `channel`, "
+        "**/settings channel-all**: where the bot works\n"
+        "• **/settings gallery-channel** `[channel]`: where finished pictures are collected\n"
+        "• **/settings nsfw-channels** `mode`: unfiltered results (as spoilers) in "
+        "age-restricted channels, or filtered like everywhere\n"
+        "• **/settings blocked-words add** `word`, **/settings blocked-words remove** `word`, "
+        "**/settings blocked-words list**: words refused in prompts\n\n"
+        "Members see their own limits with **/quota**.",
+    ),
+    Topic(
+        "trouble",
+        "Troubleshooting",
+        "🩺",
+        "When the picture or the bot does not do what you hoped",
+        f"{TROUBLESHOOTING}\n\n"
+        "**Refused before anything is queued?** The answer says why: a blocked word, a "
+        "channel the bot is not allowed in, your or the server's quota (**/quota**), or an "
+        "image too large or in another format. Nothing is counted then.\n"
+        "**Safety**: results the safety filter flags are never posted, and pictures from "
+        "private or age-restricted channels stay in their channel.\n"
+        "**“The bot is restarting”**: try again in a moment; queued jobs are kept.",
+    ),
+)
+TOPIC_KEYS = tuple(t.key for t in TOPICS)
+_BY_KEY = {t.key: t for t in TOPICS}
+
+
+def topic(key: str) -> Topic:
+    """The topic of that key; the first page for an unknown one (an old menu's value)."""
+    return _BY_KEY.get(key, TOPICS[0])
+
+
+def help_embed(key: str, notice: str | None = None) -> discord.Embed:
+    """One page of the guide. `notice` (e.g. that results are not filtered right now) is
+    shown on every page, so nobody misses it whichever topic they open."""
+    page = topic(key)
+    embed = discord.Embed(
+        title=f"{page.emoji} {page.label}", description=page.text, colour=discord.Colour.blurple()
+    )
+    if notice:
+        embed.add_field(name="⚠️ Right now", value=clip(notice, FIELD_VALUE), inline=False)
+    embed.set_footer(text="Image-to-image bot · pick another topic in the menu below")
+    return fit_embed(embed)
+
+
+def topic_options(current: str) -> list[discord.SelectOption]:
+    return [
+        discord.SelectOption(
+            label=t.label, value=t.key, emoji=t.emoji, description=t.summary,
+            default=t.key == current,
+        )
+        for t in TOPICS
+    ]  # fmt: skip
