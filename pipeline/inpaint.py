@@ -2,12 +2,14 @@
 
 Part of the engine: `Engine.generate` hands inpaint requests to `generate_inpaint`; what
 it runs on (the inpainting pipeline, CLIPSeg) is loaded by `pipeline.inpaint_models`.
-One pipeline call per request. The mask (stored, or made from region words) is feathered
-by the request's `mask_blur` and the output composited over the input through it
-(`pipeline.mask`), so every pixel farther than the feather from the mask is the input's
-exact pixel. A mask covering under a quarter of the picture (`crop: auto`) is generated
-in a padded box at the model's full resolution and pasted back ("only masked" mode): a
-face or a hand gets the model's full detail.
+One pipeline call per request. The result has the stored input's own size (the bot caps
+it at MAX_STORED_SIDE), not the model's: the mask (stored, or made from region words) is
+feathered by the request's `mask_blur` at that size and the output composited over the
+input through it (`pipeline.mask`), so every pixel farther than the feather from the mask
+is the input's exact pixel at full resolution. Only the masked area is generated, at the
+model's resolution, and pasted back scaled to fit: a mask covering under a quarter of the
+picture (`crop: auto`) in a padded box around it ("only masked" mode: a face or a hand
+gets the model's full detail), a larger one with the whole picture scaled down.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +34,7 @@ from pipeline.mask import (
     paste_crop,
     should_crop,
 )
-from pipeline.prepare import target_size
+from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import (
     INPUT_MISSING,
     INPUT_UNREADABLE,
@@ -69,8 +72,11 @@ def _read_image(path: str, mode: str) -> Image.Image:
         return src.convert(mode)
 
 
-def _job_mask(req: GenerationRequest, image: Image.Image, inpainting: Inpainting) -> Image.Image:
-    """The job's mask at the generated size: the stored one, else the region's."""
+def _job_mask(
+    req: GenerationRequest, work: Image.Image, size: tuple[int, int], inpainting: Inpainting
+) -> Image.Image:
+    """The job's mask at `size` (the picture's own): the stored one, else the region found
+    in `work` (the picture at the model's resolution, what CLIPSeg is made for)."""
     if req.mask_path:
         try:
             mask = _read_image(req.mask_path, "L")
@@ -79,12 +85,22 @@ def _job_mask(req: GenerationRequest, image: Image.Image, inpainting: Inpainting
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             log.warning("job %s: mask %s is unreadable: %s", req.job_id, req.mask_path, exc)
             raise InputError(MASK_UNREADABLE) from None
-        return mask.resize(image.size, Image.Resampling.BILINEAR)
+        return mask.resize(size, Image.Resampling.BILINEAR)
     if req.region:
         if inpainting.masker is None:
             raise InputError(NO_REGION_MODEL)
-        return inpainting.masker.mask(image, req.region)
+        return inpainting.masker.mask(work, req.region).resize(size, Image.Resampling.BILINEAR)
     raise InputError(NO_MASK)
+
+
+@dataclass
+class Inpainted:
+    """An inpainting's result at the picture's size, and the region the model generated
+    (at the model's resolution: what the safety checker must see too, since a small
+    repainted area is a few pixels of the checker's view of the whole)."""
+
+    image: Image.Image
+    generated: Image.Image
 
 
 def inpaint_image(
@@ -93,25 +109,24 @@ def inpaint_image(
     image: Image.Image,
     *,
     on_step_end: Callable[..., dict[str, Any]] | None = None,
-) -> Image.Image:
-    """Inpaint one request: `image` is its input at the generated size; the result has
-    that size and equals it exactly farther than `req.mask_blur` from the mask."""
+) -> Inpainted:
+    """Inpaint one request: `image` is its stored input at full size; the result has that
+    size and equals it exactly farther than `req.mask_blur` from the mask."""
     if inpainting.pipe is None:
         raise InputError(NO_INPAINT)
-    mask = _job_mask(req, image, inpainting)
+    work = fit_to_resolution(image, inpainting.resolution)
+    mask = _job_mask(req, work, image.size, inpainting)
     coverage = check_coverage(mask)
     soft = feather(mask, req.mask_blur)
-    repaint = soft.point(lambda v: 255 if v else 0)  # regenerate all that may show
-    box = (0, 0, *image.size)
+    whole = (0, 0, *image.size)
+    box = whole
     if should_crop(req.crop, coverage):
-        bbox = soft.getbbox()
-        assert bbox is not None  # check_coverage refused an empty mask
-        box = crop_box(bbox, image.size)
-    if box == (0, 0, *image.size):
-        source, source_mask = image, repaint
-    else:
-        source = _source_crop(req.image_path, image.size, box, inpainting.resolution)
-        source_mask = repaint.crop(box).resize(source.size, Image.Resampling.NEAREST)
+        box = _crop_box_at(soft, work.size)
+    source = work if box == whole else _box_source(image, box, inpainting.resolution)
+    # Regenerate all that may show through the feathered mask, at the source's scale.
+    source_mask = (
+        soft.crop(box).resize(source.size, Image.Resampling.BOX).point(lambda v: 255 if v else 0)
+    )
     total, _ = plan_steps(req.steps, req.strength)
     output = inpainting.pipe(
         prompt=req.prompt,
@@ -128,20 +143,38 @@ def inpaint_image(
         callback_on_step_end=on_step_end,
     )
     generated = output.images[0]
-    canvas = generated if source is image else paste_crop(image, generated, box)
-    return composite(canvas, image, soft)
+    return Inpainted(composite(paste_crop(image, generated, box), image, soft), generated)
 
 
-def _source_crop(
-    image_path: str, size: tuple[int, int], box: tuple[int, int, int, int], resolution: int
+def _crop_box_at(soft: Image.Image, work_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`crop_box` (padding and least side in the model's pixels) of the feathered mask,
+    at the picture's own size: computed on the mask's box scaled to `work_size`, scaled
+    back, and grown to hold every pixel the feathered mask touches."""
+    bbox = soft.getbbox()
+    assert bbox is not None  # check_coverage refused an empty mask
+    sx, sy = soft.width / work_size[0], soft.height / work_size[1]
+    small = (
+        math.floor(bbox[0] / sx), math.floor(bbox[1] / sy),
+        min(work_size[0], math.ceil(bbox[2] / sx)), min(work_size[1], math.ceil(bbox[3] / sy)),
+    )  # fmt: skip
+    box = crop_box(small, work_size)
+    if box == (0, 0, *work_size):
+        return (0, 0, *soft.size)
+    return (
+        max(0, min(bbox[0], math.floor(box[0] * sx))),
+        max(0, min(bbox[1], math.floor(box[1] * sy))),
+        min(soft.width, max(bbox[2], math.ceil(box[2] * sx))),
+        min(soft.height, max(bbox[3], math.ceil(box[3] * sy))),
+    )
+
+
+def _box_source(
+    image: Image.Image, box: tuple[int, int, int, int], resolution: int
 ) -> Image.Image:
-    """The box's pixels at the model's resolution, cut from the stored input (which may
-    be larger than the generated size: a face keeps its real detail)."""
-    stored = _read_image(image_path, "RGB")
-    sx, sy = stored.width / size[0], stored.height / size[1]
-    stored_box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    """The box's pixels at the model's resolution, cut from the full-size input (a face
+    keeps its real detail)."""
     out_size = target_size(box[2] - box[0], box[3] - box[1], resolution)
-    return stored.resize(out_size, Image.Resampling.LANCZOS, box=stored_box)
+    return image.resize(out_size, Image.Resampling.LANCZOS, box=box)
 
 
 def generate_inpaint(
@@ -170,7 +203,7 @@ def generate_inpaint(
         started = time.perf_counter()
         state = {"reported": 0}
         try:
-            image = _read_input(req, engine.info.resolution)
+            image = _read_input(req)
             if inpainting is None:
                 raise InputError(NO_INPAINT)
             callback = _step_callback(req, inpainting.pipe, state, on_progress, is_cancelled)
@@ -196,11 +229,10 @@ def generate_inpaint(
     return results
 
 
-def _read_input(req: GenerationRequest, resolution: int) -> Image.Image:
-    from pipeline.prepare import fit_to_resolution
-
+def _read_input(req: GenerationRequest) -> Image.Image:
+    """The stored input at its own size: the result keeps it."""
     try:
-        return fit_to_resolution(_read_image(req.image_path, "RGB"), resolution)
+        return _read_image(req.image_path, "RGB")
     except FileNotFoundError:
         raise InputError(INPUT_MISSING) from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -235,20 +267,26 @@ def _step_callback(
 
 
 def _finish(
-    engine: Any, req: GenerationRequest, out: Image.Image, steps_run: int, started: float
+    engine: Any, req: GenerationRequest, done: Inpainted, steps_run: int, started: float
 ) -> GenerationResult:
-    """Safety check and PNG, as `Engine.generate` does for img2img results."""
-    flagged = bool(engine.checker.flags([out])[0]) if engine.checker else False
+    """Safety check (of the whole picture and of the generated region at its own
+    resolution) and PNG, as `Engine.generate` does for img2img results."""
+    out = done.image
+    flagged = bool(engine.checker and any(engine.checker.flags([out, done.generated])))
     seconds = time.perf_counter() - started
     log.info(
         "inpaint %s: %d steps at %dx%d in %.2f s%s",
         req.job_id, steps_run, out.width, out.height, seconds, " (flagged)" if flagged else "",
     )  # fmt: skip
     total = plan_steps(req.steps, req.strength)[0]
-    return store_result(req, out, flagged, steps_run=steps_run, steps_total=total, seconds=seconds)
+    return store_result(
+        req, out, flagged, checked=engine.checker is not None, steps_run=steps_run,
+        steps_total=total, seconds=seconds,
+    )  # fmt: skip
 
 
 __all__ = [
+    "Inpainted",
     "Inpainting",
     "MaskError",
     "RegionMasker",

@@ -89,10 +89,11 @@ def test_cli_is_pixel_equal_to_the_engine_path_the_bot_takes(
         ]
     )
     with Image.open(out) as a, Image.open(result.output_path) as b:
-        assert a.size == b.size == (256, 168)
+        assert a.size == b.size == stored.size == (600, 400)  # the photo's size, not 256 px
         assert np.array_equal(np.asarray(a), np.asarray(b))
-        changed = np.abs(np.asarray(a, dtype=int) - np.asarray(stored.resize(a.size))).sum(-1)
-        assert changed[40:60, 178:198].mean() > 20  # inside the moon's circle it changed
+        changed = np.abs(np.asarray(a, dtype=int) - np.asarray(stored)).sum(-1)
+        assert changed[100:140, 420:460].mean() > 20  # inside the moon's circle it changed
+        assert not changed[260:, :].any()  # far from the mask: the input's own pixels
 
 
 def test_cli_region_with_make_tinys_clipseg(made: Path, scene: Path, tmp_path: Path) -> None:
@@ -104,7 +105,7 @@ def test_cli_region_with_make_tinys_clipseg(made: Path, scene: Path, tmp_path: P
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     with Image.open(out) as image:
-        assert image.size == (256, 168)
+        assert image.size == (600, 400)  # the photo's own size
 
 
 def test_cli_transparent_input_is_the_mask(made: Path, tmp_path: Path) -> None:
