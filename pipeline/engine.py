@@ -313,7 +313,15 @@ class Engine:
         images_kept = [out for _, out in kept]
         flags = self.checker.flags(images_kept) if self.checker else [False] * len(kept)
         results = [
-            store_result(req, out, flagged, steps_run=steps_run, steps_total=total, seconds=seconds)
+            store_result(
+                req,
+                out,
+                flagged,
+                checked=self.checker is not None,
+                steps_run=steps_run,
+                steps_total=total,
+                seconds=seconds,
+            )
             for (req, out), flagged in zip(kept, flags, strict=True)
         ]
         log.info(

@@ -71,6 +71,9 @@ class GenerationResult:
     """The safety checker flagged this image."""
     withheld: bool = False
     """Flagged and not allowed here: no PNG was written (`output_path` names none)."""
+    filtered: bool = False
+    """A safety checker looked at this image; False: none was loaded, nothing filtered it
+    (the bot records it on the job and says so in /help and /settings show)."""
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ def store_result(
     image: Image.Image,
     flagged: bool,
     *,
+    checked: bool,
     steps_run: int,
     steps_total: int,
     seconds: float,
 ) -> GenerationResult:
     """Write `image` to the request's output path unless the safety checker `flagged` it
-    and the request does not allow that; say what was done."""
+    and the request does not allow that; say what was done. `checked`: a checker looked
+    at it (False: none is loaded, so `flagged` means nothing), recorded as `filtered`."""
     withheld = flagged and not req.allow_nsfw
     path = ""
     if withheld:
@@ -45,4 +47,5 @@ def store_result(
         seconds=seconds,
         nsfw=flagged,
         withheld=withheld,
+        filtered=checked,
     )

@@ -339,6 +339,7 @@ class StepLoop:
                 job.req,
                 image,
                 flagged,
+                checked=self.checker is not None,
                 steps_run=job.reported,
                 steps_total=job.total,
                 seconds=time.perf_counter() - job.started,

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.safety_notice import unfiltered_notice
 from bot.ui.help import HELP_SELECT_ID, TOPICS, help_embed, topic, topic_options
 
 if TYPE_CHECKING:
@@ -58,10 +59,12 @@ class HelpCog(commands.Cog):
         self.bot.remove_dynamic_items(HelpTopicSelect)
 
     async def page(self, interaction: Interaction, key: str) -> tuple[discord.Embed, Any]:
-        """The page of topic `key` and the menu showing it chosen."""
+        """The page of topic `key` and the menu showing it chosen; every page warns when
+        results are not filtered right now."""
         view = discord.ui.View(timeout=None)
         view.add_item(HelpTopicSelect(key))
-        return help_embed(key), view
+        notice = await unfiltered_notice(self.bot, interaction.guild_id)
+        return help_embed(key, notice), view
 
     @app_commands.command(name="help", description="How to use the image bot, by topic")
     async def help(self, interaction: Interaction) -> None:

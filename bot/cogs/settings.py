@@ -20,6 +20,7 @@ from bot.blocked_words import MAX_WORD_CHARS, BlockedWords
 from bot.cogs.quota import QuotaCog, member_role_ids
 from bot.limits import CONTENT, fit_lines, join_items
 from bot.quota import WINDOW_S, plural
+from bot.safety_notice import runs_unfiltered, unfiltered_text
 from bot.store.quotas import QuotaStore
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ class SettingsCog(
             else "filtered like every channel (default)"
         )
         withheld = await q.withheld_count(interaction.guild_id, q.clock() - WINDOW_S)
+        unchecked = await q.unfiltered_count(interaction.guild_id, q.clock() - WINDOW_S)
         words = await self.blocked.list(interaction.guild_id)
         lines = [
             "**Image bot settings**",
@@ -103,6 +105,7 @@ class SettingsCog(
             f"• Gallery channel: {gallery}",
             f"• Age-restricted channels: {nsfw}",
             f"• Withheld by the safety filter in the last 24 h: {plural(withheld, 'image')}",
+            f"• Not checked by a safety filter in the last 24 h: {plural(unchecked, 'image')}",
             f"• Blocked words: {len(words)} of this server"
             + (
                 f", {len(self.blocked.operator_words)} of the bot's operator"
@@ -112,6 +115,8 @@ class SettingsCog(
             + " (`/settings blocked-words list`)",
         ]
         roles = []
+        if runs_unfiltered(self.bot.jobs.worker):
+            lines.insert(1, f"⚠️ {unfiltered_text(unchecked)}")
         for rule in await q.role_limits(interaction.guild_id):
             what = "no per-member limit" if rule.exempt else plural(rule.user_daily or 0, "image")
             roles.append(f"• Role <@&{rule.role_id}>: {what}")

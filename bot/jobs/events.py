@@ -244,6 +244,7 @@ class JobEvents:
     async def _record_result(self, r: GenerationResult) -> None:
         job_id = int(r.job_id)
         ran = {"steps_run": r.steps_run, "steps_total": r.steps_total, "seconds": r.seconds}
+        ran["filtered"] = int(bool(getattr(r, "filtered", False)))  # the worker's answer
         if getattr(r, "withheld", False):
             # The GPU did the work, so the unit stays counted; no image exists to show.
             job = await self._end(

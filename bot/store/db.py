@@ -82,6 +82,9 @@ class Job:
     mask_source: str | None = None  # inpaint: "mask", "transparent area" or region words
     region: str | None = None  # inpaint: words the worker turns into the mask
     crop: str = "auto"  # inpaint: auto | on | off (generate a box around a small mask)
+    filtered: int | None = None
+    """1: a safety checker looked at the picture; 0: none was loaded (not filtered); None:
+    the job made no picture or ended before this was recorded."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:

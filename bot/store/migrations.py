@@ -268,4 +268,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             """,
         ],
     ),
+    (
+        "whether a safety checker looked at a job's picture",
+        [
+            # filtered: 1 a checker looked, 0 none was loaded (the worker's answer,
+            # GenerationResult.filtered); NULL for jobs from before: not known.
+            "ALTER TABLE jobs ADD COLUMN filtered INTEGER",
+        ],
+    ),
 ]

@@ -182,6 +182,16 @@ class QuotaStore:
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def unfiltered_count(self, guild_id: int, since: float) -> int:
+        """Pictures of this server since `since` that no safety checker looked at (made by
+        a worker without one; jobs from before this was recorded are not counted)."""
+        cursor = await self.store.db.execute(
+            "SELECT count(*) FROM jobs WHERE guild_id=? AND filtered=0 AND created_at>?",
+            (guild_id, since),
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def audit_log(self, guild_id: int, limit: int = 10) -> list[AuditEntry]:
         """The server's most recent settings changes, newest first."""
         cursor = await self.store.db.execute(

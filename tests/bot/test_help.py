@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.safety_notice import runs_unfiltered, unfiltered_text
 from bot.ui.help import TOPIC_KEYS, TOPICS, help_embed, topic, topic_options
 from tests.bot.test_limits import assert_within_limits
 
@@ -45,3 +46,41 @@ def test_an_unknown_topic_opens_the_first_page() -> None:
 def test_help_mentions_blocked_words_and_forget_me() -> None:
     pages = "\n".join(t.text for t in TOPICS)
     assert "blocked word" in pages and "/gallery forget-me" in pages
+
+
+class _Info:
+    def __init__(self, safety_checker: str) -> None:
+        self.safety_checker = safety_checker
+
+
+class _OneWorker:
+    def __init__(self, info: _Info | None) -> None:
+        self.info = info
+
+
+class _Fleet:
+    def __init__(self, *states: str) -> None:
+        self.info = _Info("remote")
+        self.engine_infos = tuple(_Info(s) for s in states)
+
+
+@pytest.mark.parametrize(
+    ("worker", "unfiltered"),
+    [
+        (_OneWorker(_Info("on")), False),
+        (_OneWorker(_Info("off")), True),
+        (_OneWorker(_Info("missing")), True),
+        (_OneWorker(None), False),  # no worker ready: nothing is being made
+        (_Fleet("on", "on"), False),
+        (_Fleet("on", "missing"), True),  # one worker of the fleet is enough
+    ],
+)
+def test_results_are_unfiltered_while_any_worker_runs_without_a_checker(
+    worker: object, unfiltered: bool
+) -> None:
+    assert runs_unfiltered(worker) is unfiltered
+
+
+def test_the_warning_counts_this_server_s_unchecked_pictures() -> None:
+    assert "1 picture of this server in the last 24 h was not checked" in unfiltered_text(1)
+    assert "3 pictures of this server in the last 24 h were not checked" in unfiltered_text(3)

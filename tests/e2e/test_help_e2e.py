@@ -9,7 +9,7 @@ from bot.app import ImgBot
 from bot.cogs.settings import SettingsCog
 from bot.limits import CONTENT
 from bot.ui.help import TOPICS
-from tests.e2e.conftest import BotFactory, World, slash_img2img
+from tests.e2e.conftest import BotFactory, World, slash_img2img, wait_result
 from tests.fakediscord import FakeDiscord
 
 SUBCOMMAND, GROUP = 1, 2
@@ -122,3 +122,39 @@ async def test_long_lists_of_channels_and_roles_stay_inside_the_limits(
     assert "can only be used in" in answer["content"] and "more." in answer["content"]
     row = await (await bot.store.db.execute("SELECT COUNT(*) FROM jobs")).fetchone()
     assert row[0] == 0  # refused before anything was queued or counted
+
+
+async def test_help_and_settings_say_results_are_not_filtered(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    """The tiny model ships no checker and none is found (SAFETY_CHECKER=auto): the job row
+    records that its picture was not checked, and /help (every page) and /settings show
+    say that results are not filtered, with this server's count."""
+    bot = await make_bot()
+    assert bot.jobs.engine_info is not None and bot.jobs.engine_info.safety_checker == "missing"
+    result = await wait_result(fd, await slash_img2img(fd, world.guild, world.channel, world.bob))
+    job_id = int(result["embeds"][0]["footer"]["text"].rsplit("#", 1)[1])
+    job = await bot.store.get_job(job_id)
+    assert job is not None and job.state == "done" and job.filtered == 0
+
+    handle = await fd.send_slash(world.guild, world.channel, world.alice, "help")
+    msg = await handle.wait_original(lambda m: not m["loading"])
+    notice = {f["name"]: f["value"] for f in msg["embeds"][0]["fields"]}["⚠️ Right now"]
+    assert "Results are not filtered" in notice
+    assert "1 picture of this server in the last 24 h was not checked" in notice
+    await fd.click(msg["id"], "help:topic", world.alice, values=["settings"])
+    await fd.until(
+        lambda: (
+            fd.message(msg["id"])["embeds"][0]["title"].endswith("Settings")
+            and fd.message(msg["id"])["embeds"][0]["fields"][0]["value"] == notice
+        )
+    )
+    # the other server made nothing: its count is 0
+    other = await fd.send_slash(world.guild2, world.channel2, world.dave, "help")
+    other_msg = await other.wait_original(lambda m: not m["loading"])
+    assert "0 pictures of this server" in other_msg["embeds"][0]["fields"][0]["value"]
+
+    shown = await fd.send_slash(world.guild, world.channel, world.admin, "settings show")
+    text = (await shown.wait_original(lambda m: not m["loading"]))["content"]
+    assert "⚠️ Results are not filtered" in text
+    assert "Not checked by a safety filter in the last 24 h: 1 image" in text

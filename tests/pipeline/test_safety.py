@@ -95,6 +95,7 @@ def test_unflagging_checker_gives_normal_results(
     assert engine.info.safety_checker == "on"
     (result,) = engine.generate([request(source, tmp_path)])
     assert not result.nsfw and not result.withheld
+    assert result.filtered  # the bot records that a checker looked at this picture
     assert Path(result.output_path).is_file()
 
 
@@ -180,6 +181,7 @@ def test_off_uses_no_checker_even_if_the_model_ships_one(
     ]
     (result,) = engine.generate([request(source, tmp_path)])
     assert not result.nsfw and Path(result.output_path).is_file()
+    assert not result.filtered  # no checker looked: the bot says results are not filtered
 
 
 def test_like_checker_refuses_lookalike_references(tmp_path: Path) -> None:
