@@ -222,26 +222,35 @@ class Actions:
         finally:
             await self.bot.jobs.attach_status_message(job.id, message_id)
 
-    async def decode_and_store(self, image: discord.Attachment) -> tuple[str, int, int]:
+    async def decode_and_store(
+        self, image: discord.Attachment, *, wait: bool = False
+    ) -> tuple[str, int, int]:
         """Download, decode and store one upload, at most MAX_DECODES at once: a burst of
         10 MB uploads each decoding to 40 MP must not grow memory without bound. Returns
         (path under DATA_DIR, width, height); raises `InputError` for a bad image and
-        `UserError` when busy or when the disk is full. Every command taking uploads
-        should come through here."""
-        _, stored, width, height = await self._read_and_store(image)
+        `UserError` when busy (unless `wait`) or when the disk is full. Every command
+        taking uploads comes through here."""
+        _, stored, width, height = await self._read_and_store(image, wait=wait)
         return stored, width, height
 
-    async def _read_and_store(self, image: discord.Attachment) -> tuple[bytes, str, int, int]:
+    async def _read_and_store(
+        self, image: discord.Attachment, *, wait: bool = False
+    ) -> tuple[bytes, str, int, int]:
         """`decode_and_store`, also returning the upload's own bytes."""
-        async with self.decode_slot():
+        async with self.decode_slot(wait=wait):
             data = await image.read()
             return (data, *await asyncio.to_thread(self._store_input, data))
 
     @asynccontextmanager
-    async def decode_slot(self) -> AsyncIterator[None]:
-        """One of the MAX_DECODES slots for reading an image; `UserError` when busy."""
+    async def decode_slot(self, *, wait: bool = False) -> AsyncIterator[None]:
+        """One of the MAX_DECODES slots for reading an image; `UserError` when none is
+        free within `decode_wait_s`. `wait`: queue for a slot however long it takes (a
+        series, whose member was told its pictures are being read, is not refused)."""
         try:
-            await asyncio.wait_for(self._decodes.acquire(), self.decode_wait_s)
+            if wait:
+                await self._decodes.acquire()
+            else:
+                await asyncio.wait_for(self._decodes.acquire(), self.decode_wait_s)
         except TimeoutError:
             raise UserError(BUSY_TEXT) from None
         try:
@@ -280,6 +289,21 @@ class Actions:
         if rel is not None:
             (self.settings.data_dir / rel).unlink(missing_ok=True)
             remove_with_input(self.settings.data_dir, rel)
+
+    async def discard_unused(self, rel: str | None) -> bool:
+        """Remove a stored input (and its mask) unless a job that is not deleted uses it:
+        an error after its job was queued must not take the job's input away. True if
+        removed."""
+        if rel is None:
+            return False
+        cursor = await self.bot.store.db.execute(
+            "SELECT 1 FROM jobs WHERE input_path=? AND state != 'deleted' LIMIT 1", (rel,)
+        )
+        if await cursor.fetchone() is not None:
+            log.info("kept %s: a job still uses it", rel)
+            return False
+        await asyncio.to_thread(self.discard, rel)
+        return True
 
     def _place(self, job: Job) -> str:
         """The first status line: its place in the queue, or that it already started."""

@@ -5,7 +5,10 @@ forgotten member never exists. Their quota units are copied into `usage_kept` fi
 forgetting never resets a budget. Other members' rows that point at the member's jobs
 (`jobs.parent_id` of a variant someone else made from their result) are unlinked first, and
 an input another member's live job still uses is kept. Files and Discord messages are
-removed after the commit by the caller, from the lists this returns.
+removed after the commit by the caller, from the lists this returns: every public message
+showing one of the member's pictures (`picture_messages`: Use and Open… copies, anyone's
+comparison made from their result) is deleted, or re-rendered without it when it is
+another member's album or comparison.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 from bot.errors import UserError
 from bot.store.db import ACTIVE_STATES, Store
+from bot.store.picture_messages import Kind, PictureMessages
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class Forgotten:
     gallery: int = 0
     messages: list[tuple[int, int]] = field(default_factory=list)  # (channel, message)
     copies: list[tuple[int, int]] = field(default_factory=list)  # gallery-channel copies
+    redraw: list[tuple[Kind, int]] = field(default_factory=list)  # others' shared messages
     kept_units: int = 0
 
     def summary(self) -> str:
@@ -159,6 +164,19 @@ async def forget_member(store: Store, guild_id: int, user_id: int) -> Forgotten:
                 if r[column] and (r["channel_id"], r[column]) not in seen_messages:
                     seen_messages.add((int(r["channel_id"]), int(r[column])))
                     out.messages.append((int(r["channel_id"]), int(r[column])))
+        # Messages elsewhere showing their pictures: copies go, others' albums and
+        # comparisons are drawn again without them (their own messages go above).
+        shown = PictureMessages(store)
+        for m in await shown.of_jobs_in(db, ids):
+            where = (m.channel_id, m.message_id)
+            if where in seen_messages:
+                continue
+            if m.kind == "single":
+                seen_messages.add(where)
+                out.messages.append(where)
+            elif (m.kind, m.message_id) not in out.redraw:
+                out.redraw.append((m.kind, m.message_id))
+        await shown.forget_in(db, ids)
     log.info(
         "forgot member %d in guild %d: %d jobs, %d units kept", user_id, guild_id, out.jobs,
         out.kept_units,

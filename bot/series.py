@@ -48,6 +48,14 @@ def bad_images_text(problems: Sequence[tuple[int, str]]) -> str:
     )
 
 
+def reading_text(size: int) -> str:
+    """The private answer while a series' pictures wait for and go through the decoder."""
+    return (
+        f"📥 Reading your {size} picture{'s' if size != 1 else ''}… When the bot is busy "
+        "reading other uploads this waits for a free turn; nothing is queued or counted yet."
+    )
+
+
 def quota_refusal(size: int, user_left: int | None, guild_left: int | None) -> str | None:
     """The whole series is refused if either budget cannot take all of it (None: fits)."""
     if user_left is not None and user_left < size:

@@ -11,7 +11,6 @@ with the full set of buttons, with no new GPU work.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,11 @@ from discord.ext import commands
 from bot.actions import INPUT_GONE_TEXT
 from bot.errors import UserError
 from bot.jobs.events import KindDelivery
+from bot.locks import KeyedLocks
 from bot.store.db import ACTIVE_STATES, Job
+from bot.store.picture_messages import Kind, PictureMessages
 from bot.ui.buttons import result_view, use_view
+from bot.ui.pictures import picture_file
 from bot.ui.render import result_embed
 from bot.variants import compare_strengths
 from pipeline.request import InputError
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 Interaction = discord.Interaction[Any]
 KIND = "compare"
 GONE_TEXT = "This image is no longer stored, so it cannot be compared or posted again."
+ENDED_NOTES = {
+    "withheld": "🛡️ withheld by the safety filter",
+    "cancelled": "✖️ cancelled",
+    "deleted": "🗑️ deleted",
+    "done": "no longer stored",
+}
 
 
 def comparison_text(parent: Job, strengths: list[float], notes: dict[float, str]) -> str:
@@ -51,10 +59,25 @@ def comparison_text(parent: Job, strengths: list[float], notes: dict[float, str]
     return "\n".join(lines)
 
 
+def orphan_text(siblings: list[Job], notes: dict[float, str]) -> str:
+    """The comparison's text once the picture it was made from is forgotten (forget-me)."""
+    strengths = [s.strength for s in siblings]
+    shown = " · ".join(f"{s:.2f}" for s in strengths)
+    lines = [
+        f"⚖️ Strengths {shown} (seed {siblings[0].seed}), left to right. The picture "
+        "they were compared with was deleted by its owner."
+    ]
+    lines += [f"{s:.2f}: {notes[s]}" for s in strengths if s in notes]
+    return "\n".join(lines)
+
+
 class CompareCog(commands.Cog):
+    picture_kind: Kind = "comparison"  # `bot.copies` asks this cog to redraw comparisons
+
     def __init__(self, bot: ImgBot) -> None:
         self.bot = bot
-        self._locks: dict[int, asyncio.Lock] = {}
+        self.shown = PictureMessages(bot.store)
+        self._locks = KeyedLocks()
 
     # -- the click ----------------------------------------------------------------------
     async def compare(self, interaction: Interaction, job_id: int) -> None:
@@ -90,42 +113,53 @@ class CompareCog(commands.Cog):
 
     # -- the comparison message ---------------------------------------------------------
     async def refresh(self, job: Job) -> None:
-        """Re-render the comparison from the database once none of its jobs is waiting:
-        idempotent, one edit at a time per comparison."""
-        if not job.status_message_id or job.parent_id is None:
-            return
-        lock = self._locks.setdefault(job.status_message_id, asyncio.Lock())
-        async with lock:
-            siblings = await self._siblings(job)
-            parent = await self.bot.store.get_job(job.parent_id)
-            if parent is None or any(s.state in ACTIVE_STATES for s in siblings):
-                return
-            await self._render(parent, siblings, job.status_message_id)
-        self._locks.pop(job.status_message_id, None)
+        """A compare job ended: re-render its comparison once none of its jobs waits."""
+        if job.status_message_id:
+            await self.rerender(job.status_message_id)
 
-    async def _render(self, parent: Job, siblings: list[Job], message_id: int) -> None:
+    async def rerender(self, message_id: int) -> None:
+        """Draw the comparison `message_id` from the database (after a job ended or one of
+        its pictures was deleted): idempotent, one edit at a time per comparison."""
+        async with self._locks.hold(message_id):
+            siblings = await self._siblings(message_id)
+            if not siblings or any(s.state in ACTIVE_STATES for s in siblings):
+                return
+            parent_id = siblings[0].parent_id
+            parent = await self.bot.store.get_job(parent_id) if parent_id else None
+            await self._render(parent, siblings, message_id)
+
+    async def _render(self, parent: Job | None, siblings: list[Job], message_id: int) -> None:
+        """Each picture still there, in strength order; a note for each one that is not.
+        `parent` None: the original was forgotten, so only the new strengths show."""
         by_strength = {s.strength: s for s in siblings}
-        strengths = compare_strengths(parent.strength)
-        files, choices, notes = [], [], {}
+        if parent is not None:
+            by_strength.setdefault(parent.strength, parent)
+            strengths = compare_strengths(parent.strength)
+        else:
+            strengths = sorted(by_strength)
+        files, choices, notes, shown = [], [], {}, []
         for strength in strengths:
-            job = parent if strength == parent.strength else by_strength.get(strength)
+            job = by_strength.get(strength)
             if job is None:
                 continue
             if job.state == "done" and self.bot.actions.stored(job.output_path):
                 path = self.bot.settings.data_dir / str(job.output_path)
                 name = f"img2img-{job.id}-strength-{strength:.2f}.png"
-                files.append(discord.File(path, filename=name, spoiler=bool(job.nsfw)))
+                files.append(picture_file(path, name, job))
                 choices.append((job.id, strength))
+                shown.append(job.id)
             else:
-                notes[strength] = {
-                    "withheld": "🛡️ withheld by the safety filter",
-                    "cancelled": "✖️ cancelled",
-                    "done": "no longer stored",
-                }.get(job.state, "❌ could not be made")
-        content = comparison_text(parent, strengths, notes)
+                notes[strength] = ENDED_NOTES.get(job.state, "❌ could not be made")
+        if parent is not None:
+            content = comparison_text(parent, strengths, notes)
+        else:
+            content = orphan_text(siblings, notes)
         view = use_view(choices)
         sent = await self._edit(siblings[0], message_id, content, files, view)
         if sent:
+            first = siblings[0]
+            await self.shown.record(first.guild_id, first.channel_id, message_id, shown,
+                                    "comparison")  # fmt: skip
             for sibling in siblings:
                 if sibling.state == "done" and sibling.result_message_id is None:
                     await self.bot.store.update_job(sibling.id, result_message_id=message_id)
@@ -174,16 +208,19 @@ class CompareCog(commands.Cog):
         path = self.bot.settings.data_dir / str(job.output_path)
         await interaction.response.send_message(
             embed=result_embed(job),
-            file=discord.File(path, filename=f"img2img-{job.id}.png", spoiler=bool(job.nsfw)),
+            file=picture_file(path, f"img2img-{job.id}.png", job),
             view=result_view(job.id, job.strength),
         )
+        copy = await interaction.original_response()  # recorded: deleted with the picture
+        channel_id = interaction.channel_id or job.channel_id
+        await self.shown.record(job.guild_id, channel_id, copy.id, [job.id], "single")
 
     # -- helpers ------------------------------------------------------------------------
-    async def _siblings(self, job: Job) -> list[Job]:
+    async def _siblings(self, message_id: int) -> list[Job]:
+        """The compare jobs of one comparison: they share its message (their status)."""
         cursor = await self.bot.store.db.execute(
-            "SELECT * FROM jobs WHERE kind=? AND parent_id=? AND status_message_id=? "
-            "ORDER BY strength",
-            (KIND, job.parent_id, job.status_message_id),
+            "SELECT * FROM jobs WHERE kind=? AND status_message_id=? ORDER BY strength",
+            (KIND, message_id),
         )
         return [Job.from_row(row) for row in await cursor.fetchall()]
 

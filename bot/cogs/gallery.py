@@ -44,6 +44,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.copies import delete_message, remove_copies, rerender
 from bot.errors import UserError
 from bot.forget import Forgotten, forget_member, preview
 from bot.inpaint_masks import mask_path_for, remove_with_input
@@ -226,15 +227,19 @@ class GalleryCog(commands.Cog, name="Gallery"):
                 "the channel where it was made, can remove it."
             )
         await interaction.response.send_message(
-            f"🗑️ Removed picture #{job} from the gallery and deleted its message.", ephemeral=True
+            f"🗑️ Removed picture #{job} from the gallery and from every message that showed "
+            "it (an album or a comparison keeps its other pictures).",
+            ephemeral=True,
         )
         row = await self.bot.store.get_job(job)
         if row is not None:
-            await self.bot.jobs.mark_deleted(row)  # runs on_deleted through the hook
+            # The hooks: on_deleted (file, entry, gallery-channel copy), then
+            # `remove_copies` (its result message, Use/Open… copies, albums, comparisons).
+            await self.bot.jobs.mark_deleted(row)
         else:
             await self.on_deleted_entry(job)
-        if entry.message_id:
-            await self._delete_message(entry.guild_id, entry.channel_id, entry.message_id)
+            if entry.message_id:
+                await self._delete_message(entry.guild_id, entry.channel_id, entry.message_id)
 
     # -- paging -----------------------------------------------------------------------
     async def turn_page(
@@ -437,6 +442,8 @@ class GalleryCog(commands.Cog, name="Gallery"):
         await asyncio.to_thread(unlink, masks)
         gone.messages = [m for m in gone.messages if await self._delete_message(guild_id, *m)]
         gone.copies = [m for m in gone.copies if await self._delete_message(guild_id, *m)]
+        for kind, message_id in gone.redraw:  # their rows are gone: drawn without them
+            await rerender(self.bot, kind, message_id)
 
     # -- helpers ----------------------------------------------------------------------
     def _guild(self, interaction: Interaction) -> int:
@@ -446,15 +453,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
 
     async def _delete_message(self, guild_id: int, channel_id: int, message_id: int) -> bool:
         """True if this call deleted it; gone already or undeletable: False."""
-        channel = self.bot.get_partial_messageable(channel_id, guild_id=guild_id)
-        try:
-            await channel.get_partial_message(message_id).delete()
-        except discord.NotFound:
-            return False
-        except discord.HTTPException as exc:
-            log.warning("could not delete message %d: %s", message_id, exc)
-            return False
-        return True
+        return await delete_message(self.bot, guild_id, channel_id, message_id)
 
 
 def _here(interaction: Interaction) -> tuple[int, ...]:
@@ -486,3 +485,4 @@ async def setup_gallery(bot: ImgBot) -> None:
     bot.add_dynamic_items(GalleryPageButton, ForgetButton)
     bot.jobs.hooks.finished.append(cog.on_finished)
     bot.jobs.hooks.deleted.append(cog.on_deleted)
+    bot.jobs.hooks.deleted.append(lambda job: remove_copies(bot, job))

@@ -192,7 +192,12 @@ class IterateCog(commands.Cog):
             await self._submit(interaction, kind, ref)
         except Exception:
             log.exception("handling the %s modal failed", kind)
-            text = "❌ Something went wrong on our side. Please try again."
+            queued = await self._queued_by(interaction)
+            text = (  # a failed answer after queueing must not invite a second job
+                f"✅ Queued as job #{queued}; its picture will be posted in this channel."
+                if queued is not None
+                else "❌ Something went wrong on our side. Please try again."
+            )
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
             else:
@@ -235,12 +240,11 @@ class IterateCog(commands.Cog):
                 interaction, changed, strength=styled.strength, seed=styled.seed, kind=kind
             )
         except (InputError, UserError) as exc:
-            if copied is not None:
-                (self.data_dir / copied).unlink(missing_ok=True)
+            await self.bot.actions.discard_unused(copied)
             await self.bot.actions.say(interaction, f"❌ {exc}")
         except BaseException:
-            if copied is not None:
-                (self.data_dir / copied).unlink(missing_ok=True)
+            # The reply may fail after the job was queued: its copy stays then.
+            await self.bot.actions.discard_unused(copied)
             raise
 
     async def _submit_this(
@@ -291,6 +295,14 @@ class IterateCog(commands.Cog):
         )
 
     # -- helpers ------------------------------------------------------------------------
+    async def _queued_by(self, interaction: Interaction) -> int | None:
+        """The job this interaction queued, if it got that far."""
+        cursor = await self.bot.store.db.execute(
+            "SELECT id FROM jobs WHERE interaction_token=? LIMIT 1", (interaction.token,)
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
     def _copy_output(self, job: Job) -> tuple[str, int, int]:
         return copy_output(self.data_dir, job)
 

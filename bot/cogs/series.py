@@ -27,6 +27,7 @@ from bot.errors import UserError
 from bot.jobs.events import KindDelivery
 from bot.jobs.scheduler import QueueFull
 from bot.jobs.service import NewJob
+from bot.locks import KeyedLocks
 from bot.series import (
     MAX_IMAGES,
     Item,
@@ -34,12 +35,15 @@ from bot.series import (
     attachment_name,
     bad_images_text,
     quota_refusal,
+    reading_text,
 )
 from bot.store.db import Job
+from bot.store.picture_messages import Kind, PictureMessages
 from bot.store.quotas import QuotaStore
 from bot.store.series import SeriesStore
 from bot.styles import unknown_style_text
 from bot.ui.buttons import result_view
+from bot.ui.pictures import picture_file
 from bot.ui.render import result_embed
 from bot.ui.series import CancelSeries, OpenSelect
 from pipeline.prepare import check_declared_size
@@ -67,12 +71,15 @@ Image = discord.Attachment | None
 
 
 class SeriesCog(commands.Cog):
+    picture_kind: Kind = "album"  # `bot.copies` asks this cog to redraw its albums
+
     def __init__(self, bot: ImgBot, quotas: QuotaStore, series: SeriesStore) -> None:
         self.bot = bot
         self.quotas = quotas
         self.series = series
+        self.shown = PictureMessages(bot.store)
         self._intake = asyncio.Lock()  # a series' rows are written before its album updates
-        self._album_locks: dict[int, asyncio.Lock] = {}
+        self._album_locks = KeyedLocks()
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
@@ -162,13 +169,11 @@ class SeriesCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         stored: list[tuple[int, str, str, int, int]] = []  # position, label, path, w, h
         try:
+            await interaction.edit_original_response(content=reading_text(len(images)))
             problems = []
             for pos, att in images:
-                try:
-                    data = await att.read()
-                    rel, width, height = await asyncio.to_thread(
-                        self.bot.actions._store_input, data
-                    )
+                try:  # through the bounded decode slots, waiting for one when all are busy
+                    rel, width, height = await self.bot.actions.decode_and_store(att, wait=True)
                     stored.append((pos, att.filename, rel, width, height))
                 except InputError as exc:
                     problems.append((pos, str(exc)))
@@ -214,7 +219,7 @@ class SeriesCog(commands.Cog):
                 await self.series.set_message(series_id, message.id)
         except UserError as exc:
             for _, _, rel, _, _ in stored:
-                (settings.data_dir / rel).unlink(missing_ok=True)
+                await self.bot.actions.discard_unused(rel)
             await interaction.edit_original_response(content=f"❌ {exc}")
             return
         await self.refresh(series_id)
@@ -267,10 +272,15 @@ class SeriesCog(commands.Cog):
         if series_id is not None:
             await self.refresh(series_id)
 
+    async def rerender(self, message_id: int) -> None:
+        """Draw the album posted as `message_id` again (one of its pictures was deleted)."""
+        series_id = await self.series.of_message(message_id)
+        if series_id is not None:
+            await self.refresh(series_id)
+
     async def refresh(self, series_id: int) -> None:
         """Re-render the album from the database: idempotent, one edit at a time."""
-        lock = self._album_locks.setdefault(series_id, asyncio.Lock())
-        async with lock:
+        async with self._album_locks.hold(series_id):
             series = await self.series.get(series_id)
             if series is None or series.message_id is None:
                 return
@@ -282,13 +292,14 @@ class SeriesCog(commands.Cog):
                 series.user_id, head.prompt if head else "", head.strength if head else 0.0,
                 series.seed, head.style if head else None, items,
             )  # fmt: skip
-            files = []
+            files, shown = [], []
             data_dir = self.bot.settings.data_dir
             for item, job in rows:
                 if item.has_image and job is not None:
                     path = data_dir / (job.output_path or "")
                     if path.is_file():
-                        files.append(discord.File(path, filename=attachment_name(item)))
+                        files.append(picture_file(path, attachment_name(item), job))
+                        shown.append(job.id)
             view = self._album_view(series_id, rows)
             channel = self.bot.get_partial_messageable(series.channel_id, guild_id=series.guild_id)
             try:
@@ -298,6 +309,9 @@ class SeriesCog(commands.Cog):
             except discord.HTTPException as exc:
                 log.warning("series %d: album edit failed (%s)", series_id, exc.status)
                 return
+            await self.shown.record(
+                series.guild_id, series.channel_id, series.message_id, shown, "album"
+            )
             for item, job in rows:
                 if job is not None and item.state == "done" and job.result_message_id is None:
                     await self.bot.store.update_job(job.id, result_message_id=series.message_id)
@@ -336,9 +350,12 @@ class SeriesCog(commands.Cog):
             return
         await interaction.response.send_message(
             embed=result_embed(job),
-            file=discord.File(path, filename=f"img2img-{job.id}.png"),
+            file=picture_file(path, f"img2img-{job.id}.png", job),
             view=result_view(job.id, job.strength),
         )
+        copy = await interaction.original_response()  # recorded: deleted with the picture
+        channel_id = interaction.channel_id or job.channel_id
+        await self.shown.record(job.guild_id, channel_id, copy.id, [job.id], "single")
 
     async def cancel(self, interaction: Interaction, series_id: int) -> None:
         rows = await self.series.items(series_id)

@@ -67,6 +67,14 @@ class SeriesStore:
             row["seed"], row["message_id"],
         )  # fmt: skip
 
+    async def of_message(self, message_id: int) -> int | None:
+        """The series whose album is `message_id`."""
+        cursor = await self.store.db.execute(
+            "SELECT id FROM series WHERE message_id=?", (message_id,)
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else None
+
     async def of_job(self, job_id: int) -> int | None:
         cursor = await self.store.db.execute(
             "SELECT series_id FROM series_items WHERE job_id=?", (job_id,)

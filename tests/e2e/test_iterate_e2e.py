@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     image_bytes,
     slash_img2img,
     wait_result,
+    worker_paused,
 )
 from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
 
@@ -329,3 +330,36 @@ async def test_compare_shows_three_strengths_and_use_posts_one_without_a_new_job
     assert "showing two" in two["content"] and "0.85 · 1.00" in two["content"]
     assert [b["label"] for b in buttons(two)] == ["Use 0.85", "Use 1.00"]
     fd.assert_no_unknown_routes()
+
+
+async def test_a_refine_whose_answer_fails_keeps_the_input_of_its_queued_job(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    """Fault 10: Discord refuses the answer to a Refine after its job was queued; the
+    copied picture the job reads stays, and the job still ends in a posted result."""
+    bot = await make_bot()
+    original = await wait_result(
+        fd, await slash_img2img(fd, world.guild, world.channel, world.alice, seed=4)
+    )
+    refine = await open_modal(fd, original, "Refine", world.bob)
+    with worker_paused(bot):
+        fd.inject_error(
+            "POST", r"^/interactions/\d+/[^/]+/callback$", 403,
+            {"message": "Missing Permissions", "code": 50013},
+        )  # fmt: skip
+        submit = await fd.submit_modal(refine, {})
+        # the error path has run once the bot answers again: it says the job is queued
+        told = await submit.wait_original(lambda m: "job #2" in m["content"], timeout=30)
+        assert told["ephemeral"] and "Queued" in told["content"], told["content"]
+        assert "try again" not in told["content"]
+        job = await bot.store.get_job(2)
+        assert job is not None and job.kind == "refine" and job.state in ("queued", "running")
+        assert job.input_path != (await bot.store.get_job(1)).input_path  # type: ignore[union-attr]
+        assert (bot.settings.data_dir / job.input_path).is_file()
+    result = await fd.until(
+        lambda: next((m for m in fd.messages() if m["attachments"] and m["embeds"]
+                      and m["embeds"][0]["footer"]["text"].endswith("#2")), None),
+        timeout=120, what="the refined result",
+    )  # fmt: skip
+    assert embed_fields(result)["Strength"] == "0.30"
+    assert (await bot.store.get_job(2)).state == "done"  # type: ignore[union-attr]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from bot import actions as actions_module
 from bot.app import ImgBot
 from tests.e2e.conftest import (
     BotFactory,
@@ -20,6 +23,7 @@ from tests.e2e.conftest import (
     wait_result,
     worker_paused,
 )
+from tests.e2e.test_delivery_e2e import checker_says
 from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
 
 
@@ -42,7 +46,10 @@ async def send_series(
 
 
 async def private_text(handle: InteractionHandle) -> str:
-    msg = await handle.wait_original(lambda m: not m["loading"], timeout=60)
+    """The private answer once it is final (past "📥 Reading your pictures…")."""
+    msg = await handle.wait_original(
+        lambda m: not m["loading"] and not m["content"].startswith("📥"), timeout=60
+    )
     assert msg["ephemeral"], msg["content"]
     return str(msg["content"])
 
@@ -173,3 +180,86 @@ async def test_cancel_the_rest_stops_images_that_have_not_started(
     assert final["content"].count("✖️ cancelled") == 2
     rows = await (await bot.store.db.execute("SELECT state, counted FROM jobs")).fetchall()
     assert sorted(tuple(r) for r in rows) == [("cancelled", 0), ("cancelled", 0), ("done", 1)]
+
+
+async def test_flagged_album_pictures_are_spoilers_and_removing_one_keeps_the_others(
+    fd: FakeDiscord, world: World, make_bot: BotFactory
+) -> None:
+    """Faults 3 and 4 (and 2 for Open…): an allowed flagged album is all spoilers, so is
+    its Open… copy; /gallery remove of one picture edits the album and deletes its copy."""
+    g, after_dark = world.guild, fd.add_channel(world.guild, "after-dark", nsfw=True)
+    bot = await make_bot()
+    data = bot.settings.data_dir
+    allow = await fd.send_slash(g, world.channel, world.admin, "settings nsfw-channels",
+                                {"mode": "allow"})  # fmt: skip
+    assert "✅" in (await allow.response())["data"]["content"]
+    checker_says(bot, withheld=False)
+    uploads = {f"image{n + 1}": Upload(f"photo{n}.png", photo(n), "image/png") for n in range(2)}
+    handle = await fd.send_slash(g, after_dark, world.alice, "series", {"prompt": "a fox"},
+                                 uploads)  # fmt: skip
+    album = await wait_album(fd, handle)
+    assert [a["filename"] for a in album["attachments"]] == [
+        "SPOILER_series-01-job1.png",
+        "SPOILER_series-02-job2.png",
+    ]
+    select = next(c for c in buttons(album) if c["type"] == 3)
+    opened = await (await fd.click(album["id"], select["custom_id"], world.carol,
+                                   values=["1"])).wait_original()  # fmt: skip
+    assert opened["attachments"][0]["filename"] == "SPOILER_img2img-1.png"
+
+    removed = await fd.send_slash(g, after_dark, world.alice, "gallery remove", {"job": 1})
+    assert "Removed picture #1" in (await removed.response())["data"]["content"]
+    edited = await fd.until(
+        lambda: (m := fd.message(album["id"])) and len(m["attachments"]) == 1 and m,
+        timeout=20, what="the album without picture 1",
+    )  # fmt: skip
+    assert not edited["deleted"]
+    assert "1. photo0.png: 🗑️ deleted" in edited["content"]
+    assert [a["filename"] for a in edited["attachments"]] == ["SPOILER_series-02-job2.png"]
+    options = next(c for c in buttons(edited) if c["type"] == 3)["options"]
+    assert [o["value"] for o in options] == ["2"]
+    await fd.until(lambda: fd.message(opened["id"])["deleted"], what="the Open… copy deleted")
+    jobs = [await bot.store.get_job(j) for j in (1, 2)]
+    assert [j.state for j in jobs if j] == ["deleted", "done"]
+    assert not (data / "outputs").joinpath(f"{jobs[0].id}.png").exists()  # type: ignore[union-attr]
+    assert (data / str(jobs[1].output_path)).is_file()  # type: ignore[union-attr]
+    assert len(bot.get_cog("SeriesCog")._album_locks) == 0  # type: ignore[union-attr]  # fault 12
+
+
+async def test_a_series_burst_past_max_decodes_waits_for_slots_instead_of_refusing(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault 6: with MAX_DECODES=1 and slow decodes, three series of two pictures at once
+    decode one picture at a time; each says it is reading, none is refused as busy."""
+    bot = await make_bot(max_decodes=1)
+    bot.actions.decode_wait_s = 0.05  # a single upload would be refused as busy by now
+    inside, most = [0], [0]
+    real_load = actions_module.load_input
+
+    def counted_load(*args: Any, **kwargs: Any) -> Any:
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.2)  # a 40 MP decode takes a while
+            return real_load(*args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(actions_module, "load_input", counted_load)
+    with worker_paused(bot):
+        handles = [
+            await send_series(
+                fd, world, user,
+                [Upload(f"p{n}.png", photo(n), "image/png") for n in range(2)],
+            )
+            for user in (world.alice, world.bob, world.carol)
+        ]  # fmt: skip
+        for handle in handles:
+            assert "Queued a series of 2" in await private_text(handle)
+            said = [h.get("content") or "" for h in handle.original()["history"]]
+            assert any(text.startswith("📥 Reading your 2 pictures") for text in said), said
+        assert most[0] == 1
+        rows = await (await bot.store.db.execute("SELECT state, input_path FROM jobs")).fetchall()
+        assert len(rows) == 6 and {r[0] for r in rows} <= {"queued", "running"}
+        stored = sorted(p.name for p in (bot.settings.data_dir / "inputs").glob("*.png"))
+        assert stored == sorted(str(r[1]).split("/")[-1] for r in rows)
