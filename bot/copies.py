@@ -1,0 +1,77 @@
+"""Every public message showing a deleted picture is deleted, or edited to drop it.
+
+A picture is shown by its result message (`jobs.result_message_id`), by its gallery-channel
+copy (the gallery cog), and by the messages in `picture_messages`: "Use" and "Open…" copies,
+albums and comparisons. When the picture's job is deleted (Delete, `/gallery remove`) or
+forgotten (forget-me), a message showing that picture alone is deleted, and an album or a
+comparison is re-rendered by the cog that owns it, so its other pictures stay.
+
+Ephemeral messages cannot be reached: Discord lets a bot edit them only through their
+interaction token, for 15 minutes, so they are not recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import discord
+
+from bot.store.db import Job
+from bot.store.picture_messages import Kind, PictureMessages
+
+if TYPE_CHECKING:
+    from bot.app import ImgBot
+
+log = logging.getLogger(__name__)
+
+RESULT_KIND: dict[str, Kind] = {"series": "album", "compare": "comparison"}
+"""What a job's `result_message_id` is, by job kind: an album, a comparison, else its own."""
+
+
+@runtime_checkable
+class Rerenders(Protocol):
+    """A cog that owns messages of one shared kind and can draw one again from SQLite."""
+
+    picture_kind: Kind
+
+    async def rerender(self, message_id: int) -> None: ...
+
+
+async def delete_message(bot: ImgBot, guild_id: int, channel_id: int, message_id: int) -> bool:
+    """True if this call deleted it; gone already or undeletable: False."""
+    channel = bot.get_partial_messageable(channel_id, guild_id=guild_id)
+    try:
+        await channel.get_partial_message(message_id).delete()
+    except discord.NotFound:
+        return False
+    except discord.HTTPException as exc:
+        log.warning("could not delete message %d: %s", message_id, exc)
+        return False
+    return True
+
+
+async def rerender(bot: ImgBot, kind: Kind, message_id: int) -> None:
+    """Draw an album or a comparison again (the cog reads who is still there)."""
+    for cog in bot.cogs.values():
+        if isinstance(cog, Rerenders) and cog.picture_kind == kind:
+            await cog.rerender(message_id)
+            return
+    log.warning("no cog draws %s messages; message %d left as it is", kind, message_id)
+
+
+async def remove_copies(bot: ImgBot, job: Job) -> None:
+    """The `deleted` hook: every public message showing `job`'s picture goes or is edited."""
+    shown = PictureMessages(bot.store)
+    targets: dict[tuple[int, int], Kind] = {
+        (m.channel_id, m.message_id): m.kind for m in await shown.of_job(job.id)
+    }
+    if job.result_message_id:
+        kind = RESULT_KIND.get(job.kind, "single")
+        targets.setdefault((job.channel_id, job.result_message_id), kind)
+    for (channel_id, message_id), kind in targets.items():
+        if kind == "single":
+            await delete_message(bot, job.guild_id, channel_id, message_id)
+            await shown.forget_message(message_id)
+        else:
+            await rerender(bot, kind, message_id)
