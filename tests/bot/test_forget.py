@@ -13,6 +13,7 @@ from bot.errors import UserError
 from bot.forget import forget_member, preview
 from bot.store.db import Job, Store
 from bot.store.gallery import GalleryStore
+from bot.store.picture_messages import PictureMessages
 from bot.store.quotas import QuotaStore
 from config import Settings
 
@@ -111,3 +112,29 @@ async def test_forget_waits_for_active_jobs(store: Store) -> None:
         await forget_member(store, GUILD, ALICE)
     rows = await (await store.db.execute("SELECT count(*) FROM jobs")).fetchone()
     assert rows is not None and rows[0] == 1
+
+
+async def test_forget_reaches_every_message_showing_the_members_pictures(store: Store) -> None:
+    """Copies of her pictures go; bob's comparison made from her result is drawn again
+    without it; her own comparison of bob's picture goes whole (it is her message)."""
+    shown = PictureMessages(store)
+    a1 = await job(store, ALICE)
+    b1 = await job(store, BOB, input_path="inputs/b.png")
+    b_cmp = await job(store, BOB, kind="compare", parent_id=a1.id)
+    a_cmp = await job(store, ALICE, kind="compare", parent_id=b1.id)
+    await store.update_job(b_cmp.id, status_message_id=900)  # the comparisons' messages
+    await store.update_job(a_cmp.id, status_message_id=901)
+    await shown.record(GUILD, 5, 900, [a1.id, b_cmp.id], "comparison")  # bob's, shows a1
+    await shown.record(GUILD, 5, 901, [b1.id, a_cmp.id], "comparison")  # alice's own
+    await shown.record(GUILD, 5, 950, [a1.id], "single")  # carol's Use copy of a1
+    await shown.record(GUILD, 5, 951, [b1.id], "single")  # a copy of bob's picture
+
+    gone = await forget_member(store, GUILD, ALICE)
+
+    assert (5, 950) in gone.messages and (5, 901) in gone.messages
+    assert (5, 900) not in gone.messages and (5, 951) not in gone.messages
+    assert gone.redraw == [("comparison", 900)]
+    assert await shown.of_job(a1.id) == [] and await shown.of_job(a_cmp.id) == []
+    assert [m.message_id for m in await shown.of_job(b1.id)] == [901, 951]
+    bobs = await store.get_job(b_cmp.id)
+    assert bobs is not None and bobs.parent_id is None  # drawn without its original
