@@ -59,6 +59,8 @@ EXIT_REFUSED = 3
 """The bot refused this worker (another model): restarting it would not help."""
 GRANT_BLOCK_MS = 1000
 EVENTS_MAXLEN = 10_000
+RESULTS_KEPT_S = 3600.0
+"""Events (results with their PNGs) no bot read for this long are deleted from the server."""
 BACKOFF_MAX_S = 5.0
 
 
@@ -109,11 +111,14 @@ class RemoteWorker(_Worker):
         self.last_step: float | None = None
         self.refused = False
         self.registered = threading.Event()
+        self.gone = False
         self.scratch = Path(tempfile.mkdtemp(prefix="img2img-worker-"))
 
     # -- entry --------------------------------------------------------------------------
     def serve(self, engine_ref: str = ENGINE_REF) -> int:
-        """Load, serve until stopped or refused, say goodbye; the process exit code."""
+        """Load, serve until stopped or refused, say goodbye; the process exit code. The
+        heartbeat starts before loading, saying so, so a long load is not taken for death."""
+        threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True).start()
         try:
             code = self.run(engine_ref)
         finally:
@@ -129,7 +134,6 @@ class RemoteWorker(_Worker):
             self._beat()
             self._write(self.keys.hello, {b"hello": codec.dumps(self._status())}, maxlen=1000)
             self.registered.set()
-            threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True).start()
             log.info("worker %s ready and announced", self.worker_id)
         elif isinstance(message, LoadFailed):
             log.error("%s", message.message)
@@ -248,6 +252,7 @@ class RemoteWorker(_Worker):
             "seen": seen,
             "epoch": epoch,
             "held": held,
+            "loading": self.info is None or self.phase == "loading",
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "last_step": self.last_step,
@@ -263,6 +268,8 @@ class RemoteWorker(_Worker):
         """Set the heartbeat key (id, model, free slots) with its TTL; a failure is only
         logged: the next beat tries again, and the bot allows a whole TTL."""
         ttl_ms = max(100, int(self.heartbeat_s * 1000))
+        if self.gone:
+            return  # after the goodbye: a late beat would announce a stopped worker again
         try:
             self.r.set(self.keys.heartbeat(self.worker_id), codec.dumps(self._status()), px=ttl_ms)
             self.r.sadd(self.keys.workers, self.worker_id)  # again after a server restart
@@ -270,11 +277,18 @@ class RemoteWorker(_Worker):
             log.warning("heartbeat failed: %s", exc)
 
     def _heartbeat(self) -> None:
-        """Refresh the heartbeat key three times per TTL until stopped."""
-        while not self.stopping.wait(self.heartbeat_s / 3):
+        """Refresh the heartbeat key three times per TTL until stopped; drop results nobody
+        collected for RESULTS_KEPT_S (the bot was away that long: their jobs ran again)."""
+        while True:
             self._beat()
+            oldest = int((time.time() - RESULTS_KEPT_S) * 1000)
+            with contextlib.suppress(redis.RedisError):
+                self.r.xtrim(self.keys.events(self.worker_id), minid=oldest, approximate=True)
+            if self.stopping.wait(self.heartbeat_s / 3):
+                return
 
     def _goodbye(self) -> None:
+        self.gone = True
         with contextlib.suppress(redis.RedisError):
             self.r.delete(self.keys.heartbeat(self.worker_id))
         if self.info is not None and not self.refused:

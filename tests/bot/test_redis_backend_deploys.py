@@ -45,13 +45,16 @@ class FakeWorker:
         self.now: dict[str, Any] = {"free": 1}  # what the background heartbeat says
         self.beating: asyncio.Task[None] | None = None
 
-    def status(self, *, free: int, seen: int = 0, epoch: str = "", held: Any = ()) -> bytes:
+    def status(
+        self, *, free: int, seen: int = 0, epoch: str = "", held: Any = (), loading: bool = False
+    ) -> bytes:
         self.v += 1
         info = EngineInfo(MODEL, "cpu", "fp32", 64, "P", safety_checker=self.safety)
         return codec.dumps(
             {
                 "id": self.id, "nonce": self.nonce, "v": self.v, "model": MODEL,
-                "info": codec.to_dict(info), "max_batch": 1, "free": free, "seen": seen,
+                "info": None if loading else codec.to_dict(info), "loading": loading,
+                "max_batch": 1, "free": free, "seen": seen,
                 "epoch": epoch, "held": [list(h) for h in held], "batching": "step",
             }
         )  # fmt: skip
@@ -293,9 +296,9 @@ async def test_a_second_bot_on_one_namespace_stops_naming_the_holder(
 
 async def test_a_worker_refuses_a_grant_with_a_stale_fencing_token(
     backend: RedisBackend,
-    valkey: Valkey,
+    valkey: Valkey,  # noqa: F811
     r: aioredis.Redis,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     w = FakeWorker(r, "w", "n1")
     await w.hello(free=1)
@@ -322,3 +325,34 @@ async def test_a_worker_refuses_a_grant_with_a_stale_fencing_token(
 
 def granted_fields(entry: dict[str, Any]) -> codec.Fields:
     return {k.encode(): v for k, v in entry.items()}
+
+
+async def test_a_worker_loading_a_model_is_not_refused_nor_dropped_for_silence(
+    valkey: Valkey,  # noqa: F811
+    r: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    b = RedisBackend(valkey.url, model_id=MODEL, heartbeat_s=TTL_S, silence_s=1.0)
+    await b.start()
+    w = FakeWorker(r, "w", "n1")
+    try:
+        w.keep_beating(free=0, loading=True)  # beating from its start, before the model
+        await asyncio.sleep(1.0)
+        assert b.workers_online == 0 and not b.refusals
+        await w.hello(free=1)
+        w.now = {"free": 1}
+        await online(b, 1)
+        b.submit([request(tmp_path)])
+        await grant(r, "w")
+        await w.event("started", jobs=codec.dumps([["1", 1]]))
+        # A model load while holding the job: silent past WORKER_SILENCE_S, not dropped.
+        w.now = {"free": 0, "seen": 1, "epoch": b.epoch, "held": [("1", 1)], "loading": True}
+        await asyncio.sleep(2.5)
+        assert b.workers_online == 1 and b.running == ("1",)
+        # Loaded, and still silent: now the silence rule applies.
+        w.now = {"free": 0, "seen": 1, "epoch": b.epoch, "held": [("1", 1)]}
+        died = await next_of(b, WorkerDied, timeout=5)
+        assert died.unstarted == ("1",)
+    finally:
+        w.stop_beating()
+        await b.stop()

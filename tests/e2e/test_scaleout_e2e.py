@@ -322,6 +322,8 @@ async def test_waiting_jobs_survive_a_server_restart_and_another_model_is_refuse
     queue = await fd.send_slash(world.guild, world.channel, world.alice, "queue")
     msg = await queue.wait_original()
     assert msg["ephemeral"] and "Image workers online: 1" in msg["content"]
+    assert "Image workers refused: 1 (another model)" in msg["content"]
+    assert str(other) not in msg["content"]  # the details (paths) are for the operator
 
     # Three jobs: one runs, two wait; the server restarts (empty: no persistence).
     handles = [await slash(fd, world.guild, world.channel, world.alice, **LONG)]

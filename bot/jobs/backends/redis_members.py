@@ -58,6 +58,7 @@ class Remote:
     host: str = ""
     version: int = 0  # of the newest status applied
     held: frozenset[tuple[str, int]] = frozenset()
+    loading: bool = False  # loading a model: silent for a while, not dead
     last_seen: float = field(default_factory=time.monotonic)
     last_event: float = field(default_factory=time.monotonic)
     unacked: dict[int, tuple[dict[bytes, bytes], list[tuple[bytes, str]], int]] = field(
@@ -180,6 +181,8 @@ class Members:
             w.last_seen = time.monotonic()
             self._apply_status(w, data)
             return
+        if data.get("loading"):
+            return  # it says hello once its model is loaded
         info = codec.decode_info(data["info"]) if data.get("info") else None
         mismatch = self._mismatch(data, info)
         if mismatch is not None:
@@ -213,6 +216,7 @@ class Members:
             return
         w.version = version
         w.free = int(data.get("free") or 0)
+        w.loading = bool(data.get("loading"))
         if data.get("epoch") == self.epoch:
             seen = int(data.get("seen") or 0)
             self._ack(w, seen)
@@ -301,6 +305,8 @@ class Members:
             for w in list(self._workers.values()):
                 if w.id not in beats and now - w.last_seen > self.heartbeat_s:
                     self._drop(w, f"no heartbeat for {self.heartbeat_s:g} s")
+                elif w.loading:
+                    w.last_event = now  # loading a model says nothing for a while
                 elif self._holds_jobs(w) and now - w.last_event > self.silence_s:
                     self._drop(w, f"no event for {self.silence_s:g} s while running jobs")
             if self._adopt_until is not None and now >= self._adopt_until:
