@@ -33,8 +33,14 @@ def store_result(
         log.info("job %s: the safety checker flagged the image; withheld", req.job_id)
     else:
         target = Path(req.output_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, format="PNG")
+        tmp = target.with_name(f".{target.name}.part")  # a failed write leaves nothing
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.save(tmp, format="PNG")
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         path = str(target)
     return GenerationResult(
         job_id=req.job_id,

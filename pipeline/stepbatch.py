@@ -60,6 +60,12 @@ class StepHooks:
     on_step_end: Callable[[], None] | None = None
     """After each step boundary (admissions, one UNet call, leavers): lets a caller send
     what it gathered at that boundary as one message."""
+    on_job_error: Callable[[str, BaseException], None] | None = None
+    """An error in one job's own work (its encode, scheduler step, decode, safety check,
+    PNG): that job has left its set, the others go on. None: the error propagates."""
+    on_set_error: Callable[[list[str], BaseException], None] | None = None
+    """An error in a set's shared UNet call: every job of that set has left it (their
+    latents are lost), the other set and the waiting jobs go on. None: it propagates."""
 
 
 @dataclass
@@ -273,6 +279,52 @@ class StepLoop:
         if not self.running:
             return
         jobs = list(self.running)
+        try:
+            noise_pred = self._unet(jobs)
+        except Exception as exc:
+            if hooks.on_set_error is None:
+                raise
+            self.running.clear()
+            hooks.on_set_error([job.req.job_id for job in jobs], exc)
+            return
+        row = 0
+        for job in jobs:
+            pred = noise_pred[row : row + job.rows]
+            row += job.rows
+            try:
+                if job.cfg:
+                    uncond, text = pred.chunk(2)
+                    pred = uncond + float(job.req.guidance) * (text - uncond)
+                t = job.timesteps[job.index]
+                job.latents = job.scheduler.step(
+                    pred, t, job.latents, **job.step_kwargs, return_dict=False
+                )[0]
+            except Exception as exc:
+                self._job_error(job, hooks, exc)
+                continue
+            job.index += 1
+            self._report(job, hooks)
+        for job in jobs:
+            if job.done and job in self.running:
+                self.running.remove(job)
+                try:
+                    result = self._finish(job)
+                except Exception as exc:
+                    self._job_error(job, hooks, exc)
+                else:
+                    hooks.on_finished(result)
+
+    def _job_error(self, job: _Job, hooks: StepHooks, exc: Exception) -> None:
+        """`job` leaves the set on an error of its own; the others are untouched."""
+        if hooks.on_job_error is None:
+            raise exc
+        if job in self.running:
+            self.running.remove(job)
+        log.info("job %s left its set after an error of its own: %r", job.req.job_id, exc)
+        hooks.on_job_error(job.req.job_id, exc)
+
+    def _unet(self, jobs: list[_Job]) -> torch.Tensor:
+        """The one UNet call every running job shares (a timestep per row)."""
         inputs, embeds, times, conds = [], [], [], []
         for job in jobs:
             t = job.timesteps[job.index]
@@ -298,23 +350,7 @@ class StepLoop:
         )[0]
         self.unet_calls += 1
         self.rows_run += rows
-        row = 0
-        for job in jobs:
-            pred = noise_pred[row : row + job.rows]
-            row += job.rows
-            if job.cfg:
-                uncond, text = pred.chunk(2)
-                pred = uncond + float(job.req.guidance) * (text - uncond)
-            t = job.timesteps[job.index]
-            job.latents = job.scheduler.step(
-                pred, t, job.latents, **job.step_kwargs, return_dict=False
-            )[0]
-            job.index += 1
-            self._report(job, hooks)
-        for job in jobs:
-            if job.done:
-                self.running.remove(job)
-                self._finish(job, hooks)
+        return noise_pred
 
     def _report(self, job: _Job, hooks: StepHooks) -> None:
         step = math.ceil(job.index / job.order)
@@ -323,7 +359,7 @@ class StepLoop:
             if hooks.on_progress is not None:
                 hooks.on_progress(job.req.job_id, step, job.step_total)
 
-    def _finish(self, job: _Job, hooks: StepHooks) -> None:
+    def _finish(self, job: _Job) -> GenerationResult:
         """Decode, postprocess, check and write one job's image, as the solo call does."""
         pipe = self.pipe
         vae = pipe.vae
@@ -334,16 +370,14 @@ class StepLoop:
             0
         ]
         flagged = bool(self.checker.flags([image])[0]) if self.checker else False
-        hooks.on_finished(
-            store_result(
-                job.req,
-                image,
-                flagged,
-                checked=self.checker is not None,
-                steps_run=job.reported,
-                steps_total=job.total,
-                seconds=time.perf_counter() - job.started,
-            )
+        return store_result(
+            job.req,
+            image,
+            flagged,
+            checked=self.checker is not None,
+            steps_run=job.reported,
+            steps_total=job.total,
+            seconds=time.perf_counter() - job.started,
         )
 
 
@@ -452,6 +486,14 @@ def _admit(
             i += 1
             continue
         waiting.pop(i)
-        loop.admit(req, image)
+        try:
+            loop.admit(req, image)  # its prompt and picture encoded: its own work
+        except Exception as exc:
+            if hooks.on_job_error is None:
+                raise
+            if not loop.running:
+                sets.remove(loop)
+            hooks.on_job_error(req.job_id, exc)
+            continue
         if hooks.on_started is not None:
             hooks.on_started(req.job_id)

@@ -107,10 +107,15 @@ class Finished:
 @dataclass(frozen=True)
 class Failed:
     """A job could not be made; `message` is a plain sentence for the user chosen by the
-    worker (never exception text or a server path: those go to the worker's log)."""
+    worker (never exception text or a server path: those go to the worker's log).
+
+    `retry`: the job itself did nothing wrong (a UNet call it shared failed, or the device
+    broke, so its state is unknowable): its owner may run it again as a new attempt, and
+    shows `message` only if that one fails too."""
 
     job_id: str
     message: str
+    retry: bool = False
 
 
 @dataclass(frozen=True)

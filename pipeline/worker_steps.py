@@ -9,6 +9,11 @@ per job (`Started` when it joins, `Progress`, exactly one final event); a `Run` 
 the jobs that joined, one `Progress` per step count), so a set of jobs costs the bot, and
 a Redis stream, about as many messages as one batch of the pipeline-call path.
 
+An error stops only what it touched: one job's own work (its encode, decode, safety check,
+PNG) fails that job; a failed UNet call sends its set's jobs back as `Failed(retry=True)`
+(the bot runs them again as a new attempt); an error that leaves the state unknowable (a
+broken device, or one escaping the loop) sends back every job the loop held.
+
 A `Run` with an inpaint job keeps the pipeline-call path: the worker stops taking new
 `Run`s, lets the running set drain, runs that batch alone, then goes on in order.
 Imports no torch itself (the engine does).
@@ -73,6 +78,8 @@ class StepServer:
             on_progress=self._progress,
             is_cancelled=self.worker._is_cancelled,
             on_step_end=self._flush,
+            on_job_error=self._job_error,
+            on_set_error=self._set_error,
         )
         try:
             self.engine.run_steps(
@@ -80,9 +87,9 @@ class StepServer:
             )
         except self.worker.job_cancelled:  # an engine may stop a whole set this way
             self._end_all(None)
-        except Exception as exc:
+        except Exception as exc:  # the loop's state is unknowable: its jobs run again
             log.exception("step batch %s failed", ", ".join(self.run_of))
-            self._end_all(self.worker._failure_message(exc))
+            self._end_all(self.worker._failure_message(exc), retry=True)
         from pipeline.worker_child import NO_IMAGE_MESSAGE
 
         self._flush()
@@ -135,6 +142,29 @@ class StepServer:
             self.worker._send(Progress(tuple(job_ids), step, total))
         self.stepped = {}
 
+    def _job_error(self, job_id: str, exc: BaseException) -> None:
+        """An error in one job's own work fails that job only, unless it broke the device."""
+        log.error("job %s failed", job_id, exc_info=exc)
+        message = self.worker._failure_message(exc)
+        if self.worker.device_broken:
+            raise exc  # nothing on the device can be trusted: `serve` sends every job back
+        self._final(Failed(job_id, message))
+
+    def _set_error(self, job_ids: list[str], exc: BaseException) -> None:
+        """A shared UNet call failed: its jobs lost their latents, through no fault of their
+        own, and go back to run again (the bot fails one that comes back twice)."""
+        log.error("the UNet call of jobs %s failed", ", ".join(job_ids), exc_info=exc)
+        message = self.worker._failure_message(exc)
+        if self.worker.device_broken:
+            raise exc
+        for job_id in job_ids:
+            self._final(self._ended(job_id, message, retry=True))
+
+    def _ended(self, job_id: str, message: str, *, retry: bool = False) -> Failed | Cancelled:
+        if self.worker._is_cancelled(job_id):
+            return Cancelled(job_id)
+        return Failed(job_id, message, retry=retry)
+
     def _finished(self, result: GenerationResult) -> None:
         self._final(Finished(result))
 
@@ -154,11 +184,11 @@ class StepServer:
             del self.open[run]
             self.worker._send(BatchDone(run, worker_exiting=self.worker.device_broken))
 
-    def _end_all(self, message: str | None) -> None:
+    def _end_all(self, message: str | None, *, retry: bool = False) -> None:
         """Every job still owed a final event gets one: Cancelled if it was cancelled (or
-        `message` is None), else Failed with `message`."""
+        `message` is None), else Failed with `message` (to run again if `retry`)."""
         for job_id in list(self.run_of):
-            if message is not None and not self.worker._is_cancelled(job_id):
-                self._final(Failed(job_id, message))
-            else:
+            if message is None:
                 self._final(Cancelled(job_id))
+            else:
+                self._final(self._ended(job_id, message, retry=retry))

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 STATUS_ATTACH_WAIT_S = 15.0
 """How long a final message waits for the caller to attach the job's status message."""
 
+MAX_RETRIES = 1
+"""Times a job sent back by the worker (`Failed.retry`) runs again before it fails for good."""
+
 CRASH_MESSAGE = (
     "The image worker crashed while making this image (it may have run out of memory). "
     "It did not count against your quota; please try again."
@@ -142,6 +145,8 @@ class JobEvents:
             self.seconds_per_image = 0.7 * self.seconds_per_image + 0.3 * event.result.seconds
             self._spawn(self._complete(event.result))
         elif isinstance(event, Failed):
+            if event.retry and await self._run_again(event.job_id):
+                return
             job = await self._end(int(event.job_id), state="failed", counted=0, error=event.message)
             if job is not None:
                 self._spawn(self._deliver(job, self.delivery.deliver_failure, event.message))
@@ -198,6 +203,24 @@ class JobEvents:
                 log.exception("worker restart failed; retrying in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(60.0, delay * 2)
+
+    async def _run_again(self, job_id: str) -> bool:
+        """A job the worker sent back through no fault of its own (a shared UNet call
+        failed, the device broke) waits again at the head of its queue, as a new attempt,
+        unless it had that second chance already (`jobs.retries`): False, it fails."""
+        queued = next((q for q in self.queue.running if q.job_id == job_id), None)
+        if queued is None:
+            return False
+        async with self.store.transaction() as db:
+            cursor = await db.execute(
+                "UPDATE jobs SET retries=retries+1 WHERE id=? AND state='running' AND retries<?",
+                (int(job_id), MAX_RETRIES),
+            )
+            if cursor.rowcount == 0:
+                return False
+        log.warning("job %s runs again: the worker sent it back after an error", job_id)
+        await self._requeue([queued])
+        return True
 
     # -- final states -----------------------------------------------------------------
     async def _end(self, job_id: int, **values: object) -> Job | None:

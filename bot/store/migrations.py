@@ -276,4 +276,21 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN filtered INTEGER",
         ],
     ),
+    (
+        "second chances, bounded: a job sent back by its worker, a final message redelivered",
+        [
+            # retries: times the worker sent the job back through no fault of its own
+            # (`Failed.retry`) and it ran again (bot.jobs.events.MAX_RETRIES).
+            "ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0",
+            # delivered_at: when the job's final message (result or notice) reached
+            # Discord; NULL on an ended job means a stop cut it off, and a start delivers
+            # it again, at most MAX_DELIVERY_TRIES times (delivery_tries counts them).
+            "ALTER TABLE jobs ADD COLUMN delivered_at REAL",
+            "ALTER TABLE jobs ADD COLUMN delivery_tries INTEGER NOT NULL DEFAULT 0",
+            # Jobs that ended before this migration had their messages sent (or never will),
+            # except a result never posted: the next start posts it, as before.
+            "UPDATE jobs SET delivered_at=finished_at WHERE state NOT IN ('queued', 'running') "
+            "AND NOT (state='done' AND result_message_id IS NULL)",
+        ],
+    ),
 ]
