@@ -69,7 +69,9 @@ async def start_worker(
 ) -> AsyncIterator[StartWorker]:
     started: list[Worker] = []
 
-    def start(worker_id: str, model: Path | None = None, metrics_port: int | None = None) -> Worker:
+    def start(
+        worker_id: str, model: Path | None = None, metrics_port: int | None = None, **extra: str
+    ) -> Worker:
         env = {
             **os.environ,
             "MODEL_ID": str(model or tiny_model_dir),
@@ -82,6 +84,7 @@ async def start_worker(
             "OMP_NUM_THREADS": "1",
             "HF_HUB_OFFLINE": "1",
         }
+        env.update(extra)
         env.pop("REDIS_URL", None)
         if metrics_port is not None:
             env["METRICS_PORT"] = str(metrics_port)
@@ -108,12 +111,12 @@ async def start_worker(
 
 
 async def redis_bot(make_bot: BotFactory, valkey: Valkey, **settings: Any) -> ImgBot:  # noqa: F811
+    settings.setdefault("safety_checker", "off")  # what the test workers run (see the checks)
     return await make_bot(
         worker_backend="redis",
         redis_url=valkey.url,
         worker_heartbeat_s=TTL_S,
         max_batch=1,
-        safety_checker="off",  # what the test workers run (a worker must filter as much)
         **settings,
     )
 
@@ -382,3 +385,31 @@ async def test_a_bot_restart_loses_no_remote_job_and_cancels_nothing(
     assert f"job {jobs[1]} attempt 1 finished" in log
     assert "cancelled" not in log and "attempt 2" not in log
     assert backend(bot).discarded == 0
+
+
+# -- worker checks: a worker that filters less than the bot requires ------------------------
+async def test_a_worker_with_the_safety_checker_off_is_refused(
+    fd: FakeDiscord,
+    world: World,
+    make_bot: BotFactory,
+    start_worker: StartWorker,
+    valkey: Valkey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    bot = await redis_bot(make_bot, valkey, safety_checker="auto", metrics_port=port)
+    b = backend(bot)
+    unsafe = start_worker("unsafe", SAFETY_CHECKER="off")
+    assert await asyncio.to_thread(unsafe.proc.wait, WORKER_START_S) == 3  # it stops
+    assert "the bot refused this worker" in unsafe.text() and "SAFETY_CHECKER" in unsafe.text()
+    assert "refusing worker unsafe" in caplog.text
+    assert b.workers == () and b.free_slots == 0
+    queue = await fd.send_slash(world.guild, world.channel, world.alice, "queue")
+    msg = await queue.wait_original()
+    assert (
+        msg["ephemeral"]
+        and "Image workers refused: 1 (its safety checker is off)" in (msg["content"])
+    )
+    status, body = await get(port, "/healthz")
+    refused = json.loads(body)["refused_workers"]
+    assert status == 503 and "SAFETY_CHECKER=auto" in refused["unsafe"]
