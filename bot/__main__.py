@@ -20,24 +20,40 @@ log = logging.getLogger("bot")
 
 
 async def run(bot: ImgBot, token: str) -> None:
+    """Wait until Discord answers (bot.startup), then run until SIGTERM/SIGINT, which stop
+    the wait or the bot cleanly."""
+    from bot.startup import wait_for_discord
+
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    closing: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        stop.set()
+        closing.append(loop.create_task(bot.close()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+        loop.add_signal_handler(sig, on_signal)
     async with bot:
-        await bot.start(token)
+        if await wait_for_discord(bot.settings.discord_api_base, stop):
+            await bot.start(token)
 
 
 def main() -> int:
+    import aiohttp
     import discord
 
     from bot.app import ImgBot, configure_endpoints
+    from bot.startup import cause, endpoint
     from bot.store.db import StoreError
     from config import load_settings
     from config.settings import SettingsError
+    from pipeline.quiet import quiet_library_noise
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_library_noise()  # discord.py's voice warnings: the bot has no voice
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -64,6 +80,15 @@ def main() -> int:
         return 1
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except aiohttp.ClientConnectionError as exc:  # lost again during login (a race)
+        host, port = endpoint(settings.discord_api_base)
+        why = cause(getattr(exc, "os_error", None) or exc)
+        print(
+            f"error: lost the connection to Discord at {host}:{port} while logging in ({why}); "
+            "start the bot again once the network is back.",
+            file=sys.stderr,
+        )
         return 1
     if bot.fatal_error:
         print(f"error: {bot.fatal_error}", file=sys.stderr)

@@ -154,6 +154,7 @@ class ImgBot(commands.AutoShardedBot):
     async def setup_hook(self) -> None:
         settings = self.settings
         self.store = await Store.open(settings.db_path)
+        log.info("data in %s (database %s)", settings.data_dir.resolve(), settings.db_path)
         if self.application_id:
             log.info("invite URL: %s", invite_url(self.application_id))
         worker = self.worker_backend()

@@ -17,6 +17,7 @@ import aiosqlite
 
 from bot.jobs.events import JobEvents
 from bot.jobs.scheduler import QueuedJob
+from bot.startup import engine_summary
 from bot.store.db import ACTIVE_STATES, Job
 from pipeline.prepare import target_size
 from pipeline.request import EngineInfo, GenerationRequest, plan_steps
@@ -131,7 +132,7 @@ class JobDispatch(JobEvents):
         self.engine_info = info
         self.resolution = self.settings.resolution or getattr(info, "resolution", 512)
         self.model_name = getattr(info, "model_id", self.settings.model_id)
-        log.info("worker ready: %s", info)
+        log.info("worker ready: %s", engine_summary(info))
         self.ready.set()
 
     def _queued(self, job: Job) -> QueuedJob:

@@ -166,10 +166,16 @@ class Store:
                 f"The database {self.path} has schema version {current}, newer than this bot "
                 f"knows ({len(MIGRATIONS)}). Upgrade the bot."
             )
+        latest = len(MIGRATIONS)
+        if current == latest:
+            log.info("database %s (schema version %d)", self.path, latest)
+        else:  # one line at start, however many steps (each step at debug level)
+            what = "creating" if current == 0 else f"upgrading from version {current}"
+            log.info("database %s: %s to schema version %d", self.path, what, latest)
         for version, (name, statements) in enumerate(MIGRATIONS, start=1):
             if version <= current:
                 continue
-            log.info("migrating database to version %d: %s", version, name)
+            log.debug("migrating database to version %d: %s", version, name)
             async with self.transaction() as db:
                 for sql in statements:
                     await db.execute(sql)
