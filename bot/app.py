@@ -32,6 +32,7 @@ from bot.cogs.series import setup_series
 from bot.cogs.settings import setup_quotas
 from bot.cogs.styles import setup_styles
 from bot.errors import UserError
+from bot.jobs.data_dir_lock import DataDirLock
 from bot.jobs.delivery import DiscordDelivery
 from bot.jobs.events import Delivery
 from bot.jobs.service import JobService
@@ -107,6 +108,7 @@ class ImgBot(commands.AutoShardedBot):
         self.settings = settings
         self.prechecks: list[Precheck] = []
         self.metrics_server: MetricsServer | None = None  # METRICS_PORT
+        self.data_lock = DataDirLock(settings.data_dir)  # one bot (scheduler) per DATA_DIR
         self.fatal_error: str | None = None
         self.accepting = True  # False once shutdown began: interactions are turned away
         self._shutdown: asyncio.Future[None] | None = None
@@ -153,6 +155,7 @@ class ImgBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         settings = self.settings
+        self.data_lock.acquire()  # a second bot on this DATA_DIR stops here, naming the first
         self.store = await Store.open(settings.db_path)
         log.info("data in %s (database %s)", settings.data_dir.resolve(), settings.db_path)
         if self.application_id:
@@ -253,6 +256,7 @@ class ImgBot(commands.AutoShardedBot):
             await asyncio.wait(set(self._refusals), timeout=1.0)
         if hasattr(self, "store"):
             await self.store.close()
+        self.data_lock.release()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await super().close()
