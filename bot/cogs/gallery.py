@@ -59,6 +59,7 @@ from bot.store.gallery import (
     Page,
     normalize_search,
 )
+from bot.store.picture_messages import Kind, PictureMessages
 from bot.ui.gallery import (
     PAGE_TEMPLATE,
     describe,
@@ -78,6 +79,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 
 FORGET_TEMPLATE = r"forget:(?P<guild>\d+):(?P<user>\d+)"
+REMOVED_PAGE_TEXT = "🗑️ The picture shown here was removed. Use /gallery browse to look again."
 
 
 def _cog(interaction: Interaction) -> GalleryCog:
@@ -157,11 +159,13 @@ class GalleryCog(commands.Cog, name="Gallery"):
     gallery = app_commands.Group(
         name="gallery", description="This server's gallery of results", guild_only=True
     )
+    picture_kind: Kind = "gallery"  # `bot.copies` has a public page of a removed one redrawn
 
     def __init__(self, bot: ImgBot) -> None:
         self.bot = bot
         self.data_dir = bot.settings.data_dir
         self.entries = GalleryStore(bot.store)
+        self.shown = PictureMessages(bot.store)
         self.pruner = Pruner(
             bot.store,
             self.data_dir,
@@ -209,6 +213,9 @@ class GalleryCog(commands.Cog, name="Gallery"):
         await interaction.response.send_message(
             embed=embed, files=files, view=view, ephemeral=not public
         )
+        if public and files:  # a public page showing a picture follows it when removed
+            message = await interaction.original_response()
+            await self._record_page(interaction, message.id, page.entry.job_id)
 
     @gallery.command(name="remove", description="Delete one of the gallery's pictures")
     @app_commands.describe(job="The picture's job number (job #N under it)")
@@ -265,12 +272,44 @@ class GalleryCog(commands.Cog, name="Gallery"):
             await interaction.response.edit_message(
                 content="🖼️ No pictures left here.", embed=None, attachments=[], view=None
             )
+            await self._record_page(interaction, None, None)
             return
         embed, files, view = self._render(page, filt, search_id)
         await self._add_lineage(embed, page.entry)
         await interaction.response.edit_message(
             content=None, embed=embed, attachments=files, view=view
         )
+        await self._record_page(interaction, None, page.entry.job_id if files else None)
+
+    async def _record_page(
+        self, interaction: Interaction, message_id: int | None, job_id: int | None
+    ) -> None:
+        """Remember which picture a public gallery message shows now (none: forget it).
+        Ephemeral pages are left out: only their opener sees them, and only for 15 min."""
+        message = interaction.message
+        if message_id is None:
+            if message is None or message.flags.ephemeral:
+                return
+            message_id = message.id
+            await self.shown.forget_message(message_id)
+        if job_id is not None and interaction.guild_id is not None:
+            await self.shown.record(
+                interaction.guild_id, interaction.channel_id or 0, message_id, [job_id], "gallery"
+            )
+
+    async def rerender(self, message_id: int) -> None:
+        """A public page showing a removed picture says so; paging starts anew."""
+        place = await self.shown.place(message_id)
+        if place is None:
+            return
+        channel = self.bot.get_partial_messageable(place[1], guild_id=place[0])
+        try:
+            await channel.get_partial_message(message_id).edit(
+                content=REMOVED_PAGE_TEXT, embed=None, attachments=[], view=None
+            )
+        except discord.HTTPException as exc:
+            log.info("could not update gallery page %d (%s)", message_id, exc)
+        await self.shown.forget_message(message_id)
 
     async def _add_lineage(self, embed: discord.Embed, entry: GalleryEntry) -> None:
         """`from #N` for a picture made from another (refine, variant, compare…)."""
@@ -331,7 +370,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
             (job.input_path, job.id),
         )
         row = await cursor.fetchone()
-        if row is not None and row[0] == 0:
+        if job.input_path and row is not None and row[0] == 0:  # /imagine's has none
             await asyncio.to_thread((self.data_dir / job.input_path).unlink, missing_ok=True)
             await asyncio.to_thread(remove_with_input, self.data_dir, job.input_path)
         await self.on_deleted_entry(job.id)

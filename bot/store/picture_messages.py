@@ -8,7 +8,8 @@ message stays in `jobs.result_message_id` and its gallery-channel copy in `galle
 
 Kinds say what deleting one picture does to the message:
 - `single`: the message shows that picture alone, so it is deleted;
-- `album` / `comparison`: it shows others too, so its owner re-renders it without that one.
+- `album` / `comparison`: it shows others too, so its owner re-renders it without that one;
+- `gallery`: a public `/gallery browse` page showing it, which says it was removed.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import aiosqlite
 
 from bot.store.db import Store
 
-Kind = Literal["single", "album", "comparison"]
-SHARED_KINDS: tuple[Kind, ...] = ("album", "comparison")
+Kind = Literal["single", "album", "comparison", "gallery"]
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,23 @@ class PictureMessages:
         return [PictureMessage(*row) for row in await cursor.fetchall()]
 
     async def forget_in(self, db: aiosqlite.Connection, job_ids: list[int]) -> None:
-        """Drop the records of jobs whose rows go (forget-me), inside its transaction."""
+        """Drop the records of jobs whose rows go (forget-me), inside its transaction. A
+        gallery page's stays until the page is redrawn: it says where the page is."""
         if job_ids:
             await db.execute(
-                f"DELETE FROM picture_messages WHERE job_id IN ({_marks(job_ids)})", job_ids
+                f"DELETE FROM picture_messages WHERE job_id IN ({_marks(job_ids)}) "
+                "AND kind != 'gallery'",
+                job_ids,
             )
+
+    async def place(self, message_id: int) -> tuple[int, int] | None:
+        """(guild, channel) of a recorded message."""
+        cursor = await self.store.db.execute(
+            "SELECT guild_id, channel_id FROM picture_messages WHERE message_id=? LIMIT 1",
+            (message_id,),
+        )
+        row = await cursor.fetchone()
+        return (int(row[0]), int(row[1])) if row else None
 
     async def forget_message(self, message_id: int) -> None:
         """The message itself is gone: nothing to remove or edit there any more."""

@@ -17,7 +17,7 @@ from tests.e2e.conftest import (
     slash_img2img,
     wait_result,
 )
-from tests.e2e.test_gallery_e2e import eventually, job_state
+from tests.e2e.test_gallery_e2e import browse, eventually, job_state
 from tests.e2e.test_safety_e2e import slash_text
 from tests.fakediscord import FakeDiscord
 
@@ -71,6 +71,10 @@ async def test_copies_and_comparisons_follow_the_picture_they_show(
         copies[label] = await use.wait_original()
         assert not copies[label]["ephemeral"] and copies[label]["attachments"]
     assert await recorded(bot, copies["Use 0.50"]["id"]) == [(1, "single")]
+    # and a public gallery page showing alice's picture
+    _, page = await browse(fd, g, c, world.carol, user=world.alice, public=True)
+    assert not page["ephemeral"] and page["attachments"]
+    await eventually(lambda: recorded(bot, page["id"]), [(1, "gallery")])
 
     # alice removes her picture: her result and carol's copy of it go, bob's comparison
     # loses that picture and keeps his two, the copy of his picture stays
@@ -88,6 +92,11 @@ async def test_copies_and_comparisons_follow_the_picture_they_show(
     ]
     await fd.until(lambda: fd.message(original["id"])["deleted"], what="alice's result deleted")
     assert fd.message(copies["Use 0.50"]["id"])["deleted"]
+    redrawn = await fd.until(
+        lambda: (m := fd.message(page["id"])) and "was removed" in m["content"] and m,
+        timeout=20, what="the public gallery page saying the picture was removed",
+    )  # fmt: skip
+    assert redrawn["attachments"] == [] and redrawn["embeds"] == []
     assert not fd.message(copies["Use 0.65"]["id"])["deleted"]
     await eventually(lambda: job_state(bot, 1), "deleted")
     jobs = {j: await bot.store.get_job(j) for j in (1, 2, 3)}
