@@ -235,7 +235,8 @@ class WorkerClient:
         except BaseException:  # LoadFailed, early death, or the caller gave up
             await self.stop(timeout=2.0)
             raise
-        log.info("worker pid %s ready in %.1f s: %s", proc.pid, time.monotonic() - started, info)
+        # what it loaded is the bot's one "worker ready: …" line (bot.jobs.dispatch)
+        log.info("worker pid %s ready in %.1f s", proc.pid, time.monotonic() - started)
         return info
 
     async def restart(self) -> EngineInfo:

@@ -123,7 +123,7 @@ class _Worker:
                 info = dataclasses.replace(info, step_slots=self.step_slots)
             if not self._send(Ready(info)):
                 return EXIT_OK
-            log.info("ready: %s", info)
+            log.debug("ready: %s", info)  # the parent logs it once, in words
             while not self.stopping.is_set():
                 command = self.commands.get()
                 if command is None:

@@ -150,6 +150,11 @@ class RedisBackend(Events):
         return tuple(self._workers)
 
     @property
+    def engine_infos(self) -> tuple[EngineInfo, ...]:
+        """What each worker online loaded: `bot.safety_notice` warns when one filters nothing."""
+        return tuple(w.info for w in self._workers.values() if w.info is not None)
+
+    @property
     def free_slots(self) -> int:
         """The most jobs one worker takes now (a batch goes to one worker); none while
         this bot is not the namespace's scheduler."""
