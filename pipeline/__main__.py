@@ -1,11 +1,12 @@
-"""Command line for the pipeline, without Discord: `python -m pipeline run|inpaint|make-tiny`.
+"""Command line for the pipeline, without Discord: `python -m pipeline run|inpaint|imagine|…`.
 
 `run` goes through the same input checks, engine and safety checker (SAFETY_CHECKER,
 SAFETY_CHECKER_ID) as the bot, so it is the quickest way to try a model or an image. Bad
 input prints the bot's message to stderr and exits 2; an image the safety checker withheld
 is not written, says so on stderr and exits 3.
 
-`inpaint` regenerates only a masked region (see `pipeline.cli_inpaint`).
+`inpaint` regenerates only a masked region (see `pipeline.cli_inpaint`); `imagine` makes a
+picture from a prompt alone (text-to-image, see `pipeline.cli_imagine`).
 
 `make-tiny` writes the tiny random-weight test model (and a tiny CLIPSeg in its `clipseg/`
 folder, for MASK_MODEL_ID), optionally shipping a tiny safety checker; `make-tiny-checker`
@@ -48,10 +49,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("image", type=Path, help="input PNG, JPEG or WebP")
     add_common_arguments(run)
 
+    from pipeline.cli_imagine import add_parser as add_imagine
     from pipeline.cli_inpaint import add_parser as add_inpaint
     from pipeline.tiny_checker import CHECKER_MODES
 
     add_inpaint(sub)
+    add_imagine(sub)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight test model")
     tiny.add_argument("dir", type=Path)
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.cli_inpaint import run as run_inpaint
 
         return run_inpaint(args)
+    if args.command == "imagine":
+        from pipeline.cli_imagine import run as run_imagine
+
+        return run_imagine(args)
     return _run(args)
 
 

@@ -1,4 +1,4 @@
-"""What `python -m pipeline run` and `inpaint` share: their common options, the bot's own
+"""What `python -m pipeline run`, `inpaint` and `imagine` share: their common options, the bot's own
 checks of them, loading the engine from options over settings, and running one request
 with the same exit codes (2 bad input, 1 model, 3 withheld)."""
 
@@ -33,10 +33,14 @@ def or_default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    """The options both commands take, after their own."""
+def add_common_arguments(p: argparse.ArgumentParser, *, strength: bool = True) -> None:
+    """The options every command takes, after their own (`imagine` has no --strength: it
+    starts from noise, strength 1)."""
     p.add_argument("--prompt", required=True)
-    p.add_argument("--strength", type=float, required=True, help="0.05 (keep) to 1.0")
+    if strength:
+        p.add_argument("--strength", type=float, required=True, help="0.05 (keep) to 1.0")
+    else:
+        p.set_defaults(strength=1.0)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--seed", type=int, default=None, help="default: random")
     p.add_argument("--steps", type=int, default=None, help="default: DEFAULT_STEPS")
@@ -79,10 +83,15 @@ def check_options(args: argparse.Namespace) -> Options:
 
 
 def build_request(
-    args: argparse.Namespace, settings: Settings, options: Options, image_path: Path, **extra: Any
+    args: argparse.Namespace,
+    settings: Settings,
+    options: Options,
+    image_path: Path | str,
+    **extra: Any,
 ) -> GenerationRequest:
     """The one request a command runs: its options over the settings, a random seed when
-    none was given, `extra` for what only that command sets (inpainting's mask)."""
+    none was given, `extra` for what only that command sets (inpainting's mask, a
+    text-to-image start)."""
     return GenerationRequest(
         job_id="cli",
         image_path=str(image_path),

@@ -47,6 +47,7 @@ from pipeline.request import (
     GenerationRequest,
     GenerationResult,
     InputError,
+    NoiseStart,
     plan_steps,
 )
 from pipeline.results import store_result
@@ -206,7 +207,9 @@ class Engine:
         def new_set() -> StepLoop:
             return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch)
 
-        def load(req: GenerationRequest) -> Image.Image | None:
+        def load(req: GenerationRequest) -> Image.Image | NoiseStart | None:
+            if req.start is not None:  # text-to-image: no input picture, only a size
+                return req.start
             loaded = self._load_inputs([req], hooks.on_failed)
             return loaded[0][1] if loaded else None
 
@@ -243,6 +246,13 @@ class Engine:
             return generate_inpaint(
                 self, requests, on_progress=on_progress, is_cancelled=is_cancelled,
                 on_cancelled=on_cancelled, on_failed=on_failed,
+            )  # fmt: skip
+        if any(r.start is not None for r in requests):
+            from pipeline.text2image import generate_text2image
+
+            return generate_text2image(
+                self, requests, on_progress=on_progress, is_cancelled=is_cancelled,
+                on_cancelled=on_cancelled,
             )  # fmt: skip
         started = time.perf_counter()
         loaded = self._load_inputs(requests, on_failed)

@@ -24,9 +24,50 @@ class InputError(ValueError):
     """Bad user input; the message is shown to the user as is, so it says how to fix it."""
 
 
+TEXT_TO_IMAGE = "txt2img"
+"""A job row's `mode` for `/imagine`: no input picture (`input_path` is ""), the input size
+columns hold the picture's size, and its request starts from noise (`NoiseStart`)."""
+
+ASPECTS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "3:2": (3, 2),
+    "2:3": (2, 3),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+}
+"""The picture shapes `/imagine` (text-to-image) offers, width:height."""
+
+
+@dataclass(frozen=True)
+class NoiseStart:
+    """Text-to-image: the job starts from pure noise at this size instead of from an input
+    picture, and runs the whole schedule (strength 1). Sides are multiples of 8."""
+
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), like a PIL image's: the step loop groups rows by it."""
+        return self.width, self.height
+
+
+def aspect_size(aspect: str, resolution: int) -> tuple[int, int]:
+    """The model's size for `aspect`: long side `resolution`, both sides multiples of 8 (the
+    sizes an img2img input of that shape gets, so both kinds share UNet calls)."""
+    if aspect not in ASPECTS:
+        raise InputError(f"Aspect {aspect!r} is not offered. Use one of: {', '.join(ASPECTS)}.")
+    from pipeline.prepare import target_size
+
+    return target_size(*ASPECTS[aspect], resolution)
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One image to generate. `image_path` is the stored, normalized RGB input image."""
+    """One image to generate. `image_path` is the stored, normalized RGB input image ("" for
+    a text-to-image job: see `start`)."""
 
     job_id: str
     image_path: str
@@ -41,7 +82,11 @@ class GenerationRequest:
     """True only for an age-restricted channel whose server allowed unfiltered results: a
     flagged image is then still written and returned (with `nsfw=True`), not withheld."""
     mode: str = "img2img"
-    """`img2img` (the whole picture) or `inpaint` (only the masked region is regenerated)."""
+    """How the picture is finished: `img2img` (the whole picture) or `inpaint` (only the
+    masked region is regenerated)."""
+    start: NoiseStart | None = None
+    """Where the latents start: None, the input picture (encoded, noised to `strength`);
+    a `NoiseStart`, pure noise of its size (text-to-image; `image_path` unused)."""
     mask_path: str | None = None
     """Inpaint only: a stored mask PNG, mode L, the stored input's size. White repaints,
     black keeps, grey blends."""

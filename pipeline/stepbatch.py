@@ -14,10 +14,15 @@ computes it alone (encode_prompt, get_timesteps with the strength, prepare_laten
 job's generator, `step(..., eta=, generator=)`, decode, postprocess): every operation but
 the UNet sees the same tensor shapes as the solo call, and on CPU the UNet is made
 batch-invariant (`pipeline.invariance`), so a job's PNG is pixel-equal to its solo run.
+
+A text-to-image job (`GenerationRequest.start`, a `NoiseStart`) is one more row: it starts
+from pure noise of its size, as `StableDiffusionPipeline.__call__` does (no VAE encode, the
+whole schedule), and shares UNet calls with img2img rows of its latent shape.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
@@ -30,7 +35,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from pipeline.request import GenerationRequest, GenerationResult, plan_steps
+from pipeline.request import GenerationRequest, GenerationResult, NoiseStart, plan_steps
 from pipeline.results import store_result
 from pipeline.safety import SafetyChecker
 
@@ -117,6 +122,14 @@ def supports_steps(pipe: Any) -> bool:
     )
 
 
+def _own_scheduler(pipe: Any) -> Any:
+    """A job's own copy of the pipeline's scheduler, as the solo call would use it. A copy
+    of the object, not `from_config` of its config: a pipeline's constructor corrects a
+    loaded config in place (DDIM's clip_sample, steps_offset) and `from_config` would bring
+    back the defaults of keys the saved config lacked (`_use_default_values`)."""
+    return copy.deepcopy(pipe.scheduler)
+
+
 def _step_kwargs(scheduler: Any, generator: torch.Generator, eta: float) -> dict[str, Any]:
     """`prepare_extra_step_kwargs`: eta and generator only where `step` takes them."""
     params = set(inspect.signature(scheduler.step).parameters)
@@ -167,7 +180,7 @@ class StepLoop:
         """Image size (hence latent shape) of the running set; None when empty."""
         return self.running[0].size if self.running else None
 
-    def fits(self, image: Image.Image) -> bool:
+    def fits(self, image: Image.Image | NoiseStart) -> bool:
         return self.free > 0 and self.size in (None, image.size)
 
     def job_ids(self) -> list[str]:
@@ -179,14 +192,15 @@ class StepLoop:
 
     def evals_needed(self, req: GenerationRequest) -> int:
         """UNet calls `req` would take (its timesteps after the strength cut)."""
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        scheduler = _own_scheduler(self.pipe)
         total, _ = plan_steps(req.steps, req.strength)
         scheduler.set_timesteps(total, device="cpu")
         return len(self._get_timesteps(scheduler, total, float(req.strength)))
 
     @torch.no_grad()
-    def admit(self, req: GenerationRequest, image: Image.Image) -> None:
-        """Set the job up exactly as the img2img call does before its denoising loop."""
+    def admit(self, req: GenerationRequest, image: Image.Image | NoiseStart) -> None:
+        """Set the job up exactly as the img2img call does before its denoising loop (or,
+        for a `NoiseStart`, as the text-to-image call does: `_noise_start`)."""
         if not self.fits(image):
             raise ValueError(f"job {req.job_id} does not fit the running set")
         pipe = self.pipe
@@ -200,14 +214,18 @@ class StepLoop:
         )
         embeds = torch.cat([negative, positive]) if cfg else positive
 
-        pixels = pipe.image_processor.preprocess(image)
-        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler = _own_scheduler(pipe)
         scheduler.set_timesteps(total, device=device)
-        timesteps = self._get_timesteps(scheduler, total, float(req.strength))
         generator = torch.Generator(device="cpu").manual_seed(int(req.seed))
-        latents = self._prepare_latents(
-            scheduler, pixels, timesteps[:1].repeat(1), embeds.dtype, device, generator
-        )
+        if isinstance(image, NoiseStart):
+            timesteps = scheduler.timesteps
+            latents = self._noise_start(scheduler, image, embeds.dtype, device, generator)
+        else:
+            pixels = pipe.image_processor.preprocess(image)
+            timesteps = self._get_timesteps(scheduler, total, float(req.strength))
+            latents = self._prepare_latents(
+                scheduler, pixels, timesteps[:1].repeat(1), embeds.dtype, device, generator
+            )
         timestep_cond = None
         if unet_config.time_cond_proj_dim is not None:
             scale = torch.tensor(guidance - 1).repeat(1)
@@ -241,6 +259,23 @@ class StepLoop:
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * scheduler.order)
         return timesteps
+
+    def _noise_start(
+        self,
+        scheduler: Any,
+        start: NoiseStart,
+        dtype: torch.dtype,
+        device: Any,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Text-to-image `prepare_latents`: pure noise of the start's size, scaled to the
+        scheduler's first sigma; no VAE encode, and the whole schedule (no begin index,
+        as `retrieve_timesteps` leaves it)."""
+        pipe = self.pipe
+        factor = pipe.vae_scale_factor
+        shape = (1, pipe.unet.config.in_channels, start.height // factor, start.width // factor)
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return noise * scheduler.init_noise_sigma
 
     def _prepare_latents(
         self,

@@ -15,10 +15,10 @@ once read).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
 
-from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
+from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, NoiseStart
 
 T = TypeVar("T")
 
@@ -101,7 +101,10 @@ def encode_request(request: GenerationRequest) -> dict[str, Any]:
 
 
 def decode_request(data: dict[str, Any]) -> GenerationRequest:
-    return from_dict(GenerationRequest, data)
+    request = from_dict(GenerationRequest, data)
+    if isinstance(request.start, dict):  # a text-to-image job's start, nested
+        request = replace(request, start=from_dict(NoiseStart, request.start))
+    return request
 
 
 def encode_result(result: GenerationResult) -> bytes:
