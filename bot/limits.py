@@ -44,10 +44,9 @@ def fit_lines(lines: Sequence[str], limit: int = CONTENT, noun: str = "") -> str
     text = "\n".join(lines)
     if len(text) <= limit:
         return text
-    for keep in range(len(lines) - 1, 0, -1):
-        candidate = "\n".join([*lines[:keep], more_text(len(lines) - keep, noun)])
-        if len(candidate) <= limit:
-            return candidate
+    keep = _most_that_fit([len(line) for line in lines], 1, limit, noun)
+    if keep:
+        return "\n".join([*lines[:keep], more_text(len(lines) - keep, noun)])
     if len(lines) == 1:
         return clip(lines[0], limit)
     note = more_text(len(lines) - 1, noun)
@@ -60,11 +59,23 @@ def join_items(items: Sequence[str], limit: int, sep: str = ", ", noun: str = ""
     text = sep.join(items)
     if len(text) <= limit:
         return text
-    for keep in range(len(items) - 1, 0, -1):
-        candidate = f"{sep.join(items[:keep])} {more_text(len(items) - keep, noun)}"
-        if len(candidate) <= limit:
-            return candidate
+    keep = _most_that_fit([len(item) for item in items], len(sep), limit, noun)
+    if keep:
+        return f"{sep.join(items[:keep])} {more_text(len(items) - keep, noun)}"
     return clip(more_text(len(items), noun), limit)
+
+
+def _most_that_fit(lengths: Sequence[int], sep: int, limit: int, noun: str) -> int:
+    """How many leading parts (joined by `sep` characters) fit in `limit` together with the
+    one-character gap and the `…and N more` note for the rest; 0 if not even one."""
+    best, used = 0, 0
+    for keep, length in enumerate(lengths[:-1], start=1):
+        used += length + (sep if keep > 1 else 0)
+        if used > limit:
+            break
+        if used + 1 + len(more_text(len(lengths) - keep, noun)) <= limit:
+            best = keep
+    return best
 
 
 def embed_size(embed: discord.Embed) -> int:

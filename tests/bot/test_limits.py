@@ -100,3 +100,32 @@ def test_a_template_with_backticks_stays_code() -> None:
     style = Style(name="ticks", template="{prompt} in `quotes`", scope="mine")
     prompt = {f.name: f.value for f in style_embed(style).fields}["Prompt"]
     assert prompt == "`` {prompt} in `quotes` ``"
+
+
+def _cut_lines(parts: list[str], keep: int) -> str:
+    return "\n".join([*parts[:keep], f"…and {len(parts) - keep} more"])
+
+
+def _cut_items(parts: list[str], keep: int) -> str:
+    return f"{', '.join(parts[:keep])} …and {len(parts) - keep} more"
+
+
+@pytest.mark.parametrize("limit", [15, 40, 97, 300, 2000])
+@pytest.mark.parametrize("count", [1, 2, 9, 10, 11, 120])
+def test_the_most_whole_lines_and_items_that_fit_are_kept(limit: int, count: int) -> None:
+    """Whatever the sizes: within the limit, a prefix in order with the right count, and
+    one more whole line (or item) would not have fitted."""
+    parts = [f"part {i} " + "x" * (i * 7 % 23) for i in range(count)]
+    for text, whole, cut in (
+        (fit_lines(parts, limit), "\n".join(parts), _cut_lines),
+        (join_items(parts, limit), ", ".join(parts), _cut_items),
+    ):
+        assert len(text) <= limit
+        if text == whole:
+            assert len(whole) <= limit
+            continue
+        kept = next((k for k in range(1, count) if cut(parts, k) == text), 0)
+        if kept == 0:  # not even one whole part fitted with the note
+            assert len(cut(parts, 1)) > limit
+        else:
+            assert kept + 1 == count or len(cut(parts, kept + 1)) > limit
