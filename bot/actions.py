@@ -9,6 +9,7 @@ is acknowledged privately first (three requests). Requests per job: docs/operato
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import errno
 import logging
 import os
@@ -171,7 +172,7 @@ class Actions:
 
         task = asyncio.ensure_future(intake())
         try:
-            await asyncio.wait({task}, timeout=self.ack_deadline_s)
+            await asyncio.wait({task}, timeout=self._ack_time_left(interaction))
             if not task.done():  # Discord wants an answer within 3 s: a private one
                 await interaction.response.defer(ephemeral=True, thinking=True)
             job = await task
@@ -191,6 +192,12 @@ class Actions:
             self.discard(stored[0] if stored else None)  # nothing was queued: no orphan
             raise
         await self.announce(interaction, job)
+
+    def _ack_time_left(self, interaction: Interaction) -> float:
+        """Seconds left of `ack_deadline_s`, counted from the interaction's creation: in a
+        burst, a handler may start a while after Discord sent the interaction."""
+        waited = dt.datetime.now(dt.UTC).timestamp() - interaction.created_at.timestamp()
+        return max(0.0, self.ack_deadline_s - max(0.0, waited))
 
     async def _refuse(self, interaction: Interaction, text: str) -> None:
         """A private refusal: the answer itself, or the private acknowledgement's text."""

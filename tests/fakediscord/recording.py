@@ -76,6 +76,27 @@ class Recording:
         with self._lock:
             return list(self._calls)
 
+    def api_calls(self, since: float = 0.0) -> list[Call]:
+        """Requests to Discord's API answered at or after ``since`` (``time.monotonic()``):
+        attachment downloads (Discord's CDN, not the API) left out."""
+        with self._lock:
+            return [
+                c for c in self._calls if c.time >= since and not c.path.startswith("/attachments/")
+            ]
+
+    @staticmethod
+    def calls_per_interaction(calls: list[Call]) -> dict[str, int]:
+        """Requests per interaction token (its callback and its webhook), and ``""`` for
+        every other request (channel messages, DMs, …)."""
+        counts: dict[str, int] = {}
+        for call in calls:
+            parts = call.path.split("/")
+            token = ""
+            if len(parts) > 3 and parts[1] in ("interactions", "webhooks"):
+                token = parts[3]
+            counts[token] = counts.get(token, 0) + 1
+        return counts
+
     @property
     def unknown_calls(self) -> list[Call]:
         """Requests to routes the stand-in does not know (answered 404/405)."""
