@@ -263,6 +263,14 @@ async def test_a_restarted_bot_adopts_what_a_worker_holds_and_gives_back_the_res
             assert set(second.running) == {running, waiting}
             await w.finished(running, 1)
             assert (await next_of(second, Finished)).result.job_id == running
+            second.cancel(waiting)  # an adopted job is cancelled where it runs
+            cancel = await grant(r, "w")
+            assert (cancel["t"], cancel["job"], cancel["a"], cancel["p"]) == (
+                b"cancel",
+                waiting.encode(),
+                b"1",
+                b"n1",
+            )
             assert Path(reqs[running].output_path).read_bytes() == b"PNG"
             # The lost job's next grant is attempt 2 (from SQLite, not from memory).
             second.submit([reqs[lost]])

@@ -290,8 +290,9 @@ class RedisBackend(Events):
         self._outbox.put_nowait(("grant", self.keys.grants(worker.id), entry, [files, records]))
 
     def cancel(self, job_id: str) -> None:
+        """Stop the job where it runs (an adopted one too: its grant names the process)."""
         g = self._jobs.get(job_id)
-        if g is not None:
+        if g is not None and g.worker and not g.final:
             self._send(self.keys.grants(g.worker), self._cancel_entry(job_id, g))
 
     async def next_event(self) -> WorkerEvent:
