@@ -67,6 +67,7 @@ from bot.ui.gallery import (
     page_custom_id,
     parse_direction,
 )
+from bot.ui.pictures import spoilered
 from bot.ui.tips import lineage
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
                 f"🖼️ {text}", ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
-        embed, files, view = self._render(page, filt, search_id)
+        embed, files, view = self._render(page, filt, search_id, await self._spoiler(page))
         await self._add_lineage(embed, page.entry)
         await interaction.response.send_message(
             embed=embed, files=files, view=view, ephemeral=not public
@@ -274,7 +275,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
             )
             await self._record_page(interaction, None, None)
             return
-        embed, files, view = self._render(page, filt, search_id)
+        embed, files, view = self._render(page, filt, search_id, await self._spoiler(page))
         await self._add_lineage(embed, page.entry)
         await interaction.response.edit_message(
             content=None, embed=embed, attachments=files, view=view
@@ -317,14 +318,25 @@ class GalleryCog(commands.Cog, name="Gallery"):
         if job is not None and (source := lineage(job)):
             embed.add_field(name="From", value=source, inline=False)
 
+    async def _spoiler(self, page: Page) -> bool:
+        """The one spoiler rule (`bot.ui.pictures`), from the picture's job."""
+        job = await self.bot.store.get_job(page.entry.job_id)
+        return job is not None and spoilered(job)
+
     def _render(
-        self, page: Page, filt: GalleryFilter, search_id: int
+        self, page: Page, filt: GalleryFilter, search_id: int, spoiler: bool = False
     ) -> tuple[discord.Embed, list[discord.File], discord.ui.View]:
-        """The embed, the picture re-uploaded from DATA_DIR (never a CDN URL), the buttons."""
+        """The embed, the picture re-uploaded from DATA_DIR (never a CDN URL), the buttons.
+        A spoiler is attached below the embed, not shown in it (an embed image is not
+        blurred)."""
         entry = page.entry
-        files = self._image_files(entry)
+        files = self._image_files(entry, spoiler=spoiler)
         embed = gallery_embed(
-            entry, image_filename=files[0].filename if files else None, page=page, filt=filt
+            entry,
+            image_filename=files[0].filename if files else None,
+            page=page,
+            filt=filt,
+            spoiler=spoiler and bool(files),
         )
         view = discord.ui.View(timeout=None)
         view.add_item(
@@ -341,11 +353,11 @@ class GalleryCog(commands.Cog, name="Gallery"):
             view.add_item(discord.ui.Button(label="Open message", url=entry.url))
         return embed, files, view
 
-    def _image_files(self, entry: GalleryEntry) -> list[discord.File]:
+    def _image_files(self, entry: GalleryEntry, *, spoiler: bool = False) -> list[discord.File]:
         path = self.data_dir / entry.image_path
         if entry.pruned or not path.is_file():
             return []
-        return [discord.File(path, filename=f"gallery-{entry.job_id}.png")]
+        return [discord.File(path, filename=f"gallery-{entry.job_id}.png", spoiler=spoiler)]
 
     # -- job hooks --------------------------------------------------------------------
     async def on_finished(self, job: Job) -> None:

@@ -40,8 +40,10 @@ def gallery_embed(
     image_filename: str | None,
     page: Page | None = None,
     filt: GalleryFilter | None = None,
+    spoiler: bool = False,
 ) -> discord.Embed:
-    """A gallery picture with its facts; says so when the file was pruned."""
+    """A gallery picture with its facts; says so when the file was pruned. `spoiler`: the
+    picture is attached below as a spoiler, since an embed's own image is never blurred."""
     embed = discord.Embed(colour=discord.Colour.dark_teal(), title="🖼️ Server gallery")
     if filt is not None and describe(filt):
         embed.description = f"Pictures {describe(filt)}"
@@ -56,7 +58,13 @@ def gallery_embed(
     made = int(entry.created_at)
     embed.add_field(name="Made", value=f"<t:{made}:f> (<t:{made}:R>)")
     embed.add_field(name="Message", value=entry.url or "not posted")
-    if image_filename:
+    if spoiler:
+        embed.add_field(
+            name="Image",
+            value="Flagged by the safety filter: attached below as a spoiler.",
+            inline=False,
+        )
+    elif image_filename:
         embed.set_image(url=f"attachment://{image_filename}")
     else:
         embed.add_field(

@@ -206,6 +206,11 @@ async def test_flagged_album_pictures_are_spoilers_and_removing_one_keeps_the_ot
     opened = await (await fd.click(album["id"], select["custom_id"], world.carol,
                                    values=["1"])).wait_original()  # fmt: skip
     assert opened["attachments"][0]["filename"] == "SPOILER_img2img-1.png"
+    # the gallery, browsed where it may show them, follows the same rule
+    browse = await fd.send_slash(g, after_dark, world.bob, "gallery browse", {})
+    page = await browse.wait_original()
+    assert page["attachments"][0]["filename"].startswith("SPOILER_gallery-")
+    assert "image" not in page["embeds"][0]  # an embed's image would not be blurred
 
     removed = await fd.send_slash(g, after_dark, world.alice, "gallery remove", {"job": 1})
     assert "Removed picture #1" in (await removed.response())["data"]["content"]
