@@ -7,6 +7,13 @@ because Discord answered 401), the bot's own status message is edited or deleted
 channel endpoints, and a result or failure goes to the channel as a new message: the only
 message that pings anyone, and it pings exactly the requester.
 
+When the bot may not post in the channel (403 Missing Permissions), a result goes out as an
+interaction follow-up while the token lives (naming the message it would have replied to),
+else the requester learns by DM which permission the bot lacks there; a failure notice goes
+to them privately. Neither is retried. A result delivered again after a restart first looks
+for the message an interrupted post may have left (its Reroll button names the job), so it
+is edited, never posted twice.
+
 Nothing here shows a server path or exception text: failure texts pass `plain_text`.
 """
 
@@ -22,6 +29,7 @@ from typing import Any
 
 import discord
 
+from bot.errors import Undeliverable
 from bot.inpaint_masks import thumbnail_png
 from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view, result_view
@@ -34,6 +42,15 @@ TOKEN_GONE = {(401, 50027), (404, 10015)}  # Invalid Webhook Token, Unknown Webh
 WITHHELD_PUBLIC = "🛡️ The picture was withheld by the safety filter, so it was not posted."
 CANCELLED_TEXT = "✖️ Cancelled."
 GENERIC_FAILURE = "Something went wrong on our side while making this image."
+MISSING_PERMISSIONS = 50013
+POST_PERMISSIONS = (
+    ("view_channel", "View Channel"),
+    ("send_messages", "Send Messages"),
+    ("attach_files", "Attach Files"),
+    ("embed_links", "Embed Links"),
+)
+HISTORY_SCAN = 50
+"""Recent channel messages searched for a result an interrupted post left behind."""
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+){2,}[\\/]?")
 _EXCEPTION = re.compile(r"\b(?:Traceback|[A-Z]\w*(?:Error|Exception))\b")
 
@@ -139,7 +156,11 @@ class DiscordDelivery:
             return out
 
         message_id: int | None = None
-        if job.status_message_id and not job.reply_to_message_id and self._token_alive(job):
+        if job.delivery_tries and not (job.status_message_id and self._token_alive(job)):
+            message_id = await self._edit_posted(job, payload)  # a restart cut it off
+        if message_id is None and (
+            job.status_message_id and not job.reply_to_message_id and self._token_alive(job)
+        ):
             try:
                 msg = await self._webhook(job).edit_message(
                     job.status_message_id,
@@ -152,9 +173,90 @@ class DiscordDelivery:
                 await self._token_failed(job, exc)
                 log.warning("editing job %d's message failed (%s); posting to channel", job.id, exc)
         if message_id is None:
-            message_id = await self._post_result(job, files(), payload)
+            try:
+                message_id = await self._post_result(job, files(), payload)
+            except discord.Forbidden as exc:
+                if exc.code != MISSING_PERMISSIONS:
+                    raise
+                try:
+                    message_id = await self._result_elsewhere(job, files(), payload)
+                except Undeliverable:
+                    await self._remove_status(job)  # no "Generating…" with a live Cancel
+                    raise
             await self._remove_status(job)
         await self.store.update_job(job.id, result_message_id=message_id)
+
+    async def _edit_posted(self, job: Job, payload: dict[str, Any]) -> int | None:
+        """The result message an interrupted delivery already posted, brought up to date;
+        None if there is none (or the channel cannot be read)."""
+        me = self.client.user
+        reroll = f"i2i:r:{job.id}"
+        try:
+            async for msg in self._channel(job).history(limit=HISTORY_SCAN):
+                if me is None or msg.author.id != me.id or not msg.attachments:
+                    continue
+                ids = {
+                    getattr(c, "custom_id", None) for row in msg.components for c in row.children
+                }
+                if reroll in ids:
+                    await msg.edit(**payload)
+                    log.info(
+                        "job %d: found its result message %d; not posting again", job.id, msg.id
+                    )
+                    return msg.id
+        except discord.HTTPException as exc:
+            log.info("job %d: could not look for an earlier result message (%s)", job.id, exc)
+        return None
+
+    async def _result_elsewhere(
+        self, job: Job, files: list[discord.File], payload: dict[str, Any]
+    ) -> int:
+        """The channel refused the post: a follow-up through the interaction token (no reply
+        possible there, so it names the message it is for), else a DM saying what the bot
+        lacks; raises `Undeliverable` then (the picture stays in /gallery)."""
+        missing = self._missing_permissions(job)
+        if self._token_alive(job):
+            parent = (
+                f" (from https://discord.com/channels/{job.guild_id}/{job.channel_id}/"
+                f"{job.reply_to_message_id})"
+                if job.reply_to_message_id
+                else ""
+            )
+            try:
+                msg = await self._webhook(job).send(
+                    content=f"<@{job.user_id}>{parent}",
+                    files=files,
+                    wait=True,
+                    allowed_mentions=discord.AllowedMentions.none(),
+                    **payload,
+                )
+                log.warning("job %d: no %s in its channel; sent as a follow-up", job.id, missing)
+                return msg.id
+            except discord.HTTPException as exc:
+                await self._token_failed(job, exc)
+                log.info("job %d: the follow-up failed too (%s)", job.id, exc)
+        await self._tell_dm(
+            job,
+            f"I couldn't post your picture for job #{job.id} in <#{job.channel_id}>: I'm "
+            f"missing the {missing} permission there. A server admin can give it to me. "
+            "Your picture is kept in /gallery, and it did not count against your quota.",
+        )
+        raise Undeliverable(f"the bot lacks {missing} in channel {job.channel_id}")
+
+    def _missing_permissions(self, job: Job) -> str:
+        """Which of the permissions a result post needs the bot lacks in the job's channel,
+        as cached; all of them when the cache cannot tell."""
+        channel = self.client.get_channel(job.channel_id)
+        guild = getattr(channel, "guild", None)
+        names: list[str] = []
+        if isinstance(channel, discord.abc.GuildChannel) and guild is not None and guild.me:
+            perms = channel.permissions_for(guild.me)
+            names = [name for flag, name in POST_PERMISSIONS if not getattr(perms, flag)]
+            if job.reply_to_message_id and not perms.read_message_history:
+                names.append("Read Message History")
+        if not names:
+            names = [name for _, name in POST_PERMISSIONS[1:]]
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
     def _mask_thumbnail(self, job: Job) -> bytes | None:
         """A small PNG of an inpaint job's stored mask, or None (region words: the mask was
@@ -240,17 +342,24 @@ class DiscordDelivery:
         (`notify`) that can no longer go through the token becomes a new channel message,
         pinging them if the token is gone, and the stale status message is deleted."""
         content = f"{job_summary(job)}\n{text}"
-        if not notify:
-            if not await self._edit_status(job, content):
-                await self._channel(job).send(content=content)
+        try:
+            if not notify:
+                if not await self._edit_status(job, content):
+                    await self._channel(job).send(content=content)
+                return
+            if await self._edit_via_token(job, content):
+                return
+            alive = self._token_alive(job)
+            await self._channel(job).send(
+                content=content if alive else f"<@{job.user_id}> {content}",
+                allowed_mentions=discord.AllowedMentions.none() if alive else ping(job.user_id),
+            )
+        except discord.Forbidden as exc:
+            if exc.code != MISSING_PERMISSIONS:
+                raise
+            if notify:  # told privately instead; not retried
+                await self._tell_privately(job, content)
             return
-        if await self._edit_via_token(job, content):
-            return
-        alive = self._token_alive(job)
-        await self._channel(job).send(
-            content=content if alive else f"<@{job.user_id}> {content}",
-            allowed_mentions=discord.AllowedMentions.none() if alive else ping(job.user_id),
-        )
         await self._remove_status(job)
 
     async def deliver_failure(self, job: Job, message: str) -> None:
@@ -279,6 +388,9 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 await self._token_failed(job, exc)
                 log.info("ephemeral notice for job %d failed (%s); trying a DM", job.id, exc)
+        return await self._tell_dm(job, text)
+
+    async def _tell_dm(self, job: Job, text: str) -> bool:
         try:
             dm = await self.client.create_dm(discord.Object(job.user_id))
             await dm.send(text)

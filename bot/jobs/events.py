@@ -15,6 +15,10 @@ Rules that keep a job from being lost or shown twice:
 - A final message waits (bounded) for the job's status message to be attached, so a job
   that finishes before its caller posted that message still ends as one result message.
 - Deliveries in flight are tracked, so `stop()` can wait for them instead of dropping them.
+- A final message (result or notice) that reached Discord is marked (`delivered_at`); one a
+  stop cut off is delivered again at the next start, at most `MAX_DELIVERY_TRIES` starts,
+  and a message already posted for it is found, not posted twice (`bot.jobs.delivery`). A
+  result that cannot be delivered at all ends `undelivered`, refunded; /gallery keeps it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiosqlite
 
+from bot.errors import Undeliverable
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
@@ -51,6 +56,12 @@ log = logging.getLogger(__name__)
 
 STATUS_ATTACH_WAIT_S = 15.0
 """How long a final message waits for the caller to attach the job's status message."""
+
+MAX_DELIVERY_TRIES = 3
+"""Starts that try to deliver a final message a stop cut off before giving up on it."""
+SHARED_KINDS = ("series", "compare")
+"""Jobs shown on a message they share (an album, a comparison; see `KindDelivery`): that
+message is re-rendered when one ends, so giving up on one leaves its state alone."""
 
 MAX_RETRIES = 1
 """Times a job sent back by the worker (`Failed.retry`) runs again before it fails for good."""
@@ -292,23 +303,54 @@ class JobEvents:
         await self._finish(job)
 
     async def _finish(self, job: Job) -> None:
-        """Post a result, then tell the hooks (gallery) about it."""
-        await self._deliver(job, self.delivery.deliver_result)
+        """Post a result, then tell the hooks (gallery) about it; a result that cannot be
+        posted anywhere still reaches the gallery, then ends `undelivered`."""
+        delivered = await self._deliver(job, self.delivery.deliver_result)
         fresh = await self.store.get_job(job.id)
         for hook in self.hooks.finished:
             try:
                 await hook(fresh or job)
             except Exception:
                 log.exception("finished-hook failed for job %d", job.id)
+        if delivered is None:
+            await self._give_up(job)
 
-    async def _deliver(self, job: Job, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+    async def _deliver(
+        self, job: Job, fn: Callable[..., Awaitable[None]], *args: object
+    ) -> bool | None:
+        """Send a job's final message; True once Discord has it (marked in SQLite), False
+        after an error a later start may get past, None if it can never be delivered."""
         job = await self._with_status_message(job)
+        delivered: bool | None = False
         async with self.status.lock(job.id):
             try:
                 await fn(job, *args)
+                delivered = True
+            except Undeliverable as exc:
+                log.warning("job %d cannot be delivered: %s", job.id, exc)
+                delivered = None
             except Exception:
                 log.exception("delivering job %d failed", job.id)
         self.status.release(job.id)
+        if delivered:
+            try:
+                await self.store.update_job(job.id, delivered_at=self.clock())
+            except Exception:
+                log.exception("recording the delivery of job %d failed", job.id)
+        return delivered
+
+    async def _give_up(self, job: Job) -> None:
+        """A result no message can show: the job ends `undelivered` and its quota unit is
+        refunded; its picture stays in /gallery. (A job on a shared message keeps its
+        state: that message shows it whenever it can be edited again.)"""
+        if job.kind in SHARED_KINDS:
+            return
+        async with self.store.transaction() as db:
+            await db.execute(
+                "UPDATE jobs SET state='undelivered', counted=0 WHERE id=? AND state='done'",
+                (job.id,),
+            )
+        log.warning("job %d ends undelivered (refunded; kept in the gallery)", job.id)
 
     async def _with_status_message(self, job: Job) -> Job:
         """Wait (bounded) until the caller attached the status message or said there is
@@ -323,18 +365,40 @@ class JobEvents:
         return await self.store.get_job(job.id) or job
 
     async def _redeliver(self) -> None:
-        """Results that finished but never reached Discord (a shutdown cut them off).
+        """Final messages a stop cut off (results and notices: `delivered_at` unset) go out
+        again, each at most `MAX_DELIVERY_TRIES` starts; then a result is given up on.
         Files a stop left half-written go first (see `sweep_partial_files`)."""
         await asyncio.to_thread(sweep_partial_files, self.settings.data_dir)
         cursor = await self.store.db.execute(
-            "SELECT * FROM jobs WHERE state='done' AND result_message_id IS NULL "
-            "AND output_path IS NOT NULL ORDER BY id"
+            "SELECT * FROM jobs WHERE delivered_at IS NULL "
+            "AND state IN ('done', 'failed', 'cancelled', 'withheld') ORDER BY id"
         )
         for row in await cursor.fetchall():
             job = Job.from_row(row)
-            if (self.settings.data_dir / (job.output_path or "")).is_file():
-                log.info("delivering job %d, finished before the last shutdown", job.id)
-                self._spawn(self._finish(job))
+            stored = bool(job.output_path) and (self.settings.data_dir / job.output_path).is_file()
+            if job.delivery_tries >= MAX_DELIVERY_TRIES or (job.state == "done" and not stored):
+                if job.state == "done":
+                    log.warning("job %d: giving up on its result", job.id)
+                    await self._give_up(job)
+                continue
+            job.delivery_tries += 1
+            await self.store.update_job(job.id, delivery_tries=job.delivery_tries)
+            log.info(
+                "job %d ended before the last stop; its %s message goes out again (try %d of %d)",
+                job.id, job.state, job.delivery_tries, MAX_DELIVERY_TRIES,
+            )  # fmt: skip
+            self._spawn(self._redeliver_one(job))
+
+    async def _redeliver_one(self, job: Job) -> None:
+        if job.state == "done":
+            await self._finish(job)
+        elif job.state == "failed":
+            message = CRASH_MESSAGE if job.error == "worker died" else job.error or ""
+            await self._deliver(job, self.delivery.deliver_failure, message)
+        elif job.state == "cancelled":
+            await self._deliver(job, self.delivery.deliver_cancelled)
+        else:
+            await self._deliver(job, self.delivery.deliver_withheld)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

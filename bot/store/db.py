@@ -82,6 +82,7 @@ class Job:
     mask_source: str | None = None  # inpaint: "mask", "transparent area" or region words
     region: str | None = None  # inpaint: words the worker turns into the mask
     crop: str = "auto"  # inpaint: auto | on | off (generate a box around a small mask)
+    delivery_tries: int = 0  # starts that tried to deliver its final message again
     filtered: int | None = None
     """1: a safety checker looked at the picture; 0: none was loaded (not filtered); None:
     the job made no picture or ended before this was recorded."""
