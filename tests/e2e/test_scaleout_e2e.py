@@ -88,7 +88,7 @@ async def start_worker(
         env.pop("REDIS_URL", None)
         if metrics_port is not None:
             env["METRICS_PORT"] = str(metrics_port)
-        log = tmp_path / f"worker-{worker_id}.log"
+        log = tmp_path / f"worker-{worker_id}-{len(started)}.log"  # one per process
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "worker", "--redis", valkey.url, "--id", worker_id],
             cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -413,3 +413,32 @@ async def test_a_worker_with_the_safety_checker_off_is_refused(
     status, body = await get(port, "/healthz")
     refused = json.loads(body)["refused_workers"]
     assert status == 503 and "SAFETY_CHECKER=auto" in refused["unsafe"]
+
+
+# -- a worker restarted under the same id (Docker keeps the hostname) ----------------------
+async def test_a_worker_restarted_under_its_id_gives_its_job_to_its_next_process(
+    fd: FakeDiscord,
+    world: World,
+    make_bot: BotFactory,
+    start_worker: StartWorker,
+    valkey: Valkey,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bot = await redis_bot(make_bot, valkey)
+    b = backend(bot)
+    # Its heartbeat key outlives the crash (a long TTL): only the new nonce tells.
+    first = start_worker("w1", WORKER_HEARTBEAT_S="120")
+    await until(lambda: b.workers_online == 1, WORKER_START_S, "the worker online")
+    handle = await slash(fd, world.guild, world.channel, world.alice, **LONG, seed=11)
+    await wait_status(fd, handle, "step")
+    job = job_id(fd, handle)
+    await running_on(bot, job, {"w1": first})
+    first.proc.kill()
+    second = start_worker("w1", WORKER_HEARTBEAT_S="120")
+    await wait_result(fd, handle)
+    await fd.settle()
+    assert len(results_for(fd, job)) == 1
+    assert "w1 is gone (it restarted" in caplog.text
+    assert f"job {job} attempt 2 finished" in second.text()
+    row = await bot.store.get_job(int(job))
+    assert row is not None and (row.state, row.seed) == ("done", 11)
