@@ -170,7 +170,9 @@ class JobService(JobDispatch):
 
     async def stop(self) -> None:
         """Stop dispatching, let deliveries in flight finish (bounded), put running jobs
-        back in the queue for the next start, then stop the worker."""
+        back in the queue for the next start (unless the backend's workers outlive the bot:
+        remote workers keep running them and the next start adopts them), then stop the
+        worker."""
         self._stopping = True
         self._wake.set()
         await self._drain(STOP_DELIVERY_GRACE_S)
