@@ -25,6 +25,7 @@ from bot.cogs.compare import setup_compare
 from bot.cogs.gallery import setup_gallery
 from bot.cogs.generate import GenerateCog
 from bot.cogs.help import HelpCog
+from bot.cogs.imagine import setup_imagine
 from bot.cogs.inpaint import setup_inpaint
 from bot.cogs.iterate import setup_iterate
 from bot.cogs.queue import QueueCog
@@ -186,6 +187,7 @@ class ImgBot(commands.AutoShardedBot):
         await setup_series(self)
         await setup_iterate(self)
         await setup_compare(self)
+        await setup_imagine(self)
         await setup_inpaint(self)
 
     async def sync_commands(self) -> None:

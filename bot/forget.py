@@ -158,7 +158,7 @@ async def forget_member(store: Store, guild_id: int, user_id: int) -> Forgotten:
         for r in rows:
             if r["output_path"] and r["output_path"] not in out.pictures:
                 out.pictures.append(r["output_path"])
-            if r["input_path"] not in used and r["input_path"] not in out.inputs:
+            if r["input_path"] and r["input_path"] not in used | set(out.inputs):
                 out.inputs.append(r["input_path"])
             for column in ("result_message_id", "status_message_id"):
                 if r[column] and (r["channel_id"], r[column]) not in seen_messages:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
 KIND = "compare"
+VARY = "vary"
+"""Vary (`bot.cogs.imagine`): a text-to-image result at three new strengths; drawn here
+like a comparison, without the picture it was made from (that one is a base, not a peer)."""
 GONE_TEXT = "This image is no longer stored, so it cannot be compared or posted again."
 ENDED_NOTES = {
     "withheld": "🛡️ withheld by the safety filter",
@@ -68,6 +71,17 @@ def orphan_text(siblings: list[Job], notes: dict[float, str]) -> str:
         "they were compared with was deleted by its owner."
     ]
     lines += [f"{s:.2f}: {notes[s]}" for s in strengths if s in notes]
+    return "\n".join(lines)
+
+
+def vary_text(siblings: list[Job], notes: dict[float, str]) -> str:
+    """Vary's text: the base picture it was made from and the strengths, left to right."""
+    shown = " · ".join(f"{s.strength:.2f}" for s in siblings)
+    lines = [
+        f"🔀 Variations of #{siblings[0].parent_id} at strengths {shown} "
+        f"(seed {siblings[0].seed}), left to right. **Use** one to go on from it."
+    ]
+    lines += [f"{s.strength:.2f}: {notes[s.strength]}" for s in siblings if s.strength in notes]
     return "\n".join(lines)
 
 
@@ -125,7 +139,8 @@ class CompareCog(commands.Cog):
             if not siblings or any(s.state in ACTIVE_STATES for s in siblings):
                 return
             parent_id = siblings[0].parent_id
-            parent = await self.bot.store.get_job(parent_id) if parent_id else None
+            vary = siblings[0].kind == VARY
+            parent = await self.bot.store.get_job(parent_id) if parent_id and not vary else None
             await self._render(parent, siblings, message_id)
 
     async def _render(self, parent: Job | None, siblings: list[Job], message_id: int) -> None:
@@ -152,6 +167,8 @@ class CompareCog(commands.Cog):
                 notes[strength] = ENDED_NOTES.get(job.state, "❌ could not be made")
         if parent is not None:
             content = comparison_text(parent, strengths, notes)
+        elif siblings[0].kind == VARY:
+            content = vary_text(siblings, notes)
         else:
             content = orphan_text(siblings, notes)
         view = use_view(choices)
@@ -217,10 +234,11 @@ class CompareCog(commands.Cog):
 
     # -- helpers ------------------------------------------------------------------------
     async def _siblings(self, message_id: int) -> list[Job]:
-        """The compare jobs of one comparison: they share its message (their status)."""
+        """The compare (or vary) jobs of one comparison: they share its message (their
+        status)."""
         cursor = await self.bot.store.db.execute(
-            "SELECT * FROM jobs WHERE kind=? AND status_message_id=? ORDER BY strength",
-            (KIND, message_id),
+            "SELECT * FROM jobs WHERE kind IN (?, ?) AND status_message_id=? ORDER BY strength",
+            (KIND, VARY, message_id),
         )
         return [Job.from_row(row) for row in await cursor.fetchall()]
 

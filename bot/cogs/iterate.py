@@ -38,7 +38,7 @@ from bot.errors import UserError
 from bot.store.db import Job
 from bot.styles import unknown_style_text
 from bot.ui import modals
-from pipeline.request import InputError
+from pipeline.request import TEXT_TO_IMAGE, InputError
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -142,7 +142,8 @@ class IterateCog(commands.Cog):
             job = await self.bot.actions.job_here(interaction, job_id, deleted_ok=False)
             if kind == "refine" and not self.bot.actions.stored(job.output_path):
                 raise UserError(OUTPUT_GONE_TEXT)
-            if kind == "edit" and not (self.data_dir / job.input_path).is_file():
+            has_input = job.mode != TEXT_TO_IMAGE  # /imagine's job has none to lose
+            if kind == "edit" and has_input and not (self.data_dir / job.input_path).is_file():
                 raise UserError(INPUT_GONE_TEXT)
             await self.bot.actions.precheck(interaction)
         except UserError as exc:
@@ -236,8 +237,13 @@ class IterateCog(commands.Cog):
                 changed = replace(
                     changed, input_path=copied, input_width=width, input_height=height
                 )
+                if parent.mode == TEXT_TO_IMAGE:  # the base picture is now an input
+                    changed = replace(changed, mode="img2img")
+            strength = styled.strength
+            if changed.mode == TEXT_TO_IMAGE:  # Edit of /imagine: a new one, from noise
+                strength = 1.0
             await self.bot.actions.requeue(
-                interaction, changed, strength=styled.strength, seed=styled.seed, kind=kind
+                interaction, changed, strength=strength, seed=styled.seed, kind=kind
             )
         except (InputError, UserError) as exc:
             await self.bot.actions.discard_unused(copied)

@@ -20,7 +20,13 @@ from bot.jobs.scheduler import QueuedJob
 from bot.startup import engine_summary
 from bot.store.db import ACTIVE_STATES, Job
 from pipeline.prepare import target_size
-from pipeline.request import EngineInfo, GenerationRequest, plan_steps
+from pipeline.request import (
+    TEXT_TO_IMAGE,
+    EngineInfo,
+    GenerationRequest,
+    NoiseStart,
+    plan_steps,
+)
 from pipeline.worker import WorkerEvent, WorkerStartError
 
 log = logging.getLogger(__name__)
@@ -279,18 +285,21 @@ class JobDispatch(JobEvents):
 
     def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
         out = self.data_dir / "outputs" / f"{job.id}.png"
+        text = job.mode == TEXT_TO_IMAGE  # no input: noise of the size its batch key holds
+        start = NoiseStart(*target_size(job.input_width, job.input_height, self.resolution))
         return GenerationRequest(
             job_id=str(job.id),
-            image_path=str(self.data_dir / job.input_path),
+            image_path="" if text else str(self.data_dir / job.input_path),
+            start=start if text else None,
             prompt=job.prompt,
             negative_prompt=job.negative_prompt,
-            strength=job.strength,
+            strength=1.0 if text else job.strength,
             seed=job.seed,
             steps=job.steps,
             guidance=job.guidance,
             output_path=str(out.resolve()),
             allow_nsfw=bool(job.channel_nsfw) and allow_nsfw,
-            mode=job.mode,
+            mode="img2img" if text else job.mode,
             mask_path=str((self.data_dir / job.mask_path).resolve()) if job.mask_path else None,
             region=job.region,
             crop=job.crop,

@@ -3,7 +3,8 @@ message posted before a restart is routed by its regex template, with no in-memo
 
 Callbacks hand over to `bot.actions.Actions` (reached through the client), which holds the
 logic and the resources; Refine and Edit to `bot.cogs.iterate`, Compare and Use to
-`bot.cogs.compare`, Inpaint to `bot.cogs.inpaint`, found by cog name.
+`bot.cogs.compare`, Inpaint to `bot.cogs.inpaint`, Vary to `bot.cogs.imagine`, found by
+cog name.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot.variants import STEP, variant_label, variant_strength
+from pipeline.request import TEXT_TO_IMAGE
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
     from bot.cogs.compare import CompareCog
+    from bot.cogs.imagine import ImagineCog
     from bot.cogs.inpaint import InpaintCog
     from bot.cogs.iterate import IterateCog
 
@@ -169,6 +172,20 @@ class InpaintButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:inp
         await _inpaint(interaction).open_modal(interaction, self.job_id)
 
 
+class VaryButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:vary:(?P<job>\d+)"):
+    """Under a text-to-image result: img2img of it at 0.35, 0.50 and 0.65, side by side."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Vary", emoji="🔀", custom_id=f"i2i:vary:{job_id}", row=1)
+        )
+        self.job_id = job_id
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        imagine = cast("ImagineCog", _bot(interaction).get_cog("ImagineCog"))
+        await imagine.vary(interaction, self.job_id)
+
+
 class UseButton(discord.ui.DynamicItem[Button], template=r"i2i:use:(?P<job>\d+)"):
     """Under a comparison: post that image as a normal result (no new GPU work)."""
 
@@ -202,20 +219,28 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     CompareButton,
     InpaintButton,
     UseButton,
+    VaryButton,
 )
 
 
-def result_view(job_id: int, strength: float) -> discord.ui.View:
-    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare, Inpaint (row 2)."""
+def result_view(job_id: int, strength: float, *, mode: str = "img2img") -> discord.ui.View:
+    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare, Inpaint (row 2).
+    A text-to-image result has no input to re-run at another strength: no −/+ and no
+    Compare, and Vary instead (img2img of it at three strengths)."""
+    text = mode == TEXT_TO_IMAGE
     view = discord.ui.View(timeout=None)
-    view.add_item(VariantButton(job_id, "m", strength))
-    view.add_item(VariantButton(job_id, "p", strength))
+    if not text:
+        view.add_item(VariantButton(job_id, "m", strength))
+        view.add_item(VariantButton(job_id, "p", strength))
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
     view.add_item(RefineButton(job_id))
     view.add_item(EditButton(job_id))
-    view.add_item(CompareButton(job_id))
+    if not text:
+        view.add_item(CompareButton(job_id))
     view.add_item(InpaintButton(job_id))
+    if text:
+        view.add_item(VaryButton(job_id))
     return view
 
 

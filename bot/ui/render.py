@@ -12,6 +12,7 @@ import discord
 
 from bot.store.db import Job
 from bot.ui.tips import lineage, tip_for
+from pipeline.request import TEXT_TO_IMAGE
 
 BAR_WIDTH = 16
 
@@ -76,6 +77,9 @@ def model_label(model: str | None) -> str:
 
 def job_summary(job: Job) -> str:
     """One line naming a job for status messages and /queue."""
+    if job.mode == TEXT_TO_IMAGE:  # no input picture, so no strength: its size instead
+        size = f"{job.input_width}×{job.input_height}"
+        return f"#{job.id} · imagine {size} · “{user_text(job.prompt, 60)}”"
     mode = "inpaint · " if job.mode == "inpaint" else ""
     return f"#{job.id} · {mode}strength {job.strength:.2f} · “{user_text(job.prompt, 60)}”"
 
@@ -104,7 +108,10 @@ def result_embed(job: Job, *, mask_thumbnail: str | None = None) -> discord.Embe
         embed.add_field(
             name="Negative prompt", value=truncate(job.negative_prompt, 1024), inline=False
         )
-    embed.add_field(name="Strength", value=f"{job.strength:.2f}")
+    if job.mode == TEXT_TO_IMAGE:
+        embed.add_field(name="Size", value=f"{job.input_width}×{job.input_height}")
+    else:
+        embed.add_field(name="Strength", value=f"{job.strength:.2f}")
     embed.add_field(name="Seed", value=str(job.seed))
     embed.add_field(name="Steps", value=f"{job.steps_run} of {job.steps_total}")
     if tip := tip_for(job):

@@ -7,12 +7,18 @@ Pure functions of a job's values, so the rules are tested without Discord.
 from __future__ import annotations
 
 from bot.store.db import Job
+from pipeline.request import TEXT_TO_IMAGE
 
 GOOD_SIDE = 512  # the guide: sources of at least 512×512 transfer well
 HIGH_STRENGTH = 0.7  # the guide: from here on faces distort
 TIPPED_KINDS = ("new", "refine", "edit")
 """Results whose settings someone chose. A variant, reroll or comparison comes from a result
 that already had its chance at a tip, so they never repeat it."""
+
+VARY_TIP = (
+    "A good base? **Vary** makes it again at strengths 0.35, 0.50 and 0.65 side by side; "
+    "**Use** the one you like and go on from there."
+)
 
 TROUBLESHOOTING = (
     "**The result looks nothing like my picture** → lower the strength to 0.4–0.5.\n"
@@ -56,6 +62,8 @@ def tip_for(job: Job) -> str | None:
     """At most one tip for a result, when the guide has one for its situation."""
     if job.kind not in TIPPED_KINDS:
         return None
+    if job.mode == TEXT_TO_IMAGE:  # a base picture made from words: no source, no strength
+        return VARY_TIP if job.kind == "new" else None
     short = min(job.input_width, job.input_height)
     if job.kind == "new" and short < GOOD_SIDE:
         return (
