@@ -146,7 +146,7 @@ class DiscordDelivery:
         thumb_name = f"mask-{job.id}.png"
         payload: dict[str, Any] = {
             "embed": result_embed(job, mask_thumbnail=thumb_name if thumb else None),
-            "view": result_view(job.id, job.strength),
+            "view": result_view(job.id, job.strength, mode=job.mode),
         }
 
         def files() -> list[discord.File]:
