@@ -12,11 +12,15 @@ interaction token, for 15 minutes, so they are not recorded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import discord
 
+from bot.forget import Forgotten
+from bot.inpaint_masks import mask_path_for
 from bot.store.db import Job
 from bot.store.picture_messages import Kind, PictureMessages
 
@@ -75,3 +79,32 @@ async def remove_copies(bot: ImgBot, job: Job) -> None:
             await shown.forget_message(message_id)
         else:
             await rerender(bot, kind, message_id)
+
+
+def _unlink(data_dir: Path, paths: list[str]) -> list[str]:
+    """Remove files under DATA_DIR (blocking); returns those this call removed."""
+    removed = []
+    for rel in paths:
+        try:
+            (data_dir / rel).unlink()
+            removed.append(rel)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not delete %s: %s", rel, exc)
+    return removed
+
+
+async def remove_forgotten(bot: ImgBot, guild_id: int, gone: Forgotten) -> None:
+    """After forget-me's commit: the member's files and messages go, and other members'
+    albums and comparisons are drawn without their pictures; the lists shrink to what
+    existed."""
+    data_dir = bot.settings.data_dir
+    gone.pictures = await asyncio.to_thread(_unlink, data_dir, gone.pictures)
+    masks = [mask_path_for(rel) for rel in gone.inputs]  # inpaint masks beside inputs
+    gone.inputs = await asyncio.to_thread(_unlink, data_dir, gone.inputs)
+    await asyncio.to_thread(_unlink, data_dir, masks)
+    gone.messages = [m for m in gone.messages if await delete_message(bot, guild_id, *m)]
+    gone.copies = [m for m in gone.copies if await delete_message(bot, guild_id, *m)]
+    for kind, message_id in gone.redraw:  # their rows are gone: drawn without them
+        await rerender(bot, kind, message_id)

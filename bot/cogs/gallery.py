@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.copies import delete_message, remove_copies, rerender
+from bot.copies import delete_message, remove_copies, remove_forgotten
 from bot.errors import UserError
-from bot.forget import Forgotten, forget_member, preview
-from bot.inpaint_masks import mask_path_for, remove_with_input
+from bot.forget import forget_member, preview
+from bot.inpaint_masks import remove_with_input
 from bot.store.db import Job
 from bot.store.files import Pruner, max_bytes
 from bot.store.gallery import (
@@ -60,13 +59,8 @@ from bot.store.gallery import (
     normalize_search,
 )
 from bot.store.picture_messages import Kind, PictureMessages
-from bot.ui.gallery import (
-    PAGE_TEMPLATE,
-    describe,
-    gallery_embed,
-    page_custom_id,
-    parse_direction,
-)
+from bot.ui.gallery import describe, gallery_embed
+from bot.ui.gallery_buttons import ForgetButton, GalleryPageButton
 from bot.ui.pictures import spoilered
 from bot.ui.tips import lineage
 
@@ -79,81 +73,7 @@ Interaction = discord.Interaction[Any]
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
-FORGET_TEMPLATE = r"forget:(?P<guild>\d+):(?P<user>\d+)"
 REMOVED_PAGE_TEXT = "🗑️ The picture shown here was removed. Use /gallery browse to look again."
-
-
-def _cog(interaction: Interaction) -> GalleryCog:
-    cog = cast("ImgBot", interaction.client).get_cog(GalleryCog.__cog_name__)
-    assert isinstance(cog, GalleryCog)
-    return cog
-
-
-class GalleryPageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=PAGE_TEMPLATE):
-    """◀ / ▶ under a gallery message; everything it needs is in its custom_id."""
-
-    def __init__(
-        self,
-        direction: Direction,
-        anchor: int,
-        user_id: int | None,
-        search_id: int,
-        *,
-        disabled: bool = False,
-    ) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="◀ Newer" if direction == "newer" else "Older ▶",
-                style=discord.ButtonStyle.secondary,
-                custom_id=page_custom_id(direction, anchor, user_id, search_id),
-                disabled=disabled,
-            )
-        )
-        self.direction, self.anchor = direction, anchor
-        self.user_id, self.search_id = user_id, search_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: Interaction,
-        item: discord.ui.Button[Any],
-        match: re.Match[str],
-    ) -> GalleryPageButton:
-        return cls(
-            parse_direction(match["dir"]),
-            int(match["anchor"]),
-            int(match["user"]) or None,
-            int(match["search"]),
-        )
-
-    async def callback(self, interaction: Interaction) -> None:
-        await _cog(interaction).turn_page(
-            interaction, self.direction, self.anchor, self.user_id, self.search_id
-        )
-
-
-class ForgetButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=FORGET_TEMPLATE):
-    """The confirmation under `/gallery forget-me`: the member and server are in its
-    custom_id, so only that member, in that server, can confirm (also after a restart)."""
-
-    def __init__(self, guild_id: int, user_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Delete everything of mine",
-                style=discord.ButtonStyle.danger,
-                custom_id=f"forget:{guild_id}:{user_id}",
-            )
-        )
-        self.guild_id, self.user_id = guild_id, user_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: Interaction, item: discord.ui.Button[Any], match: re.Match[str]
-    ) -> ForgetButton:
-        return cls(int(match["guild"]), int(match["user"]))
-
-    async def callback(self, interaction: Interaction) -> None:
-        await _cog(interaction).confirm_forget(interaction, self.guild_id, self.user_id)
 
 
 class GalleryCog(commands.Cog, name="Gallery"):
@@ -469,32 +389,8 @@ class GalleryCog(commands.Cog, name="Gallery"):
         except UserError as exc:
             await interaction.edit_original_response(content=f"❌ {exc}")
             return
-        await self._remove_forgotten(guild_id, gone)
+        await remove_forgotten(self.bot, guild_id, gone)
         await interaction.edit_original_response(content=gone.summary())
-
-    async def _remove_forgotten(self, guild_id: int, gone: Forgotten) -> None:
-        """The files and messages of a forgotten member; the lists shrink to what existed."""
-
-        def unlink(paths: list[str]) -> list[str]:
-            removed = []
-            for rel in paths:
-                try:
-                    (self.data_dir / rel).unlink()
-                    removed.append(rel)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    log.warning("could not delete %s: %s", rel, exc)
-            return removed
-
-        gone.pictures = await asyncio.to_thread(unlink, gone.pictures)
-        masks = [mask_path_for(rel) for rel in gone.inputs]  # inpaint masks beside inputs
-        gone.inputs = await asyncio.to_thread(unlink, gone.inputs)
-        await asyncio.to_thread(unlink, masks)
-        gone.messages = [m for m in gone.messages if await self._delete_message(guild_id, *m)]
-        gone.copies = [m for m in gone.copies if await self._delete_message(guild_id, *m)]
-        for kind, message_id in gone.redraw:  # their rows are gone: drawn without them
-            await rerender(self.bot, kind, message_id)
 
     # -- helpers ----------------------------------------------------------------------
     def _guild(self, interaction: Interaction) -> int:
