@@ -125,4 +125,5 @@ async def test_copies_and_comparisons_follow_the_picture_they_show(
     assert await bot.store.get_job(1) is None
     assert 1 not in [job for job, _ in await recorded(bot, comparison["id"])]
     assert not fd.message(copies["Use 0.65"]["id"])["deleted"]
+    assert len(bot.get_cog("CompareCog")._locks) == 0  # type: ignore[union-attr]  # fault 12
     fd.assert_no_unknown_routes()
