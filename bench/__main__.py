@@ -8,6 +8,9 @@ Scenarios (same model, device and inputs for both paths, in one run):
   5. (section `mixed`) N_SMALL SMALL_SIZE px jobs, iteration-level batching (BATCHING=step)
      vs same-key batching (BATCHING=call), MAX_BATCH both: strengths, steps and two aspect
      ratios mixed → ratio_mixed (≥ 1.20); one shape and step plan → ratio_uniform (≥ 0.95)
+  6. (section `fleet`) one bot process, a Valkey, 100 fake workers, 1,000 servers, 500 jobs
+     waiting (bench/fleet.py) → fleet_cpu_ms_per_job (≤ 8), fleet_rest_calls_per_job (≤ 10),
+     fleet_lag_p99_ms (≤ 50), fleet_fairness (≤ workers × MAX_BATCH), intake_ms_per_upload
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
 which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
 section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
@@ -32,6 +35,7 @@ from typing import Any
 import psutil
 
 from bench.direct import DirectRunner
+from bench.fleet import fleet_section
 from bench.fullpath import FullPath
 from bench.logs import stderr_to
 from bench.monitor import LagTicker, ProcessSampler
@@ -165,6 +169,8 @@ class Run:
         if "sweep" in o.only:
             full = await self.use_full(model, o.size)
             r["sweep"] = await sweep(bench, full, o.size, o.n_sweep, o.rounds, o.sweep)
+        if "fleet" in o.only:  # no model: its own processes (bench/fleet.py)
+            r["fleet"] = await fleet_section(note)
         if "scaleout" in o.only:
             full = await self.use_full(model, o.size)
             r["scaleout"] = await scaleout(

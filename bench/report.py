@@ -217,6 +217,10 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
             "ratio_redis_local_wall": sc["ratio_redis_local_wall"],
             "ratio_2workers_wall": sc["ratio_2workers_wall"],
         }
+    if "fleet" in r:
+        from bench.fleet import render_fleet
+
+        lines, figures = render_fleet(r["fleet"], lines, figures)
     if "mixed" in r:
         lines, figures = _render_mixed(opts, r["mixed"], lines, figures)
     if "mixedsweep" in r:
@@ -307,5 +311,6 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         figures["interrupted"] = True
     lines.append(f"total {r['seconds']:.0f} s")
     missed = [k for k, t in TARGETS.items() if k in figures and not figures[k] >= t]
+    missed += figures.pop("fleet_missed", [])
     figures |= {"others_cpus": others, "seconds": r["seconds"], "targets_missed": missed}
     return lines, figures
