@@ -156,11 +156,12 @@ class DiscordDelivery:
             return out
 
         message_id: int | None = None
-        if job.delivery_tries and not (job.status_message_id and self._token_alive(job)):
-            message_id = await self._edit_posted(job, payload)  # a restart cut it off
-        if message_id is None and (
+        via_token = bool(
             job.status_message_id and not job.reply_to_message_id and self._token_alive(job)
-        ):
+        )
+        if job.delivery_tries and not via_token:  # a channel post a restart may have cut off
+            message_id = await self._edit_posted(job, payload)
+        if message_id is None and via_token:
             try:
                 msg = await self._webhook(job).edit_message(
                     job.status_message_id,

@@ -226,3 +226,29 @@ async def test_a_reply_keeps_its_reference_and_pings_after_expiry(env: Env) -> N
 )
 def test_plain_text_hides_exceptions_and_paths(message: str, shown: str | None) -> None:
     assert plain_text(message) == (shown or message)
+
+
+async def test_a_variant_delivered_again_after_a_restart_is_found_not_posted_twice(
+    env: Env,
+) -> None:
+    """A reply posts to the channel even while the token lives; when a restart delivers it
+    again (`delivery_tries`), the message the first try left is found and edited."""
+    channel = env.client.get_partial_messageable(env.channel, guild_id=env.guild)
+    parent = await channel.send("the result it varies")
+    job = output(env, await env.job(expires=time.time() + 600, reply_to_message_id=parent.id))
+    await env.delivery.deliver_result(job)
+    posted = [m for m in env.fd.messages(env.channel) if m["attachments"]]
+    assert len(posted) == 1
+
+    again = await env.store.get_job(job.id)
+    assert again is not None
+    again = output(env, again)
+    again.delivery_tries, again.result_message_id = 1, None  # the record was cut off
+    again.token_expires_at = time.time() + 600  # and the token still lives
+    mark = len(env.fd.calls)
+    await env.delivery.deliver_result(again)
+    calls = env.calls_after(mark)
+    assert not [c for c in calls if c.method == "POST" and c.path.endswith("/messages")]
+    assert [m["id"] for m in env.fd.messages(env.channel) if m["attachments"]] == [posted[0]["id"]]
+    row = await env.store.get_job(job.id)
+    assert row is not None and row.result_message_id == posted[0]["id"]
