@@ -393,7 +393,11 @@ class JobEvents:
         if job.state == "done":
             await self._finish(job)
         elif job.state == "failed":
-            message = CRASH_MESSAGE if job.error == "worker died" else job.error or ""
+            from bot.jobs.dispatch import DISPATCH_FAILED  # (dispatch imports this module)
+
+            # `error` holds the words the user was shown, or a code for the two kept here.
+            said = {"worker died": CRASH_MESSAGE, "dispatch failed": DISPATCH_FAILED}
+            message = said.get(job.error or "", job.error or "")
             await self._deliver(job, self.delivery.deliver_failure, message)
         elif job.state == "cancelled":
             await self._deliver(job, self.delivery.deliver_cancelled)

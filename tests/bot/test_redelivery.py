@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import bot.jobs.service as jobs_module
+from bot.jobs.events import CRASH_MESSAGE
 from bot.store.db import Job, Store
-from pipeline.worker import BatchDone, Failed, Finished
+from pipeline.worker import BatchDone, Failed, Finished, WorkerDied
 from tests.bot.test_jobs import Harness, until
 
 
@@ -45,8 +46,9 @@ async def _row(store: Store, job_id: int) -> dict[str, object]:
     return dict(await cursor.fetchone())
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["failed", "worker-died"])
 async def test_a_notice_a_stop_cut_off_goes_out_at_the_next_start(
-    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, crash: bool
 ) -> None:
     monkeypatch.setattr(jobs_module, "STOP_DELIVERY_GRACE_S", 0.05)
     first = Harness(tmp_path, store)
@@ -59,7 +61,10 @@ async def test_a_notice_a_stop_cut_off_goes_out_at_the_next_start(
         await never.wait()  # Discord does not answer before the stop
 
     first.delivery.deliver_failure = stuck  # type: ignore[method-assign]
-    first.worker.emit(Failed(str(job.id), "Out of memory."), BatchDone((str(job.id),)))
+    if crash:  # the row keeps a code; the notice says what the user was told
+        first.worker.emit(WorkerDied(-9, (str(job.id),)))
+    else:
+        first.worker.emit(Failed(str(job.id), "Out of memory."), BatchDone((str(job.id),)))
     await until(lambda: first.service._background, "the delivery in flight")
     await first.service.stop()
     row = await _row(store, job.id)
@@ -68,7 +73,8 @@ async def test_a_notice_a_stop_cut_off_goes_out_at_the_next_start(
     again = Harness(tmp_path, store)
     await again.start()
     await until(lambda: again.delivery.of("failure"), "the notice, delivered again")
-    assert again.delivery.of("failure") == [("failure", job.id, "Out of memory.")]
+    told = CRASH_MESSAGE if crash else "Out of memory."
+    assert again.delivery.of("failure") == [("failure", job.id, told)]
     row = await _row(store, job.id)
     assert row["delivery_tries"] == 1
     await again.service.stop()
