@@ -236,11 +236,13 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 await self._token_failed(job, exc)
                 log.info("job %d: the follow-up failed too (%s)", job.id, exc)
+        several = " and " in missing
         await self._tell_dm(
             job,
             f"I couldn't post your picture for job #{job.id} in <#{job.channel_id}>: I'm "
-            f"missing the {missing} permission there. A server admin can give it to me. "
-            "Your picture is kept in /gallery, and it did not count against your quota.",
+            f"missing the {missing} permission{'s' if several else ''} there. A server "
+            f"admin can give {'them' if several else 'it'} to me. Your picture is kept in "
+            "/gallery, and it did not count against your quota.",
         )
         raise Undeliverable(f"the bot lacks {missing} in channel {job.channel_id}")
 
