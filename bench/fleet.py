@@ -209,8 +209,9 @@ def fairness(arrivals: dict[str, tuple[int, int, int]], started: dict[str, int])
 
 
 async def run_bot(
-    url: str, api: str, work: Path, *, workers: int, max_batch: int, warmup: float, window: float
-) -> dict[str, Any]:
+    url: str, api: str, work: Path, *, workers: int, max_batch: int, warmup: float,
+    window: float, waiting: int,
+) -> dict[str, Any]:  # fmt: skip
     import discord
 
     from bench.monitor import LagTicker
@@ -293,7 +294,7 @@ async def run_bot(
 
     async def top_up() -> None:
         while True:
-            need = WAITING - len(service.queue)
+            need = waiting - len(service.queue)
             for _ in range(max(0, need)):
                 n = next(seq)
                 guild = server()
@@ -347,7 +348,7 @@ async def run_bot(
         "workers": workers,
         "max_batch": max_batch,
         "servers": SERVERS,
-        "waiting": WAITING,
+        "waiting": waiting,
         "window_s": round(wall1 - wall0, 1),
         "jobs": jobs,
         "jobs_per_s": rate,
@@ -365,7 +366,7 @@ async def run_bot(
 
 def measure(
     *, workers: int = WORKERS, max_batch: int = MAX_BATCH, warmup: float = WARMUP_S,
-    window: float = WINDOW_S, work: Path | None = None,
+    window: float = WINDOW_S, waiting: int = WAITING, work: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Start Valkey, the workers and the stand-in, run the bot side here, stop them all."""
     from bench.valkey import Valkey
@@ -393,7 +394,7 @@ def measure(
         api = f"http://127.0.0.1:{port_file.read_text()}/api/v10"
         return asyncio.run(
             run_bot(valkey.url, api, work, workers=workers, max_batch=max_batch,
-                    warmup=warmup, window=window)
+                    warmup=warmup, window=window, waiting=waiting)
         )  # fmt: skip
     finally:
         if fleet.stdin:
@@ -466,7 +467,9 @@ def main(argv: list[str]) -> int:
     workers = int(os.environ.get("FLEET_WORKERS", WORKERS))
     window = float(os.environ.get("FLEET_WINDOW_S", WINDOW_S))
     warmup = float(os.environ.get("FLEET_WARMUP_S", WARMUP_S))
-    print(json.dumps(measure(workers=workers, window=window, warmup=warmup)), flush=True)
+    waiting = int(os.environ.get("FLEET_WAITING", WAITING))
+    result = measure(workers=workers, window=window, warmup=warmup, waiting=waiting)
+    print(json.dumps(result), flush=True)
     return 0
 
 
