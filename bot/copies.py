@@ -64,6 +64,30 @@ async def rerender(bot: ImgBot, kind: Kind, message_id: int) -> None:
     log.warning("no cog draws %s messages; message %d left as it is", kind, message_id)
 
 
+async def deleted_among(bot: ImgBot, job_ids: list[int]) -> bool:
+    """True if one of these jobs was deleted (or forgotten) meanwhile. A message is
+    recorded before this is asked, and a deletion marks its job before it reads the
+    records, so either the deletion finds the message or this finds the deletion."""
+    for job_id in job_ids:
+        job = await bot.store.get_job(job_id)
+        if job is None or job.state == "deleted":
+            return True
+    return False
+
+
+async def record_copy(
+    bot: ImgBot, guild_id: int, channel_id: int, message_id: int, job_id: int
+) -> None:
+    """Record a "Use" or "Open…" copy just posted; if its picture was deleted while it
+    uploaded, delete the copy here."""
+    shown = PictureMessages(bot.store)
+    await shown.record(guild_id, channel_id, message_id, [job_id], "single")
+    if await deleted_among(bot, [job_id]):
+        log.info("job %d was deleted while its copy uploaded; deleting the copy", job_id)
+        await delete_message(bot, guild_id, channel_id, message_id)
+        await shown.forget_message(message_id)
+
+
 async def remove_copies(bot: ImgBot, job: Job) -> None:
     """The `deleted` hook: every public message showing `job`'s picture goes or is edited."""
     shown = PictureMessages(bot.store)

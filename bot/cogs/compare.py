@@ -19,6 +19,7 @@ import discord
 from discord.ext import commands
 
 from bot.actions import INPUT_GONE_TEXT
+from bot.copies import deleted_among, record_copy
 from bot.errors import UserError
 from bot.jobs.events import KindDelivery
 from bot.locks import KeyedLocks
@@ -135,15 +136,21 @@ class CompareCog(commands.Cog):
         """Draw the comparison `message_id` from the database (after a job ended or one of
         its pictures was deleted): idempotent, one edit at a time per comparison."""
         async with self._locks.hold(message_id):
-            siblings = await self._siblings(message_id)
-            if not siblings or any(s.state in ACTIVE_STATES for s in siblings):
-                return
-            parent_id = siblings[0].parent_id
-            vary = siblings[0].kind == VARY
-            parent = await self.bot.store.get_job(parent_id) if parent_id and not vary else None
-            await self._render(parent, siblings, message_id)
+            while shown := await self._draw(message_id):
+                if not await deleted_among(self.bot, shown):
+                    break  # else a picture was deleted while it uploaded: again without it
 
-    async def _render(self, parent: Job | None, siblings: list[Job], message_id: int) -> None:
+    async def _draw(self, message_id: int) -> list[int]:
+        """Render once; the jobs whose pictures it shows ([]: not drawn)."""
+        siblings = await self._siblings(message_id)
+        if not siblings or any(s.state in ACTIVE_STATES for s in siblings):
+            return []
+        parent_id = siblings[0].parent_id
+        vary = siblings[0].kind == VARY
+        parent = await self.bot.store.get_job(parent_id) if parent_id and not vary else None
+        return await self._render(parent, siblings, message_id)
+
+    async def _render(self, parent: Job | None, siblings: list[Job], message_id: int) -> list[int]:
         """Each picture still there, in strength order; a note for each one that is not.
         `parent` None: the original was forgotten, so only the new strengths show."""
         by_strength = {s.strength: s for s in siblings}
@@ -173,13 +180,14 @@ class CompareCog(commands.Cog):
             content = orphan_text(siblings, notes)
         view = use_view(choices)
         sent = await self._edit(siblings[0], message_id, content, files, view)
-        if sent:
-            first = siblings[0]
-            await self.shown.record(first.guild_id, first.channel_id, message_id, shown,
-                                    "comparison")  # fmt: skip
-            for sibling in siblings:
-                if sibling.state == "done" and sibling.result_message_id is None:
-                    await self.bot.store.update_job(sibling.id, result_message_id=message_id)
+        if not sent:
+            return []
+        first = siblings[0]
+        await self.shown.record(first.guild_id, first.channel_id, message_id, shown, "comparison")
+        for sibling in siblings:
+            if sibling.state == "done" and sibling.result_message_id is None:
+                await self.bot.store.update_job(sibling.id, result_message_id=message_id)
+        return shown
 
     async def _edit(
         self,
@@ -230,7 +238,7 @@ class CompareCog(commands.Cog):
         )
         copy = await interaction.original_response()  # recorded: deleted with the picture
         channel_id = interaction.channel_id or job.channel_id
-        await self.shown.record(job.guild_id, channel_id, copy.id, [job.id], "single")
+        await record_copy(self.bot, job.guild_id, channel_id, copy.id, job.id)
 
     # -- helpers ------------------------------------------------------------------------
     async def _siblings(self, message_id: int) -> list[Job]:

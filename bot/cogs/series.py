@@ -23,6 +23,7 @@ from discord.ext import commands
 
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
+from bot.copies import deleted_among, record_copy
 from bot.errors import UserError
 from bot.jobs.events import KindDelivery
 from bot.jobs.scheduler import QueueFull
@@ -281,40 +282,47 @@ class SeriesCog(commands.Cog):
     async def refresh(self, series_id: int) -> None:
         """Re-render the album from the database: idempotent, one edit at a time."""
         async with self._album_locks.hold(series_id):
-            series = await self.series.get(series_id)
-            if series is None or series.message_id is None:
-                return
-            rows = await self.series.items(series_id)
-            items = [item for item, _ in rows]
-            jobs = [job for _, job in rows if job is not None]
-            head = jobs[0] if jobs else None
-            text = album_text(
-                series.user_id, head.prompt if head else "", head.strength if head else 0.0,
-                series.seed, head.style if head else None, items,
-            )  # fmt: skip
-            files, shown = [], []
-            data_dir = self.bot.settings.data_dir
-            for item, job in rows:
-                if item.has_image and job is not None:
-                    path = data_dir / (job.output_path or "")
-                    if path.is_file():
-                        files.append(picture_file(path, attachment_name(item), job))
-                        shown.append(job.id)
-            view = self._album_view(series_id, rows)
-            channel = self.bot.get_partial_messageable(series.channel_id, guild_id=series.guild_id)
-            try:
-                await channel.get_partial_message(series.message_id).edit(
-                    content=text, attachments=files, view=view
-                )
-            except discord.HTTPException as exc:
-                log.warning("series %d: album edit failed (%s)", series_id, exc.status)
-                return
-            await self.shown.record(
-                series.guild_id, series.channel_id, series.message_id, shown, "album"
+            while shown := await self._draw(series_id):
+                if not await deleted_among(self.bot, shown):
+                    break  # else a picture was deleted while it uploaded: again without it
+
+    async def _draw(self, series_id: int) -> list[int]:
+        """Render the album once; the jobs whose pictures it shows ([]: not drawn)."""
+        series = await self.series.get(series_id)
+        if series is None or series.message_id is None:
+            return []
+        rows = await self.series.items(series_id)
+        items = [item for item, _ in rows]
+        jobs = [job for _, job in rows if job is not None]
+        head = jobs[0] if jobs else None
+        text = album_text(
+            series.user_id, head.prompt if head else "", head.strength if head else 0.0,
+            series.seed, head.style if head else None, items,
+        )  # fmt: skip
+        files, shown = [], []
+        data_dir = self.bot.settings.data_dir
+        for item, job in rows:
+            if item.has_image and job is not None:
+                path = data_dir / (job.output_path or "")
+                if path.is_file():
+                    files.append(picture_file(path, attachment_name(item), job))
+                    shown.append(job.id)
+        view = self._album_view(series_id, rows)
+        channel = self.bot.get_partial_messageable(series.channel_id, guild_id=series.guild_id)
+        try:
+            await channel.get_partial_message(series.message_id).edit(
+                content=text, attachments=files, view=view
             )
-            for item, job in rows:
-                if job is not None and item.state == "done" and job.result_message_id is None:
-                    await self.bot.store.update_job(job.id, result_message_id=series.message_id)
+        except discord.HTTPException as exc:
+            log.warning("series %d: album edit failed (%s)", series_id, exc.status)
+            return []
+        await self.shown.record(
+            series.guild_id, series.channel_id, series.message_id, shown, "album"
+        )
+        for item, job in rows:
+            if job is not None and item.state == "done" and job.result_message_id is None:
+                await self.bot.store.update_job(job.id, result_message_id=series.message_id)
+        return shown
 
     def _album_view(self, series_id: int, rows: list[tuple[Item, Job | None]]) -> discord.ui.View:
         view = discord.ui.View(timeout=None)
@@ -355,7 +363,7 @@ class SeriesCog(commands.Cog):
         )
         copy = await interaction.original_response()  # recorded: deleted with the picture
         channel_id = interaction.channel_id or job.channel_id
-        await self.shown.record(job.guild_id, channel_id, copy.id, [job.id], "single")
+        await record_copy(self.bot, job.guild_id, channel_id, copy.id, job.id)
 
     async def cancel(self, interaction: Interaction, series_id: int) -> None:
         rows = await self.series.items(series_id)

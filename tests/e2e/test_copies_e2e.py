@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.app import ImgBot
+from bot.store.picture_messages import PictureMessages
 from tests.e2e.conftest import (
     BotFactory,
     World,
@@ -19,7 +20,8 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.test_gallery_e2e import browse, eventually, job_state
 from tests.e2e.test_safety_e2e import slash_text
-from tests.fakediscord import FakeDiscord
+from tests.e2e.test_series_e2e import photo, send_series, wait_album
+from tests.fakediscord import FakeDiscord, Upload
 
 pytestmark = pytest.mark.e2e
 
@@ -127,3 +129,35 @@ async def test_copies_and_comparisons_follow_the_picture_they_show(
     assert not fd.message(copies["Use 0.65"]["id"])["deleted"]
     assert len(bot.get_cog("CompareCog")._locks) == 0  # type: ignore[union-attr]  # fault 12
     fd.assert_no_unknown_routes()
+
+
+async def test_a_picture_deleted_while_its_copy_uploads_takes_the_copy_too(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner's Delete lands after Discord took an Open… copy but before the bot
+    recorded it, so the deletion cannot find it: the copy is deleted all the same."""
+    bot = await make_bot()
+    handle = await send_series(fd, world, world.alice, [Upload("p.png", photo(0), "image/png")])
+    album = await wait_album(fd, handle)
+    real_record = PictureMessages.record
+
+    async def deleted_meanwhile(self: PictureMessages, *args: Any) -> None:
+        if args[-1] == "single":  # the copy: its picture is deleted first
+            job = await bot.store.get_job(1)
+            assert job is not None
+            await bot.jobs.mark_deleted(job)
+        await real_record(self, *args)
+
+    monkeypatch.setattr(PictureMessages, "record", deleted_meanwhile)
+    select = next(c for c in buttons(album) if c["type"] == 3)
+    click = await fd.click(album["id"], select["custom_id"], world.carol, values=["1"])
+    copy = await click.wait_original()
+    assert copy["attachments"]
+    await fd.until(lambda: fd.message(copy["id"])["deleted"], what="the late copy deleted")
+    emptied = await fd.until(
+        lambda: (m := fd.message(album["id"])) and not m["attachments"] and m,
+        timeout=20, what="the album without the picture",
+    )  # fmt: skip
+    assert "🗑️ deleted" in emptied["content"]
+    await eventually(lambda: recorded(bot, copy["id"]), [])  # trails the delete
+    assert await job_state(bot, 1) == "deleted"
