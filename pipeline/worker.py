@@ -48,6 +48,8 @@ from pipeline.worker_protocol import (
     LoadFailed,
     Progress,
     Ready,
+    Recall,
+    Recalled,
     Run,
     Started,
     Stop,
@@ -78,6 +80,8 @@ __all__ = [
     "LoadFailed",
     "Progress",
     "Ready",
+    "Recall",
+    "Recalled",
     "Run",
     "Started",
     "Stop",
@@ -130,6 +134,7 @@ class WorkerClient:
         self._exiting = False  # the worker said it exits (device broken): submit nothing
         self._pending: dict[str, None] = {}  # submitted jobs without a final event, in order
         self._started: set[str] = set()  # … of which the worker said Started
+        self._recalling: set[str] = set()  # … asked back, no answer yet
         self._exitcode: int | None = None
 
     # -- properties -------------------------------------------------------------------
@@ -323,6 +328,23 @@ class WorkerClient:
             # (as unstarted: no Started came for them).
             log.warning("could not send batch to worker: %s", exc)
 
+    def recall(self, job_id: str) -> None:
+        """Step batching: ask the worker to hand back a job it holds but has not started
+        (a fairer job should take its place). It comes back as `Recalled`, or starts
+        anyway if its `Started` crossed the request. No-op for a started or unknown job."""
+        if (
+            not self.step_slots
+            or job_id not in self._pending
+            or job_id in self._started
+            or job_id in self._recalling
+            or self._conn is None
+        ):
+            return
+        self._recalling.add(job_id)
+        log.info("recalling job %s from the worker: a fairer job takes its place", job_id)
+        with contextlib.suppress(OSError, ValueError):
+            self._conn.send(Recall(job_id))
+
     def cancel(self, job_id: str) -> None:
         """Ask the worker to drop this job at its next step. No-op unless it is running."""
         if job_id not in self._pending or self._conn is None:
@@ -367,8 +389,9 @@ class WorkerClient:
         elif isinstance(message, LoadFailed):
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(WorkerStartError(message.message))
-        elif isinstance(message, (Finished, Failed, Cancelled)):
+        elif isinstance(message, (Finished, Failed, Cancelled, Recalled)):
             self._pending.pop(message.job_id, None)
+            self._recalling.discard(message.job_id)
             self._events.put_nowait(message)
         elif isinstance(message, BatchDone) and self.step_slots:
             for job_id in message.job_ids:  # one Run of several in flight is done
@@ -392,6 +415,7 @@ class WorkerClient:
             self._events.put_nowait(message)
         elif isinstance(message, Started):
             self._started.update(message.job_ids)
+            self._recalling.difference_update(message.job_ids)  # too late: it runs
             self._events.put_nowait(message)
         elif isinstance(message, Progress):
             self._events.put_nowait(message)
@@ -417,6 +441,7 @@ class WorkerClient:
         unstarted = tuple(j for j in self._pending if j not in self._started)
         self._pending = {}
         self._started = set()
+        self._recalling = set()
         self._busy = False
         self._exiting = False
         if self._info is None:  # died while loading: start() reports it, not an event

@@ -37,6 +37,7 @@ from pipeline.worker_protocol import (
     LoadFailed,
     Progress,
     Ready,
+    Recall,
     Run,
     Started,
     Stop,
@@ -95,6 +96,7 @@ class _Worker:
         self.config = config
         self.commands: queue.SimpleQueue[Run | None] = queue.SimpleQueue()
         self.cancelled: set[str] = set()
+        self.recalled: set[str] = set()  # step batching: hand back if not started
         self.cancel_lock = threading.Lock()
         self.send_lock = threading.Lock()
         self.stopping = threading.Event()
@@ -284,6 +286,9 @@ class _Worker:
                     with self.cancel_lock:  # a late Cancel for an earlier batch must not linger
                         self.cancelled.clear()
                 self.commands.put(command)
+            elif isinstance(command, Recall):
+                with self.cancel_lock:
+                    self.recalled.add(command.job_id)
             elif isinstance(command, Cancel):
                 with self.cancel_lock:
                     self.cancelled.add(command.job_id)

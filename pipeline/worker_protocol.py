@@ -56,7 +56,15 @@ class Stop:
     """Cancel what runs and exit cleanly."""
 
 
-WorkerCommand = Run | Cancel | Stop
+@dataclass(frozen=True)
+class Recall:
+    """Step batching: hand this job back if it has not started (a fairer one arrived for
+    its place); answered by `Recalled`, or ignored if it started (its `Started` says so)."""
+
+    job_id: str
+
+
+WorkerCommand = Run | Cancel | Stop | Recall
 
 
 # -- start-up replies: worker → parent ----------------------------------------------------
@@ -126,6 +134,14 @@ class Cancelled:
 
 
 @dataclass(frozen=True)
+class Recalled:
+    """The job was handed back unstarted (after a `Recall`): untouched, its owner runs it
+    later. Its Run's `BatchDone` no longer lists it."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
 class BatchDone:
     """Every job of the batch has had its final event; the worker takes the next `Run`,
     unless `worker_exiting`: the device broke and the worker exits now (the client stays
@@ -151,8 +167,12 @@ class WorkerDied:
     unstarted: tuple[str, ...] = ()
 
 
-WorkerEvent = Started | Progress | Finished | Failed | Cancelled | BatchDone | WorkerDied
-WorkerMessage = Ready | LoadFailed | Started | Progress | Finished | Failed | Cancelled | BatchDone
+WorkerEvent = (
+    Started | Progress | Finished | Failed | Cancelled | Recalled | BatchDone | WorkerDied
+)
+WorkerMessage = (
+    Ready | LoadFailed | Started | Progress | Finished | Failed | Cancelled | Recalled | BatchDone
+)
 
 __all__ = [
     "BatchDone",
@@ -164,6 +184,8 @@ __all__ = [
     "LoadFailed",
     "Progress",
     "Ready",
+    "Recall",
+    "Recalled",
     "Run",
     "Started",
     "Stop",

@@ -14,6 +14,9 @@ PNG) fails that job; a failed UNet call sends its set's jobs back as `Failed(ret
 (the bot runs them again as a new attempt); an error that leaves the state unknowable (a
 broken device, or one escaping the loop) sends back every job the loop held.
 
+A job the bot recalls (`Recall`: a fairer job should take its place) before it joined is
+handed back as `Recalled`, and its Run's `BatchDone` leaves it out; one that joined runs on.
+
 A `Run` with an inpaint job keeps the pipeline-call path: the worker stops taking new
 `Run`s, lets the running set drain, runs that batch alone, then goes on in order.
 Imports no torch itself (the engine does).
@@ -33,6 +36,7 @@ from pipeline.worker_protocol import (
     Failed,
     Finished,
     Progress,
+    Recalled,
     Run,
     Started,
 )
@@ -64,6 +68,8 @@ class StepServer:
         self.deferred: list[Run] = []  # Runs for the pipeline-call path, in order
         self.joined: list[str] = []  # Started, not sent yet
         self.stepped: dict[tuple[int, int], list[str]] = {}  # (step, total) → jobs, not sent
+        self.began: set[str] = set()  # jobs that joined a running set
+        self.returned: set[str] = set()  # jobs handed back by a recall
 
     def serve(self, first: Run) -> list[Run]:
         """Run `first` and every step Run that arrives meanwhile; return the Runs that need
@@ -76,7 +82,7 @@ class StepServer:
             on_cancelled=lambda job_id: self._final(Cancelled(job_id)),
             on_started=self._started,
             on_progress=self._progress,
-            is_cancelled=self.worker._is_cancelled,
+            is_cancelled=self._leaves,
             on_step_end=self._flush,
             on_job_error=self._job_error,
             on_set_error=self._set_error,
@@ -123,7 +129,20 @@ class StepServer:
         return taken
 
     # -- events out -----------------------------------------------------------------------
+    def _leaves(self, job_id: str) -> bool:
+        """Cancelled, or recalled before it joined (a recall after that is dropped)."""
+        return self.worker._is_cancelled(job_id) or self._recalled(job_id)
+
+    def _recalled(self, job_id: str) -> bool:
+        if job_id in self.began:
+            return False
+        with self.worker.cancel_lock:
+            return job_id in self.worker.recalled
+
     def _started(self, job_id: str) -> None:
+        self.began.add(job_id)
+        with self.worker.cancel_lock:
+            self.worker.recalled.discard(job_id)
         self.joined.append(job_id)
 
     def _progress(self, job_id: str, step: int, total: int) -> None:
@@ -175,14 +194,23 @@ class StepServer:
             return  # already ended
         self._flush()  # its Started and Progress go out before its end
         self.last_progress.pop(job_id, None)
-        with self.worker.cancel_lock:  # a Cancel for it must not linger
+        out: Finished | Failed | Cancelled | Recalled = event
+        recalled = self._recalled(job_id) and not self.worker._is_cancelled(job_id)
+        if isinstance(event, Cancelled) and recalled:  # recalled only: it runs later
+            self.returned.add(job_id)
+            out = Recalled(job_id)
+        self.began.discard(job_id)
+        with self.worker.cancel_lock:  # a Cancel or Recall for it must not linger
             self.worker.cancelled.discard(job_id)
-        self.worker._send(event)
+            self.worker.recalled.discard(job_id)
+        self.worker._send(out)
         left = self.open[run]
         left.discard(job_id)
         if not left:
             del self.open[run]
-            self.worker._send(BatchDone(run, worker_exiting=self.worker.device_broken))
+            ended = tuple(j for j in run if j not in self.returned)
+            self.returned.difference_update(run)
+            self.worker._send(BatchDone(ended, worker_exiting=self.worker.device_broken))
 
     def _end_all(self, message: str | None, *, retry: bool = False) -> None:
         """Every job still owed a final event gets one: Cancelled if it was cancelled (or

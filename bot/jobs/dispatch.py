@@ -94,6 +94,7 @@ class JobDispatch(JobEvents):
         try:
             while True:
                 self._wake.clear()
+                self._recall_overtaken()
                 if self._can_dispatch():
                     await self._dispatch()
                 if self._event_task is None:
@@ -120,6 +121,17 @@ class JobDispatch(JobEvents):
                 self._event_task.cancel()
                 self._event_task = None
             raise
+
+    def _recall_overtaken(self) -> None:
+        """A job that arrived after others were handed to the worker as ready-to-join, and
+        that the turns put ahead of them, takes their place: they are recalled (a backend
+        without `recall` keeps them). A recall the worker answers too late is harmless:
+        the job started, and the one that arrived waits for the next place."""
+        recall = getattr(self.worker, "recall", None)
+        if recall is None or self._stopping:
+            return
+        for queued in self.queue.overtaken():
+            recall(queued.job_id)
 
     def _can_dispatch(self) -> bool:
         return (
@@ -167,7 +179,7 @@ class JobDispatch(JobEvents):
         if info is not None and info != self.engine_info:  # a remote worker told us more
             self._on_ready(info)
         try:
-            batch = self.queue.pop_batch(
+            batch = self.queue.take_batch(
                 min(self.settings.max_batch, self.worker.free_slots), key=self._batch_key
             )
         except Exception:
@@ -251,10 +263,8 @@ class JobDispatch(JobEvents):
         it ended leaves the queue again (an end never goes back)."""
         dropped = [q for q in queued if q.job_id in self._cancel_requested]
         queued = [q for q in queued if q not in dropped]
-        for q in queued:
-            self.queue.finish(q.job_id)
         for q in reversed(queued):
-            self.queue.requeue_front(q)
+            self.queue.requeue_front(q)  # a held one just waits again where it was
         self._refresh_positions()
         self._wake.set()
         ended: list[str] = []

@@ -43,6 +43,8 @@ from pipeline.worker import (
     Failed,
     Finished,
     Progress,
+    Recalled,
+    Started,
     WorkerDied,
     WorkerEvent,
 )
@@ -167,12 +169,22 @@ class JobEvents:
                 self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
         elif isinstance(event, BatchDone):
             for job_id in event.job_ids:
-                if job_id not in self._finals:  # else `_end` does it once the row is written
+                # A job being written is finished by `_end`; a held one is not this Run's.
+                if job_id not in self._finals and self.queue.is_running(job_id):
                     self.queue.finish(job_id)
             self._refresh_positions()
+        elif isinstance(event, Started):
+            for job_id in event.job_ids:  # the turns move now (see `FairQueue.start`)
+                self.queue.start(job_id)
+            self._refresh_positions()
+        elif isinstance(event, Recalled):
+            # Handed back unstarted, for a fairer job: it waits again where it was.
+            held = {q.job_id: q for q in self.queue.held}
+            if event.job_id in held:
+                await self._requeue([held[event.job_id]])
         elif isinstance(event, WorkerDied):
             await self._worker_died(event)
-        else:  # e.g. Started: nothing to record here
+        else:
             log.debug("worker event %r", event)
 
     async def _worker_died(self, event: WorkerDied) -> None:

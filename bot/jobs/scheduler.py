@@ -7,6 +7,13 @@ members take turns too, so one member's series of ten delays another member's jo
 most one image. Jobs of one `group` (a series) count as one entry against the per-user cap.
 Pure data structure; the bot rebuilds it from SQLite at start, so nothing here needs to
 survive a restart.
+
+The turns move when a job *starts*, not when it is handed to a worker: a worker may hold
+jobs ready to join its running set (prefetch), and those stay in their place here, marked
+held (`take_batch`), until the worker says they started (`start`). So a job that arrives
+meanwhile is ordered as if nothing were prefetched, and `overtaken` names the held jobs it
+should go ahead of: the bot recalls them (`release`). The one fairness rule: a job never
+waits behind more than the jobs already running when it arrived.
 """
 
 from __future__ import annotations
@@ -58,31 +65,39 @@ def _interleave(queues: list[list[QueuedJob]]) -> list[QueuedJob]:
 class FairQueue:
     """Round-robin over guilds, round-robin over members inside a guild, FIFO per member.
 
-    `running` jobs count towards the caps until `finish` is called.
+    `running` jobs (started, or held by a worker) count towards the caps until `finish`
+    is called. Held jobs keep their place in their member's queue but are not waiting.
     """
 
     caps: Caps = field(default_factory=Caps)
     _queues: OrderedDict[int, Members] = field(default_factory=OrderedDict)
     _running: dict[str, QueuedJob] = field(default_factory=dict)
+    _held: dict[str, QueuedJob] = field(default_factory=dict)
 
     # -- inspection -------------------------------------------------------------------
     def __len__(self) -> int:
-        return sum(len(q) for members in self._queues.values() for q in members.values())
+        return sum(1 for _ in self._iter_waiting())
 
     def __contains__(self, job_id: str) -> bool:
         return any(j.job_id == job_id for j in self._iter_waiting())
 
     @property
     def running(self) -> list[QueuedJob]:
-        return list(self._running.values())
+        """Jobs handed to a worker: started, then held (ready to join, not started)."""
+        return [*self._running.values(), *self._held.values()]
+
+    @property
+    def held(self) -> list[QueuedJob]:
+        """Jobs a worker holds but has not started, in the order they were handed over."""
+        return list(self._held.values())
 
     def _iter_waiting(self) -> Iterator[QueuedJob]:
         for members in self._queues.values():
             for q in members.values():
-                yield from q
+                yield from (j for j in q if j.job_id not in self._held)
 
     def _active(self) -> list[QueuedJob]:
-        return [*self._running.values(), *self._iter_waiting()]
+        return [*self.running, *self._iter_waiting()]
 
     def count(self, *, guild_id: int | None = None, user_id: int | None = None) -> int:
         """Waiting + running jobs, optionally for one guild and/or user."""
@@ -98,14 +113,32 @@ class FairQueue:
         jobs = [j for j in self._active() if j.user_id == user_id]
         return sum(1 for j in jobs if j.group is None) + len({j.group for j in jobs if j.group})
 
-    def guild_waiting(self, guild_id: int) -> list[QueuedJob]:
-        """A guild's waiting jobs in the order its turns will serve them."""
+    def guild_waiting(self, guild_id: int, *, held: bool = False) -> list[QueuedJob]:
+        """A guild's waiting jobs in the order its turns will serve them (with `held`: and
+        the held ones, which keep their places)."""
         members = self._queues.get(guild_id)
-        return _interleave([list(q) for q in members.values()]) if members else []
+        jobs = _interleave([list(q) for q in members.values()]) if members else []
+        return jobs if held else [j for j in jobs if j.job_id not in self._held]
 
-    def order(self) -> list[QueuedJob]:
+    def order(self, *, held: bool = False) -> list[QueuedJob]:
         """The order in which waiting jobs will be served if nothing else arrives."""
-        return _interleave([self.guild_waiting(g) for g in self._queues])
+        jobs = _interleave([self.guild_waiting(g, held=True) for g in self._queues])
+        return jobs if held else [j for j in jobs if j.job_id not in self._held]
+
+    def overtaken(self) -> list[QueuedJob]:
+        """Held jobs that a waiting job would now be served before (it arrived after they
+        were handed over, or came back ahead of them): recall them, so the waiting job
+        takes the next free place."""
+        if not self._held:
+            return []
+        out: list[QueuedJob] = []
+        waiting_ahead = False
+        for job in self.order(held=True):
+            if job.job_id not in self._held:
+                waiting_ahead = True
+            elif waiting_ahead:
+                out.append(job)
+        return out
 
     def position(self, job_id: str) -> tuple[int, int] | None:
         """(1-based place in its guild's queue, number of jobs served before it overall)."""
@@ -170,7 +203,8 @@ class FairQueue:
             del self._queues[job.guild_id]
 
     def remove(self, job_id: str) -> QueuedJob | None:
-        """Take a waiting job out of the queue (cancel). Returns it, or None if not waiting."""
+        """Take a waiting job out of the queue (cancel). Returns it, or None if not waiting
+        (a held job is cancelled through its worker)."""
         for job in self._iter_waiting():
             if job.job_id == job_id:
                 self._take(job)
@@ -209,12 +243,48 @@ class FairQueue:
             self._running[job.job_id] = job
         return batch
 
+    def take_batch(
+        self, max_batch: int = 1, key: Callable[[QueuedJob], Hashable | None] | None = None
+    ) -> list[QueuedJob]:
+        """Like `pop_batch`, but the jobs are only marked held: they keep their place, and
+        the turns move when the worker starts them (`start`)."""
+        key = key or (lambda job: job.batch_key)
+        batch: list[QueuedJob] = []
+        for job in self.order():
+            if len(batch) >= max_batch:
+                break
+            if batch and (key(job) is None or key(job) != key(batch[0])):
+                break
+            batch.append(job)
+        for job in batch:
+            self._held[job.job_id] = job
+        return batch
+
+    def start(self, job_id: str) -> None:
+        """A held job started: it leaves its member's queue, and the member and the guild
+        move to the back of the turns (as `pop_batch` does when it serves a job)."""
+        job = self._held.pop(job_id, None)
+        if job is None:
+            return
+        members = self._queues[job.guild_id]
+        members.move_to_end(job.user_id)
+        self._queues.move_to_end(job.guild_id)
+        self._take(job)
+        self._running[job_id] = job
+
+    def release(self, job_id: str) -> bool:
+        """A held job came back unstarted (recalled, or its worker died): it waits again in
+        the place it never left. False if it was not held."""
+        return self._held.pop(job_id, None) is not None
+
     def set_group(self, job_id: str, group: str) -> None:
         """Mark a waiting or running job as part of a series (`group`), for jobs queued
         one at a time by a caller that knows they belong together."""
         if job_id in self._running:
             self._running[job_id] = replace(self._running[job_id], group=group)
             return
+        if job_id in self._held:
+            self._held[job_id] = replace(self._held[job_id], group=group)
         for members in self._queues.values():
             for q in members.values():
                 for i, job in enumerate(q):
@@ -224,7 +294,10 @@ class FairQueue:
 
     def requeue_front(self, job: QueuedJob) -> None:
         """Put a job that never started back where it was served from: first of its
-        member's queue, that member first in its guild's turns, that guild first."""
+        member's queue, that member first in its guild's turns, that guild first. A held
+        job never left its place: it just waits again."""
+        if self.release(job.job_id):
+            return
         self._running.pop(job.job_id, None)
         members = self._queues.setdefault(job.guild_id, OrderedDict())
         members.setdefault(job.user_id, deque()).appendleft(job)
@@ -232,4 +305,7 @@ class FairQueue:
         self._queues.move_to_end(job.guild_id, last=False)
 
     def finish(self, job_id: str) -> None:
+        """A job ended: it counts no more. One that ends held (no start was reported)
+        counts as started first, so the turns move past it all the same."""
+        self.start(job_id)
         self._running.pop(job_id, None)

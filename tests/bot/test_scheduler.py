@@ -239,3 +239,43 @@ def test_finish_of_an_unknown_job_is_a_no_op() -> None:
     q.finish("nope")
     q.finish("1")  # waiting, not running: nothing to finish
     assert [j.job_id for j in q.order()] == ["1"] and q.running == []
+
+
+# -- held jobs (handed to a worker as ready-to-join, not started) ---------------------------
+def test_held_jobs_keep_their_place_and_the_turns_move_when_they_start() -> None:
+    q = FairQueue(Caps(per_user=99, per_guild=99, total=999))
+    for n in range(1, 7):
+        q.push(job(n, guild=1, user=7))
+    assert [j.job_id for j in q.take_batch(2)] == ["1", "2"]
+    assert [j.job_id for j in q.take_batch(2)] == ["3", "4"]  # the worker's prefetch
+    assert len(q) == 2 and q.count() == 6 and [j.job_id for j in q.held] == ["1", "2", "3", "4"]
+    assert "3" not in q and q.remove("3") is None  # a held job is cancelled via its worker
+    q.start("1")
+    q.start("2")
+    q.push(job(9, guild=2, user=8))  # another server's job arrives
+    assert [j.job_id for j in q.order(held=True)] == ["3", "9", "4", "5", "6"]
+    assert [j.job_id for j in q.overtaken()] == ["4"]  # 9 goes ahead of it
+    assert q.release("4") and not q.overtaken()
+    assert [j.job_id for j in q.take_batch(1)] == ["9"]  # the place 4 would have taken
+    assert [j.job_id for j in q.order()] == ["4", "5", "6"] and not q.overtaken()
+
+
+def test_a_held_job_that_ends_without_a_start_moves_the_turns_all_the_same() -> None:
+    q = FairQueue(Caps(per_user=99, per_guild=99, total=999))
+    q.push(job(1, guild=1, user=7))
+    q.push(job(2, guild=1, user=7))
+    q.push(job(3, guild=2, user=8))
+    [first] = q.take_batch(1)
+    q.finish(first.job_id)  # e.g. its input failed to load in the worker
+    assert q.running == [] and q.count() == 2
+    assert [j.job_id for j in q.order()] == ["3", "2"]
+
+
+def test_a_held_job_handed_back_unstarted_waits_where_it_was() -> None:
+    q = FairQueue(Caps(per_user=99, per_guild=99, total=999))
+    for n, guild in ((1, 1), (2, 2), (3, 1)):
+        q.push(job(n, guild=guild, user=guild))
+    batch = q.take_batch(2, key=lambda j: "same")
+    for j in reversed(batch):
+        q.requeue_front(j)  # its worker died before starting it
+    assert q.held == [] and [j.job_id for j in q.order()] == ["1", "2", "3"]

@@ -1,12 +1,22 @@
-"""Batch keys under step batching: jobs share a running set by size alone."""
+"""Step batching on the bot side: jobs share a running set by size alone, and the jobs a
+worker holds ready to join never keep a later server's job from the next free place."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
+
+from PIL import Image
 
 from bot.jobs.dispatch import JobDispatch
 from bot.jobs.scheduler import QueuedJob
+from bot.jobs.service import JobService, NewJob
+from bot.store.db import Job, Store
+from config import Settings
 from pipeline.request import EngineInfo, plan_steps
+from pipeline.worker import WorkerClient, WorkerConfig
 
 
 def key(step_slots: int, size: tuple[int, int], steps: int, strength: float, guidance: float):
@@ -27,3 +37,82 @@ def test_call_batching_keeps_the_full_key() -> None:
     assert key(0, (640, 480), 20, 0.35, 7.5) != key(0, (640, 480), 30, 0.8, 7.5)
     assert key(0, (640, 480), 20, 0.5, 7.5) != key(0, (640, 480), 20, 0.5, 0.0)
     assert key(0, (640, 480), 20, 0.5, 7.5) == key(0, (640, 480), 20, 0.5, 7.5)
+
+
+# -- fair order survives prefetch (the real service, worker and tiny model) ----------------
+class FinishOrder:
+    """A `Delivery` that records the order in which results are posted."""
+
+    def __init__(self) -> None:
+        self.results: list[int] = []
+
+    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+        pass
+
+    async def deliver_result(self, job: Job) -> None:
+        self.results.append(job.id)
+
+    async def deliver_failure(self, job: Job, message: str) -> None:
+        raise AssertionError(f"job {job.id} failed: {message}")
+
+    async def deliver_cancelled(self, job: Job) -> None:
+        raise AssertionError(f"job {job.id} was cancelled")
+
+    async def deliver_withheld(self, job: Job) -> None:
+        raise AssertionError(f"job {job.id} was withheld")
+
+
+async def test_a_late_server_takes_the_next_free_place_not_a_prefetched_one(
+    tmp_path: Path, tiny_model_dir: Path, checker_dirs: dict[str, Path]
+) -> None:
+    """MAX_BATCH=2: the worker runs 2 jobs and holds 2 more ready to join. One server's 12
+    jobs are running and held when another server's job arrives: it goes ahead of the held
+    ones (they are recalled) and runs in the second wave, ahead of at least 9 of the 12."""
+    data = tmp_path / "data"
+    (data / "inputs").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(data / "inputs" / "x.png")
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=data, max_batch=2, batching="step", resolution=64,
+        max_jobs_per_user=20, progress_interval_s=0.0,
+    )  # fmt: skip
+    config = WorkerConfig(
+        str(tiny_model_dir), device="cpu", resolution=64,
+        safety_checker_id=str(checker_dirs["none"]), batching="step", max_batch=2,
+    )  # fmt: skip
+    store = await Store.open(tmp_path / "bot.sqlite3")
+    delivery = FinishOrder()
+    worker = WorkerClient(config, start_timeout=120.0, max_batch=2)
+    service = JobService(settings, store, worker, delivery)  # type: ignore[arg-type]
+    try:
+        await service.start()
+        await asyncio.wait_for(service.ready.wait(), 120.0)
+        busy = await service.submit_many([job(1, 7) for _ in range(12)])
+        queue = service.queue
+        await until(lambda: len(queue.running) - len(queue.held) == 2, "2 jobs started")
+        assert len(queue.held) == 2 and not delivery.results  # 2 more ready to join
+        started = {q.job_id for q in queue.running} - {q.job_id for q in queue.held}
+        assert started == {str(busy[0].id), str(busy[1].id)}
+        late = await service.submit(job(2, 8))
+        await until(lambda: len(delivery.results) == 13, "every result")
+    finally:
+        await service.stop()
+        await store.close()
+    behind = delivery.results[delivery.results.index(late.id) + 1 :]
+    assert len(behind) >= 9, delivery.results
+
+
+def job(guild_id: int, user_id: int) -> NewJob:
+    return NewJob(
+        guild_id=guild_id, channel_id=2, user_id=user_id, prompt="a fox", strength=1.0,
+        steps=8, guidance=7.5, input_path="inputs/x.png", input_width=64, input_height=64,
+        seed=7,
+    )  # fmt: skip
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 600.0) -> None:
+    """Wait for the service (a bound for a loaded machine, not a timing)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)

@@ -26,6 +26,7 @@ from pipeline.worker import (
     Cancelled,
     Finished,
     Progress,
+    Recalled,
     Started,
     WorkerClient,
     WorkerConfig,
@@ -205,3 +206,35 @@ async def test_death_lists_started_and_waiting_jobs(client: WorkerClient, tmp_pa
     assert client.free_slots == 0
     await client.restart()
     assert client.free_slots == 2 * SLOTS
+
+
+@module_loop
+async def test_a_recalled_job_comes_back_unstarted_and_a_started_one_runs_on(
+    client: WorkerClient, tmp_path: Path
+) -> None:
+    """The bot recalls a job the worker holds ready to join when a fairer one arrives: it
+    comes back as Recalled, untouched, and its Run's BatchDone leaves it out; a recall of
+    a job that started is ignored. Handed over again, it runs."""
+    running = [request(tmp_path, f"busy{i}", steps=12) for i in range(SLOTS)]
+    held = request(tmp_path, "held")  # the set is full: it waits in the worker
+    client.submit(running)
+    client.submit([held])
+
+    def recall(event: WorkerEvent) -> None:
+        if isinstance(event, Started) and "busy0" in event.job_ids:
+            client.recall("held")
+            client.recall("busy0")  # started: nothing to hand back
+
+    events = await collect(client, batches_done(2), recall)
+    assert [e.job_id for e in events if isinstance(e, Recalled)] == ["held"]
+    assert not any("held" in getattr(e, "job_ids", ()) for e in events)  # never started
+    assert {e.job_id for e in events if isinstance(e, Finished)} == {r.job_id for r in running}
+    assert [e.job_ids for e in events if isinstance(e, BatchDone)] == [
+        (),
+        tuple(r.job_id for r in running),
+    ]
+    assert not Path(held.output_path).exists()
+    assert client.free_slots == 2 * SLOTS and client.running == ()
+    client.submit([held])
+    events = await collect(client, batches_done(1))
+    assert [e.job_id for e in events if isinstance(e, Finished)] == ["held"]
