@@ -24,7 +24,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import _role_ids
-from bot.cogs.compare import GONE_TEXT, VARY, vary_text
+from bot.cogs.compare import GONE_TEXT, VARY, CompareCog, vary_text
 from bot.cogs.generate import compose
 from bot.cogs.iterate import copy_output
 from bot.cogs.styles import style_autocomplete
@@ -160,5 +160,5 @@ async def setup_imagine(bot: ImgBot) -> None:
     """Add /imagine and Vary; vary jobs end by redrawing their message (Compare's code)."""
     await bot.add_cog(ImagineCog(bot))
     compare = bot.get_cog("CompareCog")
-    assert compare is not None, "setup_compare must run first"
-    bot.jobs.delivery = KindDelivery(bot.jobs.delivery, VARY, compare.refresh)  # type: ignore[attr-defined]
+    assert isinstance(compare, CompareCog), "setup_compare must run first"
+    bot.jobs.delivery = KindDelivery(bot.jobs.delivery, VARY, compare.refresh)

@@ -102,4 +102,5 @@ async def test_imagine_equals_the_cli_and_vary_use_and_edit_work_after_a_restart
     assert labels(edited)[1][-1] == "Vary"
     job = await bot.store.get_job(count + 1)
     assert job is not None and (job.kind, job.mode, job.strength) == ("edit", "txt2img", 1.0)
+    await open_modal(fd, base, "Inpaint", world.bob)  # Inpaint starts from the base picture
     fd.assert_no_unknown_routes()
