@@ -14,7 +14,8 @@ to them privately. Neither is retried. A result delivered again after a restart 
 for the message an interrupted post may have left (its Reroll button names the job), so it
 is edited, never posted twice.
 
-Nothing here shows a server path or exception text: failure texts pass `plain_text`.
+Nothing here shows a server path or exception text: failure texts pass `plain_text`
+(`bot.jobs.notices`, with the other words of final messages).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,14 @@ import discord
 
 from bot.errors import Undeliverable
 from bot.inpaint_masks import thumbnail_png
+from bot.jobs.notices import (
+    CANCELLED_TEXT,
+    POST_PERMISSIONS,
+    WITHHELD_PUBLIC,
+    ping,
+    plain_text,
+    withheld_notice,
+)
 from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view, result_view
 from bot.ui.pictures import spoilered
@@ -39,47 +47,9 @@ from bot.ui.render import job_summary, result_embed
 log = logging.getLogger(__name__)
 
 TOKEN_GONE = {(401, 50027), (404, 10015)}  # Invalid Webhook Token, Unknown Webhook
-WITHHELD_PUBLIC = "🛡️ The picture was withheld by the safety filter, so it was not posted."
-CANCELLED_TEXT = "✖️ Cancelled."
-GENERIC_FAILURE = "Something went wrong on our side while making this image."
 MISSING_PERMISSIONS = 50013
-POST_PERMISSIONS = (
-    ("view_channel", "View Channel"),
-    ("send_messages", "Send Messages"),
-    ("attach_files", "Attach Files"),
-    ("embed_links", "Embed Links"),
-)
 HISTORY_SCAN = 50
 """Recent channel messages searched for a result an interrupted post left behind."""
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.@+-]+){2,}[\\/]?")
-_EXCEPTION = re.compile(r"\b(?:Traceback|[A-Z]\w*(?:Error|Exception))\b")
-
-
-def withheld_notice(job: Job) -> str:
-    """What the requester alone is told when the safety filter withheld their picture."""
-    return (
-        f"🛡️ The safety filter flagged the picture made for job #{job.id}, so it was not "
-        "posted, saved or added to the gallery. It counted against your quota, because the "
-        "picture was made. To get a different result, try another prompt or another seed, "
-        "or a lower strength to stay closer to your image."
-    )
-
-
-def plain_text(message: str) -> str:
-    """A failure text fit for users: anything that reads like an exception or names a file
-    on the server becomes a plain sentence instead."""
-    if not message.strip() or _PATH.search(message) or _EXCEPTION.search(message):
-        if message.strip():
-            log.warning("hid a failure text from users: %r", message)
-        return GENERIC_FAILURE
-    return message
-
-
-def ping(user_id: int) -> discord.AllowedMentions:
-    """Allowed mentions for the requester's fallback ping: that user, nobody else."""
-    return discord.AllowedMentions(
-        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
-    )
 
 
 class DiscordDelivery:

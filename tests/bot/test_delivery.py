@@ -17,7 +17,8 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.jobs.delivery import GENERIC_FAILURE, DiscordDelivery, plain_text
+from bot.jobs.delivery import DiscordDelivery
+from bot.jobs.notices import GENERIC_FAILURE, plain_text
 from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view
 from tests.fakediscord import Call, FakeDiscord
