@@ -16,7 +16,7 @@ Rules that keep a job from being lost or shown twice:
   that finishes before its caller posted that message still ends as one result message.
 - Deliveries in flight are tracked, so `stop()` can wait for them instead of dropping them.
 - A final message (result or notice) that reached Discord is marked (`delivered_at`); one a
-  stop cut off is delivered again at the next start, at most `MAX_DELIVERY_TRIES` starts,
+  stop cut off is delivered again at the next start (`bot.jobs.redelivery`), a few times,
   and a message already posted for it is found, not posted twice (`bot.jobs.delivery`). A
   result that cannot be delivered at all ends `undelivered`, refunded; /gallery keeps it.
 """
@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Protocol
 import aiosqlite
 
 from bot.errors import Undeliverable
+from bot.jobs.redelivery import JobRedelivery
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.store.db import ACTIVE_STATES, Job, Store
-from bot.store.files import sweep_partial_files
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
     BatchDone,
@@ -58,12 +58,6 @@ log = logging.getLogger(__name__)
 
 STATUS_ATTACH_WAIT_S = 15.0
 """How long a final message waits for the caller to attach the job's status message."""
-
-MAX_DELIVERY_TRIES = 3
-"""Starts that try to deliver a final message a stop cut off before giving up on it."""
-SHARED_KINDS = ("series", "compare")
-"""Jobs shown on a message they share (an album, a comparison; see `KindDelivery`): that
-message is re-rendered when one ends, so giving up on one leaves its state alone."""
 
 MAX_RETRIES = 1
 """Times a job sent back by the worker (`Failed.retry`) runs again before it fails for good."""
@@ -117,7 +111,7 @@ class KindDelivery:
         await (self.refresh(job) if job.kind == self.kind else self.inner.deliver_withheld(job))
 
 
-class JobEvents:
+class JobEvents(JobRedelivery):
     """Mixin of `JobService`: worker events in, final states and messages out."""
 
     settings: Settings
@@ -351,19 +345,6 @@ class JobEvents:
                 log.exception("recording the delivery of job %d failed", job.id)
         return delivered
 
-    async def _give_up(self, job: Job) -> None:
-        """A result no message can show: the job ends `undelivered` and its quota unit is
-        refunded; its picture stays in /gallery. (A job on a shared message keeps its
-        state: that message shows it whenever it can be edited again.)"""
-        if job.kind in SHARED_KINDS:
-            return
-        async with self.store.transaction() as db:
-            await db.execute(
-                "UPDATE jobs SET state='undelivered', counted=0 WHERE id=? AND state='done'",
-                (job.id,),
-            )
-        log.warning("job %d ends undelivered (refunded; kept in the gallery)", job.id)
-
     async def _with_status_message(self, job: Job) -> Job:
         """Wait (bounded) until the caller attached the status message or said there is
         none, so the final message replaces it instead of leaving it stale."""
@@ -375,46 +356,6 @@ class JobEvents:
                 log.warning("job %d: no status message after %.0f s", job.id, STATUS_ATTACH_WAIT_S)
         self._status_gates.pop(job.id, None)
         return await self.store.get_job(job.id) or job
-
-    async def _redeliver(self) -> None:
-        """Final messages a stop cut off (results and notices: `delivered_at` unset) go out
-        again, each at most `MAX_DELIVERY_TRIES` starts; then a result is given up on.
-        Files a stop left half-written go first (see `sweep_partial_files`)."""
-        await asyncio.to_thread(sweep_partial_files, self.settings.data_dir)
-        cursor = await self.store.db.execute(
-            "SELECT * FROM jobs WHERE delivered_at IS NULL "
-            "AND state IN ('done', 'failed', 'cancelled', 'withheld') ORDER BY id"
-        )
-        for row in await cursor.fetchall():
-            job = Job.from_row(row)
-            stored = bool(job.output_path) and (self.settings.data_dir / job.output_path).is_file()
-            if job.delivery_tries >= MAX_DELIVERY_TRIES or (job.state == "done" and not stored):
-                if job.state == "done":
-                    log.warning("job %d: giving up on its result", job.id)
-                    await self._give_up(job)
-                continue
-            job.delivery_tries += 1
-            await self.store.update_job(job.id, delivery_tries=job.delivery_tries)
-            log.info(
-                "job %d ended before the last stop; its %s message goes out again (try %d of %d)",
-                job.id, job.state, job.delivery_tries, MAX_DELIVERY_TRIES,
-            )  # fmt: skip
-            self._spawn(self._redeliver_one(job))
-
-    async def _redeliver_one(self, job: Job) -> None:
-        if job.state == "done":
-            await self._finish(job)
-        elif job.state == "failed":
-            from bot.jobs.dispatch import DISPATCH_FAILED  # (dispatch imports this module)
-
-            # `error` holds the words the user was shown, or a code for the two kept here.
-            said = {"worker died": CRASH_MESSAGE, "dispatch failed": DISPATCH_FAILED}
-            message = said.get(job.error or "", job.error or "")
-            await self._deliver(job, self.delivery.deliver_failure, message)
-        elif job.state == "cancelled":
-            await self._deliver(job, self.delivery.deliver_cancelled)
-        else:
-            await self._deliver(job, self.delivery.deliver_withheld)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
