@@ -234,33 +234,42 @@ async def test_a_restarted_bot_adopts_what_a_worker_holds_and_gives_back_the_res
 ) -> None:
     store = await Store.open(tmp_path / "bot.db")
     try:
-        running, waiting, lost = await job_rows(store, 3)
+        running, waiting, lost, done = await job_rows(store, 4)
         first = RedisBackend(valkey.url, model_id=MODEL, heartbeat_s=TTL_S)
         await first.adopt(store, [])
         await first.start()
         w = FakeWorker(r, "w", "n1")
-        await w.hello(free=3)
-        w.keep_beating(free=3)
+        await w.hello(free=4)
+        w.keep_beating(free=4)
         await online(first, 1)
         first.submit([request(tmp_path, running), request(tmp_path, waiting)])
         first.submit([request(tmp_path, lost)])
+        first.submit([request(tmp_path, done)])
         taken = codec.loads((await grant(r, "w"))["batch"])
         assert [i["a"] for i in taken] == [1, 1]
         await grant(r, "w")  # the third: the worker loses it (e.g. a crash of its thread)
+        await grant(r, "w")  # the fourth: it finishes while no bot is there
         await w.event("started", jobs=codec.dumps([[running, 1]]))
         w.now = {"free": 1, "seen": 2, "epoch": first.epoch, "held": [(running, 1), (waiting, 1)]}
         await first.stop()  # a deploy: no cancel goes out
         assert await r.xlen(K.grants("w")) == 0
+        await w.finished(done, 1)  # kept in its events stream for the next bot
 
         second = RedisBackend(valkey.url, model_id=MODEL, heartbeat_s=TTL_S)
-        reqs = {j: request(tmp_path, j) for j in (running, waiting, lost)}
+        reqs = {j: request(tmp_path, j) for j in (running, waiting, lost, done)}
         await second.adopt(store, list(reqs.values()))
         await second.start()
         try:
-            # One heartbeat period later the job nobody holds waits again; the others stay.
-            died = await next_of(second, WorkerDied, timeout=TTL_S * 4)
+            # One heartbeat period later the job nobody holds waits again; the others stay,
+            # and the result sent while no bot was there is delivered, not run again.
+            seen: list[Any] = []
+            async with asyncio.timeout(TTL_S * 6):
+                while not any(isinstance(e, WorkerDied) for e in seen):
+                    seen.append(await second.next_event())
+            died = next(e for e in seen if isinstance(e, WorkerDied))
             assert (died.job_ids, died.unstarted) == ((), (lost,))
-            assert set(second.running) == {running, waiting}
+            assert [e.result.job_id for e in seen if isinstance(e, Finished)] == [done]
+            assert set(second.running) == {running, waiting}  # `done` was handed over
             await w.finished(running, 1)
             assert (await next_of(second, Finished)).result.job_id == running
             second.cancel(waiting)  # an adopted job is cancelled where it runs

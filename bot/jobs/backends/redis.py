@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
 """A job that started on this many workers that all died fails instead of running again."""
 BLOCK_MS = 1000
+READ_COUNT = 64
 GRANTS_MAXLEN = 10_000
 BACKOFF_MAX_S = 5.0
 NO_WORKERS_TEXT = "No image workers online right now; your job waits until one joins."
@@ -118,6 +119,7 @@ class RedisBackend(Events):
         self._ledger: GrantLedger | None = None
         self._handed: list[str] = []
         self._adopt_until: float | None = None
+        self._drained: set[str] = set()  # workers whose events were read to the end once
         self._last_ids: dict[str, bytes] = {}  # events stream position, kept past a death
         self._hello_id = b"0-0"
         self._hello_known = False
@@ -372,7 +374,8 @@ class RedisBackend(Events):
                 streams: dict[Any, Any] = {self.keys.hello: self._hello_id}
                 for wid in self._workers:
                     streams[self.keys.events(wid)] = self._last_ids.get(wid, b"0-0")
-                reply = await self._r.xread(streams, count=64, block=BLOCK_MS)
+                reading = set(self._workers)
+                reply = await self._r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
             except (RedisError, OSError) as exc:
                 if self._closing:
                     return
@@ -388,11 +391,14 @@ class RedisBackend(Events):
             down, delay, self.connected = False, 0.1, True
             for stream, entries in reply or ():
                 name = stream.decode() if isinstance(stream, bytes) else stream
+                if len(entries) >= READ_COUNT:
+                    reading.discard(name.rsplit(":", 1)[-1])  # more may wait there
                 for entry_id, entry in entries:
                     try:
                         await self._on_entry(name, entry_id, entry)
                     except Exception:
                         log.exception("could not handle %s entry %r", name, entry_id)
+            self._drained |= reading & set(self._workers)  # read to the end once at least
 
     async def _on_entry(self, stream: str, entry_id: bytes, entry: codec.Fields) -> None:
         if stream == self.keys.hello:

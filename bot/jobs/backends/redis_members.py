@@ -123,6 +123,7 @@ class Members:
     _starts: dict[str, int]
     _handed: list[str]
     _adopt_until: float | None
+    _drained: set[str]
     _batches: dict[tuple[str, int], set[str]]
     _batch_ids: dict[tuple[str, int], tuple[str, ...]]
 
@@ -240,6 +241,7 @@ class Members:
         last attempt); its grants not taken yet are deleted so it never runs them late,
         and so are its other keys (unless the same id already runs again)."""
         self._workers.pop(w.id, None)
+        self._drained.discard(w.id)
         retry, fail = [], []
         for job_id, g in list(self._jobs.items()):
             if g.worker != w.id or g.nonce != w.nonce or g.final:
@@ -309,13 +311,18 @@ class Members:
                     w.last_event = now  # loading a model says nothing for a while
                 elif self._holds_jobs(w) and now - w.last_event > self.silence_s:
                     self._drop(w, f"no event for {self.silence_s:g} s while running jobs")
-            if self._adopt_until is not None and now >= self._adopt_until:
+            if (
+                self._adopt_until is not None
+                and now >= self._adopt_until
+                and self._drained >= set(self._workers)  # results sent meanwhile are read
+            ):
                 self._give_back_unadopted()
 
     def _give_back_unadopted(self) -> None:
-        """One heartbeat period after start: a job that was running when the last bot
-        stopped and that no live worker lists waits again (its next grant is the next
-        attempt, so a late answer of the old one is recognised)."""
+        """One heartbeat period after start (and once the events every worker online sent
+        meanwhile were read): a job that was running when the last bot stopped and that no
+        live worker lists or answered waits again (its next grant is the next attempt, so
+        a late answer of the old one is recognised)."""
         self._adopt_until = None
         back = [j for j, g in self._jobs.items() if g.adopting]
         for job_id in back:
