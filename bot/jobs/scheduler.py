@@ -272,6 +272,12 @@ class FairQueue:
         self._take(job)
         self._running[job_id] = job
 
+    def mark_running(self, job: QueuedJob) -> None:
+        """Count a job as running without serving it: one a remote worker may still run
+        after a bot restart (its backend hands it back, to `requeue_front`, if no worker
+        has it). The turns do not move: it was served before the restart."""
+        self._running[job.job_id] = job
+
     def release(self, job_id: str) -> bool:
         """A held job came back unstarted (recalled, or its worker died): it waits again in
         the place it never left. False if it was not held."""

@@ -155,7 +155,7 @@ class JobService(JobDispatch):
                 # Its worker may still run it: it counts as running, and the backend either
                 # keeps it or hands it back (`WorkerDied.unstarted`) to wait again.
                 held.append(job)
-                self.queue._running[str(job.id)] = self._queued(job)
+                self.queue.mark_running(self._queued(job))
                 continue
             if job.state == "running":  # interrupted by a restart: it waits again
                 await self.store.update_job(job.id, state="queued", started_at=None)

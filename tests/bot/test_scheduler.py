@@ -279,3 +279,15 @@ def test_a_held_job_handed_back_unstarted_waits_where_it_was() -> None:
     for j in reversed(batch):
         q.requeue_front(j)  # its worker died before starting it
     assert q.held == [] and [j.job_id for j in q.order()] == ["1", "2", "3"]
+
+
+def test_a_job_running_before_a_restart_counts_as_running_then_may_wait_again() -> None:
+    q = FairQueue(Caps(per_user=2, per_guild=10, total=10))
+    adopted = job(1, guild=1, user=7)
+    q.mark_running(adopted)  # a remote worker may still run it
+    q.push(job(2, guild=1, user=7))
+    assert [j.job_id for j in q.running] == ["1"] and len(q) == 1
+    with pytest.raises(QueueFull):
+        q.check_caps(1, 7)  # it counts against the member's cap
+    q.requeue_front(adopted)  # no worker had it: it waits again, first
+    assert [j.job_id for j in q.order()] == ["1", "2"] and q.running == []
