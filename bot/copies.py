@@ -6,6 +6,9 @@ albums and comparisons. When the picture's job is deleted (Delete, `/gallery rem
 forgotten (forget-me), a message showing that picture alone is deleted, and an album or a
 comparison is re-rendered by the cog that owns it, so its other pictures stay.
 
+A copy posted while its picture is being deleted checks, once recorded, whether the
+deletion came first (`record_copy`, `deleted_among`), so no copy outlives its picture.
+
 Ephemeral messages cannot be reached: Discord lets a bot edit them only through their
 interaction token, for 15 minutes, so they are not recorded.
 """
@@ -29,8 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESULT_KIND: dict[str, Kind] = {"series": "album", "compare": "comparison"}
-"""What a job's `result_message_id` is, by job kind: an album, a comparison, else its own."""
+RESULT_KIND: dict[str, Kind] = {"series": "album", "compare": "comparison", "vary": "comparison"}
+"""What a job's `result_message_id` is, by job kind: an album, a comparison (Vary's three
+variations are drawn as one), else its own."""
 
 
 @runtime_checkable
