@@ -52,7 +52,8 @@ from pipeline.request import (
 )
 from pipeline.results import store_result
 from pipeline.safety import SafetyChecker, SafetyCheckerUnavailable, setup_checker
-from pipeline.stepbatch import StepHooks, StepLoop, run_steps, supports_steps
+from pipeline.stepbatch import StepHooks, StepLoop, supports_steps
+from pipeline.stepsets import run_steps
 
 log = logging.getLogger(__name__)
 

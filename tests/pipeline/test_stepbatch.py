@@ -263,7 +263,8 @@ def test_padded_rows_change_nothing(
     The padding rows never reach a job, but on the CPU an 8-row UNet call may round the
     last bit differently from a 5-row one (as GPU kernels do by batch size), so this path
     promises the same picture to within one level, not the same bits."""
-    from pipeline.stepbatch import StepLoop, run_steps
+    from pipeline.stepbatch import StepLoop
+    from pipeline.stepsets import run_steps
 
     reqs = [
         job(tmp_path, inputs["wide"], "p", guidance=7.5),
