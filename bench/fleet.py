@@ -187,22 +187,32 @@ def intake_ms_per_upload(data_dir: Path) -> float:
     return (time.process_time() - started) * 1000 / INTAKE_UPLOADS
 
 
-def fairness(arrivals: dict[str, tuple[int, int, int]], started: dict[str, int]) -> int:
+def fairness(arrivals: dict[str, tuple[int, int, int, int]], started: dict[str, int]) -> int:
     """The most places a job was overtaken by jobs that arrived after it from servers with
-    more jobs waiting. `arrivals[job]`: (its arrival order, its server's waiting jobs then,
-    how many jobs had started by then); `started[job]`: its start order (0, 1, …)."""
+    more jobs waiting, counted from when it was its server's next job: before that it waits
+    for its own server's earlier jobs (members take turns inside a server), which no other
+    server causes and no other server's share can shorten. `arrivals[job]`: (its arrival
+    order, its server's waiting jobs then, how many jobs had started by then, its server);
+    `started[job]`: its start order (0, 1, …)."""
     by_start = sorted((s, j) for j, s in started.items())
+    head_since: dict[str, int] = {}  # job -> start order from which it was its server's next
+    last_of_server: dict[int, int] = {}
+    for start, job in by_start:
+        if job in arrivals:
+            server = arrivals[job][3]
+            head_since[job] = last_of_server.get(server, -1) + 1
+            last_of_server[server] = start
     worst = 0
     for job, start in started.items():
         if job not in arrivals:
             continue
-        seq, depth, starts_then = arrivals[job]
-        lo = bisect.bisect_left(by_start, (starts_then, ""))
+        seq, depth, starts_then, _ = arrivals[job]
+        lo = bisect.bisect_left(by_start, (max(starts_then, head_since[job]), ""))
         hi = bisect.bisect_left(by_start, (start, ""))
         overtaken = 0
-        for _, other in by_start[lo:hi]:  # started while this one waited
+        for _, other in by_start[lo:hi]:  # started while this one was its server's next
             if other in arrivals:
-                o_seq, o_depth, _ = arrivals[other]
+                o_seq, o_depth, _, _ = arrivals[other]
                 overtaken += o_seq > seq and o_depth > depth
         worst = max(worst, overtaken)
     return worst
@@ -250,7 +260,7 @@ async def run_bot(
     delivery = DiscordDelivery(client, store, settings.data_dir)
     service = JobService(settings, store, backend, delivery)
 
-    arrivals: dict[str, tuple[int, int, int]] = {}
+    arrivals: dict[str, tuple[int, int, int, int]] = {}
     started: dict[str, int] = {}
     starts = iter(range(10**9))
     real_submit = backend.submit
@@ -309,7 +319,7 @@ async def run_bot(
                         interaction_created_at=time.time(),
                     )
                 )  # fmt: skip
-                arrivals[str(job.id)] = (n, depth, len(started))
+                arrivals[str(job.id)] = (n, depth, len(started), guild)
                 task = asyncio.create_task(post_status(job, token))
                 posts.add(task)
                 task.add_done_callback(posts.discard)
