@@ -152,7 +152,8 @@ class RemoteWorker(_Worker):
         elif isinstance(message, Finished):
             self._final(message.job_id, "finished", **self._finished_fields(message))
         elif isinstance(message, Failed):
-            self._final(message.job_id, "failed", message=message.message)
+            retry = {"retry": "1"} if message.retry else {}  # the bot may run it once more
+            self._final(message.job_id, "failed", message=message.message, **retry)
         elif isinstance(message, Cancelled):
             # Stopping (SIGTERM) cancels what runs: those jobs were not cancelled by anyone,
             # so they go back to the bot to run elsewhere.

@@ -373,3 +373,34 @@ async def test_a_worker_loading_a_model_is_not_refused_nor_dropped_for_silence(
     finally:
         w.stop_beating()
         await b.stop()
+
+
+@pytest.mark.parametrize("retry", [True, False])
+async def test_a_failure_marked_run_again_crosses_the_stream(
+    valkey: Valkey,  # noqa: F811
+    backend: RedisBackend,
+    r: aioredis.Redis,
+    tmp_path: Path,
+    retry: bool,
+) -> None:
+    """A worker whose shared UNet call failed marks its jobs' failures "run again" (the
+    job did nothing wrong); the bot must read the mark, as it does from the local worker."""
+    from pipeline.remote_worker import _Held
+
+    w = FakeWorker(r, "w", "n1")
+    await w.hello(free=1)
+    await online(backend, 1)
+    backend.submit([request(tmp_path)])
+    await grant(r, "w")
+    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    worker = RemoteWorker(
+        redis.Redis.from_url(valkey.url), WorkerConfig(MODEL), worker_id="w",
+        max_batch=1, heartbeat_s=TTL_S,
+    )  # fmt: skip
+    worker.nonce = "n1"
+    worker.held["1"] = _Held(1, [])
+    try:
+        await asyncio.to_thread(worker._send, Failed("1", "It failed; try again.", retry=retry))
+        assert await next_of(backend, Failed) == Failed("1", "It failed; try again.", retry)
+    finally:
+        shutil.rmtree(worker.scratch, ignore_errors=True)

@@ -97,7 +97,8 @@ class Events(Members):
         if kind == "finished":
             event = await self._result(wid, job_id, g, entry)
         elif kind == "failed":
-            event = Failed(job_id, codec.text(entry, "message"))
+            retry = codec.text(entry, "retry") == "1"  # a shared call failed: not its fault
+            event = Failed(job_id, codec.text(entry, "message"), retry=retry)
         elif kind == "cancelled":
             event = Cancelled(job_id)
         else:  # released: the worker stopped; the job runs again, the try not counted
