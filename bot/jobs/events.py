@@ -265,15 +265,8 @@ class JobEvents(JobRedelivery):
     async def _move(
         self, db: aiosqlite.Connection, job_id: int, states: tuple[str, ...], **values: object
     ) -> bool:
-        """Change a job's row only while its state is one of `states` (the guard that keeps
-        a state from going back); False: it was not, and nothing changed."""
-        sets = ", ".join(f"{k}=?" for k in values)
-        marks = ", ".join("?" for _ in states)
-        cursor = await db.execute(
-            f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})",
-            [*values.values(), job_id, *states],
-        )
-        return cursor.rowcount == 1
+        """`Store.move_job_in`: a state only moves forward."""
+        return await self.store.move_job_in(db, job_id, states, **values)
 
     async def _complete(self, r: GenerationResult) -> None:
         try:

@@ -235,3 +235,16 @@ class Store:
     async def update_job_in(self, db: aiosqlite.Connection, job_id: int, **values: Any) -> None:
         sets = ", ".join(f"{k}=?" for k in values)
         await db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values.values(), job_id])
+
+    async def move_job_in(
+        self, db: aiosqlite.Connection, job_id: int, states: tuple[str, ...], **values: Any
+    ) -> bool:
+        """Change a job's row only while its state is one of `states` (the guard that keeps
+        a state from going back); False: it was not, and nothing changed."""
+        sets = ", ".join(f"{k}=?" for k in values)
+        marks = ", ".join("?" for _ in states)
+        cursor = await db.execute(
+            f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})",
+            [*values.values(), job_id, *states],
+        )
+        return cursor.rowcount == 1

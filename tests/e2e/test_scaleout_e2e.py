@@ -349,9 +349,11 @@ async def test_a_bot_restart_loses_no_remote_job_and_cancels_nothing(
     start_worker: StartWorker,
     valkey: Valkey,  # noqa: F811
 ) -> None:
-    bot = await redis_bot(make_bot, valkey)
+    bot = await redis_bot(make_bot, valkey, resolution=256)
     b = backend(bot)
-    worker = start_worker("w1")  # MAX_BATCH=1
+    # MAX_BATCH=1; at 256 px a long job's steps take 4x longer than at 128, so it still runs
+    # after several heartbeats and the restart on any machine.
+    worker = start_worker("w1", RESOLUTION="256")
     await until(lambda: b.workers_online == 1, WORKER_START_S, "the worker online")
     running = await slash(fd, world.guild, world.channel, world.alice, **LONG)
     await wait_status(fd, running, "step")
@@ -370,7 +372,7 @@ async def test_a_bot_restart_loses_no_remote_job_and_cancels_nothing(
         await bot.store.db.execute("SELECT 1")
     assert jobs[0] in worker.text() and "cancel" not in worker.text()
 
-    bot = await redis_bot(make_bot, valkey)
+    bot = await redis_bot(make_bot, valkey, resolution=256)
     for handle in (running, waiting):
         await wait_result(fd, handle)
     await fd.settle()
