@@ -71,6 +71,52 @@ class JobCancelled(Exception):
         self.steps_run = steps_run
 
 
+class CallProgress:
+    """`callback_on_step_end` for one pipeline call that serves several jobs: progress in
+    the scheduler's steps (an order-2 scheduler calls the UNet twice a step), each job seen
+    cancelled reported once, and `JobCancelled` once every job is (the loop stops there)."""
+
+    def __init__(
+        self,
+        pipe: Any,
+        job_ids: Sequence[str],
+        default_total: int,
+        *,
+        on_progress: Callable[[int, int], None] | None,
+        is_cancelled: Callable[[str], bool] | None,
+        on_cancelled: Callable[[str], None] | None,
+    ) -> None:
+        self.job_ids = list(job_ids)
+        self.order = max(1, int(getattr(pipe.scheduler, "order", 1) or 1))
+        self.default_total = default_total
+        self.on_progress, self.is_cancelled = on_progress, is_cancelled
+        self.on_cancelled = on_cancelled
+        self.reported = 0
+        self.cancelled: set[str] = set()
+
+    def __call__(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        step = math.ceil((i + 1) / self.order)
+        n_iter = getattr(pipe, "_num_timesteps", None)
+        total = math.ceil(n_iter / self.order) if n_iter else self.default_total
+        if self.on_progress is not None and step > self.reported:
+            self.on_progress(step, total)
+        self.reported = step
+        if self.is_cancelled is None:
+            return kwargs
+        for job_id in self.job_ids:
+            if job_id not in self.cancelled and self.is_cancelled(job_id):
+                self.cancelled.add(job_id)
+                if self.on_cancelled is not None:
+                    self.on_cancelled(job_id)
+        if len(self.cancelled) == len(self.job_ids):
+            raise JobCancelled(
+                f"cancelled after {step} of {total} steps: {', '.join(self.job_ids)}",
+                job_ids=self.job_ids,
+                steps_run=step,
+            )
+        return kwargs
+
+
 class Engine:
     """One loaded pipeline. Not thread-safe: the worker calls `generate` from one thread."""
 
@@ -274,34 +320,10 @@ class Engine:
                 )
             )
         total, effective = plans[0]
-        job_ids = [r.job_id for r in requests]
-        order = max(1, int(getattr(self.pipe.scheduler, "order", 1) or 1))
-        state = {"reported": 0}
-        cancelled: set[str] = set()
-
-        def on_step_end(
-            pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]
-        ) -> dict[str, Any]:
-            step = math.ceil((i + 1) / order)
-            n_iter = getattr(pipe, "_num_timesteps", None)
-            step_total = math.ceil(n_iter / order) if n_iter else effective
-            if on_progress is not None and step > state["reported"]:
-                on_progress(step, step_total)
-            state["reported"] = step
-            if is_cancelled is not None:
-                for job_id in job_ids:
-                    if job_id not in cancelled and is_cancelled(job_id):
-                        cancelled.add(job_id)
-                        if on_cancelled is not None:
-                            on_cancelled(job_id)
-                if len(cancelled) == len(job_ids):
-                    raise JobCancelled(
-                        f"cancelled after {step} of {step_total} steps: {', '.join(job_ids)}",
-                        job_ids=job_ids,
-                        steps_run=step,
-                    )
-            return callback_kwargs
-
+        progress = CallProgress(
+            self.pipe, [r.job_id for r in requests], effective, on_progress=on_progress,
+            is_cancelled=is_cancelled, on_cancelled=on_cancelled,
+        )  # fmt: skip
         generators = [torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in requests]
         output = self.pipe(
             prompt=[r.prompt for r in requests],
@@ -312,14 +334,14 @@ class Engine:
             guidance_scale=float(requests[0].guidance),
             generator=generators,
             output_type="pil",
-            callback_on_step_end=on_step_end,
+            callback_on_step_end=progress,
         )
-        steps_run = state["reported"]
+        steps_run = progress.reported
         seconds = time.perf_counter() - started
         kept = [
             (req, out)
             for req, out in zip(requests, output.images, strict=True)
-            if req.job_id not in cancelled
+            if req.job_id not in progress.cancelled
         ]
         images_kept = [out for _, out in kept]
         flags = self.checker.flags(images_kept) if self.checker else [False] * len(kept)
@@ -337,7 +359,7 @@ class Engine:
         ]
         log.info(
             "batch of %d (%d cancelled, %d flagged): %d/%d steps at %dx%d in %.2f s",
-            len(requests), len(cancelled), sum(flags), steps_run, total,
+            len(requests), len(progress.cancelled), sum(flags), steps_run, total,
             *images[0].size, seconds,
         )  # fmt: skip
         return results

@@ -10,7 +10,6 @@ equal the same job run alone (and its row in the step loop, `pipeline.stepbatch`
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,7 +46,7 @@ def generate_text2image(
     Like `Engine.generate`: results in request order for the jobs that ran to the end, a
     cancelled job goes to `on_cancelled` and the engine's `JobCancelled` ends the call once
     all are. Raises `ValueError` if the requests cannot share a call."""
-    from pipeline.engine import JobCancelled
+    from pipeline.engine import CallProgress
 
     keys = {(r.start.size if r.start else None, r.steps, r.guidance) for r in requests}
     if len(keys) > 1 or any(r.start is None for r in requests):
@@ -56,31 +55,10 @@ def generate_text2image(
     first = requests[0]
     assert first.start is not None
     pipe = text2image_pipe(engine)
-    job_ids = [r.job_id for r in requests]
-    order = max(1, int(getattr(pipe.scheduler, "order", 1) or 1))
-    state = {"reported": 0}
-    cancelled: set[str] = set()
-
-    def on_step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-        step = math.ceil((i + 1) / order)
-        total = math.ceil(getattr(pipe, "_num_timesteps", first.steps) / order)
-        if on_progress is not None and step > state["reported"]:
-            on_progress(step, total)
-        state["reported"] = step
-        if is_cancelled is not None:
-            for job_id in job_ids:
-                if job_id not in cancelled and is_cancelled(job_id):
-                    cancelled.add(job_id)
-                    if on_cancelled is not None:
-                        on_cancelled(job_id)
-            if len(cancelled) == len(job_ids):
-                raise JobCancelled(
-                    f"cancelled after {step} steps: {', '.join(job_ids)}",
-                    job_ids=job_ids,
-                    steps_run=step,
-                )
-        return callback_kwargs
-
+    progress = CallProgress(
+        pipe, [r.job_id for r in requests], first.steps, on_progress=on_progress,
+        is_cancelled=is_cancelled, on_cancelled=on_cancelled,
+    )  # fmt: skip
     output = pipe(
         prompt=[r.prompt for r in requests],
         negative_prompt=[r.negative_prompt or "" for r in requests],
@@ -90,19 +68,19 @@ def generate_text2image(
         guidance_scale=float(first.guidance),
         generator=[torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in requests],
         output_type="pil",
-        callback_on_step_end=on_step_end,
+        callback_on_step_end=progress,
     )
     seconds = time.perf_counter() - started
     kept = [
         (req, image)
         for req, image in zip(requests, output.images, strict=True)
-        if req.job_id not in cancelled
+        if req.job_id not in progress.cancelled
     ]
     checker = engine.checker
     flags = checker.flags([image for _, image in kept]) if checker else [False] * len(kept)
     log.info(
         "text-to-image batch of %d (%d cancelled, %d flagged) at %dx%d in %.2f s",
-        len(requests), len(cancelled), sum(flags), *first.start.size, seconds,
+        len(requests), len(progress.cancelled), sum(flags), *first.start.size, seconds,
     )  # fmt: skip
     return [
         store_result(
@@ -110,7 +88,7 @@ def generate_text2image(
             image,
             flagged,
             checked=checker is not None,
-            steps_run=state["reported"],
+            steps_run=progress.reported,
             steps_total=first.steps,
             seconds=seconds,
         )
