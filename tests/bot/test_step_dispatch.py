@@ -4,12 +4,18 @@ worker holds ready to join never keep a later server's job from the next free pl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+import pytest_asyncio
 from PIL import Image
 
+from bot.jobs.backends.redis import RedisBackend
 from bot.jobs.dispatch import JobDispatch
 from bot.jobs.scheduler import QueuedJob
 from bot.jobs.service import JobService, NewJob
@@ -17,6 +23,10 @@ from bot.store.db import Job, Store
 from config import Settings
 from pipeline.request import EngineInfo, plan_steps
 from pipeline.worker import WorkerClient, WorkerConfig
+from pipeline.worker_backend import WorkerBackend
+from tests.valkey_server import valkey, valkey_server  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def key(step_slots: int, size: tuple[int, int], steps: int, strength: float, guidance: float):
@@ -62,12 +72,54 @@ class FinishOrder:
         raise AssertionError(f"job {job.id} was withheld")
 
 
+@pytest_asyncio.fixture(params=["local", "redis"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path,
+    checker_dirs: dict[str, Path],
+) -> AsyncIterator[WorkerBackend]:  # fmt: skip
+    """MAX_BATCH=2 step batching on the tiny model at 64 px, through either backend: the
+    spawned local worker, or a real remote worker process over a real Valkey."""
+    checker = str(checker_dirs["none"])
+    if request.param == "local":
+        config = WorkerConfig(
+            str(tiny_model_dir), device="cpu", resolution=64, safety_checker_id=checker,
+            batching="step", max_batch=2,
+        )  # fmt: skip
+        yield WorkerClient(config, start_timeout=120.0, max_batch=2)
+        return
+    server = request.getfixturevalue("valkey")
+    env = {
+        **os.environ, "MODEL_ID": str(tiny_model_dir), "DEVICE": "cpu", "RESOLUTION": "64",
+        "MAX_BATCH": "2", "BATCHING": "step", "SAFETY_CHECKER_ID": checker,
+        "WORKER_HEARTBEAT_S": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    }  # fmt: skip
+    env.pop("REDIS_URL", None)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker", "--redis", server.url, "--id", "w"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield RedisBackend(
+            server.url, model_id=str(tiny_model_dir), resolution=64, batching="step",
+            heartbeat_s=1.0,
+        )  # fmt: skip
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+
+
 async def test_a_late_server_takes_the_next_free_place_not_a_prefetched_one(
-    tmp_path: Path, tiny_model_dir: Path, checker_dirs: dict[str, Path]
+    tmp_path: Path, backend: WorkerBackend
 ) -> None:
-    """MAX_BATCH=2: the worker runs 2 jobs and holds 2 more ready to join. One server's 12
-    jobs are running and held when another server's job arrives: it goes ahead of the held
-    ones (they are recalled) and runs in the second wave, ahead of at least 9 of the 12."""
+    """MAX_BATCH=2, one server's 12 jobs running or waiting when another server's job
+    arrives: it goes ahead of every job not yet started and runs in the second wave, ahead
+    of at least 9 of the 12. The local worker holds 2 more jobs ready to join (they are
+    recalled); a remote worker holds none (its free slots are MAX_BATCH less what it holds)."""
     data = tmp_path / "data"
     (data / "inputs").mkdir(parents=True)
     Image.new("RGB", (64, 64), (200, 120, 40)).save(data / "inputs" / "x.png")
@@ -75,21 +127,17 @@ async def test_a_late_server_takes_the_next_free_place_not_a_prefetched_one(
         _env_file=None, data_dir=data, max_batch=2, batching="step", resolution=64,
         max_jobs_per_user=20, progress_interval_s=0.0,
     )  # fmt: skip
-    config = WorkerConfig(
-        str(tiny_model_dir), device="cpu", resolution=64,
-        safety_checker_id=str(checker_dirs["none"]), batching="step", max_batch=2,
-    )  # fmt: skip
     store = await Store.open(tmp_path / "bot.sqlite3")
     delivery = FinishOrder()
-    worker = WorkerClient(config, start_timeout=120.0, max_batch=2)
-    service = JobService(settings, store, worker, delivery)  # type: ignore[arg-type]
+    service = JobService(settings, store, backend, delivery)  # type: ignore[arg-type]
+    prefetch = 2 if isinstance(backend, WorkerClient) else 0
     try:
         await service.start()
         await asyncio.wait_for(service.ready.wait(), 120.0)
         busy = await service.submit_many([job(1, 7) for _ in range(12)])
         queue = service.queue
         await until(lambda: len(queue.running) - len(queue.held) == 2, "2 jobs started")
-        assert len(queue.held) == 2 and not delivery.results  # 2 more ready to join
+        assert len(queue.held) == prefetch and not delivery.results
         started = {q.job_id for q in queue.running} - {q.job_id for q in queue.held}
         assert started == {str(busy[0].id), str(busy[1].id)}
         late = await service.submit(job(2, 8))
