@@ -7,16 +7,20 @@ the stream protocol by hand: attempts across worker deaths, late answers, refusa
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from PIL import Image
 
 from bot.jobs.backends.redis import RedisBackend
 from pipeline import stream_codec as codec
+from pipeline.prepare import fit_to_resolution
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
 from pipeline.worker_protocol import Finished, Started, WorkerDied, WorkerEvent
 from tests.valkey_server import Valkey, valkey, valkey_server  # noqa: F401  (fixtures)
@@ -159,6 +163,36 @@ async def test_a_result_is_written_where_the_bot_keeps_it(
     assert backend.running == ()
     asking.cancel()
     assert await r.xlen(K.events("a")) == 0  # the PNG does not stay on the server
+
+
+async def test_a_grant_carries_an_img2img_input_at_the_working_size_and_others_as_stored(
+    backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A 1024×768 photo travels to a 64 px worker as the 64×48 picture the worker would make
+    of it (so the same pixels, a fraction of the bytes); an inpainting's photo and mask travel
+    as stored, since inpainting works at the photo's own resolution."""
+    photo = tmp_path / "photo.png"
+    Image.radial_gradient("L").resize((1024, 768)).convert("RGB").save(photo)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (1024, 768), 255).save(mask)
+    out = str(tmp_path / "out" / "1.png")
+    img2img = GenerationRequest("1", str(photo), "a fox", 0.5, 42, 10, 7.5, out)
+    inpaint = replace(img2img, job_id="2", mode="inpaint", mask_path=str(mask))
+    await hello(r, "a")
+    await online(backend, 1)
+    backend.submit([img2img])
+    sent = Image.open(io.BytesIO((await grant(r, "a"))["file:1:image_path"]))
+    with Image.open(photo) as original:
+        expected = fit_to_resolution(original.convert("RGB"), 64)
+    assert sent.size == (64, 48) and sent.tobytes() == expected.tobytes()
+    await event(r, "a", "ask", free=1, seen=1, e=backend.epoch, v=2)
+    async with asyncio.timeout(10):
+        while backend.free_slots != 1:
+            await asyncio.sleep(0.02)
+    backend.submit([inpaint])
+    entry = await grant(r, "a")
+    assert entry["file:2:image_path"] == photo.read_bytes()
+    assert entry["file:2:mask_path"] == mask.read_bytes()
 
 
 async def test_a_worker_with_another_model_is_refused(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import io
 import logging
 import secrets
 import time
@@ -42,14 +43,16 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from PIL import Image
 from redis.exceptions import RedisError
 
 from bot.jobs.backends.redis_events import Events
 from bot.jobs.backends.redis_ledger import GrantLedger, Holder
 from bot.jobs.backends.redis_lock import SchedulerLock
-from bot.jobs.backends.redis_members import Grant, Remote
+from bot.jobs.backends.redis_members import Grant, GrantFile, Remote
 from bot.store.db import Store
 from pipeline import stream_codec as codec
+from pipeline.prepare import fit_to_resolution
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker import WorkerStartError
 from pipeline.worker_protocol import (
@@ -274,7 +277,7 @@ class RedisBackend(Events):
             self._attempts[request.job_id] = attempt
             self._jobs[request.job_id] = Grant(worker.id, attempt, request, seq, worker.nonce)
             items.append({"a": attempt, "req": codec.encode_request(request)})
-            files += _files_of(request)
+            files += _files_of(request, worker.info.resolution if worker.info else None)
             records.append((request.job_id, Holder(attempt, worker.id, worker.nonce)))
             self.granted.append(request.job_id)
             log.info("job %s attempt %d granted to worker %s", request.job_id, attempt, worker.id)
@@ -339,8 +342,8 @@ class RedisBackend(Events):
                         await self._r.srem(key, *files)
                     else:
                         full = dict(entry)
-                        for name, path in files:
-                            data = await asyncio.to_thread(_read, path)
+                        for name, path, fit in files:
+                            data = await asyncio.to_thread(_read, path, fit)
                             if data is not None:
                                 full[name] = data
                         await self._r.xadd(key, full, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
@@ -424,19 +427,45 @@ class RedisBackend(Events):
         self._events.put_nowait(BatchDone(()))
 
 
-def _files_of(request: GenerationRequest) -> list[tuple[bytes, str]]:
-    """The request's input files (image, mask…) to send with the grant."""
+def _files_of(request: GenerationRequest, resolution: int | None) -> list[GrantFile]:
+    """The request's input files (image, mask…) to send with the grant, each with the size
+    it travels at: an img2img input at the worker's working size (`resolution`: the worker
+    would scale it there itself, so its pixels are the same and the grant is a fraction of a
+    full-size upload); any other file (an inpainting's photo, its mask) as stored, since
+    those jobs work at full resolution."""
+    fits = request.mode == "img2img" and request.start is None
     out = []
     for f in fields(request):
         value = getattr(request, f.name)
         if f.name.endswith("_path") and f.name != "output_path" and value:
-            out.append((f"file:{request.job_id}:{f.name}".encode(), str(value)))
+            fit = resolution if fits and f.name == "image_path" else None
+            out.append((f"file:{request.job_id}:{f.name}".encode(), str(value), fit))
     return out
 
 
-def _read(path: str) -> bytes | None:
+def _read(path: str, fit: int | None = None) -> bytes | None:
+    """The file's bytes; with `fit`, the picture at the working size (see `_fitted`)."""
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
     except OSError:
         log.warning("input file of a grant is missing: %s", Path(path).name)
         return None
+    if fit is None:
+        return data
+    try:
+        return _fitted(data, fit)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return data  # the worker finds it unreadable and says so, as for a local job
+
+
+def _fitted(data: bytes, resolution: int) -> bytes:
+    """The picture scaled as the worker scales it (`fit_to_resolution`), as a lossless PNG:
+    the worker's own scaling then leaves it as it is, so its pixels are the same."""
+    with Image.open(io.BytesIO(data)) as src:
+        image = src.convert("RGB")
+    fitted = fit_to_resolution(image, resolution)
+    if fitted is image:
+        return data
+    out = io.BytesIO()
+    fitted.save(out, format="PNG", compress_level=1)
+    return out.getvalue()

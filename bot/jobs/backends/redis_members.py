@@ -44,6 +44,11 @@ from pipeline.worker_protocol import (
 log = logging.getLogger(__name__)
 
 
+GrantFile = tuple[bytes, str, int | None]
+"""A file a grant carries: its field name, its stored path, and the working size it is
+scaled to on the way (None: sent as stored)."""
+
+
 @dataclass
 class Remote:
     """A worker process online, as the bot sees it."""
@@ -61,7 +66,7 @@ class Remote:
     loading: bool = False  # loading a model: silent for a while, not dead
     last_seen: float = field(default_factory=time.monotonic)
     last_event: float = field(default_factory=time.monotonic)
-    unacked: dict[int, tuple[dict[bytes, bytes], list[tuple[bytes, str]], int]] = field(
+    unacked: dict[int, tuple[dict[bytes, bytes], list[GrantFile], int]] = field(
         default_factory=dict
     )
 
@@ -128,7 +133,7 @@ class Members:
     _batch_ids: dict[tuple[str, int], tuple[str, ...]]
 
     def _send(
-        self, key: str, entry: dict[bytes, bytes], files: list[tuple[bytes, str]] | None = None
+        self, key: str, entry: dict[bytes, bytes], files: list[GrantFile] | None = None
     ) -> None:
         raise NotImplementedError
 
