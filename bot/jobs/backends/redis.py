@@ -52,7 +52,7 @@ from bot.jobs.backends.redis_lock import SchedulerLock
 from bot.jobs.backends.redis_members import Grant, GrantFile, Remote
 from bot.store.db import Store
 from pipeline import stream_codec as codec
-from pipeline.prepare import fit_to_resolution
+from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker import WorkerStartError
 from pipeline.worker_protocol import (
@@ -462,10 +462,9 @@ def _fitted(data: bytes, resolution: int) -> bytes:
     """The picture scaled as the worker scales it (`fit_to_resolution`), as a lossless PNG:
     the worker's own scaling then leaves it as it is, so its pixels are the same."""
     with Image.open(io.BytesIO(data)) as src:
-        image = src.convert("RGB")
-    fitted = fit_to_resolution(image, resolution)
-    if fitted is image:
-        return data
+        if target_size(*src.size, resolution) == src.size:
+            return data  # the usual case: read from the header, nothing decoded
+        fitted = fit_to_resolution(src.convert("RGB"), resolution)
     out = io.BytesIO()
     fitted.save(out, format="PNG", compress_level=1)
     return out.getvalue()
