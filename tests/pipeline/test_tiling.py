@@ -66,11 +66,16 @@ def test_plan_tiles_covers_with_overlaps(
         assert not steps or max(steps) - min(steps) <= 8, "spread evenly"
 
 
-def test_plan_tiles_refuses_what_cannot_overlap() -> None:
-    with pytest.raises(ValueError):
-        plan_tiles(256, 256, 64)
+def test_small_tiles_overlap_by_half() -> None:
+    """Test models work at 64 px, where a 64 px overlap would never advance."""
+    assert spans(plan_tiles(128, 64, 64), 0) == [(0, 64), (32, 96), (64, 128)]
+
+
+def test_plan_tiles_refuses_unaligned_pictures() -> None:
     with pytest.raises(ValueError):
         plan_tiles(250, 256, 128)
+    with pytest.raises(ValueError):
+        plan_tiles(256, 256, 8)
 
 
 @pytest.mark.parametrize(
