@@ -65,6 +65,17 @@ def aspect_size(aspect: str, resolution: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class LoraRef:
+    """One LoRA on one job: its adapter name (the catalogue's), where it loads from, its
+    weight. The worker loads each name once as an adapter on its model and keeps it."""
+
+    name: str
+    source: str
+    """A .safetensors file, a folder or a hub id; kohya (A1111) or diffusers/PEFT keys."""
+    weight: float
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One image to generate. `image_path` is the stored, normalized RGB input image ("" for
     a text-to-image job: see `start`)."""
@@ -98,6 +109,9 @@ class GenerationRequest:
     `on` or `off`."""
     mask_blur: int = 8
     """Inpaint only: feather (px) of the mask the output is composited through."""
+    loras: tuple[LoraRef, ...] = ()
+    """The LoRAs this job applies, each with its weight (none: the plain model). Rows with
+    different sets share UNet calls in the step path (`pipeline.lora_rows`)."""
 
 
 @dataclass(frozen=True)

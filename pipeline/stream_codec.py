@@ -18,7 +18,13 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
 
-from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, NoiseStart
+from pipeline.request import (
+    EngineInfo,
+    GenerationRequest,
+    GenerationResult,
+    LoraRef,
+    NoiseStart,
+)
 
 T = TypeVar("T")
 
@@ -104,6 +110,9 @@ def decode_request(data: dict[str, Any]) -> GenerationRequest:
     request = from_dict(GenerationRequest, data)
     if isinstance(request.start, dict):  # a text-to-image job's start, nested
         request = replace(request, start=from_dict(NoiseStart, request.start))
+    if any(isinstance(lora, dict) for lora in request.loras):  # LoRAs, nested
+        loras = tuple(from_dict(LoraRef, lora) for lora in request.loras)
+        request = replace(request, loras=loras)  # type: ignore[arg-type]
     return request
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import stream_codec as codec
-from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
+from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, LoraRef
 
 
 def test_request_round_trip_keeps_every_field() -> None:
@@ -16,6 +16,15 @@ def test_request_round_trip_keeps_every_field() -> None:
     )  # fmt: skip
     wire = codec.loads(codec.dumps(codec.encode_request(request)))
     assert codec.decode_request(wire) == request
+
+
+def test_request_round_trip_keeps_its_loras() -> None:
+    loras = (LoraRef("pixel", "/loras/pixel.safetensors", 0.8), LoraRef("ink", "a/b", 1.0))
+    request = GenerationRequest("7", "/in.png", "a fox", 0.6, 1, 20, 7.5, "/o.png", loras=loras)
+    decoded = codec.decode_request(codec.loads(codec.dumps(codec.encode_request(request))))
+    assert decoded == request
+    assert isinstance(decoded.loras[0], LoraRef)
+    hash(decoded)  # still a frozen, hashable request
 
 
 def test_unknown_fields_are_ignored_and_lists_become_tuples() -> None:
