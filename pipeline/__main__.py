@@ -6,7 +6,8 @@ input prints the bot's message to stderr and exits 2; an image the safety checke
 is not written, says so on stderr and exits 3.
 
 `inpaint` regenerates only a masked region (see `pipeline.cli_inpaint`); `imagine` makes a
-picture from a prompt alone (text-to-image, see `pipeline.cli_imagine`).
+picture from a prompt alone (text-to-image, see `pipeline.cli_imagine`); `upscale` enlarges
+one ×2, redrawing it tile by tile (see `pipeline.cli_upscale`).
 
 `make-tiny` writes the tiny random-weight test model (and a tiny CLIPSeg in its `clipseg/`
 folder, for MASK_MODEL_ID), optionally shipping a tiny safety checker; `make-tiny-checker`
@@ -51,10 +52,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     from pipeline.cli_imagine import add_parser as add_imagine
     from pipeline.cli_inpaint import add_parser as add_inpaint
+    from pipeline.cli_upscale import add_parser as add_upscale
     from pipeline.tiny_checker import CHECKER_MODES
 
     add_inpaint(sub)
     add_imagine(sub)
+    add_upscale(sub)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight test model")
     tiny.add_argument("dir", type=Path)
@@ -164,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.cli_imagine import run as run_imagine
 
         return run_imagine(args)
+    if args.command == "upscale":
+        from pipeline.cli_upscale import run as run_upscale
+
+        return run_upscale(args)
     return _run(args)
 
 

@@ -33,11 +33,17 @@ def or_default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def add_common_arguments(p: argparse.ArgumentParser, *, strength: bool = True) -> None:
+def add_common_arguments(
+    p: argparse.ArgumentParser, *, strength: bool = True, strength_default: float | None = None
+) -> None:
     """The options every command takes, after their own (`imagine` has no --strength: it
-    starts from noise, strength 1)."""
+    starts from noise, strength 1; `upscale` has a default one)."""
     p.add_argument("--prompt", required=True)
-    if strength:
+    if strength and strength_default is not None:
+        p.add_argument(
+            "--strength", type=float, default=strength_default, help="0.05 (keep) to 1.0"
+        )
+    elif strength:
         p.add_argument("--strength", type=float, required=True, help="0.05 (keep) to 1.0")
     else:
         p.set_defaults(strength=1.0)

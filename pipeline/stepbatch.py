@@ -27,6 +27,7 @@ import inspect
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,10 @@ MAX_SETS = 2
 """Running sets (latent shapes) at once, stepped in turn. Two let a portrait start beside
 running landscapes instead of after them; each set still holds at most MAX_BATCH jobs, so
 one UNet call never sees more rows than with one set. A third shape waits for a drain."""
+
+EMBED_CACHE = 8
+"""Prompt encodings a set keeps (least recently used dropped): the tiles of one upscale
+share one prompt, so it is encoded once for all of them rather than once a tile."""
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 """With a compiled UNet the row count is padded up to one of these, so a handful of
@@ -167,6 +172,9 @@ class StepLoop:
             torch._dynamo.config.cache_size_limit = max(limit, 8 * len(ROW_BUCKETS))
         self.eta = eta
         self.running: list[_Job] = []
+        self.embeds: OrderedDict[tuple[str, str, bool], torch.Tensor] = OrderedDict()
+        """Prompt encodings by everything `encode_prompt` reads here (prompt, negative
+        prompt, guidance on or off); a row's LoRA set must join the key when rows get one."""
         self.unet_calls = 0
         self.rows_run = 0
 
@@ -209,10 +217,7 @@ class StepLoop:
         guidance = float(req.guidance)
         unet_config = pipe.unet.config
         cfg = guidance > 1 and unet_config.time_cond_proj_dim is None
-        positive, negative = pipe.encode_prompt(
-            req.prompt, device, 1, cfg, req.negative_prompt or ""
-        )
-        embeds = torch.cat([negative, positive]) if cfg else positive
+        embeds = self._encode(req, device, cfg)
 
         scheduler = _own_scheduler(pipe)
         scheduler.set_timesteps(total, device=device)
@@ -249,6 +254,21 @@ class StepLoop:
         )
         self.running.append(job)
         log.debug("job %s joined (%d running)", req.job_id, len(self.running))
+
+    def _encode(self, req: GenerationRequest, device: Any, cfg: bool) -> torch.Tensor:
+        """The row's prompt embeds ([negative, positive] with guidance), encoded once per
+        set for each prompt: the same inputs give the same tensor, so every row stays
+        pixel-equal to its solo run."""
+        key = (req.prompt, req.negative_prompt or "", cfg)
+        if key in self.embeds:
+            self.embeds.move_to_end(key)
+            return self.embeds[key]
+        positive, negative = self.pipe.encode_prompt(req.prompt, device, 1, cfg, key[1])
+        embeds = torch.cat([negative, positive]) if cfg else positive
+        self.embeds[key] = embeds
+        if len(self.embeds) > EMBED_CACHE:
+            self.embeds.popitem(last=False)
+        return embeds
 
     @staticmethod
     def _get_timesteps(scheduler: Any, total: int, strength: float) -> torch.Tensor:
