@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
@@ -31,10 +31,18 @@ from bot.variants import variant_strength
 from bot.visibility import channel_flags
 from config import Settings
 from pipeline.prepare import check_declared_size, load_input
-from pipeline.request import InputError, check_prompt, check_seed, check_steps, check_strength
+from pipeline.request import (
+    UPSCALE,
+    InputError,
+    check_prompt,
+    check_seed,
+    check_steps,
+    check_strength,
+)
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
+    from bot.cogs.upscale import UpscaleCog
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +356,9 @@ class Actions:
                 raise UserError(
                     f"Strength is already at {parent.strength:.2f}; it cannot move further."
                 )
+            if parent.mode == UPSCALE:  # the upscale again, at the new strength
+                await self._upscale().again(interaction, parent, strength=strength, seed=None)
+                return
             await self.requeue(
                 interaction, parent, strength=strength, seed=parent.seed, kind="variant"
             )
@@ -357,11 +368,17 @@ class Actions:
     async def reroll(self, interaction: Interaction, job_id: int) -> None:
         try:
             parent = await self.job_here(interaction, job_id)
+            if parent.mode == UPSCALE:  # the upscale again, with a new seed
+                await self._upscale().again(interaction, parent, strength=None, seed=None)
+                return
             await self.requeue(
                 interaction, parent, strength=parent.strength, seed=None, kind="reroll"
             )
         except (InputError, UserError) as exc:
             await self.say(interaction, f"❌ {exc}")
+
+    def _upscale(self) -> UpscaleCog:
+        return cast("UpscaleCog", self.bot.get_cog("UpscaleCog"))
 
     async def requeue(
         self, interaction: Interaction, parent: Job, *, strength: float, seed: int | None, kind: str

@@ -32,6 +32,7 @@ from bot.cogs.queue import QueueCog
 from bot.cogs.series import setup_series
 from bot.cogs.settings import setup_quotas
 from bot.cogs.styles import setup_styles
+from bot.cogs.upscale import setup_upscale
 from bot.errors import UserError
 from bot.jobs.data_dir_lock import DataDirLock
 from bot.jobs.delivery import DiscordDelivery
@@ -162,7 +163,10 @@ class ImgBot(commands.AutoShardedBot):
         if self.application_id:
             log.info("invite URL: %s", invite_url(self.application_id))
         worker = self.worker_backend()
-        delivery: Delivery = DiscordDelivery(self, self.store, settings.data_dir.resolve())
+        delivery: Delivery = DiscordDelivery(
+            self, self.store, settings.data_dir.resolve(),
+            upscale_max_side=settings.upscale_max_side,
+        )  # fmt: skip
         if settings.metrics_port:
             metrics = BotMetrics()
             delivery = MeteredDelivery(delivery, metrics)
@@ -189,6 +193,7 @@ class ImgBot(commands.AutoShardedBot):
         await setup_compare(self)
         await setup_imagine(self)
         await setup_inpaint(self)
+        await setup_upscale(self)
 
     async def sync_commands(self) -> None:
         """Sync the command tree, unless Discord already has this very tree (same payload,

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     max_stored_side: int = Field(
         2048, ge=256, le=8192, description="Inputs are stored with at most this long side."
     )
+    upscale_max_side: int = Field(
+        2048,
+        ge=256,
+        le=8192,
+        description="Upscale ×2: the longest side an upscaled picture may have; larger "
+        "requests are refused.",
+    )
 
     # Storage
     data_dir: Path = Field(Path("./data"), description="SQLite database and image files.")

@@ -43,6 +43,7 @@ from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import (
     INPUT_MISSING,
     INPUT_UNREADABLE,
+    UPSCALE,
     EngineInfo,
     GenerationRequest,
     GenerationResult,
@@ -294,6 +295,10 @@ class Engine:
                 self, requests, on_progress=on_progress, is_cancelled=is_cancelled,
                 on_cancelled=on_cancelled, on_failed=on_failed,
             )  # fmt: skip
+        if any(r.mode == UPSCALE for r in requests):
+            from pipeline.check_only import check_pictures
+
+            return check_pictures(self, requests, on_failed=on_failed)
         if any(r.start is not None for r in requests):
             from pipeline.text2image import generate_text2image
 

@@ -28,6 +28,12 @@ TEXT_TO_IMAGE = "txt2img"
 """A job row's `mode` for `/imagine`: no input picture (`input_path` is ""), the input size
 columns hold the picture's size, and its request starts from noise (`NoiseStart`)."""
 
+UPSCALE = "upscale"
+"""A job row's (and request's) `mode` for the last job of an Upscale ×2: its input is the
+blended picture of the upscale's tiles (each tile an ordinary img2img job, checked on its
+own), and the worker only runs the safety checker on the whole picture and writes it as
+the result (`pipeline.check_only`): no model call."""
+
 ASPECTS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1),
     "4:3": (4, 3),

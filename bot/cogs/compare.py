@@ -26,7 +26,7 @@ from bot.locks import KeyedLocks
 from bot.store.db import ACTIVE_STATES, Job
 from bot.store.picture_messages import Kind, PictureMessages
 from bot.ui.buttons import result_view, use_view
-from bot.ui.pictures import picture_file
+from bot.ui.pictures import picture_file, upload_limit
 from bot.ui.render import result_embed
 from bot.variants import compare_strengths
 from pipeline.request import InputError
@@ -167,7 +167,8 @@ class CompareCog(commands.Cog):
             if job.state == "done" and self.bot.actions.stored(job.output_path):
                 path = self.bot.settings.data_dir / str(job.output_path)
                 name = f"img2img-{job.id}-strength-{strength:.2f}.png"
-                files.append(picture_file(path, name, job))
+                limit = upload_limit(guild=self.bot.get_guild(job.guild_id))
+                files.append((await picture_file(path, name, job, limit=limit))[0])
                 choices.append((job.id, strength))
                 shown.append(job.id)
             else:
@@ -231,9 +232,12 @@ class CompareCog(commands.Cog):
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
         path = self.bot.settings.data_dir / str(job.output_path)
+        file, fmt = await picture_file(
+            path, f"img2img-{job.id}.png", job, limit=upload_limit(interaction)
+        )
         await interaction.response.send_message(
-            embed=result_embed(job),
-            file=picture_file(path, f"img2img-{job.id}.png", job),
+            embed=result_embed(job, file_format=fmt),
+            file=file,
             view=result_view(job.id, job.strength),
         )
         copy = await interaction.original_response()  # recorded: deleted with the picture

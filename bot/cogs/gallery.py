@@ -283,7 +283,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
     async def on_finished(self, job: Job) -> None:
         """A result was delivered: into the gallery (and channel), then keep under the cap."""
         try:
-            if job.state == "done":
+            if job.state == "done" and job.kind != "tile":  # a tile is part of an upscale
                 entry = await self.entries.add(job, job.finished_at or time.time())
                 if entry is not None and entry.shared_message_id is None:
                     await self._post_to_channel(entry)

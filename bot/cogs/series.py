@@ -44,7 +44,7 @@ from bot.store.quotas import QuotaStore
 from bot.store.series import SeriesStore
 from bot.styles import unknown_style_text
 from bot.ui.buttons import result_view
-from bot.ui.pictures import picture_file
+from bot.ui.pictures import picture_file, upload_limit
 from bot.ui.render import result_embed
 from bot.ui.series import CancelSeries, OpenSelect
 from pipeline.prepare import check_declared_size
@@ -305,7 +305,9 @@ class SeriesCog(commands.Cog):
             if item.has_image and job is not None:
                 path = data_dir / (job.output_path or "")
                 if path.is_file():
-                    files.append(picture_file(path, attachment_name(item), job))
+                    limit = upload_limit(guild=self.bot.get_guild(series.guild_id))
+                    name = attachment_name(item)
+                    files.append((await picture_file(path, name, job, limit=limit))[0])
                     shown.append(job.id)
         view = self._album_view(series_id, rows)
         channel = self.bot.get_partial_messageable(series.channel_id, guild_id=series.guild_id)
@@ -356,9 +358,12 @@ class SeriesCog(commands.Cog):
                 "❌ This image is no longer stored.", ephemeral=True
             )
             return
+        file, fmt = await picture_file(
+            path, f"img2img-{job.id}.png", job, limit=upload_limit(interaction)
+        )
         await interaction.response.send_message(
-            embed=result_embed(job),
-            file=picture_file(path, f"img2img-{job.id}.png", job),
+            embed=result_embed(job, file_format=fmt),
+            file=file,
             view=result_view(job.id, job.strength),
         )
         copy = await interaction.original_response()  # recorded: deleted with the picture

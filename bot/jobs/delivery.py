@@ -41,8 +41,9 @@ from bot.jobs.notices import (
 )
 from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view, result_view
-from bot.ui.pictures import spoilered
+from bot.ui.pictures import Picture, upload_limit
 from bot.ui.render import job_summary, result_embed
+from pipeline.request import UPSCALE
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,13 @@ HISTORY_SCAN = 50
 
 
 class DiscordDelivery:
-    def __init__(self, client: discord.Client, store: Store, data_dir: Path) -> None:
+    def __init__(
+        self, client: discord.Client, store: Store, data_dir: Path, *, upscale_max_side: int = 2048
+    ) -> None:
         self.client = client
         self.store = store
         self.data_dir = data_dir
+        self.upscale_max_side = upscale_max_side  # Upscale ×2 is offered only under it
 
     # -- where messages go --------------------------------------------------------------
     def _webhook(self, job: Job) -> discord.Webhook:
@@ -111,16 +115,24 @@ class DiscordDelivery:
     # -- the end of a job ---------------------------------------------------------------
     async def deliver_result(self, job: Job) -> None:
         path = self.data_dir / (job.output_path or "")
-        spoiler = spoilered(job)  # the one rule for every posted picture (bot.ui.pictures)
+        # The one rule for every posted picture (bot.ui.pictures): spoiler, format.
+        limit = upload_limit(guild=self.client.get_guild(job.guild_id))
+        picture = await Picture.prepare(path, f"img2img-{job.id}.png", job, limit=limit)
         thumb = await asyncio.to_thread(self._mask_thumbnail, job)
         thumb_name = f"mask-{job.id}.png"
+        # An upscaled result is offered Upscale ×2 again only while twice it fits the cap.
+        upscale = job.mode != UPSCALE or (
+            2 * max(job.input_width, job.input_height) <= self.upscale_max_side
+        )
         payload: dict[str, Any] = {
-            "embed": result_embed(job, mask_thumbnail=thumb_name if thumb else None),
-            "view": result_view(job.id, job.strength, mode=job.mode),
+            "embed": result_embed(
+                job, mask_thumbnail=thumb_name if thumb else None, file_format=picture.format
+            ),
+            "view": result_view(job.id, job.strength, mode=job.mode, upscale=upscale),
         }
 
         def files() -> list[discord.File]:
-            out = [discord.File(path, filename=f"img2img-{job.id}.png", spoiler=spoiler)]
+            out = [picture.file()]
             if thumb:
                 out.append(discord.File(io.BytesIO(thumb), filename=thumb_name))
             return out

@@ -76,6 +76,7 @@ class NewJob:
     mask_source: str | None = None  # inpaint: "mask", "transparent area" or region words
     region: str | None = None  # inpaint: words the worker turns into a mask
     crop: str = "auto"  # inpaint: auto | on | off
+    counted: bool = True  # uses a unit of quota (an upscale's tiles: one in four does)
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
@@ -231,26 +232,30 @@ class JobService(JobDispatch):
         `attach_status_message` (with None if posting it failed)."""
         return (await self.submit_many([new]))[0]
 
-    async def submit_many(self, news: list[NewJob], *, group: GroupHook | None = None) -> list[Job]:
+    async def submit_many(
+        self, news: list[NewJob], *, group: GroupHook | None = None, enforce_caps: bool = True
+    ) -> list[Job]:
         """Store and queue every job or none, in one transaction (a series).
 
         Caps are checked for the whole set as one entry and each job is reserved by the
         hooks (quota) in turn, so a set that does not fit is refused whole and nothing is
         ever partly queued. `group(db, jobs)` runs in the same transaction (the series
         writes its rows there) and names the group that makes the jobs one entry in the
-        fair queue."""
+        fair queue. `enforce_caps` False: the jobs continue work already admitted (an
+        upscale's check of its blended picture), so the queue caps do not apply."""
         for new in news:
             plan_steps(new.steps, new.strength)  # raises InputError for an impossible strength
         now = self.clock()
         first = news[0]
         async with self.store.transaction() as db:
             try:
-                self.queue.check_caps(
-                    first.guild_id,
-                    first.user_id,
-                    size=len(news),
-                    group=NEW_GROUP if group is not None else None,
-                )
+                if enforce_caps:
+                    self.queue.check_caps(
+                        first.guild_id,
+                        first.user_id,
+                        size=len(news),
+                        group=NEW_GROUP if group is not None else None,
+                    )
             except QueueFull as exc:
                 raise UserError(str(exc)) from None
             jobs = [await self._insert(db, new, now) for new in news]
@@ -283,6 +288,7 @@ class JobService(JobDispatch):
             channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
             style=new.style, mode=new.mode, mask_path=new.mask_path,
             mask_source=new.mask_source, region=new.region, crop=new.crop,
+            counted=int(new.counted),
         )  # fmt: skip
         return await self._get(db, job_id)
 

@@ -293,4 +293,44 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "AND NOT (state='done' AND result_message_id IS NULL)",
         ],
     ),
+    (
+        "upscales: an Upscale ×2 and its tile jobs (one img2img job per tile)",
+        [
+            # One row per upscale: what it enlarges (`source_path`, an input of its own),
+            # the upscaled size, the tiles' boxes (JSON, in tile order) and the message
+            # that shows its progress. `final_job_id`: the job that safety-checks the
+            # blended picture and posts it, once every tile is done (bot.cogs.upscale).
+            """
+            CREATE TABLE upscales (
+                id INTEGER PRIMARY KEY,
+                guild_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                source_job_id INTEGER,
+                source_path TEXT NOT NULL,
+                scale INTEGER NOT NULL,
+                seed INTEGER NOT NULL,
+                width INTEGER NOT NULL,
+                height INTEGER NOT NULL,
+                boxes TEXT NOT NULL,
+                message_id INTEGER,
+                application_id INTEGER,
+                interaction_token TEXT,
+                token_from REAL,
+                final_job_id INTEGER,
+                state TEXT NOT NULL DEFAULT 'tiles',
+                created_at REAL NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE upscale_tiles (
+                upscale_id INTEGER NOT NULL REFERENCES upscales(id) ON DELETE CASCADE,
+                position INTEGER NOT NULL,
+                job_id INTEGER NOT NULL UNIQUE,
+                PRIMARY KEY (upscale_id, position)
+            )
+            """,
+            "CREATE INDEX upscales_final ON upscales(final_job_id)",
+        ],
+    ),
 ]

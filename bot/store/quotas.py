@@ -204,7 +204,10 @@ class QuotaStore:
     # -- the guards -------------------------------------------------------------------
     async def reserve(self, db: Conn, new: NewJob, now: float) -> None:
         """`JobService.hooks.reserve`: refuse the job (nothing is inserted) if it would go
-        over a limit. The job row the service then inserts is the reserved unit."""
+        over a limit. The job row the service then inserts is the reserved unit; a job
+        that uses none (`counted` False: most of an upscale's tiles) is not refused."""
+        if not new.counted:
+            return
         state = await self.state(new.guild_id, new.user_id, new.role_ids, now, db)
         if not state.allowed:
             log.info(

@@ -3,8 +3,8 @@ message posted before a restart is routed by its regex template, with no in-memo
 
 Callbacks hand over to `bot.actions.Actions` (reached through the client), which holds the
 logic and the resources; Refine and Edit to `bot.cogs.iterate`, Compare and Use to
-`bot.cogs.compare`, Inpaint to `bot.cogs.inpaint`, Vary to `bot.cogs.imagine`, found by
-cog name.
+`bot.cogs.compare`, Inpaint to `bot.cogs.inpaint`, Vary to `bot.cogs.imagine`, Upscale ×2
+to `bot.cogs.upscale`, found by cog name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 
 from bot.variants import STEP, variant_label, variant_strength
-from pipeline.request import TEXT_TO_IMAGE
+from pipeline.request import TEXT_TO_IMAGE, UPSCALE
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from bot.cogs.imagine import ImagineCog
     from bot.cogs.inpaint import InpaintCog
     from bot.cogs.iterate import IterateCog
+    from bot.cogs.upscale import UpscaleCog
 
 
 def _bot(interaction: discord.Interaction[Any]) -> ImgBot:
@@ -39,6 +40,10 @@ def _compare(interaction: discord.Interaction[Any]) -> CompareCog:
 
 def _inpaint(interaction: discord.Interaction[Any]) -> InpaintCog:
     return cast("InpaintCog", _bot(interaction).get_cog("InpaintCog"))
+
+
+def _upscale(interaction: discord.Interaction[Any]) -> UpscaleCog:
+    return cast("UpscaleCog", _bot(interaction).get_cog("UpscaleCog"))
 
 
 Button = discord.ui.Button[Any]
@@ -186,6 +191,38 @@ class VaryButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:vary:(
         await imagine.vary(interaction, self.job_id)
 
 
+class UpscaleButton(_JobItem, discord.ui.DynamicItem[Button], template=r"i2i:up:(?P<job>\d+)"):
+    """This result at twice the size: tiles at the model's size, blended (`bot.cogs.upscale`)."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Upscale ×2", emoji="🔍", custom_id=f"i2i:up:{job_id}", row=1)
+        )
+        self.job_id = job_id
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _upscale(interaction).upscale_job(interaction, self.job_id)
+
+
+class CancelUpscale(discord.ui.DynamicItem[Button], template=r"i2i:upc:(?P<upscale>\d+)"):
+    """Under an upscale's progress: cancel every tile that has not ended."""
+
+    def __init__(self, upscale_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(label="Cancel", emoji="✖️", custom_id=f"i2i:upc:{upscale_id}")
+        )
+        self.upscale_id = upscale_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: Button, match: re.Match[str]
+    ) -> CancelUpscale:
+        return cls(int(match["upscale"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await _upscale(interaction).cancel(interaction, self.upscale_id)
+
+
 class UseButton(discord.ui.DynamicItem[Button], template=r"i2i:use:(?P<job>\d+)"):
     """Under a comparison: post that image as a normal result (no new GPU work)."""
 
@@ -220,27 +257,38 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     InpaintButton,
     UseButton,
     VaryButton,
+    UpscaleButton,
+    CancelUpscale,
 )
 
 
-def result_view(job_id: int, strength: float, *, mode: str = "img2img") -> discord.ui.View:
-    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare, Inpaint (row 2).
+def result_view(
+    job_id: int, strength: float, *, mode: str = "img2img", upscale: bool = True
+) -> discord.ui.View:
+    """Under every result: −/+, Reroll, Delete; then Refine, Edit, Compare, Inpaint, and
+    Upscale ×2 unless `upscale` is False (the result would pass UPSCALE_MAX_SIDE) (row 2).
     A text-to-image result has no input to re-run at another strength: no −/+ and no
-    Compare, and Vary instead (img2img of it at three strengths)."""
+    Compare, and Vary instead (img2img of it at three strengths). An upscaled result
+    re-runs the upscale (−/+ its strength, Reroll a new seed) and has no Refine, Edit or
+    Compare: those would run the whole picture at the model's size."""
     text = mode == TEXT_TO_IMAGE
+    upscaled = mode == UPSCALE
     view = discord.ui.View(timeout=None)
     if not text:
         view.add_item(VariantButton(job_id, "m", strength))
         view.add_item(VariantButton(job_id, "p", strength))
     view.add_item(RerollButton(job_id))
     view.add_item(DeleteButton(job_id))
-    view.add_item(RefineButton(job_id))
-    view.add_item(EditButton(job_id))
-    if not text:
+    if not upscaled:
+        view.add_item(RefineButton(job_id))
+        view.add_item(EditButton(job_id))
+    if not text and not upscaled:
         view.add_item(CompareButton(job_id))
     view.add_item(InpaintButton(job_id))
     if text:
         view.add_item(VaryButton(job_id))
+    if upscale:
+        view.add_item(UpscaleButton(job_id))
     return view
 
 

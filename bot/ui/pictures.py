@@ -5,15 +5,28 @@ whose server allows it (`/settings nsfw-channels allow`); everywhere else it is 
 before it reaches the bot. Such a picture is always posted as a spoiler, whether it is a
 single result, a comparison, an album, or a copy made by "Use" or "Open…", so no member sees
 it without a click.
+
+Every result goes out as PNG when it fits the upload limit Discord gives for that
+interaction or channel, else as lossless WebP, else as JPEG quality 95 (an upscale at
+2048 px can pass 10 MiB as PNG); the result's embed says which (`bot.ui.render`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 from pathlib import Path
+from typing import Any
 
 import discord
+from PIL import Image
 
 from bot.store.db import Job
+
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+"""Discord's upload limit for a server without boosts; used when none is known."""
+SUFFIXES = {"PNG": ".png", "WebP": ".webp", "JPEG": ".jpg"}
+JPEG_QUALITY = 95
 
 
 def spoilered(job: Job) -> bool:
@@ -21,6 +34,59 @@ def spoilered(job: Job) -> bool:
     return bool(job.nsfw)
 
 
-def picture_file(path: Path, filename: str, job: Job) -> discord.File:
-    """`job`'s stored picture as an attachment named `filename`, a spoiler if flagged."""
-    return discord.File(path, filename=filename, spoiler=spoilered(job))
+def upload_limit(interaction: Any = None, guild: Any = None) -> int:
+    """Bytes one attachment may have: the interaction's limit (Discord sends it with every
+    interaction), else the server's, else `DEFAULT_UPLOAD_LIMIT`."""
+    for source in (interaction, guild):
+        limit = getattr(source, "filesize_limit", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    return DEFAULT_UPLOAD_LIMIT
+
+
+def fit_upload(path: Path, limit: int) -> tuple[bytes | None, str]:
+    """The picture as it can be uploaded: (None, "PNG") when the stored PNG fits `limit`,
+    else lossless WebP if that fits, else JPEG quality 95. Blocking: run it in a thread."""
+    if path.stat().st_size <= limit:
+        return None, "PNG"
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    out = io.BytesIO()
+    rgb.save(out, format="WEBP", lossless=True)
+    if out.tell() <= limit:
+        return out.getvalue(), "WebP"
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue(), "JPEG"
+
+
+class Picture:
+    """A stored result made ready to post once (`prepare`); `file()` makes a fresh
+    attachment each time a post is tried (discord.py closes a File once it was sent)."""
+
+    def __init__(self, path: Path, filename: str, job: Job, data: bytes | None, fmt: str):
+        self.path, self.job, self.data, self.format = path, job, data, fmt
+        self.filename = str(Path(filename).with_suffix(SUFFIXES[fmt]))
+
+    @classmethod
+    async def prepare(
+        cls, path: Path, filename: str, job: Job, *, limit: int = DEFAULT_UPLOAD_LIMIT
+    ) -> Picture:
+        if path.stat().st_size <= limit:  # the usual case: no thread, no encoding
+            return cls(path, filename, job, None, "PNG")
+        data, fmt = await asyncio.to_thread(fit_upload, path, limit)
+        return cls(path, filename, job, data, fmt)
+
+    def file(self) -> discord.File:
+        source: Path | io.BytesIO = self.path if self.data is None else io.BytesIO(self.data)
+        return discord.File(source, filename=self.filename, spoiler=spoilered(self.job))
+
+
+async def picture_file(
+    path: Path, filename: str, job: Job, *, limit: int = DEFAULT_UPLOAD_LIMIT
+) -> tuple[discord.File, str]:
+    """`job`'s stored picture as an attachment named `filename` (its suffix follows the
+    format), a spoiler if flagged, and the format's name: the one helper every posted
+    result goes through (`Picture` where a post may be tried again)."""
+    picture = await Picture.prepare(path, filename, job, limit=limit)
+    return picture.file(), picture.format

@@ -12,7 +12,7 @@ import discord
 
 from bot.store.db import Job
 from bot.ui.tips import lineage, tip_for
-from pipeline.request import TEXT_TO_IMAGE
+from pipeline.request import TEXT_TO_IMAGE, UPSCALE
 
 BAR_WIDTH = 16
 
@@ -80,6 +80,9 @@ def job_summary(job: Job) -> str:
     if job.mode == TEXT_TO_IMAGE:  # no input picture, so no strength: its size instead
         size = f"{job.input_width}×{job.input_height}"
         return f"#{job.id} · imagine {size} · “{user_text(job.prompt, 60)}”"
+    if job.mode == UPSCALE:  # the whole picture's safety check, after its tiles
+        size = f"{job.input_width}×{job.input_height}"
+        return f"#{job.id} · upscale {size} · “{user_text(job.prompt, 60)}”"
     mode = "inpaint · " if job.mode == "inpaint" else ""
     return f"#{job.id} · {mode}strength {job.strength:.2f} · “{user_text(job.prompt, 60)}”"
 
@@ -92,10 +95,14 @@ def masked_text(job: Job) -> str:
     return job.mask_source or "mask"
 
 
-def result_embed(job: Job, *, mask_thumbnail: str | None = None) -> discord.Embed:
+def result_embed(
+    job: Job, *, mask_thumbnail: str | None = None, file_format: str = "PNG"
+) -> discord.Embed:
     """The result's embed; field names are part of the contract (tests and users rely on them).
     An inpaint result has an `Inpaint` field naming what was repainted and, given the file
-    name of an attached mask thumbnail, shows it as the embed's thumbnail."""
+    name of an attached mask thumbnail, shows it as the embed's thumbnail. An upscaled
+    result shows its size and the steps each tile ran. The footer names the attachment's
+    format (`bot.ui.pictures.picture_file`: PNG, else lossless WebP, else JPEG)."""
     embed = discord.Embed(colour=discord.Colour.blurple(), description=lineage(job))
     if job.mode == "inpaint":
         embed.add_field(name="Inpaint", value=masked_text(job), inline=False)
@@ -108,15 +115,19 @@ def result_embed(job: Job, *, mask_thumbnail: str | None = None) -> discord.Embe
         embed.add_field(
             name="Negative prompt", value=truncate(job.negative_prompt, 1024), inline=False
         )
-    if job.mode == TEXT_TO_IMAGE:
+    if job.mode in (TEXT_TO_IMAGE, UPSCALE):
         embed.add_field(name="Size", value=f"{job.input_width}×{job.input_height}")
-    else:
+    if job.mode != TEXT_TO_IMAGE:
         embed.add_field(name="Strength", value=f"{job.strength:.2f}")
     embed.add_field(name="Seed", value=str(job.seed))
-    embed.add_field(name="Steps", value=f"{job.steps_run} of {job.steps_total}")
+    if job.mode == UPSCALE:  # the tiles ran the steps; the final job only checked
+        embed.add_field(name="Steps", value=f"{job.steps} per tile")
+    else:
+        embed.add_field(name="Steps", value=f"{job.steps_run} of {job.steps_total}")
     if tip := tip_for(job):
         embed.add_field(name="Tip", value=tip, inline=False)
     embed.set_footer(
-        text=f"{model_label(job.model)} · {duration(job.seconds or 0)} · job #{job.id}"
+        text=f"{model_label(job.model)} · {duration(job.seconds or 0)} · {file_format} · "
+        f"job #{job.id}"
     )
     return embed

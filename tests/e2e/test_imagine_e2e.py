@@ -60,7 +60,10 @@ async def test_imagine_equals_the_cli_and_vary_use_and_edit_work_after_a_restart
     assert (fields["Prompt"], fields["Seed"], fields["Size"]) == ("a lighthouse at dusk", "21",
                                                                    "128×96")  # fmt: skip
     assert "Strength" not in fields
-    assert labels(base) == [["Reroll", "Delete"], ["Refine", "Edit", "Inpaint", "Vary"]]
+    assert labels(base) == [
+        ["Reroll", "Delete"],
+        ["Refine", "Edit", "Inpaint", "Vary", "Upscale ×2"],
+    ]
     picture = pixels(fd.attachment_bytes(base))
     assert picture.shape == (96, 128, 3)
     expected = await imagine_cli(bot, tmp_path, prompt="a lighthouse at dusk", negative="fog",
@@ -91,7 +94,7 @@ async def test_imagine_equals_the_cli_and_vary_use_and_edit_work_after_a_restart
     use = await fd.click(varied["id"], button(varied, "Use 0.50")["custom_id"], world.carol)
     posted = await use.wait_original()
     assert embed_fields(posted)["Strength"] == "0.50"
-    assert labels(posted)[1] == ["Refine", "Edit", "Compare", "Inpaint"]  # an img2img result
+    assert labels(posted)[1][:4] == ["Refine", "Edit", "Compare", "Inpaint"]  # an img2img result
     assert await job_count(bot) == count
 
     edit = await open_modal(fd, base, "Edit", world.alice)
@@ -99,7 +102,7 @@ async def test_imagine_equals_the_cli_and_vary_use_and_edit_work_after_a_restart
     edited = await wait_result(fd, submit)
     fields = embed_fields(edited)
     assert (fields["Prompt"], fields["Size"]) == ("a lighthouse at noon", "128×96")
-    assert labels(edited)[1][-1] == "Vary"
+    assert labels(edited)[1][-2] == "Vary"
     job = await bot.store.get_job(count + 1)
     assert job is not None and (job.kind, job.mode, job.strength) == ("edit", "txt2img", 1.0)
     await open_modal(fd, base, "Inpaint", world.bob)  # Inpaint starts from the base picture

@@ -65,7 +65,7 @@ async def test_img2img_defers_shows_progress_and_posts_result(
     assert fields["Steps"] == "75 of 150"
     labels = [b["label"] for b in buttons(result)]
     assert labels[:4] == ["−0.15 → 0.35", "+0.15 → 0.65", "Reroll", "Delete"]
-    assert labels[4:] == ["Refine", "Edit", "Compare", "Inpaint"]  # a second row
+    assert labels[4:] == ["Refine", "Edit", "Compare", "Inpaint", "Upscale ×2"]  # a second row
 
     async def recorded() -> bool:
         job = await bot.store.get_job(1)

@@ -100,7 +100,8 @@ async def test_refine_and_edit_open_prefilled_modals_and_match_the_cli(
     first_row = original["components"][0]["components"]
     second_row = original["components"][1]["components"]
     assert [b["label"] for b in first_row][2:] == ["Reroll", "Delete"]
-    assert [b["label"] for b in second_row] == ["Refine", "Edit", "Compare", "Inpaint"]
+    second = [b["label"] for b in second_row]
+    assert second == ["Refine", "Edit", "Compare", "Inpaint", "Upscale ×2"]
 
     refine = await open_modal(fd, original, "Refine", world.bob)
     assert field_values(refine) == {
@@ -260,7 +261,7 @@ async def test_buttons_and_modals_work_after_a_restart(
     refine = await open_modal(fd, original, "Refine", world.carol)
     refined = await wait_result(fd, await fd.submit_modal(refine, {}))
     assert embed_fields(refined)["Strength"] == "0.30"
-    assert [b["label"] for b in buttons(refined)][-4:] == ["Refine", "Edit", "Compare", "Inpaint"]
+    assert [b["label"] for b in buttons(refined)][-5:-1] == ["Refine", "Edit", "Compare", "Inpaint"]
     click = await fd.click(original["id"], button(original, "Compare")["custom_id"], world.bob)
     comparison = await fd.until(
         lambda: (m := click.original()) and len(m["attachments"]) == 3 and m["components"] and m,
@@ -314,7 +315,7 @@ async def test_compare_shows_three_strengths_and_use_posts_one_without_a_new_job
     assert np.array_equal(
         pixels(fd.attachment_bytes(posted)), pixels(fd.attachment_bytes(comparison, 2))
     )
-    assert [b["label"] for b in buttons(posted)][-4:] == ["Refine", "Edit", "Compare", "Inpaint"]
+    assert [b["label"] for b in buttons(posted)][-5:-1] == ["Refine", "Edit", "Compare", "Inpaint"]
     assert await job_count(bot) == count
 
     # at the end of the range two strengths coincide: the message says so and shows two

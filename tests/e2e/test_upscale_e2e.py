@@ -1,0 +1,110 @@
+"""Upscale ×2 end to end: /upscale's picture is the parent × 2 and equals `python -m pipeline
+upscale`; past UPSCALE_MAX_SIDE it is refused privately with nothing queued (the command,
+and Apps → Upscale ×2 on a result); the button under a result queues its tiles as jobs of
+the clicker counting one image per four tiles; an upscaled result's buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bot.app import ImgBot
+from tests.e2e.conftest import BotFactory, World, button, embed_fields, image_bytes, wait_result
+from tests.e2e.test_imagine_e2e import labels
+from tests.e2e.test_iterate_e2e import job_count, pixels, private_text
+from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def upscale_cli(bot: ImgBot, image: bytes, tmp: Path, *, prompt: str, seed: int) -> Any:
+    """`python -m pipeline upscale` on these PNG bytes with the bot's model settings."""
+    source, out = tmp / f"up-in-{seed}.png", tmp / f"up-out-{seed}.png"
+    source.write_bytes(image)
+    s = bot.settings
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline", "upscale", str(source), "--prompt", prompt,
+        "--strength", "0.2", "--seed", str(seed), "--steps", str(s.default_steps),
+        "--guidance", str(s.default_guidance), "--model", s.model_id, "--device", s.device,
+        "--dtype", s.dtype, "--resolution", str(s.resolution), "--output", str(out),
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "MIN_INPUT_SIDE": "8"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return pixels(out.read_bytes())
+
+
+async def slash_upscale(
+    fd: FakeDiscord, world: World, data: bytes, **options: Any
+) -> InteractionHandle:
+    return await fd.send_slash(
+        world.guild, world.channel, world.alice, "upscale", options,
+        attachments={"image": Upload("photo.png", data, "image/png")},
+    )  # fmt: skip
+
+
+async def counted(bot: ImgBot, kind: str) -> int:
+    cursor = await bot.store.db.execute("SELECT SUM(counted) FROM jobs WHERE kind=?", (kind,))
+    row = await cursor.fetchone()
+    return int(row[0] or 0)
+
+
+async def test_upscale_command_button_and_message_command(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, tmp_path: Path
+) -> None:
+    # 128 px tiles (RESOLUTION): a 96×64 picture is 2 tiles at ×2; the cap is 256 px.
+    bot = await make_bot(min_input_side=64, upscale_max_side=256)
+    assert any(c["name"] == "Upscale ×2" and c.get("type") == 3 for c in fd.commands())
+
+    too_big = await slash_upscale(fd, world, image_bytes(160, 96))
+    refusal = await private_text(too_big)
+    assert "256" in refusal and "UPSCALE_MAX_SIDE" in refusal
+    assert await job_count(bot) == 0
+
+    photo = image_bytes(96, 64)
+    handle = await slash_upscale(fd, world, photo, prompt="a red fox", seed=5)
+    answer = await private_text(handle)
+    assert "192×128" in answer and "2 tiles" in answer and "counting 1 image " in answer
+    result = await wait_result(fd, handle)
+    assert not result["ephemeral"]
+    picture = pixels(fd.attachment_bytes(result))
+    assert picture.shape == (128, 192, 3)  # the parent × 2
+    assert np.array_equal(picture, await upscale_cli(bot, photo, tmp_path, prompt="a red fox",
+                                                     seed=5))  # fmt: skip
+    fields = embed_fields(result)
+    assert (fields["Size"], fields["Strength"], fields["Seed"]) == ("192×128", "0.20", "5")
+    assert "PNG" in result["embeds"][0]["footer"]["text"]
+    # ×2 again would be 384 px, past the cap: no button for it, nor Refine/Edit/Compare
+    assert labels(result)[1] == ["Inpaint"] and labels(result)[0][2:] == ["Reroll", "Delete"]
+    assert await counted(bot, "tile") == 1  # 2 tiles: one image
+    # progress went through the upscale's own message, which became the result
+    history = [h.get("content") or "" for h in result["history"]]
+    assert any("tile 0 of 2" in text for text in history), history
+
+    jobs = await job_count(bot)
+    menu = await fd.send_message_command(
+        world.guild, world.channel, world.bob, "Upscale ×2", result["id"]
+    )
+    assert "256" in await private_text(menu)  # the same cap, privately; nothing queued
+    assert await job_count(bot) == jobs
+
+    base = await wait_result(
+        fd,
+        await fd.send_slash(world.guild, world.channel, world.bob, "imagine",
+                            {"prompt": "a lighthouse", "seed": 3, "aspect": "4:3"}),
+    )  # fmt: skip
+    assert labels(base)[1][-1] == "Upscale ×2"  # 128×96: twice fits the cap
+    click = await fd.click(base["id"], button(base, "Upscale")["custom_id"], world.carol)
+    assert "6 tiles" in (said := await private_text(click)) and "counting 2 images" in said
+    upscaled = await wait_result(fd, click)
+    assert pixels(fd.attachment_bytes(upscaled)).shape == (192, 256, 3)
+    assert embed_fields(upscaled)["Prompt"] == "a lighthouse"
+    assert await counted(bot, "tile") == 1 + 2
+    fd.assert_no_unknown_routes()
