@@ -18,8 +18,8 @@ waits behind more than the jobs already running when it arrived.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 
@@ -49,6 +49,25 @@ class Caps:
 Members = OrderedDict[int, deque[QueuedJob]]  # a guild's members in turn order
 
 
+def _lazy_interleave(sources: Iterable[Iterator[QueuedJob]]) -> Iterator[QueuedJob]:
+    """`_interleave`, computed as it is read: the first few places cost the first few
+    sources, not the whole queue (the dispatcher reads a batch's worth at a time)."""
+    live: list[Iterator[QueuedJob]] = []
+    for source in sources:
+        for job in source:
+            yield job
+            live.append(source)
+            break
+    while live:
+        still: list[Iterator[QueuedJob]] = []
+        for source in live:
+            for job in source:
+                yield job
+                still.append(source)
+                break
+        live = still
+
+
 def _interleave(queues: list[list[QueuedJob]]) -> list[QueuedJob]:
     """One from each queue in turn: the first of each, then the second of each, ..."""
     out: list[QueuedJob] = []
@@ -67,19 +86,47 @@ class FairQueue:
 
     `running` jobs (started, or held by a worker) count towards the caps until `finish`
     is called. Held jobs keep their place in their member's queue but are not waiting.
+
+    The dispatcher asks for the length, the caps and the next batch on every pass, with
+    hundreds of jobs waiting: those are kept as counts updated at each change (a job
+    becomes active, leaves, or joins a group), and the order is computed only as far as
+    it is read, so none of them walks the whole queue.
     """
 
     caps: Caps = field(default_factory=Caps)
     _queues: OrderedDict[int, Members] = field(default_factory=OrderedDict)
     _running: dict[str, QueuedJob] = field(default_factory=dict)
     _held: dict[str, QueuedJob] = field(default_factory=dict)
+    _queued: dict[str, QueuedJob] = field(default_factory=dict)  # in `_queues`, held too
+    _counts: Counter[object] = field(default_factory=Counter)  # active jobs, see `_count`
+    _groups: dict[int, Counter[str]] = field(default_factory=dict)  # user -> group -> jobs
+
+    # -- counts -----------------------------------------------------------------------
+    def _count(self, job: QueuedJob, n: int) -> None:
+        """A job becomes active (+1: waiting, held or running) or stops being (-1).
+        Keys: None (all), ("g", guild), ("u", user), (guild, user), ("loose", user) for a
+        job of no series, ("group", series) for a series, any member's."""
+        keys: list[object] = [None, ("g", job.guild_id), ("u", job.user_id)]
+        keys += [(job.guild_id, job.user_id)]
+        keys += [("loose", job.user_id) if job.group is None else ("group", job.group)]
+        for key in keys:
+            self._counts[key] += n
+            if not self._counts[key]:
+                del self._counts[key]
+        if job.group is not None:
+            groups = self._groups.setdefault(job.user_id, Counter())
+            groups[job.group] += n
+            if not groups[job.group]:
+                del groups[job.group]
+            if not groups:
+                del self._groups[job.user_id]
 
     # -- inspection -------------------------------------------------------------------
     def __len__(self) -> int:
-        return sum(1 for _ in self._iter_waiting())
+        return len(self._queued) - len(self._held)
 
     def __contains__(self, job_id: str) -> bool:
-        return any(j.job_id == job_id for j in self._iter_waiting())
+        return job_id in self._queued and job_id not in self._held
 
     @property
     def running(self) -> list[QueuedJob]:
@@ -91,27 +138,15 @@ class FairQueue:
         """Jobs a worker holds but has not started, in the order they were handed over."""
         return list(self._held.values())
 
-    def _iter_waiting(self) -> Iterator[QueuedJob]:
-        for members in self._queues.values():
-            for q in members.values():
-                yield from (j for j in q if j.job_id not in self._held)
-
-    def _active(self) -> list[QueuedJob]:
-        return [*self.running, *self._iter_waiting()]
-
     def count(self, *, guild_id: int | None = None, user_id: int | None = None) -> int:
         """Waiting + running jobs, optionally for one guild and/or user."""
-        return sum(
-            1
-            for j in self._active()
-            if (guild_id is None or j.guild_id == guild_id)
-            and (user_id is None or j.user_id == user_id)
-        )
+        if guild_id is None:
+            return self._counts[None if user_id is None else ("u", user_id)]
+        return self._counts[("g", guild_id) if user_id is None else (guild_id, user_id)]
 
     def entries(self, user_id: int) -> int:
         """A user's waiting + running entries: a job each, a series (group) once."""
-        jobs = [j for j in self._active() if j.user_id == user_id]
-        return sum(1 for j in jobs if j.group is None) + len({j.group for j in jobs if j.group})
+        return self._counts[("loose", user_id)] + len(self._groups.get(user_id, ()))
 
     def guild_waiting(self, guild_id: int, *, held: bool = False) -> list[QueuedJob]:
         """A guild's waiting jobs in the order its turns will serve them (with `held`: and
@@ -122,8 +157,16 @@ class FairQueue:
 
     def order(self, *, held: bool = False) -> list[QueuedJob]:
         """The order in which waiting jobs will be served if nothing else arrives."""
-        jobs = _interleave([self.guild_waiting(g, held=True) for g in self._queues])
-        return jobs if held else [j for j in jobs if j.job_id not in self._held]
+        return list(self._iter_order(held=held))
+
+    def _iter_order(self, *, held: bool = False) -> Iterator[QueuedJob]:
+        """`order()`, computed only as far as it is read."""
+        jobs = _lazy_interleave(
+            _lazy_interleave(iter(q) for q in members.values()) for members in self._queues.values()
+        )
+        if held or not self._held:
+            return jobs
+        return (j for j in jobs if j.job_id not in self._held)
 
     def overtaken(self) -> list[QueuedJob]:
         """Held jobs that a waiting job would now be served before (it arrived after they
@@ -133,16 +176,23 @@ class FairQueue:
             return []
         out: list[QueuedJob] = []
         waiting_ahead = False
-        for job in self.order(held=True):
+        held_left = len(self._held)
+        for job in self._iter_order(held=True):  # up to the last held job, not further
             if job.job_id not in self._held:
                 waiting_ahead = True
-            elif waiting_ahead:
+                continue
+            held_left -= 1
+            if waiting_ahead:
                 out.append(job)
+            if not held_left:
+                break
         return out
 
     def position(self, job_id: str) -> tuple[int, int] | None:
         """(1-based place in its guild's queue, number of jobs served before it overall)."""
-        for overall, job in enumerate(self.order()):
+        if job_id not in self:
+            return None
+        for overall, job in enumerate(self._iter_order()):
             if job.job_id == job_id:
                 guild_ids = [j.job_id for j in self.guild_waiting(job.guild_id)]
                 return guild_ids.index(job_id) + 1, overall
@@ -152,7 +202,7 @@ class FairQueue:
         """Every waiting job with its `position`, in one pass (status messages of a deep
         queue would cost O(n²) through `position`)."""
         in_guild: dict[int, int] = {}
-        for overall, job in enumerate(self.order()):
+        for overall, job in enumerate(self._iter_order()):
             in_guild[job.guild_id] = place = in_guild.get(job.guild_id, 0) + 1
             yield job, place, overall
 
@@ -165,7 +215,7 @@ class FairQueue:
     ) -> None:
         """Raise `QueueFull` if `size` more jobs (one entry: a job, or a series when
         `size` > 1) from this user in this guild break a cap."""
-        new_entry = group is None or all(j.group != group for j in self._active())
+        new_entry = group is None or not self._counts[("group", group)]
         if new_entry and self.entries(user_id) >= self.caps.per_user:
             raise QueueFull(
                 f"You already have {self.caps.per_user} jobs waiting or running. "
@@ -191,12 +241,15 @@ class FairQueue:
             self.check_caps(job.guild_id, job.user_id, group=job.group)
         members = self._queues.setdefault(job.guild_id, OrderedDict())
         members.setdefault(job.user_id, deque()).append(job)
+        self._queued[job.job_id] = job
+        self._count(job, 1)
 
     def _take(self, job: QueuedJob) -> None:
         """Drop a waiting job from its member's queue, and empty queues with it."""
         members = self._queues[job.guild_id]
         q = members[job.user_id]
         q.remove(job)
+        del self._queued[job.job_id]
         if not q:
             del members[job.user_id]
         if not members:
@@ -205,11 +258,12 @@ class FairQueue:
     def remove(self, job_id: str) -> QueuedJob | None:
         """Take a waiting job out of the queue (cancel). Returns it, or None if not waiting
         (a held job is cancelled through its worker)."""
-        for job in self._iter_waiting():
-            if job.job_id == job_id:
-                self._take(job)
-                return job
-        return None
+        job = self._queued.get(job_id)
+        if job is None or job_id in self._held:
+            return None
+        self._take(job)
+        self._count(job, -1)
+        return job
 
     def pop_batch(
         self, max_batch: int = 1, key: Callable[[QueuedJob], Hashable | None] | None = None
@@ -226,7 +280,7 @@ class FairQueue:
         key = key or (lambda job: job.batch_key)
         batch: list[QueuedJob] = []
         first_key: Hashable | None = None
-        for job in self.order():
+        for job in self._iter_order():
             if len(batch) >= max_batch:
                 break
             job_key = key(job)
@@ -250,7 +304,7 @@ class FairQueue:
         the turns move when the worker starts them (`start`)."""
         key = key or (lambda job: job.batch_key)
         batch: list[QueuedJob] = []
-        for job in self.order():
+        for job in self._iter_order():
             if len(batch) >= max_batch:
                 break
             if batch and (key(job) is None or key(job) != key(batch[0])):
@@ -276,6 +330,8 @@ class FairQueue:
         """Count a job as running without serving it: one a remote worker may still run
         after a bot restart (its backend hands it back, to `requeue_front`, if no worker
         has it). The turns do not move: it was served before the restart."""
+        if job.job_id not in self._running and job.job_id not in self._queued:
+            self._count(job, 1)
         self._running[job.job_id] = job
 
     def release(self, job_id: str) -> bool:
@@ -287,16 +343,22 @@ class FairQueue:
         """Mark a waiting or running job as part of a series (`group`), for jobs queued
         one at a time by a caller that knows they belong together."""
         if job_id in self._running:
-            self._running[job_id] = replace(self._running[job_id], group=group)
+            old = self._running[job_id]
+            self._running[job_id] = new = replace(old, group=group)
+            self._count(old, -1)
+            self._count(new, 1)
             return
+        old = self._queued.get(job_id)
+        if old is None:
+            return
+        new = replace(old, group=group)
         if job_id in self._held:
-            self._held[job_id] = replace(self._held[job_id], group=group)
-        for members in self._queues.values():
-            for q in members.values():
-                for i, job in enumerate(q):
-                    if job.job_id == job_id:
-                        q[i] = replace(job, group=group)
-                        return
+            self._held[job_id] = new
+        q = self._queues[old.guild_id][old.user_id]
+        q[q.index(old)] = new
+        self._queued[job_id] = new
+        self._count(old, -1)
+        self._count(new, 1)
 
     def requeue_front(self, job: QueuedJob) -> None:
         """Put a job that never started back where it was served from: first of its
@@ -304,7 +366,11 @@ class FairQueue:
         job never left its place: it just waits again."""
         if self.release(job.job_id):
             return
-        self._running.pop(job.job_id, None)
+        was = self._running.pop(job.job_id, None)
+        if was is not None:
+            self._count(was, -1)
+        self._count(job, 1)
+        self._queued[job.job_id] = job
         members = self._queues.setdefault(job.guild_id, OrderedDict())
         members.setdefault(job.user_id, deque()).appendleft(job)
         members.move_to_end(job.user_id, last=False)
@@ -314,4 +380,6 @@ class FairQueue:
         """A job ended: it counts no more. One that ends held (no start was reported)
         counts as started first, so the turns move past it all the same."""
         self.start(job_id)
-        self._running.pop(job_id, None)
+        job = self._running.pop(job_id, None)
+        if job is not None:
+            self._count(job, -1)

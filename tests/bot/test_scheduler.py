@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bot.jobs.scheduler import Caps, FairQueue, QueuedJob, QueueFull
@@ -291,3 +293,63 @@ def test_a_job_running_before_a_restart_counts_as_running_then_may_wait_again() 
         q.check_caps(1, 7)  # it counts against the member's cap
     q.requeue_front(adopted)  # no worker had it: it waits again, first
     assert [j.job_id for j in q.order()] == ["1", "2"] and q.running == []
+
+
+# -- counts kept as the queue changes (the dispatcher reads them on every pass) -------------
+def test_kept_counts_agree_with_the_jobs_after_any_sequence_of_changes() -> None:
+    """Length, membership, per-server/member counts, entries and the group check are kept
+    as counts, not recounted: after each of 2,000 random changes they must equal what the
+    jobs themselves say (`running` and `order()`, which walk the queue)."""
+    rng = random.Random(24)
+    q = FairQueue(Caps(per_user=99, per_guild=999, total=9999))
+    ids = iter(range(10**6))
+    for _ in range(2000):
+        running = [j for j in q.running if j not in q.held]
+        waiting, held = q.order(), q.held
+        move = rng.choice(
+            ["push", "push", "push", "take", "start", "finish", "remove", "requeue",
+             "group", "release", "mark", "pop"]
+        )  # fmt: skip
+        if move == "push":
+            n, guild = next(ids), rng.randint(1, 4)
+            group = rng.choice([None, None, f"s{rng.randint(1, 3)}"])
+            q.push(QueuedJob(str(n), guild, guild * 10 + rng.randint(1, 3), "k", group))
+        elif move == "take":
+            q.take_batch(rng.randint(1, 3))
+        elif move == "pop":
+            q.pop_batch(rng.randint(1, 2))
+        elif move == "start" and held:
+            q.start(rng.choice(held).job_id)
+        elif move == "finish" and (running or held):
+            q.finish(rng.choice(running + held).job_id)
+        elif move == "remove" and waiting:
+            assert q.remove(rng.choice(waiting).job_id) is not None
+        elif move == "requeue" and (running or held):
+            q.requeue_front(rng.choice(running + held))
+        elif move == "group" and (running or waiting):
+            q.set_group(rng.choice(running + waiting).job_id, f"s{rng.randint(1, 3)}")
+        elif move == "release" and held:
+            q.release(rng.choice(held).job_id)
+        elif move == "mark":
+            n, guild = next(ids), rng.randint(1, 4)
+            q.mark_running(QueuedJob(str(n), guild, guild * 10 + 1, "k"))
+        active = [*q.running, *q.order()]
+        assert len(q) == len(q.order()) and q.count() == len(active)
+        assert all(j.job_id in q for j in q.order()) and not any(j.job_id in q for j in q.held)
+        for guild in range(1, 5):
+            assert q.count(guild_id=guild) == sum(j.guild_id == guild for j in active)
+            for user in (guild * 10 + u for u in range(1, 4)):
+                mine = [j for j in active if j.user_id == user]
+                assert q.count(user_id=user) == len(mine)
+                assert q.count(guild_id=guild, user_id=user) == len(mine)
+                loose = sum(j.group is None for j in mine)
+                assert q.entries(user) == loose + len({j.group for j in mine if j.group})
+        for group in ("s1", "s2", "s3"):  # at the cap: only a series already queued fits
+            q.caps.per_user = q.entries(11)
+            try:
+                q.check_caps(1, 11, group=group)
+                fits = True
+            except QueueFull:
+                fits = False
+            q.caps.per_user = 99
+            assert fits == any(j.group == group for j in active)
