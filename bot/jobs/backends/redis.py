@@ -67,6 +67,11 @@ MAX_ATTEMPTS = 2
 """A job that started on this many workers that all died fails instead of running again."""
 BLOCK_MS = 1000
 READ_COUNT = 64
+READ_GATHER_S = 0.02
+"""After a reply, the reader waits this long before reading again, so a hundred workers'
+events (a few milliseconds apart) come in a few replies instead of one each: every read
+names every worker's stream, and packing and parsing it costs more CPU than the event it
+brings. An event waits at most this much longer; a full reply is followed at once."""
 GRANTS_MAXLEN = 10_000
 BACKOFF_MAX_S = 5.0
 NO_WORKERS_TEXT = "No image workers online right now; your job waits until one joins."
@@ -289,7 +294,7 @@ class RedisBackend(Events):
             b"f": str(self.lock.token).encode(),
             b"batch": codec.dumps(items),
         }
-        worker.unacked[seq] = (entry, files, len(batch))
+        worker.granted(seq, entry, files, len(batch))
         self._batches[(worker.id, seq)] = set(ids)
         self._batch_ids[(worker.id, seq)] = ids
         self._outbox.put_nowait(("grant", self.keys.grants(worker.id), entry, [files, records]))
@@ -392,16 +397,25 @@ class RedisBackend(Events):
                 log.info("server reachable again; re-sending unacknowledged grants")
                 self._after_outage()
             down, delay, self.connected = False, 0.1, True
+            handled: dict[str, list[bytes]] = {}
+            full = False
             for stream, entries in reply or ():
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 if len(entries) >= READ_COUNT:
                     reading.discard(name.rsplit(":", 1)[-1])  # more may wait there
+                    full = True
                 for entry_id, entry in entries:
+                    if name != self.keys.hello:
+                        handled.setdefault(name, []).append(entry_id)
                     try:
                         await self._on_entry(name, entry_id, entry)
                     except Exception:
                         log.exception("could not handle %s entry %r", name, entry_id)
+            if handled:
+                await self._delete_handled(handled)
             self._drained |= reading & set(self._workers)  # read to the end once at least
+            if reply and not full:
+                await asyncio.sleep(READ_GATHER_S)
 
     async def _on_entry(self, stream: str, entry_id: bytes, entry: codec.Fields) -> None:
         if stream == self.keys.hello:
@@ -410,12 +424,18 @@ class RedisBackend(Events):
             return
         wid = stream.rsplit(":", 1)[-1]
         self._last_ids[wid] = entry_id
-        try:
-            await self._on_event(wid, entry)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                assert self._r is not None
-                await self._r.xdel(stream, entry_id)  # PNG bytes do not stay on the server
+        await self._on_event(wid, entry)
+
+    async def _delete_handled(self, handled: dict[str, list[bytes]]) -> None:
+        """Delete the events just handled, every stream's in one round trip (PNG bytes do
+        not stay on the server; the read position is kept here, so a failure costs only
+        space until the worker's stream is trimmed or deleted)."""
+        with contextlib.suppress(RedisError, OSError):
+            assert self._r is not None
+            pipe = self._r.pipeline(transaction=False)
+            for stream, ids in handled.items():
+                pipe.xdel(stream, *ids)
+            await pipe.execute()
 
     def _after_outage(self) -> None:
         now = time.monotonic()

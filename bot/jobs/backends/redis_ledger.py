@@ -28,11 +28,18 @@ class Holder:
     nonce: str
 
 
+FORGET_BATCH = 64
+"""Rows of ended jobs are deleted with the next grant's record, or this many at once."""
+
+
 class GrantLedger:
-    """`job_holders` rows: one per job granted at least once and not ended yet."""
+    """`job_holders` rows: one per job granted at least once and not ended yet (a row of
+    an ended job may stay a while: it is deleted with the next grant's record, and any
+    left over is pruned at the next start, so it never names a holder of a live job)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._ended: list[str] = []  # jobs whose rows go with the next record
 
     async def running(self) -> dict[str, Holder]:
         """The holders of jobs still waiting or running; rows of ended jobs are pruned."""
@@ -47,9 +54,16 @@ class GrantLedger:
         return {str(row[0]): Holder(row[1], row[2], row[3]) for row in await cursor.fetchall()}
 
     async def record(self, grants: list[tuple[str, Holder]]) -> None:
-        """Remember these grants (one transaction for a batch)."""
+        """Remember these grants (one transaction for a batch, which also deletes the rows
+        of jobs that ended since the last one: before, so a job granted again keeps its
+        new row)."""
         now = time.time()
+        ended, self._ended = self._ended, []
         async with self.store.transaction() as db:
+            if ended:
+                await db.executemany(
+                    "DELETE FROM job_holders WHERE job_id=?", [(int(j),) for j in ended]
+                )
             await db.executemany(
                 "INSERT INTO job_holders (job_id, attempt, worker_id, worker_nonce, granted_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
@@ -59,8 +73,14 @@ class GrantLedger:
             )
 
     async def forget(self, job_ids: list[str]) -> None:
-        """The service handled these jobs' final events: nobody holds them any more."""
+        """The service handled these jobs' final events: nobody holds them any more. Their
+        rows go with the next grant's record (a transaction per job saved), or now once
+        `FORGET_BATCH` wait."""
+        self._ended += job_ids
+        if len(self._ended) < FORGET_BATCH:
+            return
+        ended, self._ended = self._ended, []
         async with self.store.transaction() as db:
             await db.executemany(
-                "DELETE FROM job_holders WHERE job_id=?", [(int(j),) for j in job_ids]
+                "DELETE FROM job_holders WHERE job_id=?", [(int(j),) for j in ended]
             )

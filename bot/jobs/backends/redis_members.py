@@ -69,10 +69,16 @@ class Remote:
     unacked: dict[int, tuple[dict[bytes, bytes], list[GrantFile], int]] = field(
         default_factory=dict
     )
+    pending: int = 0  # jobs in `unacked`, kept: `slots` is read on every dispatch pass
 
     @property
     def slots(self) -> int:
-        return max(0, self.free - sum(n for _, _, n in self.unacked.values()))
+        return max(0, self.free - self.pending)
+
+    def granted(self, seq: int, entry: dict[bytes, bytes], files: list[GrantFile], n: int) -> None:
+        """A grant of `n` jobs is on its way: they count against the slots until seen."""
+        self.unacked[seq] = (entry, files, n)
+        self.pending += n
 
 
 @dataclass
@@ -341,7 +347,7 @@ class Members:
 
     def _ack(self, w: Remote, seen: int) -> None:
         for seq in [s for s in w.unacked if s <= seen]:
-            del w.unacked[seq]
+            w.pending -= w.unacked.pop(seq)[2]
 
     @staticmethod
     def _holds(g: Grant, wid: str, nonce: str, attempt: int) -> bool:
