@@ -1,16 +1,12 @@
 """Upscale ×2: `/upscale`, the button under every result, and Apps → Upscale ×2.
 
 The picture is enlarged (Lanczos), cut into overlapping tiles at the model's working size
-(`pipeline.tiling`), and each tile becomes one ordinary img2img job (kind `tile`) of the
-owner: the tiles take places in the fair queue like separate jobs of theirs, share UNet
-calls with each other and with other members' jobs, and are one entry against
-MAX_JOBS_PER_USER (one group, like a series). They post nothing; an `UpscaleDelivery`
-redraws the upscale's message (`tile 3 of 6`) as each one ends. When the last tile is done
-the tiles are blended (`tiling.blend`, the same function `python -m pipeline upscale`
-uses) and one more job of mode `UPSCALE` is queued: the worker only runs the safety
-checker on the whole picture and stores it, and that job is posted as the result (its
-buttons re-run the upscale). A failed or cancelled tile stops the upscale, refunded; a
-withheld tile withholds it.
+(`pipeline.tiling`, `bot.upscale_files`), and each tile becomes one ordinary img2img job
+(kind `tile`) of the owner: the tiles take places in the fair queue like separate jobs of
+theirs, share UNet calls with each other and with other members' jobs, and are one entry
+against MAX_JOBS_PER_USER (one group, like a series). What happens as they end (progress,
+the stop, the blend and the final safety check posted as the result) is
+`bot.cogs.upscale_progress`. The result's Reroll and −/+ come back here (`again`).
 
 Quota: an upscale counts one image per four tiles (`tiling.upscale_units`): that many of
 its tile jobs are counted rows, reserved in the transaction that queues them.
@@ -23,34 +19,28 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import discord
 from discord import app_commands
 from discord.ext import commands
-from PIL import Image
 
 from bot.actions import INPUT_GONE_TEXT, _role_ids
 from bot.cogs.compare import GONE_TEXT
 from bot.cogs.iterate import copy_output, images_of
+from bot.cogs.upscale_progress import UpscaleDelivery, UpscaleProgress, cancel_view
 from bot.errors import UserError
-from bot.jobs.events import Delivery, KindDelivery
 from bot.jobs.scheduler import QueueFull
-from bot.jobs.service import TOKEN_LIFETIME_S, NewJob
+from bot.jobs.service import NewJob
 from bot.locks import KeyedLocks
 from bot.store.db import ACTIVE_STATES, Job
 from bot.store.quotas import QuotaStore
 from bot.store.upscales import Upscale, UpscaleStore
-from bot.ui.buttons import CancelUpscale
 from bot.upscale import (
     DEFAULT_SCALE,
     DEFAULT_STRENGTH,
-    ENDED_TEXT,
-    FINAL_KIND,
     TILE_KIND,
     UpscalePlan,
     head_text,
@@ -59,6 +49,7 @@ from bot.upscale import (
     queued_text,
     quota_refusal,
 )
+from bot.upscale_files import cut_tiles, picture_size, remove
 from bot.visibility import channel_flags
 from pipeline.prepare import check_declared_size
 from pipeline.request import (
@@ -66,13 +57,12 @@ from pipeline.request import (
     MAX_SEED,
     MAX_STRENGTH,
     MIN_STRENGTH,
-    UPSCALE,
     InputError,
     check_prompt,
     check_seed,
     check_strength,
 )
-from pipeline.tiling import blend, cut, enlarge, tile_seed
+from pipeline.tiling import tile_seed
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -106,16 +96,7 @@ class Ask:
     fresh_source: bool = True  # stored for this upscale: removed again if it is refused
 
 
-class _AlreadyFinished(Exception):
-    """The last tile's end was handled twice: the final job is queued once."""
-
-
-def picture_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
-
-
-class UpscaleCog(commands.Cog):
+class UpscaleCog(UpscaleProgress, commands.Cog):
     def __init__(self, bot: ImgBot, quotas: QuotaStore, store: UpscaleStore) -> None:
         self.bot = bot
         self.quotas = quotas
@@ -130,10 +111,6 @@ class UpscaleCog(commands.Cog):
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
-
-    @property
-    def data_dir(self) -> Path:
-        return self.bot.settings.data_dir
 
     @commands.Cog.listener()
     async def on_ready(self) -> None:
@@ -286,7 +263,7 @@ class UpscaleCog(commands.Cog):
             plan = self._plan(ask.width, ask.height, ask.scale)
             await self._check_room(interaction, plan)
             seed = ask.seed if ask.seed is not None else secrets.randbelow(MAX_SEED + 1)
-            paths = await asyncio.to_thread(self._cut, ask.source_path, plan)
+            paths = await asyncio.to_thread(cut_tiles, self.data_dir, ask.source_path, plan)
             news = self._tile_jobs(interaction, ask, plan, seed, paths)
             async with self._intake:
                 upscale_id = await self._submit(interaction, news, ask, plan, seed)
@@ -295,14 +272,14 @@ class UpscaleCog(commands.Cog):
                 try:
                     message = await interaction.followup.send(
                         content=progress_text(head, 0, plan.tiles),
-                        view=self._cancel_view(upscale_id),
+                        view=cancel_view(upscale_id),
                         wait=True,
                     )
                     await self.store.set_message(upscale_id, message.id)
                 except discord.HTTPException as exc:  # the result is posted all the same
                     log.warning("upscale %d: no progress message (%s)", upscale_id, exc.status)
         except (InputError, UserError) as exc:
-            await asyncio.to_thread(self._remove, paths)
+            await asyncio.to_thread(remove, self.data_dir, paths)
             if ask.fresh_source:
                 await self.bot.actions.discard_unused(ask.source_path)
             await interaction.edit_original_response(content=f"❌ {exc}")
@@ -321,26 +298,6 @@ class UpscaleCog(commands.Cog):
         refusal = quota_refusal(plan, state.user.remaining, state.guild.remaining)
         if refusal:
             raise UserError(refusal)
-
-    def _cut(self, source_path: str, plan: UpscalePlan) -> list[str]:
-        """Enlarge the picture and store each tile as an input (blocking: in a thread)."""
-        with Image.open(self.data_dir / source_path) as image:
-            big = enlarge(image.convert("RGB"), (plan.width, plan.height))
-        folder = self.data_dir / "inputs"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        paths: list[str] = []
-        try:
-            for i, tile in enumerate(cut(big, list(plan.boxes))):
-                rel = f"inputs/{name}-tile{i}.png"
-                tmp = folder / f".{name}-tile{i}.png.tmp"
-                tile.save(tmp, format="PNG")
-                tmp.replace(self.data_dir / rel)
-                paths.append(rel)
-        except BaseException:
-            self._remove(paths)
-            raise
-        return paths
 
     def _tile_jobs(
         self, interaction: Interaction, ask: Ask, plan: UpscalePlan, seed: int, paths: list[str]
@@ -394,204 +351,6 @@ class UpscaleCog(commands.Cog):
 
         await self.bot.jobs.submit_many(news, group=write)
         return made[0]
-
-    # -- as tiles end -------------------------------------------------------------------
-    async def refresh_of(self, job: Job) -> None:
-        """A tile ended (`UpscaleDelivery`)."""
-        async with self._intake:  # the upscale's message is set once this is free
-            upscale_id = await self.store.of_tile(job.id)
-        if upscale_id is not None:
-            await self.refresh(upscale_id)
-
-    async def refresh(self, upscale_id: int) -> None:
-        """Move the upscale on from its tiles' states: idempotent, one at a time."""
-        async with self._locks.hold(upscale_id):
-            up = await self.store.get(upscale_id)
-            if up is None or up.state != "tiles":
-                return
-            tiles = await self.store.tiles(upscale_id)
-            states = [job.state if job is not None else "deleted" for job in tiles]
-            if "withheld" in states:
-                await self._stop(up, tiles, "withheld")
-            elif "cancelled" in states:
-                await self._stop(up, tiles, "cancelled")
-            elif any(s not in ACTIVE_STATES and s != "done" for s in states):
-                await self._stop(up, tiles, "failed")
-            elif all(s == "done" for s in states):
-                await self._finish(up, tiles)
-            else:
-                done = states.count("done")
-                text = progress_text(self._head(up, tiles), done, len(tiles))
-                await self._edit(up, text, self._cancel_view(up.id))
-
-    def _head(self, up: Upscale, tiles: list[Job | None]) -> str:
-        first = next((job for job in tiles if job is not None), None)
-        strength, prompt = (first.strength, first.prompt) if first else (0.0, "")
-        return head_text(up.id, up.width, up.height, strength, prompt)
-
-    async def _stop(self, up: Upscale, tiles: list[Job | None], state: str) -> None:
-        """A tile failed, was cancelled or withheld: the other tiles are cancelled, the
-        units refunded (a withheld picture's stay counted, as for any job), and the
-        message says so in plain words."""
-        if not await self.store.end(up.id, state):
-            return
-        for job in tiles:
-            if job is not None and job.state in ACTIVE_STATES:
-                try:
-                    await self.bot.jobs.cancel(job.id, up.user_id, True)
-                except UserError:
-                    log.exception("upscale %d: cancelling tile job %d failed", up.id, job.id)
-        if state != "withheld":
-            await self.store.refund_tiles(up.id)
-        await asyncio.to_thread(self._remove_tiles, tiles)
-        await self._edit(up, f"{self._head(up, tiles)}\n{ENDED_TEXT[state]}", None)
-
-    async def _finish(self, up: Upscale, tiles: list[Job | None]) -> None:
-        """Every tile is done: blend them and queue the safety check of the whole picture,
-        which is posted as the result (in the upscale's message)."""
-        done = [job for job in tiles if job is not None]
-        head = done[0]
-        blended = await asyncio.to_thread(self._blend, up, done)
-        final = NewJob(
-            guild_id=up.guild_id, channel_id=up.channel_id, user_id=up.user_id,
-            prompt=head.prompt, negative_prompt=head.negative_prompt, strength=head.strength,
-            steps=head.steps, guidance=head.guidance, input_path=blended,
-            input_width=up.width, input_height=up.height, seed=up.seed, kind=FINAL_KIND,
-            mode=UPSCALE, parent_id=up.source_job_id, application_id=up.application_id,
-            interaction_token=up.interaction_token, interaction_created_at=up.token_from,
-            channel_public=bool(head.channel_public), channel_nsfw=bool(head.channel_nsfw),
-            style=head.style, counted=False,
-        )  # fmt: skip
-
-        async def write(db: aiosqlite.Connection, jobs: list[Job]) -> str:
-            if not await self.store.finish_in(db, up.id, jobs[0].id):
-                raise _AlreadyFinished
-            return f"upscale:{up.id}"
-
-        try:
-            # Admitted with its tiles: the caps do not apply again, and it uses no unit.
-            [job] = await self.bot.jobs.submit_many([final], group=write, enforce_caps=False)
-        except _AlreadyFinished:
-            await self.bot.actions.discard_unused(blended)
-            return
-        except (InputError, UserError) as exc:  # e.g. a word blocked since it was asked
-            log.warning("upscale %d: its final job was refused (%s)", up.id, exc)
-            await self.bot.actions.discard_unused(blended)
-            await self._stop(up, tiles, "failed")
-            return
-        await asyncio.to_thread(self._remove_tiles, tiles)
-        await self.bot.jobs.attach_status_message(job.id, up.message_id)
-
-    def _blend(self, up: Upscale, tiles: list[Job]) -> str:
-        """The tiles' pictures blended into the upscale's (blocking: in a thread). A tile
-        the model rendered at another size (a picture smaller than a tile on both sides)
-        is brought back to its box first."""
-        pictures = []
-        for job, (left, top, right, bottom) in zip(tiles, up.boxes, strict=True):
-            with Image.open(self.data_dir / str(job.output_path)) as image:
-                picture = image.convert("RGB")
-            box = (right - left, bottom - top)
-            if picture.size != box:
-                picture = picture.resize(box, Image.Resampling.LANCZOS)
-            pictures.append(picture)
-        result = blend(pictures, list(up.boxes), (up.width, up.height))
-        name = uuid.uuid4().hex
-        folder = self.data_dir / "inputs"
-        tmp = folder / f".{name}.png.tmp"
-        try:
-            result.save(tmp, format="PNG")
-            tmp.replace(folder / f"{name}.png")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return f"inputs/{name}.png"
-
-    def _remove_tiles(self, tiles: list[Job | None]) -> None:
-        """A tile's input and picture are only the upscale's: gone once it moved on."""
-        self._remove([p for job in tiles if job for p in (job.input_path, job.output_path)])
-
-    def _remove(self, paths: list[str | None]) -> None:
-        for rel in paths:
-            if rel:
-                (self.data_dir / rel).unlink(missing_ok=True)
-
-    # -- the message --------------------------------------------------------------------
-    def _cancel_view(self, upscale_id: int) -> discord.ui.View:
-        view = discord.ui.View(timeout=None)
-        view.add_item(CancelUpscale(upscale_id))
-        return view
-
-    async def _edit(self, up: Upscale, content: str, view: discord.ui.View | None) -> None:
-        """Through the interaction's webhook while its token lives, else the channel."""
-        if up.message_id is None:
-            return
-        alive = (up.token_from or 0) + TOKEN_LIFETIME_S > time.time()
-        if up.interaction_token and up.application_id and alive:
-            hook = discord.Webhook.partial(up.application_id, up.interaction_token, client=self.bot)
-            hook.type = discord.WebhookType.application
-            try:
-                await hook.edit_message(up.message_id, content=content, view=view)
-                return
-            except discord.HTTPException as exc:
-                log.info("upscale %d: edit through its token failed (%s)", up.id, exc)
-        channel = self.bot.get_partial_messageable(up.channel_id, guild_id=up.guild_id)
-        try:
-            await channel.get_partial_message(up.message_id).edit(content=content, view=view)
-        except discord.HTTPException as exc:
-            log.warning("upscale %d: could not update its message (%s)", up.id, exc.status)
-
-    async def cancel(self, interaction: Interaction, upscale_id: int) -> None:
-        """Cancel under the progress: every tile that has not ended; refunded."""
-        up = await self.store.get(upscale_id)
-        if up is None or up.guild_id != interaction.guild_id:
-            await interaction.response.send_message(
-                "❌ This upscale is no longer known to the bot.", ephemeral=True
-            )
-            return
-        if up.user_id != interaction.user.id and not interaction.permissions.manage_messages:
-            await interaction.response.send_message(
-                "❌ Only the person who asked for this upscale, or someone with Manage "
-                "Messages, can cancel it.",
-                ephemeral=True,
-            )
-            return
-        if up.state == "checking" and up.final_job_id is not None:
-            text = await self.bot.jobs.cancel(up.final_job_id, up.user_id, True)
-            await interaction.response.send_message(text, ephemeral=True)
-            return
-        async with self._locks.hold(upscale_id):
-            fresh = await self.store.get(upscale_id)
-            if fresh is not None and fresh.state == "tiles":
-                await self._stop(fresh, await self.store.tiles(upscale_id), "cancelled")
-        await interaction.response.send_message(
-            "✖️ Upscale cancelled; it did not count against your quota.", ephemeral=True
-        )
-
-    async def refund_final(self, job: Job) -> None:
-        """The final job failed or was cancelled: the upscale made no picture, so its
-        tiles' units come back."""
-        up = await self.store.of_final(job.id)
-        if up is not None:
-            await self.store.refund_tiles(up.id)
-
-
-class UpscaleDelivery(KindDelivery):
-    """Tiles post nothing (their end redraws the upscale's message); the final job is an
-    ordinary result, and one that fails or is cancelled refunds the tiles first."""
-
-    def __init__(self, inner: Delivery, cog: UpscaleCog) -> None:
-        super().__init__(inner, TILE_KIND, cog.refresh_of)
-        self.cog = cog
-
-    async def deliver_failure(self, job: Job, message: str) -> None:
-        if job.kind == FINAL_KIND:
-            await self.cog.refund_final(job)
-        await super().deliver_failure(job, message)
-
-    async def deliver_cancelled(self, job: Job) -> None:
-        if job.kind == FINAL_KIND:
-            await self.cog.refund_final(job)
-        await super().deliver_cancelled(job)
 
 
 async def setup_upscale(bot: ImgBot) -> None:

@@ -82,6 +82,24 @@ TOPICS: tuple[Topic, ...] = (
         "picture and uploaded image of yours in this server.",
     ),
     Topic(
+        "upscale",
+        "Upscale ×2",
+        "🔍",
+        "A picture at twice its size, detail drawn in",
+        "**Upscale ×2** under a result, **/upscale** `image` `[scale]` `[strength]` `[prompt]` "
+        "`[negative_prompt]` `[seed]` for any picture, or **Apps → Upscale ×2** on a message "
+        "makes the picture twice as large and draws new detail in, tile by tile.\n"
+        "• Keep **strength 0.1–0.2** (default 0.2): sharper detail, nothing moves\n"
+        "• Each tile is one image job; an upscale counts one image per four tiles, and the "
+        "private answer says how many before it runs\n"
+        "• Its message shows `tile 3 of 6 done` and has **Cancel**\n"
+        "• Past the server's largest size (2048 px unless changed) it is refused, nothing "
+        "counted\n"
+        "Under the upscaled picture: **Reroll**, **−0.15 / +0.15** (the upscale again), "
+        "**Delete**, **Inpaint**, and **Upscale ×2** while twice it still fits. Your tiles "
+        "take turns like separate images of yours, so other servers keep their turns.",
+    ),
+    Topic(
         "inpaint",
         "Inpainting",
         "🖌️",

@@ -11,8 +11,8 @@ from bot.ui.help import TOPIC_KEYS, TOPICS, help_embed, topic, topic_options
 from tests.bot.test_limits import assert_within_limits
 
 TOPIC_NAMES = [
-    "Start here", "Strength", "Working on a result", "Inpainting", "Series and styles",
-    "Settings", "Troubleshooting",
+    "Start here", "Strength", "Working on a result", "Upscale ×2", "Inpainting",
+    "Series and styles", "Settings", "Troubleshooting",
 ]  # fmt: skip
 
 

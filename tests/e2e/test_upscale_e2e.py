@@ -1,7 +1,8 @@
 """Upscale ×2 end to end: /upscale's picture is the parent × 2 and equals `python -m pipeline
 upscale`; past UPSCALE_MAX_SIDE it is refused privately with nothing queued (the command,
 and Apps → Upscale ×2 on a result); the button under a result queues its tiles as jobs of
-the clicker counting one image per four tiles; an upscaled result's buttons."""
+the clicker counting one image per four tiles; an upscaled result's buttons, and its
+Reroll (the upscale again with a new seed)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,13 @@ async def test_upscale_command_button_and_message_command(
     history = [h.get("content") or "" for h in result["history"]]
     assert any("tile 0 of 2" in text for text in history), history
 
+    # Reroll under the upscaled picture: the upscale again with a new seed
+    reroll = await fd.click(result["id"], button(result, "Reroll")["custom_id"], world.bob)
+    assert "2 tiles" in await private_text(reroll)
+    again = await wait_result(fd, reroll)
+    assert pixels(fd.attachment_bytes(again)).shape == (128, 192, 3)
+    assert embed_fields(again)["Prompt"] == "a red fox" and embed_fields(again)["Seed"] != "5"
+
     jobs = await job_count(bot)
     menu = await fd.send_message_command(
         world.guild, world.channel, world.bob, "Upscale ×2", result["id"]
@@ -106,5 +114,5 @@ async def test_upscale_command_button_and_message_command(
     upscaled = await wait_result(fd, click)
     assert pixels(fd.attachment_bytes(upscaled)).shape == (192, 256, 3)
     assert embed_fields(upscaled)["Prompt"] == "a lighthouse"
-    assert await counted(bot, "tile") == 1 + 2
+    assert await counted(bot, "tile") == 1 + 1 + 2
     fd.assert_no_unknown_routes()
