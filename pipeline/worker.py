@@ -2,8 +2,9 @@
 
 Why a process: a diffusers call holds the GIL-heavy Python side of torch for seconds, and
 a crash of the model (OOM, CUDA error, kill -9) must not take the bot down. The worker is
-started with multiprocessing's *spawn* context, so the bot never imports torch (this module
-doesn't either) and CUDA is initialised only in a fresh interpreter.
+started from a fresh interpreter (a fork server that imported torch once, else spawn: see
+`start_context`), so the bot never imports torch (this module doesn't either) and CUDA is
+initialised only in the worker.
 
 Child side: `pipeline.worker_child` (`worker_main`, re-exported here).
 
@@ -21,6 +22,8 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.context
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -94,6 +97,28 @@ __all__ = [
 ]
 
 
+PRELOAD = ["pipeline.worker_preload"]
+
+
+def start_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: forkserver where the platform has it, spawn elsewhere.
+
+    Both start the worker from a fresh interpreter, never from the bot (which holds no torch
+    and must not share its threads or sockets with a child). The fork server is that fresh
+    interpreter, started once per bot process, with the worker's heavy imports done
+    (`pipeline.worker_preload`), so each worker (the first, each restart after a crash, and
+    the many short-lived ones of the test suite) costs a fork instead of seconds of imports.
+    The worker gets the bot's environment as it is when the worker starts, as with spawn
+    (`worker_main`'s `environ`); what torch and friends read at import comes from the
+    environment the fork server started with.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 class WorkerStartError(RuntimeError):
     """The worker could not be started: the model failed to load, loading timed out, or
     the process died first. The message says which, readable as is."""
@@ -119,7 +144,7 @@ class WorkerClient:
         # Step batching sizes its running set by the same number (see WorkerConfig.batching).
         self.config = dataclasses.replace(config, max_batch=self.max_batch)
         self.start_timeout = start_timeout
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = start_context()
         self._events: asyncio.Queue[WorkerEvent] = asyncio.Queue()
         self._proc: Any = None  # multiprocessing.process.BaseProcess
         self._conn: Connection | None = None
@@ -206,7 +231,7 @@ class WorkerClient:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child_conn, self.config, self._engine_ref),
+            args=(child_conn, self.config, self._engine_ref, dict(os.environ)),
             name="img2img-worker",
             daemon=True,  # multiprocessing terminates it if the bot exits without stop()
         )

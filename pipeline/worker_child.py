@@ -1,6 +1,6 @@
 """The child side of the worker process: load the engine, then run one batch at a time.
 
-`worker_main` is the spawn target (see `pipeline.worker` for why a process). It loads the
+`worker_main` is the worker's entry point (see `pipeline.worker` for why a process). It loads the
 `Engine`, says `Ready` (or `LoadFailed` and exits), then runs batches: `Started`, progress,
 exactly one final event per job, `BatchDone`. A listener thread reads commands while the
 main thread is inside the diffusers call, so `Cancel` takes effect at the next denoising
@@ -70,8 +70,18 @@ DEVICE_BROKEN_MESSAGE = (
 NO_IMAGE_MESSAGE = "The model returned no image for this job. Try again."
 
 
-def worker_main(conn: Connection, config: WorkerConfig, engine_ref: str = ENGINE_REF) -> None:
-    """Entry point of the worker process (spawn context). Exits when told or orphaned."""
+def worker_main(
+    conn: Connection,
+    config: WorkerConfig,
+    engine_ref: str = ENGINE_REF,
+    environ: dict[str, str] | None = None,
+) -> None:
+    """Entry point of the worker process. Exits when told or orphaned. `environ`: the bot's
+    environment when it started this worker (a fork server's child would otherwise keep the
+    server's, from when the server started)."""
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     # Ctrl+C in a terminal reaches the whole process group; the bot decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_freed_memory()
