@@ -111,6 +111,7 @@ class Store:
         self.db = db
         self.path = path
         self._write_lock = asyncio.Lock()
+        self.transactions = 0  # write transactions begun (the fleet bench counts them)
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
@@ -184,9 +185,17 @@ class Store:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction at a time (BEGIN IMMEDIATE), committed or rolled back."""
+        """One write transaction at a time (BEGIN IMMEDIATE), committed or rolled back.
+        A task cancelled while its BEGIN waits in the database thread (a stop cancels
+        tasks wherever they are) rolls back what that BEGIN opened: an open transaction
+        left behind would make every later one fail."""
         async with self._write_lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            self.transactions += 1
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                await self.db._execute(_rollback_if_open, self.db._conn)
+                raise
             try:
                 yield self.db
             except BaseException:
@@ -219,8 +228,9 @@ class Store:
         return cursor.lastrowid
 
     async def get_job(self, job_id: int) -> Job | None:
-        row = await (await self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))).fetchone()
-        return Job.from_row(row) if row else None
+        """One round trip to the database thread (execute and fetch together)."""
+        rows = list(await self.db.execute_fetchall("SELECT * FROM jobs WHERE id=?", (job_id,)))
+        return Job.from_row(rows[0]) if rows else None
 
     async def jobs_in_states(self, states: Iterable[str]) -> list[Job]:
         states = list(states)
@@ -229,12 +239,15 @@ class Store:
         return [Job.from_row(r) for r in rows]
 
     async def update_job(self, job_id: int, **values: Any) -> None:
-        async with self.transaction() as db:
-            await self.update_job_in(db, job_id, **values)
+        """One job's row in a transaction of its own, run whole in the database thread: one
+        round trip instead of three (a job's path updates its row a few times)."""
+        sql, params = _update_sql(job_id, values)
+        async with self._write_lock:
+            self.transactions += 1
+            await self.db._execute(_in_transaction, self.db._conn, sql, params)
 
     async def update_job_in(self, db: aiosqlite.Connection, job_id: int, **values: Any) -> None:
-        sets = ", ".join(f"{k}=?" for k in values)
-        await db.execute(f"UPDATE jobs SET {sets} WHERE id=?", [*values.values(), job_id])
+        await db.execute(*_update_sql(job_id, values))
 
     async def move_job_in(
         self, db: aiosqlite.Connection, job_id: int, states: tuple[str, ...], **values: Any
@@ -248,3 +261,27 @@ class Store:
             [*values.values(), job_id, *states],
         )
         return cursor.rowcount == 1
+
+
+def _update_sql(job_id: int, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    sets = ", ".join(f"{k}=?" for k in values)
+    return f"UPDATE jobs SET {sets} WHERE id=?", [*values.values(), job_id]
+
+
+def _in_transaction(conn: sqlite3.Connection, sql: str, params: list[Any]) -> None:
+    """One statement in its own write transaction, in the database thread (aiosqlite's
+    `_execute` runs it there between the calls of other tasks, never inside them: the
+    caller holds the write lock, so no other transaction is open)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _rollback_if_open(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")

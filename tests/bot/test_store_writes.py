@@ -1,0 +1,94 @@
+"""`Store.update_job` runs its transaction whole in the database thread (one round trip):
+it still commits or rolls back alone, and never lands inside another open transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.store.db import Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "bot.sqlite3")
+    yield s
+    await s.close()
+
+
+async def new_job(store: Store) -> int:
+    async with store.transaction() as db:
+        return await store.insert_job(
+            db, guild_id=1, channel_id=2, user_id=3, kind="new", prompt="p", strength=0.5,
+            seed=1, steps=4, guidance=7.5, input_path="inputs/a.png", input_width=64,
+            input_height=64,
+        )  # fmt: skip
+
+
+async def test_update_job_commits_and_counts_one_transaction(store: Store) -> None:
+    job_id = await new_job(store)
+    before = store.transactions
+    await store.update_job(job_id, status_message_id=77, seconds=1.5)
+    job = await store.get_job(job_id)
+    assert job is not None and (job.status_message_id, job.seconds) == (77, 1.5)
+    assert store.transactions == before + 1 and not store.db.in_transaction
+    assert await store.get_job(job_id + 1) is None
+
+
+async def test_a_failed_update_rolls_back_alone(store: Store) -> None:
+    job_id = await new_job(store)
+    with pytest.raises(sqlite3.OperationalError):
+        await store.update_job(job_id, no_such_column=1)
+    assert not store.db.in_transaction
+    await store.update_job(job_id, status_message_id=5)  # the connection is usable
+    job = await store.get_job(job_id)
+    assert job is not None and job.status_message_id == 5
+
+
+async def test_update_job_waits_for_an_open_transaction_and_survives_its_rollback(
+    store: Store,
+) -> None:
+    job_id = await new_job(store)
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def rolled_back() -> None:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as db:
+                await store.update_job_in(db, job_id, prompt="never")
+                inside.set()
+                await release.wait()
+                raise RuntimeError("rolled back")
+
+    other = asyncio.create_task(rolled_back())
+    await inside.wait()
+    update = asyncio.create_task(store.update_job(job_id, status_message_id=9))
+    await asyncio.sleep(0.05)
+    assert not update.done()  # it waits for the open transaction, never joins it
+    release.set()
+    await asyncio.gather(other, update)
+    job = await store.get_job(job_id)
+    assert job is not None and (job.prompt, job.status_message_id) == ("p", 9)
+
+
+async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(store: Store) -> None:
+    """A stop cancels tasks wherever they wait: one cancelled while its BEGIN is queued
+    in the database thread must not leave that transaction open (every later one would
+    fail with "cannot start a transaction within a transaction")."""
+    job_id = await new_job(store)
+
+    async def write() -> None:
+        async with store.transaction() as db:
+            await store.update_job_in(db, job_id, prompt="never")
+
+    task = asyncio.create_task(write())
+    await asyncio.sleep(0)  # it waits for its BEGIN now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.update_job(job_id, status_message_id=3)
+    job = await store.get_job(job_id)
+    assert job is not None and (job.prompt, job.status_message_id) == ("p", 3)
