@@ -60,10 +60,9 @@ class JobDispatch(JobEvents):
         return self.settings.data_dir
 
     async def _get(self, db: aiosqlite.Connection, job_id: int) -> Job:
-        cursor = await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
-        row = await cursor.fetchone()
-        assert row is not None, job_id
-        return Job.from_row(row)
+        rows = list(await db.execute_fetchall("SELECT * FROM jobs WHERE id=?", (job_id,)))
+        assert rows, job_id
+        return Job.from_row(rows[0])
 
     # -- the dispatch loop ------------------------------------------------------------
     async def _run(self) -> None:
@@ -287,11 +286,12 @@ class JobDispatch(JobEvents):
 
     async def _nsfw_allowed(self, db: aiosqlite.Connection, guild_id: int) -> bool:
         """`/settings nsfw-channels allow`: unfiltered results in age-restricted channels."""
-        cursor = await db.execute(
-            "SELECT nsfw_channels FROM guild_settings WHERE guild_id=?", (guild_id,)
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT nsfw_channels FROM guild_settings WHERE guild_id=?", (guild_id,)
+            )
         )
-        row = await cursor.fetchone()
-        return bool(row) and row[0] == "allow"
+        return bool(rows) and rows[0][0] == "allow"
 
     def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
         out = self.data_dir / "outputs" / f"{job.id}.png"

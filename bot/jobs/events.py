@@ -250,8 +250,8 @@ class JobEvents(JobRedelivery):
             ended = await self._move(db, job_id, ACTIVE_STATES, **values)
             row = None
             if ended:
-                cursor = await db.execute("SELECT * FROM jobs WHERE id=?", (job_id,))
-                row = await cursor.fetchone()
+                rows = await db.execute_fetchall("SELECT * FROM jobs WHERE id=?", (job_id,))
+                row = next(iter(rows), None)
         self.status.forget(job_id)
         self._progress.pop(job_id, None)
         self._cancel_requested.discard(str(job_id))
