@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from itertools import islice
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,23 @@ class FairQueue:
         return list(self._iter_order(held=held))
 
     def _iter_order(self, *, held: bool = False) -> Iterator[QueuedJob]:
-        """`order()`, computed only as far as it is read."""
-        jobs = _lazy_interleave(
-            _lazy_interleave(iter(q) for q in members.values()) for members in self._queues.values()
+        """`order()`, computed only as far as it is read. The first round (each server's
+        next job: its first member's first job) is read straight from the queues: jobs
+        handed to the workers keep their places there, often a hundred or more, and the
+        dispatcher passes them on every batch."""
+        guilds = list(self._queues.values())
+        skip = {} if held else self._held
+        for members in guilds:
+            job = next(iter(members.values()))[0]
+            if job.job_id not in skip:
+                yield job
+        tails = (
+            islice(_lazy_interleave(iter(q) for q in members.values()), 1, None)
+            for members in guilds
         )
-        if held or not self._held:
-            return jobs
-        return (j for j in jobs if j.job_id not in self._held)
+        for job in _lazy_interleave(tails):
+            if job.job_id not in skip:
+                yield job
 
     def overtaken(self) -> list[QueuedJob]:
         """Held jobs that a waiting job would now be served before (it arrived after they
