@@ -9,8 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.catalogue import Catalogue, CatalogueError, load_catalogue
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -20,6 +29,7 @@ class Settings(BaseSettings):
     """The bot's configuration. Field names are the environment variables, upper-cased."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    _catalogue: Catalogue | None = PrivateAttr(None)
 
     # Discord connection
     discord_token: SecretStr = Field(SecretStr(""), description="Bot token; never logged.")
@@ -31,6 +41,18 @@ class Settings(BaseSettings):
     model_id: str = Field(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         description="HuggingFace hub id or local diffusers folder.",
+    )
+    models_file: Path | None = Field(
+        None,
+        description="A TOML catalogue of models and LoRAs members choose from (docs/operators.md "
+        '"Models and LoRAs"); unset: MODEL_ID alone. A mistake in it stops the bot and the '
+        "workers at start with one line naming the file, the entry and the rule.",
+    )
+    max_loras_per_job: int = Field(
+        4, ge=1, le=16, description="Most <lora:…> tags one prompt may use."
+    )
+    max_loras_loaded: int = Field(
+        8, ge=1, le=64, description="LoRAs a worker keeps loaded per model (LRU)."
     )
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="Where to run.")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
@@ -189,6 +211,14 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         return self.data_dir / "bot.sqlite3"
 
+    @property
+    def catalogue(self) -> Catalogue:
+        """The models and LoRAs (MODELS_FILE, else MODEL_ID alone), read once; raises
+        `CatalogueError` (`load_settings` turns it into the start error)."""
+        if self._catalogue is None:
+            self._catalogue = load_catalogue(self.models_file, self.model_id)
+        return self._catalogue
+
 
 class SettingsError(Exception):
     """A setting has a value the bot cannot use; the message names the field."""
@@ -200,7 +230,11 @@ def load_settings(**overrides: object) -> Settings:
     The message names the field and the rule, never the value: a value may be a secret (or
     the whole input, token included, for a rule that spans fields)."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings.catalogue  # noqa: B018  (read now: a catalogue mistake stops the start)
+        return settings
+    except CatalogueError as exc:
+        raise SettingsError(f"MODELS_FILE: {exc}") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_input=False, include_url=False):

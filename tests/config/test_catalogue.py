@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from config.catalogue import CatalogueError, load_catalogue, one_model, parse_catalogue
+from config.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PINNED = """
 default = "base"                 # optional; else the first model
@@ -104,3 +110,28 @@ def test_every_mistake_is_one_line_naming_file_entry_and_rule(text: str, names: 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CatalogueError, match=r"nowhere\.toml: cannot be read"):
         load_catalogue(tmp_path / "nowhere.toml", "x")
+
+
+def test_a_catalogue_mistake_stops_the_bot_and_the_worker_at_start_with_one_line(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "models.toml"
+    bad.write_text('[models.base]\nsource = "a/b"\n[loras.ink]\nsource = "i"\nmodels = ["anime"]\n')
+    env = {**os.environ, "MODELS_FILE": str(bad), "DISCORD_TOKEN": "x", "HF_HUB_OFFLINE": "1"}
+    expected = f"error: MODELS_FILE: {bad}: [loras.ink]: names an unknown model 'anime'"
+    for command in (["-m", "bot"], ["-m", "pipeline", "worker", "--redis", "redis://127.0.0.1:1"]):
+        run = subprocess.run(
+            [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.strip().splitlines()[-1].startswith(expected), run.stderr
+
+
+def test_settings_read_the_catalogue_once(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text('[models.base]\nsource = "a/b"\nlabel = "Base"\n')
+    settings = load_settings(models_file=path, _env_file=None)
+    path.write_text("not toml at all [")
+    assert settings.catalogue.default_model.title == "Base"
+    assert load_settings(_env_file=None).catalogue.default_model.source == settings.model_id
