@@ -43,6 +43,8 @@ def split_loras(
     uses: list[LoraUse] = []
     for match in TAG_RE.finditer(prompt):
         uses.append(_use(match.group(0), match.group(1), catalogue, model))
+    if not uses:
+        return prompt, ()  # a prompt without tags is left exactly as typed
     names = [u.name for u in uses]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:

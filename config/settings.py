@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config.catalogue import Catalogue, CatalogueError, load_catalogue
+from config.catalogue import Catalogue, CatalogueError, ModelEntry, load_catalogue
 
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -217,7 +217,21 @@ class Settings(BaseSettings):
         `CatalogueError` (`load_settings` turns it into the start error)."""
         if self._catalogue is None:
             self._catalogue = load_catalogue(self.models_file, self.model_id)
+            if self.models_file is not None:
+                self._follow(self._catalogue.default_model)
         return self._catalogue
+
+    def _follow(self, model: ModelEntry) -> None:
+        """With MODELS_FILE, its default model is the one the workers load and jobs run on;
+        its own steps, guidance and resolution win over DEFAULT_STEPS, DEFAULT_GUIDANCE and
+        RESOLUTION (which stay the defaults for what it leaves unset)."""
+        self.model_id = model.source
+        if model.steps is not None:
+            self.default_steps = model.steps
+        if model.guidance is not None:
+            self.default_guidance = model.guidance
+        if model.resolution is not None:
+            self.resolution = model.resolution
 
 
 class SettingsError(Exception):

@@ -134,4 +134,21 @@ def test_settings_read_the_catalogue_once(tmp_path: Path) -> None:
     settings = load_settings(models_file=path, _env_file=None)
     path.write_text("not toml at all [")
     assert settings.catalogue.default_model.title == "Base"
-    assert load_settings(_env_file=None).catalogue.default_model.source == settings.model_id
+    plain = load_settings(_env_file=None)
+    assert plain.catalogue.default_model.source == plain.model_id  # MODEL_ID alone
+
+
+def test_the_default_model_is_what_workers_load_with_its_own_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "models.toml"
+    path.write_text(
+        'default = "turbo"\n[models.base]\nsource = "a/base"\n'
+        '[models.turbo]\nsource = "/models/turbo"\nsteps = 2\nguidance = 0.0\n'
+    )
+    settings = load_settings(
+        models_file=path, model_id="ignored/with/a/file", default_steps=30, resolution=640,
+        _env_file=None,
+    )  # fmt: skip
+    assert (settings.model_id, settings.default_steps, settings.default_guidance) == (
+        "/models/turbo", 2, 0.0,
+    )  # fmt: skip
+    assert settings.resolution == 640  # the entry leaves it unset: RESOLUTION stays
