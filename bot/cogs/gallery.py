@@ -61,7 +61,7 @@ from bot.store.gallery import (
 from bot.store.picture_messages import Kind, PictureMessages
 from bot.ui.gallery import describe, gallery_embed
 from bot.ui.gallery_buttons import ForgetButton, GalleryPageButton
-from bot.ui.pictures import spoilered
+from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.tips import lineage
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
                 f"🖼️ {text}", ephemeral=True, allowed_mentions=NO_MENTIONS
             )
             return
-        embed, files, view = self._render(page, filt, search_id, await self._spoiler(page))
+        embed, files, view = await self._render(page, filt, search_id, await self._spoiler(page))
         await self._add_lineage(embed, page.entry)
         await interaction.response.send_message(
             embed=embed, files=files, view=view, ephemeral=not public
@@ -195,7 +195,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
             )
             await self._record_page(interaction, None, None)
             return
-        embed, files, view = self._render(page, filt, search_id, await self._spoiler(page))
+        embed, files, view = await self._render(page, filt, search_id, await self._spoiler(page))
         await self._add_lineage(embed, page.entry)
         await interaction.response.edit_message(
             content=None, embed=embed, attachments=files, view=view
@@ -243,14 +243,14 @@ class GalleryCog(commands.Cog, name="Gallery"):
         job = await self.bot.store.get_job(page.entry.job_id)
         return job is not None and spoilered(job)
 
-    def _render(
+    async def _render(
         self, page: Page, filt: GalleryFilter, search_id: int, spoiler: bool = False
     ) -> tuple[discord.Embed, list[discord.File], discord.ui.View]:
         """The embed, the picture re-uploaded from DATA_DIR (never a CDN URL), the buttons.
         A spoiler is attached below the embed, not shown in it (an embed image is not
         blurred)."""
         entry = page.entry
-        files = self._image_files(entry, spoiler=spoiler)
+        files = await self._image_files(entry, spoiler=spoiler)
         embed = gallery_embed(
             entry,
             image_filename=files[0].filename if files else None,
@@ -273,11 +273,18 @@ class GalleryCog(commands.Cog, name="Gallery"):
             view.add_item(discord.ui.Button(label="Open message", url=entry.url))
         return embed, files, view
 
-    def _image_files(self, entry: GalleryEntry, *, spoiler: bool = False) -> list[discord.File]:
+    async def _image_files(
+        self, entry: GalleryEntry, *, spoiler: bool = False
+    ) -> list[discord.File]:
+        """The picture as every result goes out (`bot.ui.pictures`: PNG, else lossless
+        WebP, else JPEG 95 under the server's upload limit)."""
         path = self.data_dir / entry.image_path
         if entry.pruned or not path.is_file():
             return []
-        return [discord.File(path, filename=f"gallery-{entry.job_id}.png", spoiler=spoiler)]
+        limit = upload_limit(guild=self.bot.get_guild(entry.guild_id))
+        name = f"gallery-{entry.job_id}.png"
+        picture = await Picture.prepare(path, name, spoiler=spoiler, limit=limit)
+        return [picture.file()]
 
     # -- job hooks --------------------------------------------------------------------
     async def on_finished(self, job: Job) -> None:
@@ -330,7 +337,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         if guild is not None and guild.id != entry.guild_id:
             log.warning("gallery channel %d is not in guild %d", channel_id, entry.guild_id)
             return
-        files = self._image_files(entry)
+        files = await self._image_files(entry)
         if not files:
             return
         view = discord.ui.View(timeout=None)

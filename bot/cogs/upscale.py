@@ -284,7 +284,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
                 await self.bot.actions.discard_unused(ask.source_path)
             await interaction.edit_original_response(content=f"❌ {exc}")
             return
-        await self.refresh(upscale_id)
+        await self.refresh(upscale_id, ended_too=True)
 
     async def _check_room(self, interaction: Interaction, plan: UpscalePlan) -> None:
         """The whole upscale must fit the queue caps (as one entry) and both quotas."""

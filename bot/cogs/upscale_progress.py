@@ -73,11 +73,16 @@ class UpscaleProgress:
         if upscale_id is not None:
             await self.refresh(upscale_id)
 
-    async def refresh(self, upscale_id: int) -> None:
-        """Move the upscale on from its tiles' states: idempotent, one at a time."""
+    async def refresh(self, upscale_id: int, *, ended_too: bool = False) -> None:
+        """Move the upscale on from its tiles' states: idempotent, one at a time.
+        `ended_too`: an upscale that already stopped is drawn again (its message was
+        posted after a Cancel clicked at once had stopped it)."""
         async with self._locks.hold(upscale_id):
             up = await self.store.get(upscale_id)
             if up is None or up.state != "tiles":
+                if up is not None and ended_too and up.state in ENDED_TEXT:
+                    tiles = await self.store.tiles(upscale_id)
+                    await self._edit(up, f"{self._head(up, tiles)}\n{ENDED_TEXT[up.state]}", None)
                 return
             tiles = await self.store.tiles(upscale_id)
             states = [job.state if job is not None else "deleted" for job in tiles]

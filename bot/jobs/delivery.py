@@ -41,9 +41,8 @@ from bot.jobs.notices import (
 )
 from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view, result_view
-from bot.ui.pictures import Picture, upload_limit
+from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.render import job_summary, result_embed
-from pipeline.request import UPSCALE
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +116,13 @@ class DiscordDelivery:
         path = self.data_dir / (job.output_path or "")
         # The one rule for every posted picture (bot.ui.pictures): spoiler, format.
         limit = upload_limit(guild=self.client.get_guild(job.guild_id))
-        picture = await Picture.prepare(path, f"img2img-{job.id}.png", job, limit=limit)
+        picture = await Picture.prepare(
+            path, f"img2img-{job.id}.png", spoiler=spoilered(job), limit=limit
+        )
         thumb = await asyncio.to_thread(self._mask_thumbnail, job)
         thumb_name = f"mask-{job.id}.png"
-        # An upscaled result is offered Upscale ×2 again only while twice it fits the cap.
-        upscale = job.mode != UPSCALE or (
-            2 * max(job.input_width, job.input_height) <= self.upscale_max_side
-        )
+        # Upscale ×2 is offered only where twice the picture fits UPSCALE_MAX_SIDE.
+        upscale = picture.size is None or 2 * max(picture.size) <= self.upscale_max_side
         payload: dict[str, Any] = {
             "embed": result_embed(
                 job, mask_thumbnail=thumb_name if thumb else None, file_format=picture.format

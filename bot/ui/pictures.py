@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,20 @@ def upload_limit(interaction: Any = None, guild: Any = None) -> int:
     return DEFAULT_UPLOAD_LIMIT
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """A stored PNG's (width, height) from its header (24 bytes, no decoding); None if the
+    file is not a PNG."""
+    with path.open("rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
 def fit_upload(path: Path, limit: int) -> tuple[bytes | None, str]:
     """The picture as it can be uploaded: (None, "PNG") when the stored PNG fits `limit`,
     else lossless WebP if that fits, else JPEG quality 95. Blocking: run it in a thread."""
@@ -64,22 +79,24 @@ class Picture:
     """A stored result made ready to post once (`prepare`); `file()` makes a fresh
     attachment each time a post is tried (discord.py closes a File once it was sent)."""
 
-    def __init__(self, path: Path, filename: str, job: Job, data: bytes | None, fmt: str):
-        self.path, self.job, self.data, self.format = path, job, data, fmt
+    def __init__(self, path: Path, filename: str, spoiler: bool, data: bytes | None, fmt: str):
+        self.path, self.spoiler, self.data, self.format = path, spoiler, data, fmt
         self.filename = str(Path(filename).with_suffix(SUFFIXES[fmt]))
+        self.size = png_size(path)  # the stored picture's, whatever format it goes out as
 
     @classmethod
     async def prepare(
-        cls, path: Path, filename: str, job: Job, *, limit: int = DEFAULT_UPLOAD_LIMIT
+        cls, path: Path, filename: str, *, spoiler: bool, limit: int = DEFAULT_UPLOAD_LIMIT
     ) -> Picture:
+        """`spoiler`: `spoilered(job)` of the picture's job, the one spoiler rule."""
         if path.stat().st_size <= limit:  # the usual case: no thread, no encoding
-            return cls(path, filename, job, None, "PNG")
+            return cls(path, filename, spoiler, None, "PNG")
         data, fmt = await asyncio.to_thread(fit_upload, path, limit)
-        return cls(path, filename, job, data, fmt)
+        return cls(path, filename, spoiler, data, fmt)
 
     def file(self) -> discord.File:
         source: Path | io.BytesIO = self.path if self.data is None else io.BytesIO(self.data)
-        return discord.File(source, filename=self.filename, spoiler=spoilered(self.job))
+        return discord.File(source, filename=self.filename, spoiler=self.spoiler)
 
 
 async def picture_file(
@@ -88,5 +105,5 @@ async def picture_file(
     """`job`'s stored picture as an attachment named `filename` (its suffix follows the
     format), a spoiler if flagged, and the format's name: the one helper every posted
     result goes through (`Picture` where a post may be tried again)."""
-    picture = await Picture.prepare(path, filename, job, limit=limit)
+    picture = await Picture.prepare(path, filename, spoiler=spoilered(job), limit=limit)
     return picture.file(), picture.format

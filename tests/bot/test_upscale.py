@@ -14,7 +14,14 @@ from PIL import Image
 
 from bot.store.db import Job
 from bot.ui.buttons import result_view
-from bot.ui.pictures import DEFAULT_UPLOAD_LIMIT, fit_upload, picture_file, upload_limit
+from bot.ui.pictures import (
+    DEFAULT_UPLOAD_LIMIT,
+    Picture,
+    fit_upload,
+    picture_file,
+    png_size,
+    upload_limit,
+)
 from bot.ui.render import result_embed
 from bot.upscale import fits_again, plan_upscale, queued_text, quota_refusal
 from pipeline.request import UPSCALE, InputError
@@ -100,6 +107,12 @@ async def test_png_then_lossless_webp_then_jpeg_as_the_limit_shrinks(tmp_path: P
         assert np.array_equal(np.asarray(back.convert("RGB")), np.asarray(Image.open(path)))
     jpeg, fmt = fit_upload(path, len(webp) - 1)
     assert fmt == "JPEG" and jpeg is not None and jpeg[:2] == b"\xff\xd8"
+    assert png_size(path) == (96, 96)  # what decides the Upscale ×2 button, from the header
+    picture = await Picture.prepare(path, "x.png", spoiler=False, limit=png - 1)
+    assert (picture.format, picture.size, picture.filename) == ("WebP", (96, 96), "x.webp")
+    jpeg_path = tmp_path / "not-a.png"
+    jpeg_path.write_bytes(jpeg)
+    assert png_size(jpeg_path) is None
     file, fmt = await picture_file(path, "img2img-9.png", _job(), limit=len(webp) - 1)
     assert (fmt, file.filename) == ("JPEG", "img2img-9.jpg")
     footer = result_embed(_job(), file_format=fmt).footer.text or ""

@@ -1,8 +1,8 @@
 """Upscale ×2 end to end: /upscale's picture is the parent × 2 and equals `python -m pipeline
 upscale`; past UPSCALE_MAX_SIDE it is refused privately with nothing queued (the command,
 and Apps → Upscale ×2 on a result); the button under a result queues its tiles as jobs of
-the clicker counting one image per four tiles; an upscaled result's buttons, and its
-Reroll (the upscale again with a new seed)."""
+the clicker counting one image per four tiles; Cancel under the progress refunds every
+tile; an upscaled result's buttons, and its Reroll (the upscale again with a new seed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 
 from bot.app import ImgBot
-from tests.e2e.conftest import BotFactory, World, button, embed_fields, image_bytes, wait_result
+from tests.e2e.conftest import (
+    BotFactory,
+    World,
+    button,
+    embed_fields,
+    image_bytes,
+    status_message,
+    wait_result,
+    worker_paused,
+)
 from tests.e2e.test_imagine_e2e import labels
 from tests.e2e.test_iterate_e2e import job_count, pixels, private_text
 from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
@@ -70,6 +79,19 @@ async def test_upscale_command_button_and_message_command(
     assert await job_count(bot) == 0
 
     photo = image_bytes(96, 64)
+    with worker_paused(bot):  # Cancel under the progress: every tile, refunded
+        waiting = await slash_upscale(fd, world, photo, prompt="a red fox", seed=4)
+        assert "2 tiles" in await private_text(waiting)
+        status = await fd.until(lambda: status_message(fd, waiting), what="the upscale's message")
+        assert "tile 0 of 2" in status["content"]
+        stop = await fd.click(status["id"], button(status, "Cancel")["custom_id"], world.alice)
+        assert "did not count" in await private_text(stop)
+        await fd.until(
+            lambda: "Upscale cancelled" in (fd.message(status["id"])["content"] or ""),
+            what="the upscale's message saying it was cancelled",
+        )
+        assert await counted(bot, "tile") == 0
+
     handle = await slash_upscale(fd, world, photo, prompt="a red fox", seed=5)
     answer = await private_text(handle)
     assert "192×128" in answer and "2 tiles" in answer and "counting 1 image " in answer
