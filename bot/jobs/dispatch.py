@@ -17,6 +17,7 @@ import aiosqlite
 
 from bot.jobs.events import JobEvents
 from bot.jobs.scheduler import QueuedJob
+from bot.loras import LoraTags
 from bot.startup import engine_summary
 from bot.store.db import ACTIVE_STATES, Job
 from pipeline.prepare import target_size
@@ -35,6 +36,8 @@ DISPATCH_ATTEMPTS = 3
 """A job whose dispatch fails this many times fails (refunded) instead of waiting again."""
 DISPATCH_RETRY_S = 1.0
 LOOP_RESTART_S = 1.0
+EVENTS_PER_PASS = 64
+"""Events already waiting that the loop handles before its next dispatch."""
 
 DISPATCH_FAILED = (
     "Something went wrong on our side while starting this image. "
@@ -47,6 +50,7 @@ class JobDispatch(JobEvents):
 
     resolution: int
     engine_info: EngineInfo | None
+    loras: LoraTags
     ready: asyncio.Event
     fatal: str | None
     on_fatal: Callable[[str], None] | None
@@ -110,16 +114,35 @@ class JobDispatch(JobEvents):
                     wake_task.cancel()
                 if event_task in done:
                     self._event_task = None
-                    event = event_task.result()
-                    try:
-                        await self._handle(event)
-                    except Exception:
-                        log.exception("handling worker event %r failed", event)
+                    await self._handle_logged(event_task.result())
+                    await self._handle_waiting_events()
         except asyncio.CancelledError:
             if self._event_task is not None:
                 self._event_task.cancel()
                 self._event_task = None
             raise
+
+    async def _handle_logged(self, event: WorkerEvent) -> None:
+        try:
+            await self._handle(event)
+        except Exception:
+            log.exception("handling worker event %r failed", event)
+
+    async def _handle_waiting_events(self) -> None:
+        """Handle the events that already wait before dispatching again: with a hundred
+        workers they come faster than one dispatch (a transaction) per event, and a start
+        handled late keeps its job held (passed over by every batch taken meanwhile) and
+        its worker's next grant waiting. Events are handled in their order as before;
+        the first one not there yet is left pending for the loop to wait on."""
+        for _ in range(EVENTS_PER_PASS):
+            # Kept where the loop keeps its pending read, so a cancel or a restarted loop
+            # loses no event.
+            self._event_task = task = asyncio.create_task(self.worker.next_event())
+            await asyncio.sleep(0)  # the task's first step: done if an event was waiting
+            if not task.done():
+                return
+            self._event_task = None
+            await self._handle_logged(task.result())
 
     def _recall_overtaken(self) -> None:
         """A job that arrived after others were handed to the worker as ready-to-join, and
@@ -297,11 +320,13 @@ class JobDispatch(JobEvents):
         out = self.data_dir / "outputs" / f"{job.id}.png"
         text = job.mode == TEXT_TO_IMAGE  # no input: noise of the size its batch key holds
         start = NoiseStart(*target_size(job.input_width, job.input_height, self.resolution))
+        # Tags out, trigger words first; checked at submit, and at start for restored jobs.
+        prompt, loras = self.loras.for_worker(job.prompt)
         return GenerationRequest(
             job_id=str(job.id),
             image_path="" if text else str(self.data_dir / job.input_path),
             start=start if text else None,
-            prompt=job.prompt,
+            prompt=prompt,
             negative_prompt=job.negative_prompt,
             strength=1.0 if text else job.strength,
             seed=job.seed,
@@ -314,4 +339,5 @@ class JobDispatch(JobEvents):
             region=job.region,
             crop=job.crop,
             mask_blur=self.settings.mask_blur,
+            loras=loras,
         )
