@@ -2,7 +2,8 @@
 upscale`; past UPSCALE_MAX_SIDE it is refused privately with nothing queued (the command,
 and Apps → Upscale ×2 on a result); the button under a result queues its tiles as jobs of
 the clicker counting one image per four tiles; Cancel under the progress refunds every
-tile; an upscaled result's buttons, and its Reroll (the upscale again with a new seed)."""
+tile, and so does a tile that cannot be made; an upscaled result's buttons, and its Reroll
+(the upscale again with a new seed)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,21 @@ async def test_upscale_command_button_and_message_command(
             what="the upscale's message saying it was cancelled",
         )
         assert await counted(bot, "tile") == 0
+
+    with worker_paused(bot):  # a tile that cannot be made stops the upscale, refunded
+        failing = await slash_upscale(fd, world, photo, prompt="a red fox", seed=6)
+        assert "2 tiles" in await private_text(failing)
+        status = await fd.until(lambda: status_message(fd, failing), what="the upscale's message")
+        for tile in (bot.settings.data_dir / "inputs").glob("*-tile*.png"):
+            tile.unlink()
+    await fd.until(
+        lambda: "could not be made" in (fd.message(status["id"])["content"] or ""),
+        what="the upscale's message saying a tile failed",
+        timeout=60,
+    )
+    stopped = fd.message(status["id"])
+    assert stopped is not None and not stopped["components"] and "quota" in stopped["content"]
+    assert await counted(bot, "tile") == 0
 
     handle = await slash_upscale(fd, world, photo, prompt="a red fox", seed=5)
     answer = await private_text(handle)
