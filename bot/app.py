@@ -38,6 +38,7 @@ from bot.jobs.data_dir_lock import DataDirLock
 from bot.jobs.delivery import DiscordDelivery
 from bot.jobs.events import Delivery
 from bot.jobs.service import JobService
+from bot.loras import LoraTags
 from bot.metrics import BotMetrics, MeteredDelivery, MetricsServer
 from bot.store.db import Store, is_locked
 from bot.store.styles import StyleStore
@@ -108,6 +109,7 @@ class ImgBot(commands.AutoShardedBot):
             command_prefix=commands.when_mentioned, intents=intents, help_command=None, **options
         )
         self.settings = settings
+        self.loras = LoraTags(settings.catalogue, settings.max_loras_per_job)
         self.prechecks: list[Precheck] = []
         self.metrics_server: MetricsServer | None = None  # METRICS_PORT
         self.data_lock = DataDirLock(settings.data_dir)  # one bot (scheduler) per DATA_DIR

@@ -34,20 +34,21 @@ async def compose(
     strength: float | None,
 ) -> Composed:
     """The prompt with its style applied (first, so the job stores, and the embed shows, the
-    prompt that actually ran). Raises `InputError`/`UserError` with the member's message.
+    prompt that actually ran), its `<lora:…>` tags checked and kept after it (`bot.loras`).
+    Raises `InputError`/`UserError` with the member's message.
     Shared by the commands that take a prompt and a style (/img2img, /inpaint)."""
-    prompt = check_prompt(prompt)
+    text, loras = bot.loras.split(check_prompt(prompt))  # tags out before the template
     composed = await bot.styles.apply(
         interaction.guild_id or 0,  # outside a server: built-ins only (then refused)
         interaction.user.id,
         style,
-        prompt,
+        text,
         negative_prompt.strip() if negative_prompt else None,
         strength,
     )
     if composed is None:
         raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
-    return composed
+    return bot.loras.styled(composed, loras)
 
 
 class GenerateCog(commands.Cog):

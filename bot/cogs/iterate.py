@@ -36,7 +36,7 @@ from PIL import Image
 from bot.actions import INPUT_GONE_TEXT
 from bot.errors import UserError
 from bot.store.db import Job
-from bot.styles import unknown_style_text
+from bot.styles import Composed, unknown_style_text
 from bot.ui import modals
 from pipeline.request import TEXT_TO_IMAGE, InputError
 
@@ -278,20 +278,24 @@ class IterateCog(commands.Cog):
         )
 
     async def _styled(self, interaction: Interaction, form: modals.Form) -> modals.Form:
-        """The form with its Style applied to the prompt (the name as stored); as is
-        without one. Raises `UserError` for an unknown style or a too long result."""
+        """The form with its Style applied to the prompt (the name as stored) and its
+        `<lora:…>` tags checked and kept after it. Raises `UserError` for an unknown style,
+        a tag that cannot be used, or a too long result."""
+        text, loras = self.bot.loras.split(form.prompt)
         if form.style is None:
-            return form
+            tagged = self.bot.loras.styled(Composed(text, None, 0.0, None), loras).prompt
+            return replace(form, prompt=tagged if loras else form.prompt)
         composed = await self.bot.styles.apply(
             interaction.guild_id or 0,
             interaction.user.id,
             form.style,
-            form.prompt,
+            text,
             form.negative_prompt,
             form.strength,
         )
         if composed is None:
             raise UserError(unknown_style_text(form.style.replace("`", "")))
+        composed = self.bot.loras.styled(composed, loras)
         return replace(
             form,
             prompt=composed.prompt,

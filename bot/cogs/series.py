@@ -143,12 +143,14 @@ class SeriesCog(commands.Cog):
         guild, user = interaction.guild_id, interaction.user.id
         settings = self.bot.settings
         try:
+            text, loras = self.bot.loras.split(check_prompt(prompt))
             composed = await self.bot.styles.apply(
-                guild, user, style, check_prompt(prompt),
+                guild, user, style, text,
                 negative_prompt.strip() if negative_prompt else None, strength,
             )  # fmt: skip
             if composed is None:
                 raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
+            composed = self.bot.loras.styled(composed, loras)
             check_prompt(composed.negative_prompt, field="negative prompt", required=False)
             check_strength(composed.strength)
             check_seed(seed)

@@ -26,9 +26,11 @@ from bot.jobs.dispatch import JobDispatch
 from bot.jobs.events import Delivery
 from bot.jobs.scheduler import Caps, FairQueue, QueueFull
 from bot.jobs.status import StatusBoard
+from bot.loras import LORA_GONE, LoraTags
 from bot.store.db import ACTIVE_STATES, Job, Store
 from bot.ui.render import queue_text
 from config import Settings
+from config.lora_tags import LoraTagError
 from pipeline.request import MAX_SEED, EngineInfo, plan_steps
 from pipeline.worker_backend import WorkerBackend
 from pipeline.worker_protocol import WorkerEvent
@@ -127,6 +129,7 @@ class JobService(JobDispatch):
         )
         self.resolution = settings.resolution or 512
         self.model_name = settings.model_id
+        self.loras = LoraTags(settings.catalogue, settings.max_loras_per_job)
         self.engine_info: EngineInfo | None = None  # what the worker loaded, once ready
         self.seconds_per_image = DEFAULT_JOB_SECONDS
         self.ready = asyncio.Event()
@@ -151,7 +154,7 @@ class JobService(JobDispatch):
         self._stopping = False
         adopt = getattr(self.worker, "adopt", None)  # remote workers outlive the bot
         held: list[Job] = []
-        for job in await self.store.jobs_in_states(ACTIVE_STATES):
+        for job in await self._runnable(await self.store.jobs_in_states(ACTIVE_STATES)):
             if job.state == "running" and adopt is not None:
                 # Its worker may still run it: it counts as running, and the backend either
                 # keeps it or hands it back (`WorkerDied.unstarted`) to wait again.
@@ -168,6 +171,21 @@ class JobService(JobDispatch):
         await self._redeliver()
         self.status.start()
         self._task = self._start_task(self._run())
+
+    async def _runnable(self, jobs: list[Job]) -> list[Job]:
+        """The restored jobs that can still run; one asking for a LoRA the catalogue no
+        longer offers (MODELS_FILE changed across the restart) fails now, refunded."""
+        keep = []
+        for job in jobs:
+            try:
+                self.loras.for_worker(job.prompt)
+            except LoraTagError:
+                ended = await self._end(job.id, state="failed", error=LORA_GONE, counted=0)
+                if ended is not None:
+                    self._spawn(self._deliver(ended, self.delivery.deliver_failure, LORA_GONE))
+                continue
+            keep.append(job)
+        return keep
 
     async def stop(self) -> None:
         """Stop dispatching, let deliveries in flight finish (bounded), put running jobs

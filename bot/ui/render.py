@@ -10,6 +10,7 @@ from pathlib import PurePosixPath, PureWindowsPath
 
 import discord
 
+from bot.loras import shown
 from bot.store.db import Job
 from bot.ui.tips import lineage, tip_for
 from pipeline.request import TEXT_TO_IMAGE, UPSCALE
@@ -111,6 +112,8 @@ def result_embed(
     embed.add_field(name="Prompt", value=truncate(job.prompt, 1024), inline=False)
     if job.style:
         embed.add_field(name="Style", value=job.style, inline=False)
+    if loras := shown(job.prompt):
+        embed.add_field(name="LoRA", value=truncate(loras, 1024), inline=False)
     if job.negative_prompt:
         embed.add_field(
             name="Negative prompt", value=truncate(job.negative_prompt, 1024), inline=False
