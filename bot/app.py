@@ -28,6 +28,7 @@ from bot.cogs.help import HelpCog
 from bot.cogs.imagine import setup_imagine
 from bot.cogs.inpaint import setup_inpaint
 from bot.cogs.iterate import setup_iterate
+from bot.cogs.models import setup_models
 from bot.cogs.queue import QueueCog
 from bot.cogs.series import setup_series
 from bot.cogs.settings import setup_quotas
@@ -196,6 +197,7 @@ class ImgBot(commands.AutoShardedBot):
         await setup_imagine(self)
         await setup_inpaint(self)
         await setup_upscale(self)
+        await setup_models(self)
 
     async def sync_commands(self) -> None:
         """Sync the command tree, unless Discord already has this very tree (same payload,

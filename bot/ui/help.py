@@ -124,6 +124,22 @@ TOPICS: tuple[Topic, ...] = (
         "strength and negative prompt still apply.",
     ),
     Topic(
+        "models",
+        "Models and LoRAs",
+        "🧩",
+        "What this bot can draw with, and <lora:…> in prompts",
+        "**/models** lists the models this bot offers (their family, default steps and "
+        "whether a GPU serving them is online) and the LoRAs that fit them.\n\n"
+        "**LoRAs** are small add-ons that teach a model a look or a subject. Put one anywhere "
+        "in your prompt, as in A1111: `<lora:NAME>` at its usual weight, or `<lora:NAME:0.6>` "
+        "(0 to 2; 0.6–1.0 is typical), a few per picture (usually up to 4). The tags are taken "
+        "out of the words the model reads, and the LoRA's trigger words go first so they are "
+        "never cut off. A LoRA that is unknown or does not fit, or a bad weight, gets a private "
+        "message naming the ones that fit; nothing is counted.\n"
+        "The result shows a **LoRA** field. Refine, Edit, the −/+ buttons and series keep a "
+        "picture's LoRAs; to change them, edit the tags in the prompt with **Edit**.",
+    ),
+    Topic(
         "settings",
         "Settings",
         "⚙️",

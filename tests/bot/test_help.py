@@ -12,7 +12,7 @@ from tests.bot.test_limits import assert_within_limits
 
 TOPIC_NAMES = [
     "Start here", "Strength", "Working on a result", "Upscale ×2", "Inpainting",
-    "Series and styles", "Settings", "Troubleshooting",
+    "Series and styles", "Models and LoRAs", "Settings", "Troubleshooting",
 ]  # fmt: skip
 
 
