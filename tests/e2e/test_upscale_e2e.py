@@ -85,6 +85,9 @@ async def test_upscale_command_button_and_message_command(
         assert "2 tiles" in await private_text(waiting)
         status = await fd.until(lambda: status_message(fd, waiting), what="the upscale's message")
         assert "tile 0 of 2" in status["content"]
+        # a place in the fair queue per tile, one entry against MAX_JOBS_PER_USER
+        queue = bot.jobs.queue
+        assert (queue.count(user_id=world.alice), queue.entries(world.alice)) == (2, 1)
         stop = await fd.click(status["id"], button(status, "Cancel")["custom_id"], world.alice)
         assert "did not count" in await private_text(stop)
         await fd.until(
@@ -154,3 +157,25 @@ async def test_upscale_command_button_and_message_command(
     assert embed_fields(upscaled)["Prompt"] == "a lighthouse"
     assert await counted(bot, "tile") == 1 + 1 + 2
     fd.assert_no_unknown_routes()
+
+
+async def test_an_upscale_goes_on_after_a_restart_and_a_withheld_tile_withholds_it(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, checker_dirs: dict[str, Path]
+) -> None:
+    bot = await make_bot(min_input_side=64)
+    with worker_paused(bot):  # queued, not run, when the bot stops
+        handle = await slash_upscale(fd, world, image_bytes(96, 64), prompt="a fox", seed=7)
+        assert "2 tiles" in await private_text(handle)
+        status = await fd.until(lambda: status_message(fd, handle), what="the upscale's message")
+        await bot.close()
+    # after the restart its tiles run (here with a checker that flags every picture)
+    bot = await make_bot(min_input_side=64, safety_checker_id=str(checker_dirs["all"]))
+    await fd.until(
+        lambda: "withheld a tile" in (fd.message(status["id"])["content"] or ""),
+        what="the upscale's message saying a tile was withheld",
+        timeout=60,
+    )
+    assert await counted(bot, "tile") == 1  # the work was done: counted, like any withheld job
+    cursor = await bot.store.db.execute("SELECT COUNT(*) FROM jobs WHERE kind='upscale'")
+    row = await cursor.fetchone()
+    assert row is not None and row[0] == 0  # no picture to check, none posted
