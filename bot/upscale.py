@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.ui.render import user_text
 from pipeline.tiling import Box, plan_tiles, upscale_units, upscaled_size
 
 TILE_KIND = "tile"
@@ -90,8 +91,6 @@ def progress_text(head: str, done: int, total: int) -> str:
 
 
 def head_text(upscale_id: int, width: int, height: int, strength: float, prompt: str) -> str:
-    from bot.ui.render import user_text
-
     words = f" · “{user_text(prompt, 60)}”" if prompt else ""
     return f"🔍 Upscale #{upscale_id} to {width}×{height} · strength {strength:.2f}{words}"
 

@@ -33,7 +33,7 @@ from bot.cogs.iterate import copy_output, images_of
 from bot.cogs.upscale_progress import UpscaleDelivery, UpscaleProgress, cancel_view
 from bot.errors import UserError
 from bot.jobs.scheduler import QueueFull
-from bot.jobs.service import NewJob
+from bot.jobs.service import NEW_GROUP, NewJob
 from bot.locks import KeyedLocks
 from bot.store.db import ACTIVE_STATES, Job
 from bot.store.quotas import QuotaStore
@@ -291,7 +291,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         assert interaction.guild_id is not None
         guild, user = interaction.guild_id, interaction.user.id
         try:
-            self.bot.jobs.queue.check_caps(guild, user, size=plan.tiles, group="\0new")
+            self.bot.jobs.queue.check_caps(guild, user, size=plan.tiles, group=NEW_GROUP)
         except QueueFull as exc:
             raise UserError(str(exc)) from None
         state = await self.quotas.state(guild, user, _role_ids(interaction), time.time())
