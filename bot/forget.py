@@ -146,6 +146,23 @@ async def forget_member(store: Store, guild_id: int, user_id: int) -> Forgotten:
             if s["message_id"]:
                 out.messages.append((int(s["channel_id"]), int(s["message_id"])))
         await db.execute("DELETE FROM series WHERE guild_id=? AND user_id=?", member)
+        # Their upscales: the pictures they enlarged and the progress messages go too.
+        upscales = await (
+            await db.execute(
+                "SELECT channel_id, message_id, source_path FROM upscales "
+                "WHERE guild_id=? AND user_id=?",
+                member,
+            )
+        ).fetchall()
+        for u in upscales:
+            if u["message_id"] and (u["channel_id"], u["message_id"]) not in out.messages:
+                out.messages.append((int(u["channel_id"]), int(u["message_id"])))
+        await db.execute(
+            "DELETE FROM upscale_tiles WHERE upscale_id IN "
+            "(SELECT id FROM upscales WHERE guild_id=? AND user_id=?)",
+            member,
+        )
+        await db.execute("DELETE FROM upscales WHERE guild_id=? AND user_id=?", member)
         await db.execute("DELETE FROM jobs WHERE guild_id=? AND user_id=?", member)
         # Inputs still used by someone else's job that is not deleted stay.
         used = {
@@ -154,6 +171,8 @@ async def forget_member(store: Store, guild_id: int, user_id: int) -> Forgotten:
                 await db.execute("SELECT DISTINCT input_path FROM jobs WHERE state != 'deleted'")
             ).fetchall()
         }
+        sources = dict.fromkeys(str(u["source_path"]) for u in upscales)  # Reroll shares one
+        out.inputs += [path for path in sources if path not in used | set(out.inputs)]
         seen_messages: set[tuple[int, int]] = set(out.messages)
         for r in rows:
             if r["output_path"] and r["output_path"] not in out.pictures:

@@ -138,3 +138,32 @@ async def test_forget_reaches_every_message_showing_the_members_pictures(store: 
     assert [m.message_id for m in await shown.of_job(b1.id)] == [901, 951]
     bobs = await store.get_job(b_cmp.id)
     assert bobs is not None and bobs.parent_id is None  # drawn without its original
+
+
+async def test_forget_takes_the_members_upscales_with_the_pictures_they_enlarged(
+    store: Store,
+) -> None:
+    from bot.store.upscales import Upscale, UpscaleStore
+
+    upscales = UpscaleStore(store)
+    tile = await job(store, ALICE, input_path="inputs/t0.png")
+    bobs_tile = await job(store, BOB, input_path="inputs/bt0.png")
+
+    async def upscale(user: int, source: str, tile_id: int, message_id: int) -> int:
+        up = Upscale(
+            0, GUILD, 5, user, None, source, 2, 1, 192, 128, ((0, 0, 128, 128),), None,
+            None, None, None, None, "tiles",
+        )  # fmt: skip
+        async with store.transaction() as db:
+            upscale_id = await upscales.create_in(db, up, [tile_id])
+        await upscales.set_message(upscale_id, message_id)
+        return upscale_id
+
+    mine = await upscale(ALICE, "inputs/source.png", tile.id, 9001)
+    bobs = await upscale(BOB, "inputs/bob-source.png", bobs_tile.id, 9002)
+
+    gone = await forget_member(store, GUILD, ALICE)
+
+    assert await upscales.get(mine) is None and await upscales.of_tile(tile.id) is None
+    assert "inputs/source.png" in gone.inputs and (5, 9001) in gone.messages
+    assert await upscales.get(bobs) is not None and "inputs/bob-source.png" not in gone.inputs
