@@ -95,11 +95,14 @@ class JobDispatch(JobEvents):
     async def _loop(self) -> None:
         # The pending read outlives a failed loop, so the restarted loop loses no event.
         try:
+            dispatches = 1  # one per event handled (or wake), as when each had its pass
             while True:
                 self._wake.clear()
                 self._recall_overtaken()
-                if self._can_dispatch():
-                    await self._dispatch()
+                for _ in range(dispatches):
+                    if not (self._can_dispatch() and await self._dispatch()):
+                        break
+                dispatches = 1
                 if self._event_task is None:
                     self._event_task = asyncio.create_task(self.worker.next_event())
                 event_task = self._event_task
@@ -115,7 +118,7 @@ class JobDispatch(JobEvents):
                 if event_task in done:
                     self._event_task = None
                     await self._handle_logged(event_task.result())
-                    await self._handle_waiting_events()
+                    dispatches += await self._handle_waiting_events()
         except asyncio.CancelledError:
             if self._event_task is not None:
                 self._event_task.cancel()
@@ -128,21 +131,25 @@ class JobDispatch(JobEvents):
         except Exception:
             log.exception("handling worker event %r failed", event)
 
-    async def _handle_waiting_events(self) -> None:
+    async def _handle_waiting_events(self) -> int:
         """Handle the events that already wait before dispatching again: with a hundred
         workers they come faster than one dispatch (a transaction) per event, and a start
         handled late keeps its job held (passed over by every batch taken meanwhile) and
         its worker's next grant waiting. Events are handled in their order as before;
-        the first one not there yet is left pending for the loop to wait on."""
+        the first one not there yet is left pending for the loop to wait on. Returns how
+        many were handled: the loop may dispatch as often (a worker's ask each)."""
+        handled = 0
         for _ in range(EVENTS_PER_PASS):
             # Kept where the loop keeps its pending read, so a cancel or a restarted loop
             # loses no event.
             self._event_task = task = asyncio.create_task(self.worker.next_event())
             await asyncio.sleep(0)  # the task's first step: done if an event was waiting
             if not task.done():
-                return
+                break
             self._event_task = None
             await self._handle_logged(task.result())
+            handled += 1
+        return handled
 
     def _recall_overtaken(self) -> None:
         """A job that arrived after others were handed to the worker as ready-to-join, and
@@ -195,8 +202,9 @@ class JobDispatch(JobEvents):
             return size, mode
         return size, plan, guidance, mode
 
-    async def _dispatch(self) -> None:
-        """Hand the next batch to the worker. An error puts back (or fails) only its jobs."""
+    async def _dispatch(self) -> bool:
+        """Hand the next batch to the worker. An error puts back (or fails) only its jobs.
+        True if its batch left the queue (sent, or dropped as no longer queued)."""
         info = self.worker.info
         if info is not None and info != self.engine_info:  # a remote worker told us more
             self._on_ready(info)
@@ -207,9 +215,9 @@ class JobDispatch(JobEvents):
         except Exception:
             log.exception("choosing the next batch failed")
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S
-            return
+            return False
         if not batch:
-            return
+            return False
         ids = ", ".join(q.job_id for q in batch)
         try:
             requests = await self._mark_running(batch)
@@ -219,7 +227,7 @@ class JobDispatch(JobEvents):
             log.exception("dispatching jobs %s failed; they wait again", ids)
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S
             await self._dispatch_failed(batch)
-            return
+            return False
         sent = {r.job_id for r in requests}
         batch = [q for q in batch if q.job_id in sent]
         for request in requests:
@@ -229,6 +237,7 @@ class JobDispatch(JobEvents):
         for queued in batch:
             self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
         self._refresh_positions()
+        return True
 
     async def _mark_running(self, batch: list[QueuedJob]) -> list[GenerationRequest]:
         """Mark the batch's jobs running (queued → running only) and build their requests.
