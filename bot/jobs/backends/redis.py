@@ -67,6 +67,8 @@ MAX_ATTEMPTS = 2
 """A job that started on this many workers that all died fails instead of running again."""
 BLOCK_MS = 1000
 READ_COUNT = 64
+WRITE_BATCH = 64
+"""Writes the writer takes at once: their grants are recorded in one transaction."""
 READ_GATHER_S = 0.02
 """After a reply, the reader waits this long before reading again, so a hundred workers'
 events (a few milliseconds apart) come in a few replies instead of one each: every read
@@ -331,43 +333,53 @@ class RedisBackend(Events):
         """Write in order; retry while the server is away (a grant must not be lost). A
         grant is recorded in SQLite before it is sent, so no worker answers an unknown one."""
         while not self._closing:
-            op, key, entry, files = await self._outbox.get()
-            if op in ("grant", "forget"):
-                await self._record(op, files)
+            ops = [await self._outbox.get()]
+            while not self._outbox.empty() and len(ops) < WRITE_BATCH:
+                ops.append(self._outbox.get_nowait())
+            await self._record_all(ops)
+            for op, key, entry, files in ops:
                 if op == "forget":
                     continue
-                files = files[0]
-            delay = 0.1
-            while not self._closing:
-                try:
-                    assert self._r is not None
-                    if op == "del":
-                        await self._r.delete(key)
-                    elif op == "srem":
-                        await self._r.srem(key, *files)
-                    else:
-                        full = dict(entry)
-                        for name, path, fit in files:
-                            data = await asyncio.to_thread(_read, path, fit)
-                            if data is not None:
-                                full[name] = data
-                        await self._r.xadd(key, full, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
-                    break
-                except (RedisError, OSError) as exc:
-                    log.warning("writing to %s failed (%s); retrying in %.1f s", key, exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(BACKOFF_MAX_S, delay * 2)
+                await self._write(op, key, entry, files[0] if op == "grant" else files)
 
-    async def _record(self, op: str, values: list[Any]) -> None:
+    async def _write(self, op: str, key: str, entry: dict[bytes, bytes], files: list[Any]) -> None:
+        """One write, retried until it is done or the backend closes."""
+        delay = 0.1
+        while not self._closing:
+            try:
+                assert self._r is not None
+                if op == "del":
+                    await self._r.delete(key)
+                elif op == "srem":
+                    await self._r.srem(key, *files)
+                else:
+                    full = dict(entry)
+                    for name, path, fit in files:
+                        data = await asyncio.to_thread(_read, path, fit)
+                        if data is not None:
+                            full[name] = data
+                    await self._r.xadd(key, full, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("writing to %s failed (%s); retrying in %.1f s", key, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX_S, delay * 2)
+
+    async def _record_all(self, ops: list[tuple[str, str, dict[bytes, bytes], list[Any]]]) -> None:
+        """Record the grants among `ops` in one transaction (with the rows of jobs that
+        ended, `forget`), before any of them is sent. Forgetting never concerns a grant of
+        the same batch: a job ends only after its grant was sent and answered."""
         if self._ledger is None:
             return
+        grants = [record for op, _, _, values in ops if op == "grant" for record in values[1]]
         try:
-            if op == "grant":
-                await self._ledger.record(values[1])
-            else:
-                await self._ledger.forget(values)
-        except Exception:  # the grant still goes out; only its adoption after a restart
-            log.exception("could not record %s of %s in the database", op, values)
+            for op, _, _, values in ops:
+                if op == "forget":
+                    await self._ledger.forget(values)
+            if grants:
+                await self._ledger.record(grants)
+        except Exception:  # the grants still go out; only their adoption after a restart
+            log.exception("could not record the grants of %s in the database", grants)
 
     # -- reading ----------------------------------------------------------------------
     async def _read_loop(self) -> None:
