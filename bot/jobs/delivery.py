@@ -119,7 +119,9 @@ class DiscordDelivery:
         picture = await Picture.prepare(
             path, f"img2img-{job.id}.png", spoiler=spoilered(job), limit=limit
         )
-        thumb = await asyncio.to_thread(self._mask_thumbnail, job)
+        thumb = None
+        if job.mode == "inpaint" and job.mask_path:  # no thread hop for the other jobs
+            thumb = await asyncio.to_thread(self._mask_thumbnail, job)
         thumb_name = f"mask-{job.id}.png"
         # Upscale ×2 is offered only where twice the picture fits UPSCALE_MAX_SIDE.
         upscale = picture.size is None or 2 * max(picture.size) <= self.upscale_max_side
