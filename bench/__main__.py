@@ -11,6 +11,8 @@ Scenarios (same model, device and inputs for both paths, in one run):
   6. (section `fleet`) one bot process, a Valkey, 100 fake workers, 1,000 servers, 500 jobs
      waiting (bench/fleet.py) → fleet_cpu_ms_per_job (≤ 8), fleet_rest_calls_per_job (≤ 10),
      fleet_lag_p99_ms (≤ 50), fleet_fairness (≤ workers × MAX_BATCH), intake_ms_per_upload
+  7. (section `upscale`) one Upscale ×2 of a 256 px picture at RESOLUTION=128: its 49 tiles
+     batched (MAX_BATCH) vs one at a time, through the full path → ratio_upscale (≥ 1.25)
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
 which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
 section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
@@ -53,6 +55,8 @@ from bench.scenarios import (
     sweep,
     unbatched_and_batched,
 )
+from bench.upscale import RESOLUTION as UPSCALE_RESOLUTION
+from bench.upscale import upscale_section
 
 BURST_STEPS = 4  # the burst only shows an order: 2 denoising steps are plenty
 
@@ -161,6 +165,9 @@ class Run:
                 )
             finally:
                 await call.stop()
+        if "upscale" in o.only:
+            full = await self.use_full(model, UPSCALE_RESOLUTION)
+            r["upscale"] = await upscale_section(bench, full, o.rounds, o.max_batch)
         if "mixedsweep" in o.only:
             full = await self.use_full(model, o.size)
             r["mixedsweep"] = await mixed_sweep(

@@ -63,6 +63,7 @@ TARGETS = {
     "ratio_uniform": 0.95,
     "ratio_redis_local": 0.90,
     "ratio_2workers": 1.7,
+    "ratio_upscale": 1.25,
 }
 
 
@@ -223,6 +224,10 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         lines, figures = render_fleet(r["fleet"], lines, figures)
     if "mixed" in r:
         lines, figures = _render_mixed(opts, r["mixed"], lines, figures)
+    if "upscale" in r:
+        from bench.upscale import render_upscale
+
+        lines, figures = render_upscale(r["upscale"], lines, figures)
     if "mixedsweep" in r:
         ms = r["mixedsweep"]
         lines += [

@@ -58,3 +58,19 @@ def test_options_from_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> 
 def test_options_refuse_an_unknown_section() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--only", "big,nope"], "")
+
+
+def test_upscale_section_reports_its_ratio_against_the_target() -> None:
+    from bench.upscale import render_upscale
+
+    mode = {"ips_wall": 1.0, "latency_p50_s": 2.0}
+    result = {
+        "batched": mode, "single": mode, "tiles": 49, "tile_px": 128, "size": (512, 512),
+        "max_batch": 4, "ratio_upscale": 1.1,
+        "pictures": {"max": 0.0, "share": 0.0},
+    }  # fmt: skip
+    lines, figures = render_upscale(result, [], {})
+    assert figures["ratio_upscale"] == 1.1 and figures["upscale_pictures_max_diff"] == 0.0
+    assert any("target ≥ 1.25  MISSED" in line for line in lines)
+    assert any("identical" in line for line in lines)
+    assert "upscale" in parse_args([], "").only
