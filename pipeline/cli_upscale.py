@@ -25,7 +25,6 @@ from typing import Any
 
 from PIL import Image
 
-from config import Settings
 from config.settings import SettingsError, load_settings
 from pipeline.cli_common import (
     EXIT_BAD_INPUT,
@@ -44,7 +43,6 @@ SCALES = (2,)
 DEFAULT_STRENGTH = 0.2
 """The guide's advice for quality upscaling is 0.1–0.2: enough to redraw detail at the new
 size, too little to change what the picture shows."""
-DEFAULT_MAX_SIDE = 2048  # UPSCALE_MAX_SIDE's default, until the setting exists
 
 
 def add_parser(sub: Any) -> None:
@@ -53,11 +51,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("image", type=Path, help="input PNG, JPEG or WebP")
     p.add_argument("--scale", type=int, choices=SCALES, default=2, help="size factor")
     add_common_arguments(p, strength_default=DEFAULT_STRENGTH)
-
-
-def max_side(settings: Settings) -> int:
-    """UPSCALE_MAX_SIDE: the longest side an upscale may have."""
-    return int(getattr(settings, "upscale_max_side", DEFAULT_MAX_SIDE))
 
 
 def tile_requests(
@@ -147,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             min_side=settings.min_input_side,
             max_side=settings.max_stored_side,
         )
-        size = upscaled_size(parent.width, parent.height, args.scale, max_side(settings))
+        size = upscaled_size(parent.width, parent.height, args.scale, settings.upscale_max_side)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

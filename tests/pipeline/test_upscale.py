@@ -124,11 +124,11 @@ def test_cli_upscale_gives_the_solo_tiles_blended(
 
 def test_cli_refuses_an_upscale_past_the_cap(tmp_path: Path) -> None:
     big = tmp_path / "big.png"
-    Image.new("RGB", (1100, 600), (90, 120, 150)).save(big)
+    Image.new("RGB", (300, 260), (90, 120, 150)).save(big)
     ran = cli(
         "upscale", big, "--prompt", "a lake", "--model", tmp_path / "unused",
-        "--output", tmp_path / "out.png",
+        "--output", tmp_path / "out.png", env={"UPSCALE_MAX_SIDE": "512"},
     )  # fmt: skip
     assert ran.returncode == 2
-    assert "2048" in ran.stderr and "2200" in ran.stderr
+    assert "600×520" in ran.stderr and "512 px" in ran.stderr
     assert not (tmp_path / "out.png").exists()
