@@ -158,11 +158,15 @@ def run(args: argparse.Namespace) -> int:
         source = Path(tmp) / "input.png"
         parent.save(source, format="PNG")
         upscale = build_request(args, settings, options, source)
-        picture, boxes, results = upscale_picture(
-            engine, upscale, parent, size, Path(tmp),
-            max_batch=settings.max_batch,
-            step_path=settings.batching == "step" and engine.steps_ok,
-        )  # fmt: skip
+        try:
+            picture, boxes, results = upscale_picture(
+                engine, upscale, parent, size, Path(tmp),
+                max_batch=settings.max_batch,
+                step_path=settings.batching == "step" and engine.steps_ok,
+            )  # fmt: skip
+        except InputError as exc:  # a tile the engine could not read back
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     tile = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
     print(f"seed: {upscale.seed}")
     print(f"tiles: {len(boxes)} of {tile[0]}x{tile[1]} px")
