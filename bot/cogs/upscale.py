@@ -128,17 +128,18 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(
         image="PNG, JPEG or WebP",
-        scale="How many times larger (2 doubles each side)",
+        scale="How many times larger: ×2 doubles each side (the only scale for now)",
         strength="How much each tile is repainted: 0.1–0.2 sharpens detail (default 0.2)",
         prompt="What the picture shows (helps the detail fit)",
         negative_prompt="What to avoid",
         seed="Same seed + same settings = same picture",
     )
+    @app_commands.choices(scale=[app_commands.Choice(name="×2", value=2)])
     async def upscale_command(
         self,
         interaction: Interaction,
         image: discord.Attachment,
-        scale: app_commands.Range[int, 2, 4] = DEFAULT_SCALE,
+        scale: int = DEFAULT_SCALE,
         strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] = DEFAULT_STRENGTH,
         prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
         negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
