@@ -38,6 +38,7 @@ from bot.locks import KeyedLocks
 from bot.store.db import ACTIVE_STATES, Job
 from bot.store.quotas import QuotaStore
 from bot.store.upscales import Upscale, UpscaleStore
+from bot.styles import Composed
 from bot.upscale import (
     DEFAULT_SCALE,
     DEFAULT_STRENGTH,
@@ -161,7 +162,8 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         them), then download and store it, then `_start`."""
         settings = self.bot.settings
         try:
-            words = check_prompt(prompt, required=False)
+            text, loras = self.bot.loras.split(check_prompt(prompt, required=False))
+            words = self.bot.loras.styled(Composed(text, None, strength, None), loras).prompt
             negative = check_prompt(negative_prompt, field="negative prompt", required=False)
             check_strength(strength)
             check_seed(seed)

@@ -77,6 +77,8 @@ async def test_upscale_command_button_and_message_command(
     too_big = await slash_upscale(fd, world, image_bytes(160, 96))
     refusal = await private_text(too_big)
     assert "256" in refusal and "UPSCALE_MAX_SIDE" in refusal
+    unknown = await slash_upscale(fd, world, image_bytes(96, 64), prompt="a fox <lora:nope>")
+    assert "no LoRA called `nope`" in await private_text(unknown)  # checked like /img2img's
     assert await job_count(bot) == 0
 
     photo = image_bytes(96, 64)
