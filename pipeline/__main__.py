@@ -10,8 +10,12 @@ picture from a prompt alone (text-to-image, see `pipeline.cli_imagine`); `upscal
 one ×2, redrawing it tile by tile (see `pipeline.cli_upscale`).
 
 `make-tiny` writes the tiny random-weight test model (and a tiny CLIPSeg in its `clipseg/`
-folder, for MASK_MODEL_ID), optionally shipping a tiny safety checker; `make-tiny-checker`
-writes a standalone tiny checker folder (for SAFETY_CHECKER_ID).
+folder, for MASK_MODEL_ID), optionally shipping a tiny safety checker (`--seed`: another
+model of the same shape); `make-tiny-lora` a tiny random LoRA for it (kohya or PEFT keys);
+`make-tiny-checker` writes a standalone tiny checker folder (for SAFETY_CHECKER_ID).
+
+Every generating command takes `--lora SOURCE[:WEIGHT]` (repeatable) and `--lora-trigger
+WORDS`, giving the bot's pixels for a prompt with `<lora:…>` tags.
 """
 
 from __future__ import annotations
@@ -61,12 +65,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight test model")
     tiny.add_argument("dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0, help="another seed: other weights")
     tiny.add_argument(
         "--safety-checker",
         choices=[m for m in CHECKER_MODES if m != "like"],
         default=None,
         help="ship a tiny checker that flags every image (all), none, or dark images",
     )
+    lora = sub.add_parser("make-tiny-lora", help="write a tiny random LoRA for a tiny model")
+    lora.add_argument("out", type=Path, help="the .safetensors file to write")
+    lora.add_argument("--model", type=Path, required=True, help="the model's diffusers folder")
+    lora.add_argument("--seed", type=int, default=0)
+    lora.add_argument("--format", choices=["kohya", "peft"], default="kohya")
     checker = sub.add_parser(
         "make-tiny-checker", help="write a standalone tiny safety checker folder"
     )
@@ -146,8 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.tiny import make_tiny
         from pipeline.tiny_clipseg import save_tiny_clipseg
 
-        print(f"wrote tiny model to {make_tiny(args.dir, safety_checker=args.safety_checker)}")
+        out = make_tiny(args.dir, safety_checker=args.safety_checker, seed=args.seed)
+        print(f"wrote tiny model to {out}")
         print(f"wrote tiny CLIPSeg (MASK_MODEL_ID) to {save_tiny_clipseg(args.dir / 'clipseg')}")
+        return 0
+    if args.command == "make-tiny-lora":
+        from pipeline.tiny_lora import make_tiny_lora
+
+        try:
+            out = make_tiny_lora(args.out, args.model, seed=args.seed, fmt=args.format)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"wrote tiny {args.format} LoRA to {out}")
         return 0
     if args.command == "make-tiny-checker":
         from pipeline.tiny_checker import save_tiny_checker

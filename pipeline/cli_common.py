@@ -16,6 +16,7 @@ from pipeline.request import (
     MAX_SEED,
     GenerationRequest,
     InputError,
+    LoraRef,
     check_prompt,
     check_seed,
     check_steps,
@@ -52,6 +53,15 @@ def add_common_arguments(
     p.add_argument("--steps", type=int, default=None, help="default: DEFAULT_STEPS")
     p.add_argument("--guidance", type=float, default=None, help="default: DEFAULT_GUIDANCE")
     p.add_argument("--model", default=None, help="hub id or diffusers folder (MODEL_ID)")
+    p.add_argument(
+        "--lora", action="append", default=[], metavar="SOURCE[:WEIGHT]",
+        help="a LoRA (.safetensors file, folder or hub id; kohya or PEFT) at a weight "
+        "(default 1); repeatable, in the order of the prompt's <lora:…> tags",
+    )  # fmt: skip
+    p.add_argument(
+        "--lora-trigger", action="append", default=[], metavar="WORDS",
+        help="the trigger words of the n-th --lora (put first in the prompt, as the bot does)",
+    )  # fmt: skip
     p.add_argument("--resolution", type=int, default=None, help="long side in px")
     p.add_argument("--device", default=None, choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--dtype", default=None, choices=["auto", "fp16", "bf16", "fp32"])
@@ -74,13 +84,18 @@ class Options:
     strength: float
     seed: int | None
     steps: int | None
+    loras: tuple[LoraRef, ...] = ()
 
 
 def check_options(args: argparse.Namespace) -> Options:
     """Raises `InputError` with the bot's message."""
     negative = check_prompt(args.negative_prompt, field="negative prompt", required=False)
+    prompt = check_prompt(args.prompt)
+    loras = parse_loras(getattr(args, "lora", []))
+    prompt = with_cli_triggers(prompt, loras, getattr(args, "lora_trigger", []))
     return Options(
-        prompt=check_prompt(args.prompt),
+        loras=loras,
+        prompt=prompt,
         negative_prompt=negative or None,
         strength=check_strength(args.strength),
         seed=check_seed(args.seed),
@@ -109,8 +124,59 @@ def build_request(
         output_path=str(args.output),
         negative_prompt=options.negative_prompt,
         allow_nsfw=args.allow_nsfw,
+        loras=options.loras,
         **extra,
     )
+
+
+def parse_loras(values: list[str]) -> tuple[LoraRef, ...]:
+    """`--lora SOURCE[:WEIGHT]` values as the request's LoRAs; each is named after its
+    file (or folder, or hub id) stem, as an adapter name. Raises `InputError`."""
+    from config.catalogue import MAX_LORA_WEIGHT
+
+    loras: list[LoraRef] = []
+    for value in values:
+        source, sep, weight_text = value.rpartition(":")
+        if not sep or "/" in weight_text or "\\" in weight_text:
+            source, weight_text = value, ""
+        try:
+            weight = float(weight_text) if weight_text.strip() else 1.0
+        except ValueError:
+            source, weight = value, 1.0  # a colon inside the source itself
+        if not (0.0 <= weight <= MAX_LORA_WEIGHT):
+            raise InputError(
+                f"--lora {value}: the weight must be a number from 0 to {MAX_LORA_WEIGHT:g}."
+            )
+        if not source.strip():
+            raise InputError(f"--lora {value}: give a LoRA file, folder or hub id.")
+        name = Path(source.rstrip("/")).stem.lower() or "lora"
+        taken = {ref.name for ref in loras}
+        unique, n = name, 2
+        while unique in taken:
+            unique, n = f"{name}-{n}", n + 1
+        loras.append(LoraRef(unique, source, weight))
+    return tuple(loras)
+
+
+def with_cli_triggers(prompt: str, loras: tuple[LoraRef, ...], triggers: list[str]) -> str:
+    """The prompt as the model sees it: the n-th `--lora-trigger` is the n-th LoRA's
+    trigger words, put first as the bot puts a catalogue LoRA's (`with_triggers`)."""
+    if not triggers:
+        return prompt
+    if len(triggers) > len(loras):
+        raise InputError("Give each --lora-trigger after the --lora it belongs to.")
+    from dataclasses import replace
+
+    from config.catalogue import LoraEntry, one_model
+    from config.lora_tags import LoraUse, with_triggers
+
+    entries = {
+        ref.name: LoraEntry(ref.name, ref.source, trigger=" ".join(words.split()))
+        for ref, words in zip(loras, triggers, strict=False)
+    }
+    catalogue = replace(one_model("cli"), loras=entries)
+    uses = tuple(LoraUse(ref.name, ref.weight) for ref in loras)
+    return with_triggers(prompt, uses, catalogue)
 
 
 def read_file(path: Path, what: str, max_bytes: int) -> bytes:

@@ -39,6 +39,7 @@ from pipeline.loading import (
     resolve_dtype,
     short,
 )
+from pipeline.loras import DEFAULT_MAX_LOADED, LoraAdapters, set_key
 from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import (
     INPUT_MISSING,
@@ -127,6 +128,9 @@ class Engine:
         self.checker = checker
         self.inpainting: Any = None
         """`pipeline.inpaint.Inpainting` once `load` set it up; None: no inpainting."""
+        self.loras = LoraAdapters(pipe)
+        """The LoRAs loaded on this model as named adapters (loaded on a job's first use,
+        kept up to `max_loras_loaded`, LRU)."""
         self.steps_ok = supports_steps(pipe)
         """A UNet2DConditionModel SD img2img pipeline: `run_steps` (iteration-level batching)
         serves it; other models take the pipeline-call path (`generate`)."""
@@ -147,6 +151,7 @@ class Engine:
         inpaint_model_id: str | None = None,
         mask_threshold: float = 0.4,
         mask_dilate: int = 8,
+        max_loras_loaded: int = DEFAULT_MAX_LOADED,
     ) -> Engine:
         """Load `model_id` (hub id or local diffusers folder) once, ready to generate.
 
@@ -235,6 +240,8 @@ class Engine:
         )  # fmt: skip
         engine = cls(pipe, info, checker)
         engine.inpainting = inpainting
+        engine.loras.max_loaded = max(1, int(max_loras_loaded))
+        engine.loras.invariant = dev == "cpu"
         return engine
 
     def run_steps(
@@ -252,10 +259,18 @@ class Engine:
         if not self.steps_ok:
             raise ValueError(f"{self.info.pipeline_class} has no step-batching path")
 
+        sets: list[StepLoop] = []
+
         def new_set() -> StepLoop:
-            return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch)
+            sets[:] = [each for each in sets if each.running]
+            sets.append(StepLoop(self.pipe, checker=self.checker, max_batch=max_batch,
+                                 loras=self.loras))  # fmt: skip
+            return sets[-1]
 
         def load(req: GenerationRequest) -> Image.Image | NoiseStart | None:
+            running = (ref.name for each in sets for job in each.running for ref in job.req.loras)
+            if not self._ensure_loras(req, running, hooks.on_failed):
+                return None
             if req.start is not None:  # text-to-image: no input picture, only a size
                 return req.start
             loaded = self._load_inputs([req], hooks.on_failed)
@@ -288,6 +303,66 @@ class Engine:
         """
         if not requests:
             return []
+        groups: dict[Any, list[GenerationRequest]] = {}
+        for req in requests:
+            groups.setdefault(set_key(req.loras), []).append(req)
+        if len(groups) > 1:  # one LoRA set a call: each group is a call of its own
+            return self._generate_groups(
+                list(groups.values()), on_progress=on_progress, is_cancelled=is_cancelled,
+                on_cancelled=on_cancelled, on_failed=on_failed,
+            )  # fmt: skip
+        if requests[0].loras:
+            requests = [r for r in requests if self._ensure_loras(r, (), on_failed)]
+            if not requests:
+                return []
+        with self.loras.active(requests[0].loras):
+            return self._generate(
+                requests, on_progress=on_progress, is_cancelled=is_cancelled,
+                on_cancelled=on_cancelled, on_failed=on_failed,
+            )  # fmt: skip
+
+    def _generate_groups(
+        self, groups: list[list[GenerationRequest]], **hooks: Any
+    ) -> list[GenerationResult]:
+        """Requests of several LoRA sets: one call per set, in turn. A group whose jobs
+        were all cancelled ends its call (`JobCancelled`); the others still run."""
+        results: list[GenerationResult] = []
+        stopped: JobCancelled | None = None
+        for group in groups:
+            try:
+                results.extend(self.generate(group, **hooks))
+            except JobCancelled as exc:
+                stopped = exc
+        if stopped is not None and not results:
+            raise stopped
+        return results
+
+    def _ensure_loras(
+        self,
+        req: GenerationRequest,
+        in_use: Any,
+        on_failed: Callable[[str, str], None] | None,
+    ) -> bool:
+        """The job's LoRAs loaded on the model; False (the job failed with a plain
+        message, or `InputError` without `on_failed`) when one could not be."""
+        message = self.loras.ensure(req.loras, in_use=in_use) if req.loras else None
+        if message is None:
+            return True
+        if on_failed is None:
+            raise InputError(message)
+        on_failed(req.job_id, message)
+        return False
+
+    def _generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        is_cancelled: Callable[[str], bool] | None = None,
+        on_cancelled: Callable[[str], None] | None = None,
+        on_failed: Callable[[str, str], None] | None = None,
+    ) -> list[GenerationResult]:
+        """`generate` for requests of one LoRA set, that set active."""
         if any(r.mode == "inpaint" for r in requests):
             from pipeline.inpaint import generate_inpaint
 

@@ -91,3 +91,16 @@ def make_batch_invariant(pipe: Any) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "use_slicing"):
         vae.use_slicing = True
+
+
+def cover_lora_layers(denoiser: torch.nn.Module) -> None:
+    """Extend `make_batch_invariant` to LoRA layers injected after it (peft's `lora_A` /
+    `lora_B` Linears): outside attention blocks they see (batch, C) inputs, so they too
+    run one row at a time. Idempotent; call after each LoRA load."""
+    for name, module in denoiser.named_modules():
+        lora_part = ".lora_A." in name or ".lora_B." in name
+        patched = "forward" in module.__dict__
+        if lora_part and not patched and isinstance(module, torch.nn.Linear) and (
+            "attentions" not in name
+        ):
+            module.forward = types.MethodType(_rowwise_linear, module)  # type: ignore[method-assign]

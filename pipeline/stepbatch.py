@@ -18,10 +18,15 @@ batch-invariant (`pipeline.invariance`), so a job's PNG is pixel-equal to its so
 A text-to-image job (`GenerationRequest.start`, a `NoiseStart`) is one more row: it starts
 from pure noise of its size, as `StableDiffusionPipeline.__call__` does (no VAE encode, the
 whole schedule), and shares UNet calls with img2img rows of its latent shape.
+
+Rows with different LoRA sets (`GenerationRequest.loras`, none included) share a UNet call
+too: each row's prompt is encoded with its LoRAs' text-encoder part, and inside the call
+each row gets its own LoRA deltas (`pipeline.lora_rows`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -36,6 +41,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.lora_rows import row_loras
+from pipeline.loras import LoraAdapters, set_key
 from pipeline.request import GenerationRequest, GenerationResult, NoiseStart, plan_steps
 from pipeline.results import store_result
 from pipeline.safety import SafetyChecker
@@ -159,8 +166,12 @@ class StepLoop:
         max_batch: int,
         pad_rows: bool = False,
         eta: float = 0.0,
+        loras: LoraAdapters | None = None,
     ) -> None:
         self.pipe = pipe
+        self.loras = loras
+        """The model's loaded LoRAs (`Engine.loras`); a job's must be loaded before it is
+        admitted. None: jobs carry no LoRAs."""
         self.checker = checker
         self.max_batch = max(1, int(max_batch))
         # A compiled UNet (dynamic=False) recompiles per row count: pad to a few buckets.
@@ -172,9 +183,9 @@ class StepLoop:
             torch._dynamo.config.cache_size_limit = max(limit, 8 * len(ROW_BUCKETS))
         self.eta = eta
         self.running: list[_Job] = []
-        self.embeds: OrderedDict[tuple[str, str, bool], torch.Tensor] = OrderedDict()
+        self.embeds: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
         """Prompt encodings by everything `encode_prompt` reads here (prompt, negative
-        prompt, guidance on or off); a row's LoRA set must join the key when rows get one."""
+        prompt, guidance on or off, the row's LoRA set)."""
         self.unet_calls = 0
         self.rows_run = 0
 
@@ -259,16 +270,25 @@ class StepLoop:
         """The row's prompt embeds ([negative, positive] with guidance), encoded once per
         set for each prompt: the same inputs give the same tensor, so every row stays
         pixel-equal to its solo run."""
-        key = (req.prompt, req.negative_prompt or "", cfg)
+        key = (req.prompt, req.negative_prompt or "", cfg, set_key(req.loras))
         if key in self.embeds:
             self.embeds.move_to_end(key)
             return self.embeds[key]
-        positive, negative = self.pipe.encode_prompt(req.prompt, device, 1, cfg, key[1])
+        with self._text_loras(req):
+            positive, negative = self.pipe.encode_prompt(req.prompt, device, 1, cfg, key[1])
         embeds = torch.cat([negative, positive]) if cfg else positive
         self.embeds[key] = embeds
         if len(self.embeds) > EMBED_CACHE:
             self.embeds.popitem(last=False)
         return embeds
+
+    def _text_loras(self, req: GenerationRequest) -> Any:
+        """The row's LoRAs on the text encoder while its prompt is encoded."""
+        if not req.loras:
+            return contextlib.nullcontext()
+        if self.loras is None:
+            raise ValueError(f"job {req.job_id} carries LoRAs but the set has none loaded")
+        return self.loras.text_adapters(req.loras)
 
     @staticmethod
     def _get_timesteps(scheduler: Any, total: int, strength: float) -> torch.Tensor:
@@ -381,7 +401,9 @@ class StepLoop:
     def _unet(self, jobs: list[_Job]) -> torch.Tensor:
         """The one UNet call every running job shares (a timestep per row)."""
         inputs, embeds, times, conds = [], [], [], []
+        row_sets = []  # each row's LoRAs ([uncond; cond] both carry the job's)
         for job in jobs:
+            row_sets.extend([job.req.loras] * job.rows)
             t = job.timesteps[job.index]
             model_input = torch.cat([job.latents] * 2) if job.cfg else job.latents
             inputs.append(job.scheduler.scale_model_input(model_input, t))
@@ -396,13 +418,14 @@ class StepLoop:
         rows = sample.shape[0]
         if self.pad_rows:
             sample, hidden, timestep, timestep_cond = _pad(sample, hidden, timestep, timestep_cond)
-        noise_pred = self.pipe.unet(
-            sample,
-            timestep,
-            encoder_hidden_states=hidden,
-            timestep_cond=timestep_cond,
-            return_dict=False,
-        )[0]
+        with row_loras(self.pipe.unet, row_sets):
+            noise_pred = self.pipe.unet(
+                sample,
+                timestep,
+                encoder_hidden_states=hidden,
+                timestep_cond=timestep_cond,
+                return_dict=False,
+            )[0]
         self.unet_calls += 1
         self.rows_run += rows
         return noise_pred

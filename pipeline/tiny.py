@@ -132,18 +132,22 @@ def save_img2img_pipeline(
     write_tokenizer_files(out / "tokenizer")
 
 
-def make_tiny(path: str | Path, *, safety_checker: CheckerMode | None = None) -> Path:
+def make_tiny(
+    path: str | Path, *, safety_checker: CheckerMode | None = None, seed: int = 0
+) -> Path:
     """Build the tiny pipeline with deterministic weights and save it to `path`.
 
-    `safety_checker` ("all", "none" or "dark", see `pipeline.tiny_checker`) makes the model
-    ship a tiny checker, like SD 1.5 ships its own; None ships none, like SDXL."""
+    Another `seed` gives other weights (a second model of the same shape, for tests of
+    several models: other pixels for the same request). `safety_checker` ("all", "none" or
+    "dark", see `pipeline.tiny_checker`) makes the model ship a tiny checker, like SD 1.5
+    ships its own; None ships none, like SDXL."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=2,
@@ -157,7 +161,7 @@ def make_tiny(path: str | Path, *, safety_checker: CheckerMode | None = None) ->
         # at 1024 tokens is ~40% faster, which keeps a 20-step 512 px job near 2 s.
         attention_head_dim=4,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vae = AutoencoderKL(
         block_out_channels=(8, 16, 32, 32),  # four blocks: Stable Diffusion's 8× downscale
         in_channels=3,
@@ -170,7 +174,7 @@ def make_tiny(path: str | Path, *, safety_checker: CheckerMode | None = None) ->
         sample_size=512,
     )
     tokenizer, vocab = own_tokenizer()
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=vocab[BOS_TOKEN],

@@ -181,6 +181,7 @@ class _Worker:
             inpaint_model_id=c.inpaint_model_id,
             mask_threshold=c.mask_threshold,
             mask_dilate=c.mask_dilate,
+            max_loras_loaded=c.max_loras_loaded,
         )
 
     def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:

@@ -34,6 +34,9 @@ class WorkerConfig:
     `call`: one pipeline call per batch (the only path for other models and inpainting)."""
     max_batch: int = 1
     """Step batching: most jobs in the running set (the client's `free_slots`)."""
+    max_loras_loaded: int = 8
+    """LoRAs kept loaded as adapters on the model (least recently used unloaded first);
+    MAX_LORAS_LOADED."""
 
 
 # -- commands: parent → worker ----------------------------------------------------------
