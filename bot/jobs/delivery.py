@@ -43,6 +43,7 @@ from bot.store.db import Job, Store
 from bot.ui.buttons import cancel_view, result_view
 from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.render import job_summary, result_embed
+from bot.upscale import fits_again
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class DiscordDelivery:
             thumb = await asyncio.to_thread(self._mask_thumbnail, job)
         thumb_name = f"mask-{job.id}.png"
         # Upscale ×2 is offered only where twice the picture fits UPSCALE_MAX_SIDE.
-        upscale = picture.size is None or 2 * max(picture.size) <= self.upscale_max_side
+        upscale = picture.size is None or fits_again(*picture.size, self.upscale_max_side)
         payload: dict[str, Any] = {
             "embed": result_embed(
                 job, mask_thumbnail=thumb_name if thumb else None, file_format=picture.format
