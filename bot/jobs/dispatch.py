@@ -100,7 +100,7 @@ class JobDispatch(JobEvents):
                 self._wake.clear()
                 self._recall_overtaken()
                 for _ in range(dispatches):
-                    if not (self._can_dispatch() and await self._dispatch()):
+                    if not (self._can_dispatch() and await self._dispatch(most=dispatches)):
                         break
                 dispatches = 1
                 if self._event_task is None:
@@ -202,42 +202,74 @@ class JobDispatch(JobEvents):
             return size, mode
         return size, plan, guidance, mode
 
-    async def _dispatch(self) -> bool:
-        """Hand the next batch to the worker. An error puts back (or fails) only its jobs.
-        True if its batch left the queue (sent, or dropped as no longer queued)."""
+    def _free_batches(self) -> list[int]:
+        """The batch sizes the workers take now, one per worker with free slots (most
+        first), as a backend with many workers lists them; else one, `free_slots`."""
+        sizes = getattr(self.worker, "free_batches", None)
+        return list(sizes()) if sizes is not None else [self.worker.free_slots]
+
+    async def _dispatch(self, most: int = 1) -> bool:
+        """Hand the next batches to the workers: up to `most`, one per worker with free
+        slots, their jobs marked running in one transaction (with a hundred workers one
+        each would queue the loop behind every other write). An error puts back (or
+        fails) only the jobs it touched. True if a batch left the queue (sent, or
+        dropped as no longer queued)."""
         info = self.worker.info
         if info is not None and info != self.engine_info:  # a remote worker told us more
             self._on_ready(info)
+        batches: list[list[QueuedJob]] = []
         try:
-            batch = self.queue.take_batch(
-                min(self.settings.max_batch, self.worker.free_slots), key=self._batch_key
-            )
+            for size in self._free_batches()[: max(1, most)]:
+                batch = self.queue.take_batch(
+                    min(self.settings.max_batch, size), key=self._batch_key
+                )
+                if not batch:
+                    break
+                batches.append(batch)
         except Exception:
             log.exception("choosing the next batch failed")
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S
+            for queued in (q for batch in batches for q in batch):
+                self.queue.release(queued.job_id)  # taken, not sent: it waits where it was
             return False
-        if not batch:
+        if not batches:
             return False
-        ids = ", ".join(q.job_id for q in batch)
+        taken = [q for batch in batches for q in batch]
         try:
-            requests = await self._mark_running(batch)
-            if requests:
-                self.worker.submit(requests)
+            requests = {r.job_id: r for r in await self._mark_running(taken)}
         except Exception:
+            ids = ", ".join(q.job_id for q in taken)
             log.exception("dispatching jobs %s failed; they wait again", ids)
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S
-            await self._dispatch_failed(batch)
+            await self._dispatch_failed(taken)
             return False
-        sent = {r.job_id for r in requests}
-        batch = [q for q in batch if q.job_id in sent]
+        for n, batch in enumerate(batches):
+            sent = [requests[q.job_id] for q in batch if q.job_id in requests]
+            try:
+                if sent:
+                    self.worker.submit(sent)
+            except Exception:
+                rest = [q for later in batches[n:] for q in later]
+                ids = ", ".join(q.job_id for q in rest)
+                log.exception("dispatching jobs %s failed; they wait again", ids)
+                self._hold_until = time.monotonic() + DISPATCH_RETRY_S
+                await self._dispatch_failed(rest)
+                self._refresh_positions()
+                return n > 0
+            self._sent(batch, sent)
+        self._refresh_positions()
+        return True
+
+    def _sent(self, batch: list[QueuedJob], requests: list[GenerationRequest]) -> None:
+        """The batch's jobs (those still queued when marked) are with a worker now."""
+        ids = {r.job_id for r in requests}
         for request in requests:
             self._dispatch_errors.pop(request.job_id, None)
             if request.job_id in self._cancel_requested:
                 self.worker.cancel(request.job_id)
         for queued in batch:
-            self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
-        self._refresh_positions()
-        return True
+            if queued.job_id in ids:
+                self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
 
     async def _mark_running(self, batch: list[QueuedJob]) -> list[GenerationRequest]:
         """Mark the batch's jobs running (queued → running only) and build their requests.

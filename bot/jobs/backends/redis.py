@@ -174,6 +174,15 @@ class RedisBackend(Events):
             return 0
         return max((w.slots for w in self._workers.values()), default=0)
 
+    def free_batches(self) -> list[int]:
+        """The free slots of each worker that takes jobs now, most first. The job service
+        takes a batch for each and marks them all running in one transaction, then
+        `submit`s them in this order: each goes to the worker with the most free slots,
+        so batch and worker match as listed here."""
+        if not self.lock.held:
+            return []
+        return sorted((n for w in self._workers.values() if (n := w.slots) > 0), reverse=True)
+
     @property
     def running(self) -> tuple[str, ...]:
         return tuple(self._jobs)
