@@ -246,12 +246,7 @@ class JobEvents(JobRedelivery):
 
         Only a job still queued or running changes; None means it had already ended."""
         values["finished_at"] = self.clock()
-        async with self.store.transaction() as db:
-            ended = await self._move(db, job_id, ACTIVE_STATES, **values)
-            row = None
-            if ended:
-                rows = await db.execute_fetchall("SELECT * FROM jobs WHERE id=?", (job_id,))
-                row = next(iter(rows), None)
+        row = await self.store.end_job(job_id, ACTIVE_STATES, **values)
         self.status.forget(job_id)
         self._progress.pop(job_id, None)
         self._cancel_requested.discard(str(job_id))

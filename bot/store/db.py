@@ -12,11 +12,11 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -25,6 +25,7 @@ from bot.store.migrations import MIGRATIONS
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("queued", "running")
+T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0  # how long a statement waits on another process's lock
 
 
@@ -183,6 +184,15 @@ class Store:
                     await db.execute(sql)
                 await db.execute(f"PRAGMA user_version={version}")
 
+    async def run_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` in one write transaction run whole in the database thread:
+        one round trip instead of one per statement (BEGIN, each statement, COMMIT). For
+        the writes every job makes, on the one write lock. `work` is plain sqlite3 code
+        (it cannot await); an exception rolls it back."""
+        async with self._write_lock:
+            self.transactions += 1
+            return await self.db._execute(_whole, self.db._conn, work)  # type: ignore[no-any-return]
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction at a time (BEGIN IMMEDIATE), committed or rolled back.
@@ -242,24 +252,32 @@ class Store:
         """One job's row in a transaction of its own, run whole in the database thread: one
         round trip instead of three (a job's path updates its row a few times)."""
         sql, params = _update_sql(job_id, values)
-        async with self._write_lock:
-            self.transactions += 1
-            await self.db._execute(_in_transaction, self.db._conn, sql, params)
+        await self.run_transaction(lambda conn: conn.execute(sql, params))
 
     async def update_job_in(self, db: aiosqlite.Connection, job_id: int, **values: Any) -> None:
         await db.execute(*_update_sql(job_id, values))
+
+    async def end_job(
+        self, job_id: int, states: tuple[str, ...], **values: Any
+    ) -> sqlite3.Row | None:
+        """`move_job_in` in a transaction of its own, and the row as it is then: run whole
+        in the database thread (one round trip, not four: every job ends once, and the
+        write lock waits on each). None: the job was not in `states`, nothing changed."""
+        sql, params = _move_sql(job_id, states, values)
+
+        def move_and_read(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            if conn.execute(sql, params).rowcount != 1:
+                return None
+            return conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()  # type: ignore[no-any-return]
+
+        return await self.run_transaction(move_and_read)
 
     async def move_job_in(
         self, db: aiosqlite.Connection, job_id: int, states: tuple[str, ...], **values: Any
     ) -> bool:
         """Change a job's row only while its state is one of `states` (the guard that keeps
         a state from going back); False: it was not, and nothing changed."""
-        sets = ", ".join(f"{k}=?" for k in values)
-        marks = ", ".join("?" for _ in states)
-        cursor = await db.execute(
-            f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})",
-            [*values.values(), job_id, *states],
-        )
+        cursor = await db.execute(*_move_sql(job_id, states, values))
         return cursor.rowcount == 1
 
 
@@ -268,18 +286,28 @@ def _update_sql(job_id: int, values: dict[str, Any]) -> tuple[str, list[Any]]:
     return f"UPDATE jobs SET {sets} WHERE id=?", [*values.values(), job_id]
 
 
-def _in_transaction(conn: sqlite3.Connection, sql: str, params: list[Any]) -> None:
-    """One statement in its own write transaction, in the database thread (aiosqlite's
-    `_execute` runs it there between the calls of other tasks, never inside them: the
-    caller holds the write lock, so no other transaction is open)."""
+def _move_sql(
+    job_id: int, states: tuple[str, ...], values: dict[str, Any]
+) -> tuple[str, list[Any]]:
+    sets = ", ".join(f"{k}=?" for k in values)
+    marks = ", ".join("?" for _ in states)
+    sql = f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})"
+    return sql, [*values.values(), job_id, *states]
+
+
+def _whole(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """`work` in one write transaction, in the database thread (aiosqlite runs it there
+    between the calls of other tasks, never inside them: the caller holds the write lock,
+    so no other transaction is open)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute(sql, params)
+        result = work(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return result
 
 
 def _rollback_if_open(conn: sqlite3.Connection) -> None:

@@ -92,3 +92,25 @@ async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(store: S
     await store.update_job(job_id, status_message_id=3)
     job = await store.get_job(job_id)
     assert job is not None and (job.prompt, job.status_message_id) == ("p", 3)
+
+
+async def test_end_job_moves_only_an_active_job_and_returns_its_row(store: Store) -> None:
+    job_id = await new_job(store)
+    row = await store.end_job(job_id, ("queued", "running"), state="done", seconds=2.0)
+    assert row is not None and (row["state"], row["seconds"]) == ("done", 2.0)
+    again = await store.end_job(job_id, ("queued", "running"), state="failed")
+    job = await store.get_job(job_id)
+    assert again is None and job is not None and job.state == "done"  # an end never moves
+
+
+async def test_run_transaction_rolls_back_all_of_its_work(store: Store) -> None:
+    job_id = await new_job(store)
+
+    def half(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE jobs SET prompt='changed' WHERE id=?", (job_id,))
+        raise ValueError("the second half failed")
+
+    with pytest.raises(ValueError):
+        await store.run_transaction(half)
+    job = await store.get_job(job_id)
+    assert job is not None and job.prompt == "p" and not store.db.in_transaction

@@ -11,6 +11,7 @@ answer a grant the ledger does not know.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -54,23 +55,24 @@ class GrantLedger:
         return {str(row[0]): Holder(row[1], row[2], row[3]) for row in await cursor.fetchall()}
 
     async def record(self, grants: list[tuple[str, Holder]]) -> None:
-        """Remember these grants (one transaction for a batch, which also deletes the rows
-        of jobs that ended since the last one: before, so a job granted again keeps its
-        new row)."""
+        """Remember these grants (one transaction for a batch, run whole in the database
+        thread, which also deletes the rows of jobs that ended since the last one: before,
+        so a job granted again keeps its new row)."""
         now = time.time()
         ended, self._ended = self._ended, []
-        async with self.store.transaction() as db:
-            if ended:
-                await db.executemany(
-                    "DELETE FROM job_holders WHERE job_id=?", [(int(j),) for j in ended]
-                )
-            await db.executemany(
+        rows = [(int(j), h.attempt, h.worker_id, h.nonce, now) for j, h in grants]
+
+        def write(conn: sqlite3.Connection) -> None:
+            _delete(conn, ended)
+            conn.executemany(
                 "INSERT INTO job_holders (job_id, attempt, worker_id, worker_nonce, granted_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
                 "attempt=excluded.attempt, worker_id=excluded.worker_id, "
                 "worker_nonce=excluded.worker_nonce, granted_at=excluded.granted_at",
-                [(int(j), h.attempt, h.worker_id, h.nonce, now) for j, h in grants],
+                rows,
             )
+
+        await self.store.run_transaction(write)
 
     async def forget(self, job_ids: list[str]) -> None:
         """The service handled these jobs' final events: nobody holds them any more. Their
@@ -80,7 +82,9 @@ class GrantLedger:
         if len(self._ended) < FORGET_BATCH:
             return
         ended, self._ended = self._ended, []
-        async with self.store.transaction() as db:
-            await db.executemany(
-                "DELETE FROM job_holders WHERE job_id=?", [(int(j),) for j in ended]
-            )
+        await self.store.run_transaction(lambda conn: _delete(conn, ended))
+
+
+def _delete(conn: sqlite3.Connection, job_ids: list[str]) -> None:
+    if job_ids:
+        conn.executemany("DELETE FROM job_holders WHERE job_id=?", [(int(j),) for j in job_ids])
