@@ -100,7 +100,7 @@ class JobDispatch(JobEvents):
                 self._wake.clear()
                 self._recall_overtaken()
                 for _ in range(dispatches):
-                    if not (self._can_dispatch() and await self._dispatch(most=dispatches)):
+                    if not (self._can_dispatch() and await self._dispatch()):
                         break
                 dispatches = 1
                 if self._event_task is None:
@@ -208,9 +208,9 @@ class JobDispatch(JobEvents):
         sizes = getattr(self.worker, "free_batches", None)
         return list(sizes()) if sizes is not None else [self.worker.free_slots]
 
-    async def _dispatch(self, most: int = 1) -> bool:
-        """Hand the next batches to the workers: up to `most`, one per worker with free
-        slots, their jobs marked running in one transaction (with a hundred workers one
+    async def _dispatch(self) -> bool:
+        """Hand the next batches to the workers: one per worker with free slots, their
+        jobs marked running in one transaction (with a hundred workers, one transaction
         each would queue the loop behind every other write). An error puts back (or
         fails) only the jobs it touched. True if a batch left the queue (sent, or
         dropped as no longer queued)."""
@@ -219,7 +219,7 @@ class JobDispatch(JobEvents):
             self._on_ready(info)
         batches: list[list[QueuedJob]] = []
         try:
-            for size in self._free_batches()[: max(1, most)]:
+            for size in self._free_batches():
                 batch = self.queue.take_batch(
                     min(self.settings.max_batch, size), key=self._batch_key
                 )
