@@ -294,25 +294,36 @@ async def run_bot(
         finally:
             await service.attach_status_message(job.id, message_id)
 
+    arriving = {"n": 0}
+
+    async def arrive(n: int, guild: int, depth: int, starts_then: int) -> None:
+        """One member's /img2img: the job is stored and queued, then its status message
+        is posted. Members arrive at once, not one after another's transaction."""
+        token = f"fleet-token-{n}"
+        try:
+            job = await service.submit(
+                NewJob(
+                    guild_id=guild, channel_id=guild * 10, user_id=guild * 100 + n % 7,
+                    prompt=f"fleet {n}", strength=0.5, steps=4, guidance=7.5,
+                    input_path="inputs/fleet.png", input_width=512, input_height=512,
+                    application_id=app_id, interaction_token=token,
+                    interaction_created_at=time.time(),
+                )
+            )  # fmt: skip
+        finally:
+            arriving["n"] -= 1
+        arrivals[str(job.id)] = (n, depth, starts_then, guild)
+        await post_status(job, token)
+
     async def top_up() -> None:
+        """Keeps `waiting` jobs waiting, counting those still being submitted."""
         while True:
-            need = waiting - len(service.queue)
+            need = waiting - len(service.queue) - arriving["n"]
             for _ in range(max(0, need)):
-                n = next(seq)
                 guild = server()
                 depth = len(service.queue.guild_waiting(guild))
-                token = f"fleet-token-{n}"
-                job = await service.submit(
-                    NewJob(
-                        guild_id=guild, channel_id=guild * 10, user_id=guild * 100 + n % 7,
-                        prompt=f"fleet {n}", strength=0.5, steps=4, guidance=7.5,
-                        input_path="inputs/fleet.png", input_width=512, input_height=512,
-                        application_id=app_id, interaction_token=token,
-                        interaction_created_at=time.time(),
-                    )
-                )  # fmt: skip
-                arrivals[str(job.id)] = (n, depth, len(started), guild)
-                task = asyncio.create_task(post_status(job, token))
+                arriving["n"] += 1
+                task = asyncio.create_task(arrive(next(seq), guild, depth, len(started)))
                 posts.add(task)
                 task.add_done_callback(posts.discard)
             await asyncio.sleep(0.05)
