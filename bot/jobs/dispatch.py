@@ -38,6 +38,9 @@ DISPATCH_RETRY_S = 1.0
 LOOP_RESTART_S = 1.0
 EVENTS_PER_PASS = 64
 """Events already waiting that the loop handles before its next dispatch."""
+BATCHES_PER_PASS = 32
+"""Batches one dispatch takes at most (one transaction): a hundred free workers are
+filled in a few passes, none of which holds the event loop long."""
 
 DISPATCH_FAILED = (
     "Something went wrong on our side while starting this image. "
@@ -219,7 +222,7 @@ class JobDispatch(JobEvents):
             self._on_ready(info)
         batches: list[list[QueuedJob]] = []
         try:
-            for size in self._free_batches():
+            for size in self._free_batches()[:BATCHES_PER_PASS]:
                 batch = self.queue.take_batch(
                     min(self.settings.max_batch, size), key=self._batch_key
                 )
