@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from bot.store.db import Store
+from bot.store.db import Job, Store
 
 
 @pytest.fixture
@@ -114,3 +115,19 @@ async def test_run_transaction_rolls_back_all_of_its_work(store: Store) -> None:
         await store.run_transaction(half)
     job = await store.get_job(job_id)
     assert job is not None and job.prompt == "p" and not store.db.in_transaction
+
+
+async def test_a_job_read_by_position_matches_its_columns_in_any_order(store: Store) -> None:
+    """`Job.from_row` reads by position, worked out per column list: a query naming the
+    columns in another order (with one more) still gives each field its own column."""
+    job_id = await new_job(store)
+    await store.update_job(job_id, status_message_id=41, seconds=3.5)
+    job = await store.get_job(job_id)
+    names = [f.name for f in fields(Job)]
+    rows = await store.db.execute_fetchall(
+        f"SELECT delivered_at, {', '.join(reversed(names))} FROM jobs WHERE id=?", (job_id,)
+    )
+    (row,) = list(rows)
+    assert Job.from_row(row) == job
+    assert job is not None and (job.id, job.status_message_id, job.seconds) == (job_id, 41, 3.5)
+    assert (job.prompt, job.input_width, job.crop) == ("p", 64, "auto")
