@@ -66,7 +66,7 @@ def test_upscale_section_reports_its_ratio_against_the_target() -> None:
     mode = {"ips_wall": 1.0, "latency_p50_s": 2.0}
     result = {
         "batched": mode, "single": mode, "tiles": 49, "tile_px": 128, "size": (512, 512),
-        "max_batch": 4, "ratio_upscale": 1.1,
+        "max_batch": 4, "ratio_upscale": 1.1, "ratio_upscale_cpu": 1.6,
         "pictures": {"max": 0.0, "share": 0.0},
     }  # fmt: skip
     lines, figures = render_upscale(result, [], {})
