@@ -137,6 +137,7 @@ class ImgBot(commands.AutoShardedBot):
             mask_dilate=s.mask_dilate,
             batching=s.batching,
             max_batch=s.max_batch,
+            max_loras_loaded=s.max_loras_loaded,
         )
 
     def worker_backend(self) -> WorkerBackend:
