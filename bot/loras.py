@@ -16,7 +16,7 @@ from bot.errors import UserError
 from bot.styles import Composed
 from config.catalogue import Catalogue
 from config.lora_tags import TAG_RE, LoraTagError, LoraUse, describe, split_loras, with_triggers
-from pipeline.request import LoraRef
+from pipeline.request import MAX_PROMPT_CHARS, LoraRef
 
 LORA_GONE = (
     "A LoRA this job asked for is no longer offered here, so it could not run. "
@@ -40,11 +40,19 @@ class LoraTags:
             raise UserError(str(exc)) from None
 
     def styled(self, composed: Composed, uses: tuple[LoraUse, ...]) -> Composed:
-        """The job's stored prompt: the style's text, then the tags in canonical form."""
+        """The job's stored prompt: the style's text, then the tags in canonical form;
+        `UserError` if that passes the prompt limit."""
         if not uses:
             return composed
         tags = " ".join(f"<lora:{u.name}:{u.weight:g}>" for u in uses)
-        return replace(composed, prompt=f"{composed.prompt} {tags}")
+        prompt = f"{composed.prompt} {tags}"
+        if len(prompt) > MAX_PROMPT_CHARS:  # a form must be able to show it again
+            raise UserError(
+                f"With its LoRA tags (written out as `{tags}`) the prompt would be "
+                f"{len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}. Shorten it "
+                f"by {len(prompt) - MAX_PROMPT_CHARS}."
+            )
+        return replace(composed, prompt=prompt)
 
     def for_worker(self, prompt: str, model: str | None = None) -> tuple[str, tuple[LoraRef, ...]]:
         """What the model sees (tags out, trigger words first) and the LoRAs to apply;

@@ -109,3 +109,9 @@ async def test_a_restored_job_whose_lora_left_the_catalogue_fails_refunded(
     finally:
         await h.service.stop()
         await store.close()
+
+
+def test_a_prompt_too_long_with_its_tags_written_out_is_refused() -> None:
+    text, uses = TAGS.split("x" * 990 + " <lora:ink>")
+    with pytest.raises(UserError, match="would be 1003 characters long; the limit is 1000"):
+        TAGS.styled(Composed(text, None, 0.5, None), uses)
