@@ -13,6 +13,10 @@ Scenarios (same model, device and inputs for both paths, in one run):
      fleet_lag_p99_ms (≤ 50), fleet_fairness (≤ workers × MAX_BATCH), intake_ms_per_upload
   7. (section `upscale`) one Upscale ×2 of a 256 px picture at RESOLUTION=128: its 49 tiles
      batched (MAX_BATCH) vs one at a time, through the full path → ratio_upscale (≥ 1.25)
+  8. (section `loras`) 16 jobs at 256 px, LoRA sets none/A/B/A+B interleaved, MAX_BATCH=4,
+     on the engine in its own process (bench/loras.py): step path with mixed-LoRA rows vs
+     call path by LoRA set → ratio_lora_mixed (≥ 1.10); one rank-8 LoRA on every job vs
+     none → lora_overhead (≥ 0.75)
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
 which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
 section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
@@ -40,6 +44,7 @@ from bench.direct import DirectRunner
 from bench.fleet import fleet_section
 from bench.fullpath import FullPath
 from bench.logs import stderr_to
+from bench.loras import loras_section
 from bench.monitor import LagTicker, ProcessSampler
 from bench.options import Options, parse_args
 from bench.report import json_line, render
@@ -168,6 +173,8 @@ class Run:
         if "upscale" in o.only:
             full = await self.use_full(model, UPSCALE_RESOLUTION)
             r["upscale"] = await upscale_section(bench, full, o.rounds, o.max_batch)
+        if "loras" in o.only:  # the engine in its own process (bench/loras.py)
+            r["loras"] = await loras_section(model, note)
         if "mixedsweep" in o.only:
             full = await self.use_full(model, o.size)
             r["mixedsweep"] = await mixed_sweep(

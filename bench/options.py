@@ -7,7 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SECTIONS = ("big", "small", "burst", "sweep", "scaleout", "mixed", "mixedsweep", "fleet", "upscale")
+SECTIONS = (
+    "big", "small", "burst", "sweep", "scaleout", "mixed", "mixedsweep", "fleet", "upscale",
+    "loras",
+)  # fmt: skip
 
 
 @dataclass
@@ -107,7 +110,7 @@ def parse_args(argv: list[str] | None, description: str) -> Options:
     add("--n-sweep", type=int, default=int(_env("BENCH_N_SWEEP", "16")), help="[BENCH_N_SWEEP]")
     add(
         "--only",
-        default=_env("BENCH_ONLY", "big,small,mixed,upscale,burst,scaleout,fleet"),
+        default=_env("BENCH_ONLY", "big,small,mixed,upscale,loras,burst,scaleout,fleet"),
         help=f"[BENCH_ONLY] sections, of {','.join(SECTIONS)}; --sweep adds sweep",
     )
     add("--out", type=Path, default=os.environ.get("BENCH_OUT"), help="[BENCH_OUT] keep files here")

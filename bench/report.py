@@ -64,6 +64,8 @@ TARGETS = {
     "ratio_redis_local": 0.90,
     "ratio_2workers": 1.7,
     "ratio_upscale": 1.25,
+    "ratio_lora_mixed": 1.10,
+    "lora_overhead": 0.75,
 }
 
 
@@ -228,6 +230,10 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         from bench.upscale import render_upscale
 
         lines, figures = render_upscale(r["upscale"], lines, figures)
+    if "loras" in r:
+        from bench.loras import render_loras
+
+        lines, figures = render_loras(r["loras"], lines, figures)
     if "mixedsweep" in r:
         ms = r["mixedsweep"]
         lines += [

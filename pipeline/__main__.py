@@ -67,6 +67,10 @@ def _build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0, help="another seed: other weights")
     tiny.add_argument(
+        "--single-file", type=Path, default=None, metavar="OUT.safetensors",
+        help="also write the model as one original-layout checkpoint file",
+    )  # fmt: skip
+    tiny.add_argument(
         "--safety-checker",
         choices=[m for m in CHECKER_MODES if m != "like"],
         default=None,
@@ -158,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
         out = make_tiny(args.dir, safety_checker=args.safety_checker, seed=args.seed)
         print(f"wrote tiny model to {out}")
+        if args.single_file is not None:
+            from pipeline.tiny_single import write_single_file
+
+            single = write_single_file(out, args.single_file)
+            print(f"wrote it as one checkpoint file to {single} (load with config={out})")
         print(f"wrote tiny CLIPSeg (MASK_MODEL_ID) to {save_tiny_clipseg(args.dir / 'clipseg')}")
         return 0
     if args.command == "make-tiny-lora":

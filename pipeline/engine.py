@@ -34,6 +34,7 @@ from pipeline.loading import (
     compile_unet,
     describe_source,
     from_pretrained,
+    from_single_file,
     native_resolution,
     resolve_device,
     resolve_dtype,
@@ -152,6 +153,7 @@ class Engine:
         mask_threshold: float = 0.4,
         mask_dilate: int = 8,
         max_loras_loaded: int = DEFAULT_MAX_LOADED,
+        single_file_config: str | None = None,
     ) -> Engine:
         """Load `model_id` (hub id or local diffusers folder) once, ready to generate.
 
@@ -176,13 +178,16 @@ class Engine:
             err.__cause__ = exc
             return err
 
-        if local is not None:
+        single = local is not None and local.is_file()
+        if local is not None and not single:
             if not local.is_dir():
                 raise fail("no such folder; set MODEL_ID to a diffusers folder or a hub id")
             if not (local / "model_index.json").is_file():
                 raise fail("no model_index.json there, so it is not a diffusers-format pipeline")
         try:
-            config = AutoPipelineForImage2Image.load_config(model_id)
+            config = AutoPipelineForImage2Image.load_config(single_file_config or model_id) if (
+                not single or single_file_config
+            ) else {}
             kwargs: dict[str, Any] = {DTYPE_KWARG: torch_dtype}
             if isinstance(config, dict) and "safety_checker" in config:
                 # We run the checker ourselves (see pipeline.safety); diffusers need not
@@ -190,7 +195,10 @@ class Engine:
                 kwargs["requires_safety_checker"] = False
                 if safety_checker == "off":
                     kwargs["safety_checker"] = None
-            pipe = from_pretrained(model_id, kwargs, half=torch_dtype == torch.float16)
+            if single:
+                pipe = from_single_file(str(local), single_file_config, kwargs)
+            else:
+                pipe = from_pretrained(model_id, kwargs, half=torch_dtype == torch.float16)
             pipe = pipe.to(dev)
         except Exception as exc:
             raise fail(f"{type(exc).__name__}: {short(exc)}", exc) from exc

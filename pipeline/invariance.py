@@ -58,6 +58,20 @@ def _paired_conv(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return self._conv_forward(x, self.weight, self.bias)
 
 
+def _own_memory(pipe: Any) -> None:
+    """Copy every weight of the model's networks into freshly allocated memory. Weights
+    loaded from a file can sit at any offset of its memory map, and CPU kernels take other
+    paths for unaligned data (last-bit differences): with their own aligned memory the
+    same weights give the same bits however they were stored (a diffusers folder or one
+    checkpoint file)."""
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            with torch.no_grad():
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    tensor.data = tensor.data.clone()
+
+
 def make_batch_invariant(pipe: Any) -> None:
     """Make a CPU batch give each image the same bits as running it alone.
 
@@ -75,7 +89,9 @@ def make_batch_invariant(pipe: Any) -> None:
       same job in a step batch (`pipeline.stepbatch`, rows of different jobs and timesteps).
     The UNet's attention and GEMMs were batch-invariant; the extra cost is under 10% of a
     step (the doubled single-row convolutions only on one-row calls).
+    Weights are first copied to memory of their own (`_own_memory`).
     """
+    _own_memory(pipe)
     for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         encoder = getattr(pipe, name, None)
         if isinstance(encoder, torch.nn.Module):

@@ -44,6 +44,41 @@ def from_pretrained(model_id: str, kwargs: dict[str, Any], *, half: bool) -> Any
     return AutoPipelineForImage2Image.from_pretrained(model_id, **kwargs)
 
 
+SDXL_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+"""A key only SDXL checkpoints have (diffusers' own `CHECKPOINT_KEY_NAMES["xl_base"]`)."""
+
+
+def from_single_file(path: str, config: str | None, kwargs: dict[str, Any]) -> Any:
+    """One original-layout checkpoint file (what model sites offer) as an img2img pipeline.
+
+    `config` (a diffusers folder or hub id with the component configs) gives the family and
+    lets `from_single_file` work offline; without it the family is told from the file's
+    keys (SD 1.x/2.x or SDXL) and the configs are fetched from the hub. Only .safetensors
+    files are loaded (a .ckpt is a pickle)."""
+    import diffusers
+    from safetensors import safe_open
+
+    if not path.lower().endswith(".safetensors"):
+        raise ModelLoadError("only .safetensors checkpoint files are loaded (a .ckpt is a pickle)")
+    if config is not None:
+        name = AutoPipelineForImage2Image.load_config(config).get("_class_name", "")
+        family = getattr(diffusers, name, None)
+        if family is None or not hasattr(family, "from_single_file"):
+            raise ModelLoadError(f"config {config!r} names no pipeline that loads single files")
+        pipe = family.from_single_file(path, config=config, **kwargs)
+        return AutoPipelineForImage2Image.from_pipe(pipe)
+    with safe_open(path, framework="pt") as checkpoint:
+        keys = set(checkpoint.keys())
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise ModelLoadError("the file has no Stable Diffusion UNet; give a checkpoint file")
+    family = (
+        diffusers.StableDiffusionXLImg2ImgPipeline
+        if SDXL_KEY in keys
+        else diffusers.StableDiffusionImg2ImgPipeline
+    )
+    return family.from_single_file(path, **kwargs)
+
+
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message names what was tried and why it failed."""
 

@@ -102,6 +102,7 @@ class LoraAdapters:
         log.info("unloading LoRA %r (least recently used)", name)
         self.loaded.pop(name, None)
         self.pipe.delete_adapters([name])
+        self._quiet()  # peft makes another adapter active when the active one goes
 
     def _load(self, ref: LoraRef) -> None:
         """`load_lora_weights` under the adapter name; a .safetensors file is read here

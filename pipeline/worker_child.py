@@ -182,6 +182,7 @@ class _Worker:
             mask_threshold=c.mask_threshold,
             mask_dilate=c.mask_dilate,
             max_loras_loaded=c.max_loras_loaded,
+            single_file_config=c.single_file_config,
         )
 
     def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:

@@ -37,6 +37,9 @@ class WorkerConfig:
     max_loras_loaded: int = 8
     """LoRAs kept loaded as adapters on the model (least recently used unloaded first);
     MAX_LORAS_LOADED."""
+    single_file_config: str | None = None
+    """For a `model_id` that is one .safetensors checkpoint file: a diffusers folder or hub
+    id with the component configs (the catalogue's `config`), so it loads offline."""
 
 
 # -- commands: parent → worker ----------------------------------------------------------
