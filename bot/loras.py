@@ -40,8 +40,18 @@ class LoraTags:
             raise UserError(str(exc)) from None
 
     def styled(self, composed: Composed, uses: tuple[LoraUse, ...]) -> Composed:
-        """The job's stored prompt: the style's text, then the tags in canonical form;
-        `UserError` if that passes the prompt limit."""
+        """The job's stored prompt: the style's text, then the tags in canonical form, the
+        member's first, then the style's LoRAs the member did not name (theirs win);
+        `UserError` if that passes the prompt limit or the LoRAs per job."""
+        if composed.loras:
+            typed = {u.name for u in uses}
+            extra = [u for u in self._style_uses(composed.loras) if u.name not in typed]
+            uses = (*uses, *extra)
+            if len(uses) > self.max_per_job:
+                raise UserError(
+                    f"With the style's LoRAs this picture would use {len(uses)}; at most "
+                    f"{self.max_per_job} can be used in one job. Remove some `<lora:…>` tags."
+                )
         if not uses:
             return composed
         tags = " ".join(f"<lora:{u.name}:{u.weight:g}>" for u in uses)
@@ -54,6 +64,13 @@ class LoraTags:
             )
         return replace(composed, prompt=prompt)
 
+    def style_tags(self, text: str | None) -> str:
+        """A style's `loras` option (`pixel:0.8, ink`) as canonical tags; `UserError`
+        naming what fits for one that cannot be used."""
+        names = [part.strip() for part in (text or "").split(",") if part.strip()]
+        _, uses = self.split(" ".join(f"<lora:{name}>" for name in names))
+        return " ".join(f"<lora:{u.name}:{u.weight:g}>" for u in uses)
+
     def for_worker(self, prompt: str, model: str | None = None) -> tuple[str, tuple[LoraRef, ...]]:
         """What the model sees (tags out, trigger words first) and the LoRAs to apply;
         `LoraTagError` where the catalogue no longer offers one (`LORA_GONE`)."""
@@ -62,6 +79,13 @@ class LoraTags:
         text, uses = split_loras(prompt, self.catalogue, self._model(model), max_loras=len(prompt))
         refs = tuple(LoraRef(u.name, self.catalogue.loras[u.name].source, u.weight) for u in uses)
         return with_triggers(text, uses, self.catalogue), refs
+
+    def _style_uses(self, tags: str) -> tuple[LoraUse, ...]:
+        """A saved style's LoRAs (the limit applies to the job's total, checked after)."""
+        try:
+            return split_loras(tags, self.catalogue, self._model(None), max_loras=len(tags))[1]
+        except LoraTagError as exc:  # the catalogue changed since the style was saved
+            raise UserError(f"This style's LoRAs cannot be used now: {exc}") from None
 
     def _model(self, model: str | None) -> str:
         return self.catalogue.model(model).name

@@ -40,6 +40,9 @@ class Style:
     strength: float | None = None
     scope: Scope = "builtin"
     description: str = ""
+    loras: str = ""
+    """LoRA tags the style adds (`<lora:pixel:0.8> …`, canonical); a member's own tag for
+    the same LoRA wins."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Composed:
     negative_prompt: str | None
     strength: float
     style: str | None
+    loras: str = ""
+    """The style's LoRA tags, joined with the member's by `bot.loras.LoraTags.styled`."""
 
 
 BUILTINS: dict[str, Style] = {
@@ -174,7 +179,9 @@ def apply_style(
                 f"long; the limit is {MAX_PROMPT_CHARS}. Shorten yours by "
                 f"{len(text) - MAX_PROMPT_CHARS} or pick another style."
             )
-    return Composed(composed, negative, pick_strength(strength, style.strength), style.name)
+    return Composed(
+        composed, negative, pick_strength(strength, style.strength), style.name, style.loras
+    )
 
 
 def resolve(name: str, mine: Iterable[Style], server: Iterable[Style]) -> Style | None:

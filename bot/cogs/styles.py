@@ -112,6 +112,7 @@ class StylesCog(
         negative_prompt="What to avoid; added to the picture's own negative prompt",
         strength="Used when a picture gives no strength of its own",
         scope="Yours, or the whole server's (Manage Server)",
+        loras="LoRAs it adds, e.g. pixel:0.8, ink (see /models); a picture's own tags win",
     )
     async def save(
         self,
@@ -121,6 +122,7 @@ class StylesCog(
         negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
         strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
         scope: Literal["mine", "server"] = "mine",
+        loras: app_commands.Range[str, 0, 200] | None = None,
     ) -> None:
         assert interaction.guild_id is not None
         try:
@@ -135,6 +137,7 @@ class StylesCog(
                 or None,
                 strength=check_strength(strength),
                 scope=scope,
+                loras=self.bot.loras.style_tags(loras),
             )
             replaced = await self.styles.save(interaction.guild_id, interaction.user.id, style)
         except (UserError, InputError) as exc:

@@ -333,4 +333,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX upscales_final ON upscales(final_job_id)",
         ],
     ),
+    (
+        "a saved style's LoRA tags",
+        ["ALTER TABLE styles ADD COLUMN loras TEXT NOT NULL DEFAULT ''"],
+    ),
 ]

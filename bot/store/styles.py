@@ -30,6 +30,7 @@ def _style(row: sqlite3.Row) -> Style:
         negative_prompt=row["negative_prompt"],
         strength=row["strength"],
         scope="server" if row["owner_id"] == SERVER_OWNER else "mine",
+        loras=row["loras"],
     )
 
 
@@ -93,16 +94,16 @@ class StyleStore:
             await db.execute(
                 """
                 INSERT INTO styles (guild_id, owner_id, name, template, negative_prompt,
-                    strength, created_by, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    strength, loras, created_by, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (guild_id, owner_id, name) DO UPDATE SET
                     template=excluded.template, negative_prompt=excluded.negative_prompt,
-                    strength=excluded.strength, created_by=excluded.created_by,
-                    updated_at=excluded.updated_at
+                    strength=excluded.strength, loras=excluded.loras,
+                    created_by=excluded.created_by, updated_at=excluded.updated_at
                 """,
                 (
                     guild_id, owner, style.name, style.template, style.negative_prompt,
-                    style.strength, user_id, now, now,
+                    style.strength, style.loras, user_id, now, now,
                 ),
             )  # fmt: skip
         log.info("style %s saved (guild %d, owner %d)", style.name, guild_id, owner)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import discord
 
 from bot.limits import FIELD_VALUE, clip, fit_embed
+from bot.loras import shown
 from bot.styles import DEFAULT_STRENGTH, SCOPE_LABEL, Style, compose_prompt
 
 EXAMPLE_PROMPT = "a cat"
@@ -39,6 +40,8 @@ def style_embed(style: Style) -> discord.Embed:
     if style.negative_prompt:
         embed.add_field(name="Negative prompt", value=code(style.negative_prompt), inline=False)
     embed.add_field(name="Strength", value=strength, inline=False)
+    if loras := shown(style.loras):
+        embed.add_field(name="LoRA", value=clip(loras, FIELD_VALUE), inline=False)
     example = compose_prompt(style.template, EXAMPLE_PROMPT)
     head = f"“{EXAMPLE_PROMPT}” becomes “"
     embed.add_field(

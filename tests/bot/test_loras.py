@@ -11,7 +11,7 @@ import pytest
 from bot.errors import UserError
 from bot.loras import LORA_GONE, LoraTags, shown
 from bot.store.db import Store
-from bot.styles import BUILTINS, Composed, apply_style
+from bot.styles import BUILTINS, Composed, Style, apply_style
 from config.catalogue import parse_catalogue
 from config.lora_tags import LoraTagError
 from pipeline.request import LoraRef
@@ -115,3 +115,21 @@ def test_a_prompt_too_long_with_its_tags_written_out_is_refused() -> None:
     text, uses = TAGS.split("x" * 990 + " <lora:ink>")
     with pytest.raises(UserError, match="would be 1003 characters long; the limit is 1000"):
         TAGS.styled(Composed(text, None, 0.5, None), uses)
+
+
+def test_a_styles_loras_join_the_members_whose_own_tags_win() -> None:
+    style = Style("inked", "{prompt}, inked", loras=TAGS.style_tags("ink:0.5, pixel"))
+    assert style.loras == "<lora:ink:0.5> <lora:pixel:0.8>"
+
+    def job(prompt: str) -> str:
+        text, uses = TAGS.split(prompt)
+        return TAGS.styled(apply_style(style, text, None, None), uses).prompt
+
+    assert job("a cat") == "a cat, inked <lora:ink:0.5> <lora:pixel:0.8>"
+    assert job("a cat <lora:ink:1.5>") == "a cat, inked <lora:ink:1.5> <lora:pixel:0.8>"
+    with pytest.raises(UserError, match="no LoRA called `nope`"):
+        TAGS.style_tags("ink, nope")
+    assert TAGS.style_tags(None) == "" and TAGS.style_tags(" , ") == ""
+    one = LoraTags(CAT, max_per_job=1)
+    with pytest.raises(UserError, match="With the style's LoRAs this picture would use 2"):
+        one.styled(apply_style(style, "a cat", None, None), ())

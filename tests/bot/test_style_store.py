@@ -118,12 +118,14 @@ async def test_apply_unknown_and_known(store: Store) -> None:
 async def test_styles_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "bot.sqlite3"
     first = await Store.open(path)
-    await StyleStore(first).save(GUILD, ALICE, mine("kept", strength=0.45))
+    await StyleStore(first).save(GUILD, ALICE, mine("kept", strength=0.45, loras="<lora:ink:1>"))
     await first.close()
     second = await Store.open(path)
     try:
         assert await StyleStore(second).in_scope(GUILD, "mine", ALICE) == [
-            mine("kept", strength=0.45)
+            mine("kept", strength=0.45, loras="<lora:ink:1>")
         ]
+        got = await StyleStore(second).apply(GUILD, ALICE, "kept", "a cat", None, None)
+        assert got is not None and got.loras == "<lora:ink:1>"
     finally:
         await second.close()

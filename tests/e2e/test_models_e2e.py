@@ -87,7 +87,7 @@ def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_its_variants_keep_it(
+async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_variants_and_styles_keep_it(
     fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     lora = make_tiny_lora(tmp_path / "ink.safetensors", tiny_model_dir, seed=3, fmt="kohya")
@@ -110,3 +110,16 @@ async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_its_variants_keep_
     assert embed_fields(variant)["LoRA"] == "ink ×0.8"
     job = await bot.store.get_job(2)
     assert job is not None and job.prompt == "a fox <lora:ink:0.8>"
+
+    # A saved style carries a LoRA; the member's own tag for it would win.
+    save = await fd.send_slash(
+        world.guild, world.channel, world.carol, "style save",
+        {"name": "inked", "prompt": "{prompt}, inked", "loras": "ink:0.5"},
+    )  # fmt: skip
+    saved = await save.wait_original()
+    assert saved["ephemeral"] and embed_fields(saved)["LoRA"] == "ink ×0.5"
+    styled = await slash_img2img(
+        fd, world.guild, world.channel, world.carol, "a cat", data=photo, style="inked"
+    )
+    fields = embed_fields(await wait_result(fd, styled))
+    assert (fields["Prompt"], fields["LoRA"]) == ("a cat, inked <lora:ink:0.5>", "ink ×0.5")
