@@ -110,7 +110,7 @@ class _Worker:
         self.cancel_lock = threading.Lock()
         self.send_lock = threading.Lock()
         self.stopping = threading.Event()
-        self.phase = "loading"  # loading | idle | running
+        self.phase = "loading"  # loading | failed (to load) | idle | running
         self.parent_pid = os.getppid()
         self.job_cancelled: type[BaseException] = _NeverRaised
         self.device_broken = False
@@ -125,6 +125,9 @@ class _Worker:
             try:
                 engine = self._load(engine_ref)
             except Exception as exc:
+                # No longer loading: the Stop that answers LoadFailed must not SIGTERM us out
+                # of the load (exit 0) while we return the load-failure exit code.
+                self.phase = "failed"
                 log.exception("could not load model %r", self.config.model_id)
                 self._send(LoadFailed(_load_message(self.config.model_id, exc)))
                 return EXIT_LOAD_FAILED
