@@ -138,6 +138,7 @@ class ImgBot(commands.AutoShardedBot):
             batching=s.batching,
             max_batch=s.max_batch,
             max_loras_loaded=s.max_loras_loaded,
+            single_file_config=s.single_file_config,
         )
 
     def worker_backend(self) -> WorkerBackend:

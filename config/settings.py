@@ -221,6 +221,12 @@ class Settings(BaseSettings):
                 self._follow(self._catalogue.default_model)
         return self._catalogue
 
+    @property
+    def single_file_config(self) -> str | None:
+        """The default model's `config` (a single-file checkpoint's component configs), for
+        the workers: like every worker setting, read under its WorkerConfig name."""
+        return self.catalogue.default_model.config
+
     def _follow(self, model: ModelEntry) -> None:
         """With MODELS_FILE, its default model is the one the workers load and jobs run on;
         its own steps, guidance and resolution win over DEFAULT_STEPS, DEFAULT_GUIDANCE and
