@@ -35,7 +35,7 @@ from pipeline.cli_common import (
     build_request,
     check_options,
     load_engine,
-    read_file,
+    read_input,
     run_request,
 )
 from pipeline.request import InputError
@@ -101,8 +101,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.prepare import load_input
-
     try:
         settings = load_settings()  # the defaults of every option, as for the bot
     except SettingsError as exc:
@@ -110,12 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         options = check_options(args)
-        image = load_input(
-            read_file(args.image, "image", settings.max_input_bytes),
-            max_bytes=settings.max_input_bytes,
-            min_side=settings.min_input_side,
-            max_side=settings.max_stored_side,
-        )
+        image = read_input(args.image, settings)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

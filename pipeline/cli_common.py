@@ -189,6 +189,19 @@ def read_file(path: Path, what: str, max_bytes: int) -> bytes:
     return path.read_bytes()
 
 
+def read_input(path: Path, settings: Settings) -> Any:
+    """The picture at `path` checked and normalized as the bot stores an upload (the same
+    limits); raises `InputError`."""
+    from pipeline.prepare import load_input
+
+    return load_input(
+        read_file(path, "image", settings.max_input_bytes),
+        max_bytes=settings.max_input_bytes,
+        min_side=settings.min_input_side,
+        max_side=settings.max_stored_side,
+    )
+
+
 def load_engine(args: argparse.Namespace, settings: Settings, **extra: Any) -> Any:
     """`Engine.load` with the options over the settings (as the bot's worker loads it);
     raises `ModelLoadError`."""

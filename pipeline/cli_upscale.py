@@ -34,7 +34,7 @@ from pipeline.cli_common import (
     build_request,
     check_options,
     load_engine,
-    read_file,
+    read_input,
 )
 from pipeline.request import GenerationRequest, GenerationResult, InputError
 from pipeline.tiling import Box, blend, cut, enlarge, plan_tiles, tile_seed, upscaled_size
@@ -125,8 +125,6 @@ def upscale_picture(
 
 def run(args: argparse.Namespace) -> int:
     """Validate like the bot, upscale, write the PNG; print what ran."""
-    from pipeline.prepare import load_input
-
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -134,12 +132,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         options = check_options(args)
-        parent = load_input(
-            read_file(args.image, "image", settings.max_input_bytes),
-            max_bytes=settings.max_input_bytes,
-            min_side=settings.min_input_side,
-            max_side=settings.max_stored_side,
-        )
+        parent = read_input(args.image, settings)
         size = upscaled_size(parent.width, parent.height, args.scale, settings.upscale_max_side)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
