@@ -16,11 +16,13 @@ import contextlib
 import io
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 from PIL import Image
@@ -28,6 +30,8 @@ from PIL import Image
 from bot.app import ImgBot, configure_endpoints
 from config import Settings
 from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
+
+ROOT = Path(__file__).resolve().parents[2]
 
 MANAGE_MESSAGES = 1 << 13
 MANAGE_GUILD = 1 << 5
@@ -231,3 +235,27 @@ def worker_paused(bot: ImgBot) -> Iterator[None]:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+async def cli_pixels(bot: ImgBot, command: str, image: bytes, tmp: Path, *args: str) -> np.ndarray:
+    """`python -m pipeline COMMAND` on these PNG bytes with the bot's model settings (and
+    `args`): the pixels the bot's own result must equal."""
+    source, out = tmp / f"cli-in-{len(args)}.png", tmp / f"cli-out-{len(args)}.png"
+    source.write_bytes(image)
+    s = bot.settings
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline", command, str(source),
+        "--steps", str(s.default_steps), "--guidance", str(s.default_guidance),
+        "--model", s.model_id, "--device", s.device, "--dtype", s.dtype,
+        "--resolution", str(s.resolution), "--output", str(out), *args,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "MIN_INPUT_SIDE": "8"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return pixels(out.read_bytes())

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from bot.app import ImgBot
 from pipeline.tiny_lora import make_tiny_lora
 from tests.e2e.conftest import (
     BotFactory,
     World,
     button,
+    cli_pixels,
     embed_fields,
     image_bytes,
+    pixels,
     slash_img2img,
     status_message,
     wait_result,
 )
 from tests.fakediscord import FakeDiscord
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def catalogue(path: Path, model: Path, lora: str) -> Path:
@@ -65,28 +59,6 @@ async def test_models_lists_the_catalogue_and_a_lora_that_cannot_be_used_is_refu
     assert await bot.store.jobs_in_states(["queued", "running", "done"]) == []
 
 
-async def cli_pixels(bot: ImgBot, photo: bytes, tmp: Path, *extra: str) -> np.ndarray:
-    """`python -m pipeline run` on the photo with the bot's model settings and `extra`."""
-    source, out = tmp / "in.png", tmp / f"out-{len(extra)}.png"
-    source.write_bytes(photo)
-    s = bot.settings
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline", "run", str(source), "--prompt", "a fox",
-        "--strength", "0.5", "--seed", "5", "--steps", str(s.default_steps),
-        "--guidance", str(s.default_guidance), "--model", s.model_id, "--device", s.device,
-        "--dtype", s.dtype, "--resolution", str(s.resolution), "--output", str(out), *extra,
-        cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return pixels(out.read_bytes())
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_variants_and_styles_keep_it(
     fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -99,11 +71,14 @@ async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_variants_and_style
     result = await wait_result(fd, handle)
     fields = embed_fields(result)
     assert (fields["Prompt"], fields["LoRA"]) == ("a fox <lora:ink:0.8>", "ink ×0.8")
+    job = ("--prompt", "a fox", "--strength", "0.5", "--seed", "5")
     expected = await cli_pixels(
-        bot, photo, tmp_path, "--lora", f"{lora}:0.8", "--lora-trigger", "ink drawing"
-    )
+        bot, "run", photo, tmp_path, *job, "--lora", f"{lora}:0.8", "--lora-trigger",
+        "ink drawing",
+    )  # fmt: skip
     assert np.array_equal(pixels(fd.attachment_bytes(result)), expected)
-    assert not np.array_equal(expected, await cli_pixels(bot, photo, tmp_path))  # it counts
+    plain = await cli_pixels(bot, "run", photo, tmp_path, *job)
+    assert not np.array_equal(expected, plain)  # it counts
 
     click = await fd.click(result["id"], button(result, "+0.15")["custom_id"], world.bob)
     variant = await wait_result(fd, click)

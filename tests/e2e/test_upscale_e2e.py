@@ -7,9 +7,6 @@ tile, and so does a tile that cannot be made; an upscaled result's buttons, and 
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +17,17 @@ from tests.e2e.conftest import (
     BotFactory,
     World,
     button,
+    cli_pixels,
     embed_fields,
     image_bytes,
+    pixels,
     status_message,
     wait_result,
     worker_paused,
 )
 from tests.e2e.test_imagine_e2e import labels
-from tests.e2e.test_iterate_e2e import job_count, pixels, private_text
+from tests.e2e.test_iterate_e2e import job_count, private_text
 from tests.fakediscord import FakeDiscord, InteractionHandle, Upload
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def upscale_cli(bot: ImgBot, image: bytes, tmp: Path, *, prompt: str, seed: int) -> Any:
-    """`python -m pipeline upscale` on these PNG bytes with the bot's model settings."""
-    source, out = tmp / f"up-in-{seed}.png", tmp / f"up-out-{seed}.png"
-    source.write_bytes(image)
-    s = bot.settings
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline", "upscale", str(source), "--prompt", prompt,
-        "--strength", "0.2", "--seed", str(seed), "--steps", str(s.default_steps),
-        "--guidance", str(s.default_guidance), "--model", s.model_id, "--device", s.device,
-        "--dtype", s.dtype, "--resolution", str(s.resolution), "--output", str(out),
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "MIN_INPUT_SIDE": "8"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return pixels(out.read_bytes())
 
 
 async def slash_upscale(
@@ -120,8 +98,11 @@ async def test_upscale_command_button_and_message_command(
     assert not result["ephemeral"]
     picture = pixels(fd.attachment_bytes(result))
     assert picture.shape == (128, 192, 3)  # the parent × 2
-    assert np.array_equal(picture, await upscale_cli(bot, photo, tmp_path, prompt="a red fox",
-                                                     seed=5))  # fmt: skip
+    expected = await cli_pixels(
+        bot, "upscale", photo, tmp_path, "--prompt", "a red fox", "--strength", "0.2",
+        "--seed", "5",
+    )  # fmt: skip
+    assert np.array_equal(picture, expected)
     fields = embed_fields(result)
     assert (fields["Size"], fields["Strength"], fields["Seed"]) == ("192×128", "0.20", "5")
     assert "PNG" in result["embeds"][0]["footer"]["text"]
