@@ -127,10 +127,15 @@ class Actions:
         style: str | None = None,
         *,
         on_stored: OnStored | None = None,
+        model: str | None = None,
     ) -> None:
         """/img2img's intake, shared by every command taking an upload (/inpaint passes
         `on_stored`): check, store, queue, answer with the status message; acknowledged
-        privately first only when storing takes longer than `ACK_DEADLINE_S`."""
+        privately first only when storing takes longer than `ACK_DEADLINE_S`. `model`:
+        the catalogue name chosen by `compose` (None: the default); its steps and guidance
+        are the job's defaults."""
+        models = self.bot.jobs.models
+        entry = models.catalogue.model(model)
         try:
             prompt = check_prompt(prompt)
             negative = (
@@ -162,8 +167,8 @@ class Actions:
                     negative_prompt=negative,
                     strength=strength,
                     seed=seed,
-                    steps=steps or self.settings.default_steps,
-                    guidance=self.settings.default_guidance,
+                    steps=steps or models.steps(entry),
+                    guidance=models.guidance(entry),
                     input_path=path,
                     input_width=width,
                     input_height=height,
@@ -174,6 +179,7 @@ class Actions:
                     channel_public=public,
                     channel_nsfw=nsfw,
                     interaction_created_at=interaction.created_at.timestamp(),
+                    model=entry.name,
                     **extra,
                 )
             )
@@ -460,6 +466,7 @@ class Actions:
             mask_source=parent.mask_source,
             region=parent.region,
             crop=parent.crop,
+            model=self.bot.jobs.models.kept(parent.model),
         )
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:

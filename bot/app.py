@@ -155,6 +155,10 @@ class ImgBot(commands.AutoShardedBot):
                 batching=s.batching,
                 heartbeat_s=s.worker_heartbeat_s,
                 silence_s=s.worker_silence_s,
+                default_model=s.catalogue.default,
+                model_resolutions={
+                    m.name: m.resolution for m in s.catalogue.models.values() if m.resolution
+                },
             )
         return WorkerClient(
             self.worker_config(), start_timeout=s.worker_start_timeout_s, max_batch=s.max_batch
@@ -170,7 +174,7 @@ class ImgBot(commands.AutoShardedBot):
         worker = self.worker_backend()
         delivery: Delivery = DiscordDelivery(
             self, self.store, settings.data_dir.resolve(),
-            upscale_max_side=settings.upscale_max_side,
+            upscale_max_side=settings.upscale_max_side, catalogue=settings.catalogue,
         )  # fmt: skip
         if settings.metrics_port:
             metrics = BotMetrics()

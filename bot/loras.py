@@ -45,7 +45,11 @@ class LoraTags:
         `UserError` if that passes the prompt limit or the LoRAs per job."""
         if composed.loras:
             typed = {u.name for u in uses}
-            extra = [u for u in self._style_uses(composed.loras) if u.name not in typed]
+            extra = [
+                u
+                for u in self._style_uses(composed.loras, composed.model or None)
+                if u.name not in typed
+            ]
             uses = (*uses, *extra)
             if len(uses) > self.max_per_job:
                 raise UserError(
@@ -64,11 +68,11 @@ class LoraTags:
             )
         return replace(composed, prompt=prompt)
 
-    def style_tags(self, text: str | None) -> str:
+    def style_tags(self, text: str | None, model: str | None = None) -> str:
         """A style's `loras` option (`pixel:0.8, ink`) as canonical tags; `UserError`
-        naming what fits for one that cannot be used."""
+        naming what fits (the style's model, else the default) for one that cannot be used."""
         names = [part.strip() for part in (text or "").split(",") if part.strip()]
-        _, uses = self.split(" ".join(f"<lora:{name}>" for name in names))
+        _, uses = self.split(" ".join(f"<lora:{name}>" for name in names), model)
         return " ".join(f"<lora:{u.name}:{u.weight:g}>" for u in uses)
 
     def for_worker(self, prompt: str, model: str | None = None) -> tuple[str, tuple[LoraRef, ...]]:
@@ -80,10 +84,10 @@ class LoraTags:
         refs = tuple(LoraRef(u.name, self.catalogue.loras[u.name].source, u.weight) for u in uses)
         return with_triggers(text, uses, self.catalogue), refs
 
-    def _style_uses(self, tags: str) -> tuple[LoraUse, ...]:
+    def _style_uses(self, tags: str, model: str | None) -> tuple[LoraUse, ...]:
         """A saved style's LoRAs (the limit applies to the job's total, checked after)."""
         try:
-            return split_loras(tags, self.catalogue, self._model(None), max_loras=len(tags))[1]
+            return split_loras(tags, self.catalogue, self._model(model), max_loras=len(tags))[1]
         except LoraTagError as exc:  # the catalogue changed since the style was saved
             raise UserError(f"This style's LoRAs cannot be used now: {exc}") from None
 

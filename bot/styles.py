@@ -43,6 +43,8 @@ class Style:
     loras: str = ""
     """LoRA tags the style adds (`<lora:pixel:0.8> …`, canonical); a member's own tag for
     the same LoRA wins."""
+    model: str | None = None
+    """The catalogue model the style runs on; a member's `model:` wins."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Composed:
     style: str | None
     loras: str = ""
     """The style's LoRA tags, joined with the member's by `bot.loras.LoraTags.styled`."""
+    model: str = ""
+    """The catalogue model the job runs on (`bot.models.ModelChoice.pick`); "" until chosen."""
 
 
 BUILTINS: dict[str, Style] = {

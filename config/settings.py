@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     max_loras_loaded: int = Field(
         8, ge=1, le=64, description="LoRAs a worker keeps loaded per model (LRU)."
     )
+    swap_window: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="Swap rule: how many jobs of models a GPU has loaded may go ahead of a "
+        "job whose model it would have to load (0: strict fair order, a load per change).",
+    )
     device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="Where to run.")
     dtype: Literal["auto", "fp16", "bf16", "fp32"] = Field(
         "auto", description="auto: fp16 on CUDA/MPS, fp32 on CPU."

@@ -118,6 +118,8 @@ class GenerationRequest:
     loras: tuple[LoraRef, ...] = ()
     """The LoRAs this job applies, each with its weight (none: the plain model). Rows with
     different sets share UNet calls in the step path (`pipeline.lora_rows`)."""
+    model: str = ""
+    """The catalogue's name of the model to run on; "" = the worker's default model."""
 
 
 @dataclass(frozen=True)

@@ -236,7 +236,7 @@ class CompareCog(commands.Cog):
             path, f"img2img-{job.id}.png", job, limit=upload_limit(interaction)
         )
         await interaction.response.send_message(
-            embed=result_embed(job, file_format=fmt),
+            embed=result_embed(job, file_format=fmt, catalogue=self.bot.settings.catalogue),
             file=file,
             view=result_view(job.id, job.strength),
         )

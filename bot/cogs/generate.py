@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.models import model_autocomplete
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
-from bot.styles import Composed, unknown_style_text
+from bot.models import server_model
+from bot.styles import Composed, apply_style, unknown_style_text
 from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -32,22 +35,26 @@ async def compose(
     negative_prompt: str | None,
     style: str | None,
     strength: float | None,
+    model: str | None = None,
 ) -> Composed:
     """The prompt with its style applied (first, so the job stores, and the embed shows, the
-    prompt that actually ran), its `<lora:…>` tags checked and kept after it (`bot.loras`).
+    prompt that actually ran), its `<lora:…>` tags checked against the job's model and kept
+    after it (`bot.loras`), and the model chosen: `model` (typed, or a clicked job's), else
+    the style's, else the server's, else the catalogue's (`bot.models`).
     Raises `InputError`/`UserError` with the member's message.
-    Shared by the commands that take a prompt and a style (/img2img, /inpaint)."""
-    text, loras = bot.loras.split(check_prompt(prompt))  # tags out before the template
-    composed = await bot.styles.apply(
-        interaction.guild_id or 0,  # outside a server: built-ins only (then refused)
-        interaction.user.id,
-        style,
-        text,
-        negative_prompt.strip() if negative_prompt else None,
-        strength,
-    )
-    if composed is None:
-        raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
+    Shared by the commands that take a prompt and a style (/img2img, /inpaint, /imagine,
+    /series, the forms)."""
+    guild_id = interaction.guild_id or 0  # outside a server: built-ins only (then refused)
+    found = None
+    if style:
+        found = await bot.styles.resolve(guild_id, interaction.user.id, style)
+        if found is None:
+            raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
+    server = await server_model(bot.store.db, guild_id)
+    entry = bot.jobs.models.pick(model, found.model if found else None, server)
+    text, loras = bot.loras.split(check_prompt(prompt), entry.name)  # tags out first
+    negative = negative_prompt.strip() if negative_prompt else None
+    composed = replace(apply_style(found, text, negative, strength), model=entry.name)
     return bot.loras.styled(composed, loras)
 
 
@@ -67,8 +74,9 @@ class GenerateCog(commands.Cog):
         seed="Same seed + same settings = same picture",
         steps="Denoising steps (1–150); more is slower",
         style="A saved look: yours, this server's or a built-in (see /style list)",
+        model="Which model draws it (see /models); default: the style's, else the server's",
     )
-    @app_commands.autocomplete(style=style_autocomplete)
+    @app_commands.autocomplete(style=style_autocomplete, model=model_autocomplete)
     async def img2img(
         self,
         interaction: discord.Interaction[Any],
@@ -79,10 +87,11 @@ class GenerateCog(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         try:
             composed = await compose(
-                self.bot, interaction, prompt, negative_prompt, style, strength
+                self.bot, interaction, prompt, negative_prompt, style, strength, model
             )
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
@@ -96,6 +105,7 @@ class GenerateCog(commands.Cog):
             seed,
             steps,
             style=composed.style,
+            model=composed.model,
         )
 
 

@@ -27,6 +27,7 @@ from bot.actions import _role_ids
 from bot.cogs.compare import GONE_TEXT, VARY, CompareCog, vary_text
 from bot.cogs.generate import compose
 from bot.cogs.iterate import copy_output
+from bot.cogs.models import model_autocomplete
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
 from bot.jobs.events import KindDelivery
@@ -68,9 +69,10 @@ class ImagineCog(commands.Cog):
         steps="Denoising steps (1–150); more is slower",
         style="A saved look: yours, this server's or a built-in (see /style list)",
         aspect="Shape, width:height (default 1:1)",
+        model="Which model draws it (see /models); default: the style's, else the server's",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
-    @app_commands.autocomplete(style=style_autocomplete)
+    @app_commands.autocomplete(style=style_autocomplete, model=model_autocomplete)
     async def imagine(
         self,
         interaction: Interaction,
@@ -80,13 +82,17 @@ class ImagineCog(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
         aspect: str = "1:1",
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         actions = self.bot.actions
         try:
             check_seed(seed)
             check_steps(steps)
-            width, height = aspect_size(aspect, self.bot.jobs.resolution)
-            composed = await compose(self.bot, interaction, prompt, negative_prompt, style, 1.0)
+            composed = await compose(
+                self.bot, interaction, prompt, negative_prompt, style, 1.0, model
+            )
+            entry = self.bot.jobs.models.catalogue.model(composed.model)
+            width, height = aspect_size(aspect, self.bot.jobs.resolution_of(entry.name))
             await actions.precheck(interaction)
             assert interaction.guild_id is not None
             public, nsfw = channel_flags(interaction.channel)
@@ -99,8 +105,8 @@ class ImagineCog(commands.Cog):
                     negative_prompt=composed.negative_prompt,
                     strength=1.0,  # from noise: the whole schedule, whatever the style says
                     seed=seed,
-                    steps=steps or self.bot.settings.default_steps,
-                    guidance=self.bot.settings.default_guidance,
+                    steps=steps or self.bot.jobs.models.steps(entry),
+                    guidance=self.bot.jobs.models.guidance(entry),
                     input_path="",
                     input_width=width,
                     input_height=height,
@@ -109,6 +115,7 @@ class ImagineCog(commands.Cog):
                     interaction_token=interaction.token,
                     role_ids=_role_ids(interaction),
                     style=composed.style,
+                    model=entry.name,
                     channel_public=public,
                     channel_nsfw=nsfw,
                     interaction_created_at=interaction.created_at.timestamp(),

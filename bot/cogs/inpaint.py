@@ -28,6 +28,7 @@ from discord.ext import commands
 
 from bot.cogs.generate import compose
 from bot.cogs.iterate import OUTPUT_GONE_TEXT, copy_output
+from bot.cogs.models import model_autocomplete
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
 from bot.inpaint_masks import (
@@ -169,9 +170,10 @@ class InpaintCog(commands.Cog):
         steps="Denoising steps (1–150); more is slower",
         style="A saved look: yours, this server's or a built-in (see /style list)",
         crop="auto: a small mask is generated at full detail in a box around it",
+        model="Which model draws it (see /models); default: the style's, else the server's",
     )
     @app_commands.choices(crop=[app_commands.Choice(name=c, value=c) for c in CROP_CHOICES])
-    @app_commands.autocomplete(style=style_autocomplete)
+    @app_commands.autocomplete(style=style_autocomplete, model=model_autocomplete)
     async def inpaint(
         self,
         interaction: Interaction,
@@ -185,6 +187,7 @@ class InpaintCog(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
         crop: str | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         try:
             words = check_region(region)
@@ -195,7 +198,7 @@ class InpaintCog(commands.Cog):
             # A style's strength is tuned for img2img; inpainting repaints a region, so
             # it keeps its own default unless one is given.
             composed = await compose(
-                self.bot, interaction, prompt, negative_prompt, style, strength or STRENGTH
+                self.bot, interaction, prompt, negative_prompt, style, strength or STRENGTH, model
             )
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
@@ -209,6 +212,7 @@ class InpaintCog(commands.Cog):
             seed,
             steps,
             style=composed.style,
+            model=composed.model,
             on_stored=partial(self._with_mask, mask=mask, region=words, crop=crop or "auto"),
         )
 

@@ -35,6 +35,7 @@ from PIL import Image
 
 from bot.actions import INPUT_GONE_TEXT
 from bot.errors import UserError
+from bot.models import server_model
 from bot.store.db import Job
 from bot.styles import Composed, unknown_style_text
 from bot.ui import modals
@@ -213,12 +214,15 @@ class IterateCog(commands.Cog):
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
         try:
-            styled = await self._styled(interaction, form)
+            model = await self._form_model(interaction, kind, ref)
+            styled = await self._styled(interaction, form, model)
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
         if kind == "this":
-            await self._submit_this(interaction, target, styled, values.get(modals.PICTURE, "0"))
+            await self._submit_this(
+                interaction, target, styled, values.get(modals.PICTURE, "0"), model
+            )
             return
         copied: str | None = None
         try:
@@ -259,6 +263,7 @@ class IterateCog(commands.Cog):
         target: dict[str, Any] | None,
         form: modals.Form,
         picture: str,
+        model: str,
     ) -> None:
         images = (target or {}).get("images") or []
         index = int(picture) if picture.isdigit() else 0
@@ -275,15 +280,29 @@ class IterateCog(commands.Cog):
             form.seed,
             None,
             style=form.style,
+            model=model,
         )
 
-    async def _styled(self, interaction: Interaction, form: modals.Form) -> modals.Form:
+    async def _form_model(self, interaction: Interaction, kind: str, ref: int) -> str:
+        """The model a form's job runs on: Edit and Refine keep the job's; Img2img this
+        (a form cannot grow a model field) uses the server's default, else the catalogue's."""
+        models = self.bot.jobs.models
+        if kind != "this":
+            parent = await self.bot.actions.job_here(interaction, ref, deleted_ok=False)
+            return models.kept(parent.model)
+        server = await server_model(self.bot.store.db, interaction.guild_id or 0)
+        return models.pick(None, None, server).name
+
+    async def _styled(
+        self, interaction: Interaction, form: modals.Form, model: str
+    ) -> modals.Form:
         """The form with its Style applied to the prompt (the name as stored) and its
         `<lora:…>` tags checked and kept after it. Raises `UserError` for an unknown style,
         a tag that cannot be used, or a too long result."""
-        text, loras = self.bot.loras.split(form.prompt)
+        text, loras = self.bot.loras.split(form.prompt, model)
         if form.style is None:
-            tagged = self.bot.loras.styled(Composed(text, None, 0.0, None), loras).prompt
+            plain = Composed(text, None, 0.0, None, model=model)
+            tagged = self.bot.loras.styled(plain, loras).prompt
             return replace(form, prompt=tagged if loras else form.prompt)
         composed = await self.bot.styles.apply(
             interaction.guild_id or 0,
@@ -295,7 +314,7 @@ class IterateCog(commands.Cog):
         )
         if composed is None:
             raise UserError(unknown_style_text(form.style.replace("`", "")))
-        composed = self.bot.loras.styled(composed, loras)
+        composed = self.bot.loras.styled(replace(composed, model=model), loras)
         return replace(
             form,
             prompt=composed.prompt,

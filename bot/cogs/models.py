@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.limits import fit_lines
-from config.catalogue import Catalogue
+from config.catalogue import Catalogue, ModelEntry
 from pipeline.request import EngineInfo
 
 if TYPE_CHECKING:
@@ -30,20 +30,30 @@ def family(info: EngineInfo | None) -> str:
     return name
 
 
+def family_of(model: ModelEntry, info: EngineInfo | None) -> str:
+    """A model's family where a worker reported it (its default model), in members' words."""
+    return family(info if info is not None and info.model_id == model.source else None)
+
+
 def models_text(
-    catalogue: Catalogue, served: EngineInfo | None, default_steps: int, default_guidance: float
+    catalogue: Catalogue,
+    info: EngineInfo | None,
+    online: frozenset[str],
+    default_steps: int,
+    default_guidance: float,
 ) -> str:
-    """The /models answer. `served`: what the online GPUs loaded (None: none online)."""
+    """The /models answer. `info`: what a GPU reported loading (None: none yet); `online`:
+    the models some online GPU serves."""
     lines = ["**Models**"]
     for model in catalogue.models.values():
-        online = served is not None and served.model_id == model.source
         steps = model.steps or default_steps
         guidance = default_guidance if model.guidance is None else model.guidance
-        marks = [f"`{model.name}`", family(served if online else None), f"{steps} steps"]
+        marks = [f"`{model.name}`", family_of(model, info), f"{steps} steps"]
         marks.append(f"guidance {guidance:g}")
         if model.name == catalogue.default:
             marks.append("default")
-        marks.append("🟢 a GPU is online" if online else "⚪ no GPU serves it right now")
+        on = model.name in online
+        marks.append("🟢 a GPU is online" if on else "⚪ no GPU serves it right now")
         lines.append(f"• **{discord.utils.escape_markdown(model.title)}** · " + " · ".join(marks))
     if catalogue.loras:
         lines += ["", "**LoRAs** (put `<lora:NAME>` or `<lora:NAME:WEIGHT>`, 0–2, in a prompt)"]
@@ -66,10 +76,34 @@ class ModelsCog(commands.Cog):
         text = models_text(
             settings.catalogue,
             self.bot.jobs.engine_info if self.bot.jobs.ready.is_set() else None,
+            self.bot.jobs.models_online(),
             settings.default_steps,
             settings.default_guidance,
         )
         await interaction.response.send_message(text, ephemeral=True)
+
+
+async def model_autocomplete(
+    interaction: discord.Interaction[Any], current: str
+) -> list[app_commands.Choice[str]]:
+    """`model:` choices: each model's label, name, family where known, and whether a GPU
+    serving it is online (a job for one that is not waits until one is)."""
+    bot: ImgBot = interaction.client  # type: ignore[assignment]
+    jobs = bot.jobs
+    online = jobs.models_online()
+    info = jobs.engine_info if jobs.ready.is_set() else None
+    typed = current.strip().lower()
+    choices = []
+    for model in bot.settings.catalogue.models.values():
+        if typed and typed not in model.name and typed not in model.title.lower():
+            continue
+        fam = family_of(model, info)
+        parts = [model.title, model.name] if model.title != model.name else [model.name]
+        if not fam.startswith("family known"):
+            parts.append(fam)
+        parts.append("online" if model.name in online else "no GPU online now")
+        choices.append(app_commands.Choice(name=" · ".join(parts)[:100], value=model.name))
+    return choices[:25]
 
 
 async def setup_models(bot: ImgBot) -> None:

@@ -21,6 +21,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.generate import compose
+from bot.cogs.models import model_autocomplete
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
 from bot.copies import deleted_among, record_copy
@@ -42,7 +44,6 @@ from bot.store.db import Job
 from bot.store.picture_messages import Kind, PictureMessages
 from bot.store.quotas import QuotaStore
 from bot.store.series import SeriesStore
-from bot.styles import unknown_style_text
 from bot.ui.buttons import result_view
 from bot.ui.pictures import picture_file, upload_limit
 from bot.ui.render import result_embed
@@ -99,8 +100,9 @@ class SeriesCog(commands.Cog):
         seed="One seed for all; default: one random seed shared by all",
         steps="Denoising steps (1–150)",
         style="A saved look (see /style list)",
+        model="Which model draws it (see /models); default: the style's, else the server's",
     )
-    @app_commands.autocomplete(style=style_autocomplete)
+    @app_commands.autocomplete(style=style_autocomplete, model=model_autocomplete)
     async def series_command(
         self,
         interaction: Interaction,
@@ -120,12 +122,13 @@ class SeriesCog(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         given = [image1, image2, image3, image4, image5, image6, image7, image8, image9, image10]
         images = [(pos, a) for pos, a in enumerate(given, start=1) if a is not None]
         assert len(images) <= MAX_IMAGES
         await self._series(
-            interaction, prompt, images, strength, negative_prompt, seed, steps, style
+            interaction, prompt, images, strength, negative_prompt, seed, steps, style, model
         )
 
     async def _series(
@@ -138,23 +141,21 @@ class SeriesCog(commands.Cog):
         seed: int | None,
         steps: int | None,
         style: str | None,
+        model: str | None = None,
     ) -> None:
         assert interaction.guild_id is not None
         guild, user = interaction.guild_id, interaction.user.id
         settings = self.bot.settings
+        models = self.bot.jobs.models
         try:
-            text, loras = self.bot.loras.split(check_prompt(prompt))
-            composed = await self.bot.styles.apply(
-                guild, user, style, text,
-                negative_prompt.strip() if negative_prompt else None, strength,
-            )  # fmt: skip
-            if composed is None:
-                raise UserError(unknown_style_text(str(style).strip().replace("`", "")))
-            composed = self.bot.loras.styled(composed, loras)
+            composed = await compose(
+                self.bot, interaction, prompt, negative_prompt, style, strength, model
+            )
+            entry = models.catalogue.model(composed.model)
             check_prompt(composed.negative_prompt, field="negative prompt", required=False)
             check_strength(composed.strength)
             check_seed(seed)
-            steps = check_steps(steps) or settings.default_steps
+            steps = check_steps(steps) or models.steps(entry)
             plan_steps(steps, composed.strength)
             problems = []
             for pos, att in images:
@@ -198,13 +199,14 @@ class SeriesCog(commands.Cog):
                     strength=composed.strength,
                     seed=shared_seed,
                     steps=steps,
-                    guidance=settings.default_guidance,
+                    guidance=models.guidance(entry),
                     input_path=rel,
                     input_width=width,
                     input_height=height,
                     kind="series",
                     role_ids=member_role_ids(interaction),
                     style=composed.style,
+                    model=entry.name,
                 )
                 for _, _, rel, width, height in stored
             ]
@@ -364,7 +366,7 @@ class SeriesCog(commands.Cog):
             path, f"img2img-{job.id}.png", job, limit=upload_limit(interaction)
         )
         await interaction.response.send_message(
-            embed=result_embed(job, file_format=fmt),
+            embed=result_embed(job, file_format=fmt, catalogue=self.bot.settings.catalogue),
             file=file,
             view=result_view(job.id, job.strength),
         )

@@ -17,8 +17,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.blocked_words import MAX_WORD_CHARS, BlockedWords
+from bot.cogs.models import model_autocomplete
 from bot.cogs.quota import QuotaCog, member_role_ids
+from bot.errors import UserError
 from bot.limits import CONTENT, fit_lines, join_items
+from bot.models import server_model
 from bot.quota import WINDOW_S, plural
 from bot.safety_notice import runs_unfiltered, unfiltered_text
 from bot.store.quotas import QuotaStore
@@ -104,6 +107,7 @@ class SettingsCog(
             f"• Channels: {channels}",
             f"• Gallery channel: {gallery}",
             f"• Age-restricted channels: {nsfw}",
+            f"• Default model: {await self._model_line(interaction.guild_id)}",
             f"• Withheld by the safety filter in the last 24 h: {plural(withheld, 'image')}",
             f"• Not checked by a safety filter in the last 24 h: {plural(unchecked, 'image')}",
             f"• Blocked words: {len(words)} of this server"
@@ -145,6 +149,34 @@ class SettingsCog(
         change = await self.quotas.set_nsfw_channels(
             interaction.guild_id, interaction.user.id, mode
         )
+        await _done(interaction, change)
+
+    async def _model_line(self, guild_id: int) -> str:
+        models = self.bot.jobs.models
+        name = await server_model(self.bot.store.db, guild_id)
+        entry = models.pick(None, None, name)
+        note = "" if name == entry.name else " (the bot's default)"
+        return f"`{entry.name}`{note}"
+
+    @app_commands.command(name="model", description="The model this server's pictures use")
+    @app_commands.describe(
+        name="A model from /models; members may still pick another with model:"
+    )
+    @app_commands.autocomplete(name=model_autocomplete)
+    async def model(
+        self, interaction: Interaction, name: app_commands.Range[str, 1, 100]
+    ) -> None:
+        assert interaction.guild_id is not None
+        try:
+            entry = self.bot.jobs.models.entry(name)
+        except UserError as exc:
+            await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
+            return
+        change = f"default model → `{entry.name}`"
+        q = self.quotas
+        async with self.bot.store.transaction() as db:
+            await q.set_guild_values(db, interaction.guild_id, model=entry.name)
+            await q.record(db, interaction.guild_id, interaction.user.id, change)
         await _done(interaction, change)
 
     @blocked_words.command(name="add", description="Refuse prompts with this word")

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.models import model_autocomplete
 from bot.errors import UserError
 from bot.limits import CONTENT, clip, fit_lines, join_items
 from bot.store.styles import StyleStore
@@ -113,7 +114,9 @@ class StylesCog(
         strength="Used when a picture gives no strength of its own",
         scope="Yours, or the whole server's (Manage Server)",
         loras="LoRAs it adds, e.g. pixel:0.8, ink (see /models); a picture's own tags win",
+        model="The model it runs on (see /models); a picture's own model: wins",
     )
+    @app_commands.autocomplete(model=model_autocomplete)
     async def save(
         self,
         interaction: Interaction,
@@ -123,11 +126,13 @@ class StylesCog(
         strength: app_commands.Range[float, MIN_STRENGTH, MAX_STRENGTH] | None = None,
         scope: Literal["mine", "server"] = "mine",
         loras: app_commands.Range[str, 0, 200] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         assert interaction.guild_id is not None
         try:
             if scope == "server":
                 _need_manage(interaction, "Save it as your own with `scope: mine` instead.")
+            chosen = self.bot.jobs.models.entry(model).name if model else None
             style = Style(
                 name=check_name(name),
                 template=check_template(prompt),
@@ -137,7 +142,8 @@ class StylesCog(
                 or None,
                 strength=check_strength(strength),
                 scope=scope,
-                loras=self.bot.loras.style_tags(loras),
+                loras=self.bot.loras.style_tags(loras, chosen),
+                model=chosen,
             )
             replaced = await self.styles.save(interaction.guild_id, interaction.user.id, style)
         except (UserError, InputError) as exc:

@@ -44,6 +44,7 @@ from bot.ui.buttons import cancel_view, result_view
 from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.render import job_summary, result_embed
 from bot.upscale import fits_again
+from config.catalogue import Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,19 @@ HISTORY_SCAN = 50
 
 class DiscordDelivery:
     def __init__(
-        self, client: discord.Client, store: Store, data_dir: Path, *, upscale_max_side: int = 2048
+        self,
+        client: discord.Client,
+        store: Store,
+        data_dir: Path,
+        *,
+        upscale_max_side: int = 2048,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.data_dir = data_dir
         self.upscale_max_side = upscale_max_side  # Upscale ×2 is offered only under it
+        self.catalogue = catalogue  # names the job's model on results
 
     # -- where messages go --------------------------------------------------------------
     def _webhook(self, job: Job) -> discord.Webhook:
@@ -128,7 +136,10 @@ class DiscordDelivery:
         upscale = picture.size is None or fits_again(*picture.size, self.upscale_max_side)
         payload: dict[str, Any] = {
             "embed": result_embed(
-                job, mask_thumbnail=thumb_name if thumb else None, file_format=picture.format
+                job,
+                mask_thumbnail=thumb_name if thumb else None,
+                file_format=picture.format,
+                catalogue=self.catalogue,
             ),
             "view": result_view(job.id, job.strength, mode=job.mode, upscale=upscale),
         }

@@ -11,13 +11,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
 
 from bot.jobs.events import JobEvents
+from bot.jobs.routing import Residency, Route, SwapRule
 from bot.jobs.scheduler import QueuedJob
 from bot.loras import LoraTags
+from bot.models import ModelChoice
 from bot.startup import engine_summary
 from bot.store.db import ACTIVE_STATES, Job
 from pipeline.prepare import target_size
@@ -54,6 +57,10 @@ class JobDispatch(JobEvents):
     resolution: int
     engine_info: EngineInfo | None
     loras: LoraTags
+    models: ModelChoice
+    worker_models: tuple[str, ...]
+    residency: Residency
+    swaps: SwapRule
     ready: asyncio.Event
     fatal: str | None
     on_fatal: Callable[[str], None] | None
@@ -188,22 +195,30 @@ class JobDispatch(JobEvents):
     def _queued(self, job: Job) -> QueuedJob:
         """The queue's view of a job; its batch key holds the input size, sized later, and
         the mode: an inpaint job's key is its own (its id), so it never shares a call
-        (nor with img2img jobs)."""
+        (nor with img2img jobs). Its model is the request's (`bot.models`)."""
         plan = plan_steps(job.steps, job.strength)
         mode: Hashable = ("inpaint", job.id) if job.mode == "inpaint" else job.mode
         raw_key = ((job.input_width, job.input_height), plan, job.guidance, mode)
-        return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key)
+        model = self.models.for_worker(job.model) or self.models.catalogue.default
+        return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key, model=model)
+
+    def resolution_of(self, model: str | None) -> int:
+        """The size a model renders at (long side): its catalogue `resolution`, else
+        RESOLUTION, else what the worker reported for its default model."""
+        entry = self.models.catalogue.models.get(model or "")
+        return (entry.resolution if entry is not None else None) or self.resolution
 
     def _batch_key(self, queued: QueuedJob) -> Hashable:
-        """Jobs share a call when they render at one size with one step plan and guidance.
-        The size depends on the model's resolution, known only once the worker is ready,
-        so it is derived here at dispatch time rather than when the job was queued. With
-        step batching (`EngineInfo.step_slots`) jobs need only one size (latent shape)."""
+        """Jobs share a call when they render with one model at one size with one step plan
+        and guidance. The size depends on the model's resolution, known only once the worker
+        is ready, so it is derived here at dispatch time rather than when the job was
+        queued. With step batching (`EngineInfo.step_slots`) jobs need only one model and
+        one size (latent shape)."""
         (width, height), plan, guidance, mode = queued.batch_key  # type: ignore[misc]
-        size = target_size(width, height, self.resolution)
+        size = target_size(width, height, self.resolution_of(queued.model))
         if self.engine_info is not None and self.engine_info.step_slots:
-            return size, mode
-        return size, plan, guidance, mode
+            return queued.model, size, mode
+        return queued.model, size, plan, guidance, mode
 
     def _free_batches(self) -> list[int]:
         """The batch sizes the workers take now, one per worker with free slots (most
@@ -221,14 +236,23 @@ class JobDispatch(JobEvents):
         if info is not None and info != self.engine_info:  # a remote worker told us more
             self._on_ready(info)
         batches: list[list[QueuedJob]] = []
+        routes: list[Route | None] = []
         try:
-            for size in self._free_batches()[:BATCHES_PER_PASS]:
-                batch = self.queue.take_batch(
-                    min(self.settings.max_batch, size), key=self._batch_key
-                )
-                if not batch:
-                    break
-                batches.append(batch)
+            if len(self.models.catalogue.models) > 1:
+                for route in self._routes()[:BATCHES_PER_PASS]:
+                    batch = self._take_for(route)
+                    if batch:
+                        batches.append(batch)
+                        routes.append(route)
+            else:  # one model: every worker takes the next batch in fair order
+                for size in self._free_batches()[:BATCHES_PER_PASS]:
+                    batch = self.queue.take_batch(
+                        min(self.settings.max_batch, size), key=self._batch_key
+                    )
+                    if not batch:
+                        break
+                    batches.append(batch)
+                    routes.append(None)
         except Exception:
             log.exception("choosing the next batch failed")
             self._hold_until = time.monotonic() + DISPATCH_RETRY_S
@@ -250,7 +274,7 @@ class JobDispatch(JobEvents):
             sent = [requests[q.job_id] for q in batch if q.job_id in requests]
             try:
                 if sent:
-                    self.worker.submit(sent)
+                    self._submit(sent, routes[n])
             except Exception:
                 rest = [q for later in batches[n:] for q in later]
                 ids = ", ".join(q.job_id for q in rest)
@@ -262,6 +286,52 @@ class JobDispatch(JobEvents):
             self._sent(batch, sent)
         self._refresh_positions()
         return True
+
+    def _routes(self) -> list[Route]:
+        """Each worker that takes jobs now, with the models it serves and has resident
+        (as the bot last granted them, else as it said), most free slots first."""
+        listed = getattr(self.worker, "routes", None)
+        if listed is None:  # the local worker: serves WORKER_MODELS
+            free = self.worker.free_slots
+            raw = [Route(None, free, frozenset(self.worker_models))] if free > 0 else []
+        else:
+            raw = listed()
+        return [
+            replace(r, resident=self.residency.of(r.worker) or r.resident)
+            for r in sorted(raw, key=lambda r: -r.free)
+        ]
+
+    def _take_for(self, route: Route) -> list[QueuedJob]:
+        """`route`'s next batch by the swap rule (`bot.jobs.routing`), marked held."""
+        elsewhere = frozenset(
+            m for r in self._all_routes() if r.worker != route.worker for m in r.resident
+        )
+        batch = self.swaps.pick(
+            self.queue.waiting(),
+            route,
+            min(self.settings.max_batch, route.free),
+            self._batch_key,
+            elsewhere,
+        )
+        self.queue.hold(batch)
+        return batch
+
+    def _all_routes(self) -> list[Route]:
+        """Every worker online, busy or not (whose resident models a job may wait for)."""
+        every = getattr(self.worker, "all_routes", None)
+        if every is None:
+            return []
+        return [replace(r, resident=self.residency.of(r.worker) or r.resident) for r in every()]
+
+    def _submit(self, requests: list[GenerationRequest], route: Route | None) -> None:
+        """Grant to the route's worker (the backend's choice without one), and note the
+        model it will load."""
+        if route is None or route.worker is None:
+            self.worker.submit(requests)
+        else:
+            self.worker.submit(requests, worker_id=route.worker)  # type: ignore[call-arg]
+        if route is not None:
+            self.residency.granted(route.worker, requests[0].model or self.models.catalogue.default)
 
     def _sent(self, batch: list[QueuedJob], requests: list[GenerationRequest]) -> None:
         """The batch's jobs (those still queued when marked) are with a worker now."""
@@ -363,9 +433,11 @@ class JobDispatch(JobEvents):
     def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
         out = self.data_dir / "outputs" / f"{job.id}.png"
         text = job.mode == TEXT_TO_IMAGE  # no input: noise of the size its batch key holds
-        start = NoiseStart(*target_size(job.input_width, job.input_height, self.resolution))
+        model = self.models.for_worker(job.model)
+        size = target_size(job.input_width, job.input_height, self.resolution_of(model))
+        start = NoiseStart(*size)
         # Tags out, trigger words first; checked at submit, and at start for restored jobs.
-        prompt, loras = self.loras.for_worker(job.prompt)
+        prompt, loras = self.loras.for_worker(job.prompt, model or None)
         return GenerationRequest(
             job_id=str(job.id),
             image_path="" if text else str(self.data_dir / job.input_path),
@@ -384,4 +456,5 @@ class JobDispatch(JobEvents):
             crop=job.crop,
             mask_blur=self.settings.mask_blur,
             loras=loras,
+            model=model,
         )

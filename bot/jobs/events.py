@@ -276,7 +276,7 @@ class JobEvents(JobRedelivery):
         if getattr(r, "withheld", False):
             # The GPU did the work, so the unit stays counted; no image exists to show.
             job = await self._end(
-                job_id, state="withheld", nsfw=1, output_path=None, model=self.model_name, **ran
+                job_id, state="withheld", nsfw=1, output_path=None, **ran
             )
             if job is not None:
                 await self._deliver(job, self.delivery.deliver_withheld)
@@ -286,7 +286,6 @@ class JobEvents(JobRedelivery):
             state="done",
             nsfw=int(bool(getattr(r, "nsfw", False))),
             output_path=f"outputs/{r.job_id}.png",
-            model=self.model_name,
             **ran,
         )
         if job is None:

@@ -34,6 +34,7 @@ class QueuedJob:
     user_id: int
     batch_key: Hashable | None = None
     group: str | None = None  # jobs of one series: one entry against the per-user cap
+    model: str = ""  # the catalogue model it runs on: routing and the swap rule
 
 
 class QueueFull(Exception):
@@ -324,6 +325,19 @@ class FairQueue:
         for job in batch:
             self._held[job.job_id] = job
         return batch
+
+    def get(self, job_id: str) -> QueuedJob | None:
+        """A waiting (or held) job."""
+        return self._queued.get(job_id)
+
+    def waiting(self) -> Iterator[QueuedJob]:
+        """Waiting jobs (not held) in fair order, read lazily (`bot.jobs.routing`)."""
+        return self._iter_order()
+
+    def hold(self, batch: list[QueuedJob]) -> None:
+        """Mark jobs picked by the caller held, as `take_batch` does."""
+        for job in batch:
+            self._held[job.job_id] = job
 
     def start(self, job_id: str) -> None:
         """A held job started: it leaves its member's queue, and the member and the guild

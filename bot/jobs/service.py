@@ -24,9 +24,11 @@ import aiosqlite
 from bot.errors import UserError
 from bot.jobs.dispatch import JobDispatch
 from bot.jobs.events import Delivery
+from bot.jobs.routing import Residency, SwapRule
 from bot.jobs.scheduler import Caps, FairQueue, QueueFull
 from bot.jobs.status import StatusBoard
 from bot.loras import LORA_GONE, LoraTags
+from bot.models import MODEL_GONE, ModelChoice
 from bot.store.db import ACTIVE_STATES, Job, Store
 from bot.ui.render import queue_text
 from config import Settings
@@ -79,6 +81,7 @@ class NewJob:
     region: str | None = None  # inpaint: words the worker turns into a mask
     crop: str = "auto"  # inpaint: auto | on | off
     counted: bool = True  # uses a unit of quota (an upscale's tiles: one in four does)
+    model: str | None = None  # the catalogue's name (`bot.models`); None: the default
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
@@ -126,10 +129,20 @@ class JobService(JobDispatch):
             places=self._places,
             place_text=self._place_text,
             note=self._status_note,
+            job_note=self._model_note,
         )
         self.resolution = settings.resolution or 512
         self.model_name = settings.model_id
         self.loras = LoraTags(settings.catalogue, settings.max_loras_per_job)
+        self.models = ModelChoice(
+            settings.catalogue, settings.default_steps, settings.default_guidance
+        )
+        self.worker_models = (settings.catalogue.default,)
+        """What the local worker serves (WORKER_MODELS; routing for one worker)."""
+        self.residency = Residency(getattr(settings, "resident_models", 1))
+        self.swaps = SwapRule(settings.swap_window)
+        self._online: frozenset[str] = frozenset()
+        self._online_at = -1e9
         self.engine_info: EngineInfo | None = None  # what the worker loaded, once ready
         self.seconds_per_image = DEFAULT_JOB_SECONDS
         self.ready = asyncio.Event()
@@ -172,17 +185,31 @@ class JobService(JobDispatch):
         self.status.start()
         self._task = self._start_task(self._run())
 
+    def models_online(self) -> frozenset[str]:
+        """The catalogue models some online worker serves (routing waits for the others):
+        the workers' word through a backend that knows it (`models_served`), else every
+        model once the local worker is ready."""
+        served = getattr(self.worker, "models_served", None)
+        if served is not None:
+            return frozenset(served())
+        if not self.ready.is_set() or self.fatal:
+            return frozenset()
+        return frozenset(self.worker_models)
+
     async def _runnable(self, jobs: list[Job]) -> list[Job]:
         """The restored jobs that can still run; one asking for a LoRA the catalogue no
         longer offers (MODELS_FILE changed across the restart) fails now, refunded."""
         keep = []
         for job in jobs:
+            error = MODEL_GONE if self.models.gone(job.model) else None
             try:
-                self.loras.for_worker(job.prompt)
+                self.loras.for_worker(job.prompt, self.models.for_worker(job.model) or None)
             except LoraTagError:
-                ended = await self._end(job.id, state="failed", error=LORA_GONE, counted=0)
+                error = error or LORA_GONE
+            if error is not None:
+                ended = await self._end(job.id, state="failed", error=error, counted=0)
                 if ended is not None:
-                    self._spawn(self._deliver(ended, self.delivery.deliver_failure, LORA_GONE))
+                    self._spawn(self._deliver(ended, self.delivery.deliver_failure, error))
                 continue
             keep.append(job)
         return keep
@@ -306,7 +333,7 @@ class JobService(JobDispatch):
             channel_public=int(new.channel_public), channel_nsfw=int(new.channel_nsfw),
             style=new.style, mode=new.mode, mask_path=new.mask_path,
             mask_source=new.mask_source, region=new.region, crop=new.crop,
-            counted=int(new.counted),
+            counted=int(new.counted), model=new.model or self.models.catalogue.default,
         )  # fmt: skip
         return await self._get(db, job_id)
 
@@ -382,6 +409,19 @@ class JobService(JobDispatch):
     def _place_text(self, place: int, before: int, note: str | None) -> str:
         text = queue_text(place, self._eta_s(before))
         return f"{text}\n{note}" if note else text
+
+    def _model_note(self, job_id: int) -> str | None:
+        """"Waiting for a GPU with *anime*": no online worker serves the job's model (it
+        runs once one does). Only where the catalogue has several models."""
+        if len(self.models.catalogue.models) < 2:
+            return None
+        queued = self.queue.get(str(job_id))
+        now = time.monotonic()
+        if now - self._online_at > 1.0:  # once a second, not once per waiting job
+            self._online, self._online_at = self.models_online(), now
+        if queued is None or not queued.model or queued.model in self._online:
+            return None
+        return f"⏸️ Waiting for a GPU with *{self.models.title(queued.model) or queued.model}*"
 
     def _status_note(self) -> str | None:
         return getattr(self.worker, "status_note", lambda: None)()  # e.g. no workers online

@@ -84,6 +84,7 @@ class StatusBoard:
         places: Places | None = None,
         place_text: PlaceText | None = None,
         note: Callable[[], str | None] = lambda: None,
+        job_note: Callable[[int], str | None] | None = None,
     ) -> None:
         self._send = send
         self._interval = interval
@@ -92,6 +93,8 @@ class StatusBoard:
         self._places = places
         self._place_text = place_text
         self._note = note
+        self._job_note = job_note
+        """A waiting job's own note where the backend has none (no GPU serves its model)."""
         self._places_stale = False
         self._entries: dict[int, _Entry] = {}
         self._locks: dict[int, asyncio.Lock] = {}
@@ -157,8 +160,9 @@ class StatusBoard:
         self._places_stale = False
         if self._places is None or self._place_text is None:
             return
-        note = self._note()
+        common = self._note()
         for job_id, place, before in self._places():
+            note = common or (self._job_note(job_id) if self._job_note else None)
             entry = self._entries.get(job_id)
             if entry is None:  # its status message was just posted showing this place
                 self._entries[job_id] = entry = _Entry(place=place)

@@ -337,4 +337,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "a saved style's LoRA tags",
         ["ALTER TABLE styles ADD COLUMN loras TEXT NOT NULL DEFAULT ''"],
     ),
+    (
+        "a server's default model and a saved style's model (catalogue names)",
+        [
+            "ALTER TABLE guild_settings ADD COLUMN model TEXT",
+            "ALTER TABLE styles ADD COLUMN model TEXT",
+        ],
+    ),
 ]

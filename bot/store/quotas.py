@@ -246,6 +246,11 @@ class QuotaStore:
             (guild_id, *values.values(), now),
         )
 
+    async def set_guild_values(self, db: Conn, guild_id: int, **values: Any) -> None:
+        """Set columns of the server's settings row inside the caller's transaction (a
+        feature's own setting, e.g. `/settings model`); audit it with `record`."""
+        await self._upsert(db, guild_id, self.clock(), **values)
+
     async def record(self, db: Conn, guild_id: int, actor_id: int, change: str) -> None:
         """Audit a change another module made inside the caller's transaction `db`."""
         await self._audit(db, guild_id, actor_id, self.clock(), change)

@@ -13,6 +13,7 @@ import discord
 from bot.loras import shown
 from bot.store.db import Job
 from bot.ui.tips import lineage, tip_for
+from config.catalogue import Catalogue
 from pipeline.request import TEXT_TO_IMAGE, UPSCALE
 
 BAR_WIDTH = 16
@@ -62,6 +63,26 @@ def user_text(text: str, limit: int) -> str:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
+def model_field(job: Job, catalogue: Catalogue | None) -> str | None:
+    """The result's `Model` field (`Anime (anime)`), where members choose among several
+    models; None with one model (its footer names it) or for a job from before names."""
+    if catalogue is None or len(catalogue.models) < 2:
+        return None
+    entry = catalogue.models.get(job.model or "")
+    if entry is None:
+        return None
+    return entry.name if entry.title == entry.name else f"{entry.title} ({entry.name})"
+
+
+def footer_model(job: Job, catalogue: Catalogue | None) -> str:
+    """The footer's model: a catalogue model's label, else its weights (`model_label`); a
+    job from before names stored the weights' id itself."""
+    entry = catalogue.models.get(job.model or "") if catalogue is not None else None
+    if entry is None:
+        return model_label(job.model)
+    return entry.label or model_label(entry.source)
+
+
 def model_label(model: str | None) -> str:
     """The model as members may see it: a hub id as is (`org/name`), a local folder by its
     name only (`/srv/models/sd15` → `sd15`), so no server path reaches a public message."""
@@ -97,19 +118,26 @@ def masked_text(job: Job) -> str:
 
 
 def result_embed(
-    job: Job, *, mask_thumbnail: str | None = None, file_format: str = "PNG"
+    job: Job,
+    *,
+    mask_thumbnail: str | None = None,
+    file_format: str = "PNG",
+    catalogue: Catalogue | None = None,
 ) -> discord.Embed:
     """The result's embed; field names are part of the contract (tests and users rely on them).
     An inpaint result has an `Inpaint` field naming what was repainted and, given the file
     name of an attached mask thumbnail, shows it as the embed's thumbnail. An upscaled
     result shows its size and the steps each tile ran. The footer names the attachment's
-    format (`bot.ui.pictures.picture_file`: PNG, else lossless WebP, else JPEG)."""
+    format (`bot.ui.pictures.picture_file`: PNG, else lossless WebP, else JPEG). Where the
+    `catalogue` offers several models, a `Model` field names the job's."""
     embed = discord.Embed(colour=discord.Colour.blurple(), description=lineage(job))
     if job.mode == "inpaint":
         embed.add_field(name="Inpaint", value=masked_text(job), inline=False)
         if mask_thumbnail:
             embed.set_thumbnail(url=f"attachment://{mask_thumbnail}")
     embed.add_field(name="Prompt", value=truncate(job.prompt, 1024), inline=False)
+    if (shown_model := model_field(job, catalogue)) is not None:
+        embed.add_field(name="Model", value=shown_model, inline=False)
     if job.style:
         embed.add_field(name="Style", value=job.style, inline=False)
     if loras := shown(job.prompt):
@@ -130,7 +158,7 @@ def result_embed(
     if tip := tip_for(job):
         embed.add_field(name="Tip", value=tip, inline=False)
     embed.set_footer(
-        text=f"{model_label(job.model)} · {duration(job.seconds or 0)} · {file_format} · "
+        text=f"{footer_model(job, catalogue)} · {duration(job.seconds or 0)} · {file_format} · "
         f"job #{job.id}"
     )
     return embed

@@ -40,6 +40,8 @@ def style_embed(style: Style) -> discord.Embed:
     if style.negative_prompt:
         embed.add_field(name="Negative prompt", value=code(style.negative_prompt), inline=False)
     embed.add_field(name="Strength", value=strength, inline=False)
+    if style.model:
+        embed.add_field(name="Model", value=style.model, inline=False)
     if loras := shown(style.loras):
         embed.add_field(name="LoRA", value=clip(loras, FIELD_VALUE), inline=False)
     example = compose_prompt(style.template, EXAMPLE_PROMPT)

@@ -212,12 +212,15 @@ def test_inpaint_jobs_reach_the_worker_with_their_mask_and_never_share_a_call(
 
     from bot.jobs.dispatch import JobDispatch
     from bot.loras import LoraTags
+    from bot.models import ModelChoice
     from config.catalogue import one_model
 
     service = SimpleNamespace(
         data_dir=tmp_path, settings=SimpleNamespace(mask_blur=5), resolution=128,
         engine_info=None, loras=LoraTags(one_model("tiny"), 4),
+        models=ModelChoice(one_model("tiny"), 20, 7.5),
     )  # fmt: skip
+    service.resolution_of = lambda model: JobDispatch.resolution_of(service, model)  # type: ignore[arg-type]
     job = _job(crop="on", region=None)
     request = JobDispatch._request(service, job)  # type: ignore[arg-type]
     assert (request.mode, request.crop, request.mask_blur) == ("inpaint", "on", 5)

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def key(step_slots: int, size: tuple[int, int], steps: int, strength: float, guidance: float):
     info = EngineInfo("tiny", "cpu", "fp32", 256, "Fake", step_slots=step_slots)
-    service = SimpleNamespace(engine_info=info, resolution=256)
+    service = SimpleNamespace(engine_info=info, resolution=256, resolution_of=lambda _: 256)
     queued = QueuedJob("1", 1, 2, (size, plan_steps(steps, strength), guidance, "img2img"))
     return JobDispatch._batch_key(service, queued)  # type: ignore[arg-type]
 

@@ -50,7 +50,9 @@ from bot.jobs.backends.redis_events import Events
 from bot.jobs.backends.redis_ledger import GrantLedger, Holder
 from bot.jobs.backends.redis_lock import SchedulerLock
 from bot.jobs.backends.redis_members import Grant, GrantFile, Remote
+from bot.jobs.routing import Route
 from bot.store.db import Store
+from config.catalogue import DEFAULT_MODEL_NAME
 from pipeline import stream_codec as codec
 from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import EngineInfo, GenerationRequest
@@ -94,9 +96,15 @@ class RedisBackend(Events):
         silence_s: float = 300.0,
         max_attempts: int = MAX_ATTEMPTS,
         keys: codec.Keys | None = None,
+        default_model: str = DEFAULT_MODEL_NAME,
+        model_resolutions: dict[str, int] | None = None,
     ) -> None:
         self._url = url
         self.model_id = model_id
+        self.default_model = default_model
+        """The catalogue's default: what a worker naming no models serves."""
+        self.model_resolutions = model_resolutions or {}
+        """Catalogue models with a `resolution` of their own: their inputs travel at it."""
         self.safety_checker = safety_checker
         self.batching = batching
         self.resolution = resolution
@@ -273,14 +281,40 @@ class RedisBackend(Events):
                     await r.aclose()
         self._r = None
 
-    def submit(self, batch: Sequence[GenerationRequest]) -> None:
-        """Grant the batch to the worker with the most free slots. Never raises for a
-        missing worker: the jobs come back as a `WorkerDied`'s `unstarted`."""
+    def routes(self) -> list[Route]:
+        """Each worker that takes jobs now, with the models it serves and has resident
+        (routing by model: `bot.jobs.routing`); none while this bot is not the scheduler."""
+        if not self.lock.held:
+            return []
+        return [route for w in self._workers.values() if (route := self._route(w)).free > 0]
+
+    def all_routes(self) -> list[Route]:
+        """Every worker online, busy or not."""
+        return [self._route(w) for w in self._workers.values()]
+
+    def models_served(self) -> frozenset[str]:
+        """The catalogue models some online worker serves."""
+        return frozenset(m for w in self._workers.values() for m in self._serves(w))
+
+    def _route(self, w: Remote) -> Route:
+        return Route(w.id, w.slots, frozenset(self._serves(w)), tuple(getattr(w, "resident", ())))
+
+    def _serves(self, w: Remote) -> tuple[str, ...]:
+        """A worker that names no models (one from before catalogues) serves the default."""
+        return tuple(getattr(w, "models", ())) or (self.default_model,)
+
+    def submit(self, batch: Sequence[GenerationRequest], worker_id: str | None = None) -> None:
+        """Grant the batch to `worker_id` (routing by model), else to the worker with the most
+        free slots. Never raises for a missing worker: the jobs come back as a
+        `WorkerDied`'s `unstarted`."""
         batch = tuple(batch)
         if not batch:
             raise ValueError("empty batch")
         ids = tuple(r.job_id for r in batch)
-        worker = max(self._workers.values(), key=lambda w: w.slots, default=None)
+        if worker_id is not None:
+            worker = self._workers.get(worker_id)
+        else:
+            worker = max(self._workers.values(), key=lambda w: w.slots, default=None)
         if worker is None or worker.slots < 1:
             log.warning("no worker takes jobs %s now; they wait again", ids)
             self._events.put_nowait(WorkerDied(None, (), unstarted=ids))
@@ -293,7 +327,10 @@ class RedisBackend(Events):
             self._attempts[request.job_id] = attempt
             self._jobs[request.job_id] = Grant(worker.id, attempt, request, seq, worker.nonce)
             items.append({"a": attempt, "req": codec.encode_request(request)})
-            files += _files_of(request, worker.info.resolution if worker.info else None)
+            size = self.model_resolutions.get(request.model) or (
+                worker.info.resolution if worker.info else None
+            )
+            files += _files_of(request, size)
             records.append((request.job_id, Holder(attempt, worker.id, worker.nonce)))
             self.granted.append(request.job_id)
             log.info("job %s attempt %d granted to worker %s", request.job_id, attempt, worker.id)
