@@ -43,6 +43,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cogs.models import model_autocomplete
 from bot.copies import delete_message, remove_copies, remove_forgotten
 from bot.errors import UserError
 from bot.forget import forget_member, preview
@@ -110,17 +111,21 @@ class GalleryCog(commands.Cog, name="Gallery"):
         user="Only pictures this member asked for",
         search="Only pictures whose prompt has these words",
         public="Show the gallery to the channel (default: only you)",
+        model="Only pictures made with this model (see /models)",
     )
+    @app_commands.autocomplete(model=model_autocomplete)
     async def browse(
         self,
         interaction: Interaction,
         user: discord.User | None = None,
         search: app_commands.Range[str, 1, MAX_SEARCH_CHARS] | None = None,
         public: bool = False,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
         guild_id = self._guild(interaction)
         words = normalize_search(search)
-        filt = GalleryFilter(user.id if user else None, words, _here(interaction))
+        name = self.bot.jobs.models.entry(model).name if model else None
+        filt = GalleryFilter(user.id if user else None, words, _here(interaction), name)
         search_id = await self.entries.search_id(guild_id, words) if words else 0
         page = await self.entries.page(guild_id, filt)
         if page is None:
@@ -177,6 +182,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         anchor: int,
         user_id: int | None,
         search_id: int,
+        model: str | None = None,
     ) -> None:
         """Edit the gallery message in place to show the next picture that way."""
         try:
@@ -187,7 +193,7 @@ class GalleryCog(commands.Cog, name="Gallery"):
         except UserError as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
-        filt = GalleryFilter(user_id, search, _here(interaction))
+        filt = GalleryFilter(user_id, search, _here(interaction), model)
         page = await self.entries.page(guild_id, filt, anchor, direction)
         if page is None:
             await interaction.response.edit_message(
@@ -261,12 +267,22 @@ class GalleryCog(commands.Cog, name="Gallery"):
         view = discord.ui.View(timeout=None)
         view.add_item(
             GalleryPageButton(
-                "newer", entry.job_id, filt.user_id, search_id, disabled=not page.has_newer
+                "newer",
+                entry.job_id,
+                filt.user_id,
+                search_id,
+                disabled=not page.has_newer,
+                model=filt.model,
             )
         )
         view.add_item(
             GalleryPageButton(
-                "older", entry.job_id, filt.user_id, search_id, disabled=not page.has_older
+                "older",
+                entry.job_id,
+                filt.user_id,
+                search_id,
+                disabled=not page.has_older,
+                model=filt.model,
             )
         )
         if entry.url:

@@ -111,7 +111,7 @@ JOB_INSERT_FIELDS = (
     "strength", "seed", "steps", "guidance", "input_path", "input_width", "input_height",
     "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
     "created_at", "channel_public", "channel_nsfw", "style", "mode", "mask_path",
-    "mask_source", "region", "crop", "counted",
+    "mask_source", "region", "crop", "counted", "model",
 )  # fmt: skip
 
 

@@ -61,6 +61,8 @@ class GalleryFilter:
     user_id: int | None = None
     search: str | None = None
     here: tuple[int, ...] = ()
+    model: str | None = None
+    """Only pictures made with this catalogue model."""
 
 
 @dataclass
@@ -133,6 +135,9 @@ def _where(guild_id: int, filt: GalleryFilter) -> tuple[str, list[Any]]:
     for word in search_words(filt.search):
         clause.append("instr(search_text, ?) > 0")
         params.append(word)
+    if filt.model:
+        clause.append("job_id IN (SELECT id FROM jobs WHERE model=?)")
+        params.append(filt.model)
     return " AND ".join(clause), params
 
 

@@ -11,11 +11,18 @@ from bot.ui.render import truncate
 CUSTOM_ID_LIMIT = 100  # Discord's limit on a component's custom_id
 
 # ◀/▶ buttons: direction, anchor job id, filter user id (0 = anyone), stored search id (0 = none).
-PAGE_TEMPLATE = r"gal:(?P<dir>[no]):(?P<anchor>\d+):(?P<user>\d+):(?P<search>\d+)"
+PAGE_TEMPLATE = (
+    r"gal:(?P<dir>[no]):(?P<anchor>\d+):(?P<user>\d+):(?P<search>\d+)(?::(?P<model>[a-z0-9_.-]+))?"
+)
+"""The model part is optional: pages drawn before models had names still turn."""
 
 
-def page_custom_id(direction: Direction, anchor: int, user_id: int | None, search_id: int) -> str:
+def page_custom_id(
+    direction: Direction, anchor: int, user_id: int | None, search_id: int, model: str | None = None
+) -> str:
     custom_id = f"gal:{direction[0]}:{anchor}:{user_id or 0}:{search_id}"
+    if model:
+        custom_id += f":{model}"
     assert len(custom_id) <= CUSTOM_ID_LIMIT, custom_id
     return custom_id
 
@@ -31,6 +38,8 @@ def describe(filt: GalleryFilter) -> str:
         parts.append(f"by <@{filt.user_id}>")
     if filt.search:
         parts.append(f"with “{truncate(filt.search, 60)}” in the prompt")
+    if filt.model:
+        parts.append(f"made with `{filt.model}`")
     return " ".join(parts)
 
 

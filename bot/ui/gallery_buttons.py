@@ -40,17 +40,18 @@ class GalleryPageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template
         search_id: int,
         *,
         disabled: bool = False,
+        model: str | None = None,
     ) -> None:
         super().__init__(
             discord.ui.Button(
                 label="◀ Newer" if direction == "newer" else "Older ▶",
                 style=discord.ButtonStyle.secondary,
-                custom_id=page_custom_id(direction, anchor, user_id, search_id),
+                custom_id=page_custom_id(direction, anchor, user_id, search_id, model),
                 disabled=disabled,
             )
         )
         self.direction, self.anchor = direction, anchor
-        self.user_id, self.search_id = user_id, search_id
+        self.user_id, self.search_id, self.model = user_id, search_id, model
 
     @classmethod
     async def from_custom_id(
@@ -64,11 +65,12 @@ class GalleryPageButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template
             int(match["anchor"]),
             int(match["user"]) or None,
             int(match["search"]),
+            model=match["model"],
         )
 
     async def callback(self, interaction: Interaction) -> None:
         await _cog(interaction).turn_page(
-            interaction, self.direction, self.anchor, self.user_id, self.search_id
+            interaction, self.direction, self.anchor, self.user_id, self.search_id, self.model
         )
 
 

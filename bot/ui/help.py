@@ -131,6 +131,11 @@ TOPICS: tuple[Topic, ...] = (
         "What this bot can draw with, and <lora:…> in prompts",
         "**/models** lists the models this bot offers (their family, default steps and "
         "whether a GPU serving them is online) and the LoRAs that fit them.\n\n"
+        "**model:** on /img2img, /inpaint, /imagine and /series picks the model (the list "
+        "shows which have a GPU online); without it a picture uses the style's model, else "
+        "the server's (**/settings model**), else the bot's default. Buttons, Refine and Edit "
+        "keep a picture's model; Img2img this uses the server's. A job for a model no GPU "
+        "serves right now waits and says so. The result shows a **Model** field.\n\n"
         "**LoRAs** are small add-ons that teach a model a look or a subject. Put one anywhere "
         "in your prompt, as in A1111: `<lora:NAME>` at its usual weight, or `<lora:NAME:0.6>` "
         "(0 to 2; 0.6–1.0 is typical), a few per picture (usually up to 4). The tags are taken "
@@ -147,6 +152,7 @@ TOPICS: tuple[Topic, ...] = (
         "Limits, channels, gallery, safety (Manage Server)",
         "**/settings** is for members with Manage Server:\n"
         "• **/settings show**: every setting and the recent changes\n"
+        "• **/settings model** `name`: the model this server's pictures use by default\n"
         "• **/settings limits** `[user]` `[guild]`: images per member and per server in 24 h\n"
         "• **/settings role-limit** `role` `[limit]` `[exempt]`: a role's own limit\n"
         "• **/settings reset-usage** `member`: start a member's 24 h count afresh\n"

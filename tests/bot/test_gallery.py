@@ -48,6 +48,7 @@ async def make_done_job(
     prompt: str = "a red fox",
     finished_at: float = 1000.0,
     negative_prompt: str | None = None,
+    model: str | None = None,
 ) -> Job:
     async with store.transaction() as db:
         job_id = await store.insert_job(
@@ -55,6 +56,7 @@ async def make_done_job(
             guild_id=guild_id, channel_id=guild_id + 1, user_id=user_id, prompt=prompt,
             negative_prompt=negative_prompt, strength=0.5, seed=42, steps=20, guidance=7.5,
             input_path="inputs/in.png", input_width=512, input_height=512, created_at=1.0,
+            model=model,
         )  # fmt: skip
         await store.update_job_in(
             db,
@@ -365,3 +367,24 @@ async def test_set_shared_says_when_the_entry_went_meanwhile(store: Store) -> No
     assert await gallery.set_shared(999, 77, 8003) is False  # no such entry (forgotten)
     entry = await gallery.get(GUILD_A, gone.id, include_removed=True)
     assert entry is not None and entry.shared_message_id is None
+
+
+async def test_browse_by_model_shows_only_that_models_pictures_and_pages_keep_the_filter(
+    store: Store,
+) -> None:
+    gallery = GalleryStore(store)
+    base = await fill(gallery, store, 2, model="base")
+    anime = await fill(gallery, store, 3, model="anime")
+    filt = GalleryFilter(model="anime")
+    page = await gallery.page(GUILD_A, filt)
+    assert page is not None and (page.entry.job_id, page.total) == (anime[-1].id, 3)
+    older = await gallery.page(GUILD_A, filt, page.entry.job_id, "older")
+    assert older is not None and older.entry.job_id == anime[-2].id
+    assert await gallery.count(GUILD_A, GalleryFilter(model="base")) == len(base)
+    assert await gallery.count(GUILD_A, GalleryFilter(model="other")) == 0
+    assert describe(filt) == "made with `anime`"
+    custom_id = page_custom_id("older", 7, None, 0, "anime")
+    match = re.fullmatch(PAGE_TEMPLATE, custom_id)
+    assert match is not None and match["model"] == "anime"
+    old = re.fullmatch(PAGE_TEMPLATE, page_custom_id("older", 7, None, 0))  # drawn before
+    assert old is not None and old["model"] is None
