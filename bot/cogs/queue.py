@@ -54,6 +54,11 @@ class QueueCog(commands.Cog):
         online = getattr(jobs.worker, "workers_online", None)
         if online is not None:
             lines.append(f"🖥️ Image workers online: {online}")
+        catalogue = jobs.models.catalogue
+        if len(catalogue.models) > 1:  # which models can run now
+            served = jobs.models_online()
+            names = [f"`{m}`" for m in catalogue.models if m in served]
+            lines.append(f"🧩 Models online: {', '.join(names) or 'none'}")
         refused = getattr(jobs.worker, "refusals", None)  # settings that differ from the bot's
         if refused:
             why = "; ".join(sorted({short for short, _ in refused.values()}))

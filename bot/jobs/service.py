@@ -129,7 +129,8 @@ class JobService(JobDispatch):
             places=self._places,
             place_text=self._place_text,
             note=self._status_note,
-            job_note=self._model_note,
+            # a waiting job's model note exists only where there are models to choose
+            job_note=self._model_note if len(settings.catalogue.models) > 1 else None,
         )
         self.resolution = settings.resolution or 512
         self.model_name = settings.model_id
@@ -413,8 +414,6 @@ class JobService(JobDispatch):
     def _model_note(self, job_id: int) -> str | None:
         """"Waiting for a GPU with *anime*": no online worker serves the job's model (it
         runs once one does). Only where the catalogue has several models."""
-        if len(self.models.catalogue.models) < 2:
-            return None
         queued = self.queue.get(str(job_id))
         now = time.monotonic()
         if now - self._online_at > 1.0:  # once a second, not once per waiting job
