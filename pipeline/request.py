@@ -119,7 +119,8 @@ class GenerationRequest:
     """The LoRAs this job applies, each with its weight (none: the plain model). Rows with
     different sets share UNet calls in the step path (`pipeline.lora_rows`)."""
     model: str = ""
-    """The catalogue's name of the model to run on; "" = the worker's default model."""
+    """The catalogue name of the model this job runs on; "": the worker's default model
+    (the first it serves). A worker keeps up to RESIDENT_MODELS loaded (`pipeline.models`)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,10 @@ class EngineInfo:
     and guidance). N > 0: iteration-level batching (`pipeline.stepbatch`): up to N jobs in
     flight, each `Run` taken while others run; jobs need only the same generated size to
     share a UNet call."""
+    models: tuple[str, ...] = ()
+    """The catalogue names this worker serves (WORKER_MODELS), its default first."""
+    resident: tuple[str, ...] = ()
+    """The served models loaded now (at most RESIDENT_MODELS), least recently used first."""
 
 
 def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:

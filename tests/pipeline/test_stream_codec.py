@@ -27,6 +27,18 @@ def test_request_round_trip_keeps_its_loras() -> None:
     hash(decoded)  # still a frozen, hashable request
 
 
+def test_request_and_info_round_trips_keep_the_model() -> None:
+    request = GenerationRequest("7", "/in.png", "a fox", 0.6, 1, 20, 7.5, "/o.png", model="anime")
+    decoded = codec.decode_request(codec.loads(codec.dumps(codec.encode_request(request))))
+    assert (decoded, decoded.model) == (request, "anime")
+    old = codec.encode_request(request)
+    del old["model"]  # a bot one release older sends none: the worker's default model
+    assert codec.decode_request(old).model == ""
+    info = EngineInfo("m", "cpu", "fp32", 64, "P", models=("base", "anime"), resident=("base",))
+    back = codec.decode_info(codec.loads(codec.dumps(codec.encode_info(info))))
+    assert (back, back.models, back.resident) == (info, ("base", "anime"), ("base",))
+
+
 def test_unknown_fields_are_ignored_and_lists_become_tuples() -> None:
     data = codec.to_dict(EngineInfo("m", "cuda", "fp16", 512, "P"))
     data["from_a_newer_worker"] = [1, 2]
