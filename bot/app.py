@@ -45,6 +45,7 @@ from bot.store.db import Store, is_locked
 from bot.store.styles import StyleStore
 from bot.ui.buttons import DYNAMIC_ITEMS
 from config import Settings
+from pipeline.served_models import served_specs
 from pipeline.worker import WorkerClient, WorkerConfig
 from pipeline.worker_backend import WorkerBackend
 
@@ -139,6 +140,8 @@ class ImgBot(commands.AutoShardedBot):
             max_batch=s.max_batch,
             max_loras_loaded=s.max_loras_loaded,
             single_file_config=s.single_file_config,
+            models=served_specs(s),
+            resident_models=s.resident_models,
         )
 
     def worker_backend(self) -> WorkerBackend:

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
     _catalogue: Catalogue | None = PrivateAttr(None)
+    _resolution_setting: int | None = PrivateAttr(None)
 
     # Discord connection
     discord_token: SecretStr = Field(SecretStr(""), description="Bot token; never logged.")
@@ -47,6 +48,19 @@ class Settings(BaseSettings):
         description="A TOML catalogue of models and LoRAs members choose from (docs/operators.md "
         '"Models and LoRAs"); unset: MODEL_ID alone. A mistake in it stops the bot and the '
         "workers at start with one line naming the file, the entry and the rule.",
+    )
+    worker_models: str = Field(
+        "",
+        description="Comma-separated catalogue names a worker serves (its first is its "
+        "default); empty: the whole catalogue, its default first. An unknown name stops the "
+        "worker at start.",
+    )
+    resident_models: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Served models a worker keeps loaded at once (least recently used "
+        "unloaded first, once none of its jobs runs).",
     )
     max_loras_per_job: int = Field(
         4, ge=1, le=16, description="Most <lora:…> tags one prompt may use."
@@ -234,11 +248,35 @@ class Settings(BaseSettings):
         the workers: like every worker setting, read under its WorkerConfig name."""
         return self.catalogue.default_model.config
 
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """WORKER_MODELS as catalogue names, the worker's default first (empty: the whole
+        catalogue, its default first); raises `SettingsError` naming an unknown one."""
+        catalogue = self.catalogue
+        names = [n.strip().lower() for n in self.worker_models.split(",") if n.strip()]
+        unknown = [n for n in names if n not in catalogue.models]
+        if unknown:
+            raise SettingsError(
+                f"WORKER_MODELS: {unknown[0]!r} is not in the catalogue "
+                f"(models: {', '.join(catalogue.models)})"
+            )
+        if not names:
+            names = [catalogue.default, *catalogue.models]
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def resolution_setting(self) -> int | None:
+        """RESOLUTION as set (before MODELS_FILE's default model overrode it): the size of
+        a catalogue model that names none."""
+        self.catalogue  # noqa: B018  (reading it applies the default model's own values)
+        return self._resolution_setting if self.models_file is not None else self.resolution
+
     def _follow(self, model: ModelEntry) -> None:
         """With MODELS_FILE, its default model is the one the workers load and jobs run on;
         its own steps, guidance and resolution win over DEFAULT_STEPS, DEFAULT_GUIDANCE and
         RESOLUTION (which stay the defaults for what it leaves unset)."""
         self.model_id = model.source
+        self._resolution_setting = self.resolution
         if model.steps is not None:
             self.default_steps = model.steps
         if model.guidance is not None:
@@ -259,6 +297,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
         settings.catalogue  # noqa: B018  (read now: a catalogue mistake stops the start)
+        settings.served_models  # noqa: B018  (and so does an unknown WORKER_MODELS name)
         return settings
     except CatalogueError as exc:
         raise SettingsError(f"MODELS_FILE: {exc}") from None

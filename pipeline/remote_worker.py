@@ -38,6 +38,7 @@ import redis
 from pipeline import stream_codec as codec
 from pipeline.malloc_tuning import keep_freed_memory
 from pipeline.request import EngineInfo, GenerationRequest
+from pipeline.served_models import served_specs
 from pipeline.worker_child import ENGINE_REF, _Worker
 from pipeline.worker_metrics import WorkerMetrics, health_of, serve
 from pipeline.worker_protocol import (
@@ -418,7 +419,8 @@ def config_from_settings(settings: Any) -> WorkerConfig:
     """The same `WorkerConfig` the bot gives its local worker: every field of it that the
     settings class has (MODEL_ID, DEVICE, DTYPE, COMPILE, SAFETY_CHECKER…)."""
     names = [f.name for f in fields(WorkerConfig) if hasattr(settings, f.name)]
-    return WorkerConfig(**{name: getattr(settings, name) for name in names})
+    values = {name: getattr(settings, name) for name in names}
+    return WorkerConfig(**values, models=served_specs(settings))
 
 
 def main(url: str, worker_id: str | None = None, engine_ref: str = ENGINE_REF) -> int:

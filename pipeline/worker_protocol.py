@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
+from pipeline.served_models import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class WorkerConfig:
     single_file_config: str | None = None
     """For a `model_id` that is one .safetensors checkpoint file: a diffusers folder or hub
     id with the component configs (the catalogue's `config`), so it loads offline."""
+    models: tuple[ModelSpec, ...] = ()
+    """The models this worker serves (WORKER_MODELS), its default first; empty: `model_id`
+    alone, under the catalogue's name `default`."""
+    resident_models: int = 1
+    """Served models kept loaded at once (RESIDENT_MODELS; LRU, see `pipeline.models`)."""
 
 
 # -- commands: parent → worker ----------------------------------------------------------
