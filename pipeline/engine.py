@@ -269,22 +269,36 @@ class Engine:
 
         sets: list[StepLoop] = []
 
-        def new_set() -> StepLoop:
+        def new_set(req: GenerationRequest) -> StepLoop:
             sets[:] = [each for each in sets if each.running]
-            sets.append(StepLoop(self.pipe, checker=self.checker, max_batch=max_batch,
-                                 loras=self.loras))  # fmt: skip
+            sets.append(self.new_set(max_batch))
             return sets[-1]
 
         def load(req: GenerationRequest) -> Image.Image | NoiseStart | None:
             running = (ref.name for each in sets for job in each.running for ref in job.req.loras)
-            if not self._ensure_loras(req, running, hooks.on_failed):
-                return None
-            if req.start is not None:  # text-to-image: no input picture, only a size
-                return req.start
-            loaded = self._load_inputs([req], hooks.on_failed)
-            return loaded[0][1] if loaded else None
+            return self.row_input(req, running, hooks.on_failed)
 
         run_steps(new_set, first, hooks, load=load, more=more)
+
+    def new_set(self, max_batch: int) -> StepLoop:
+        """An empty running set on this model (`pipeline.stepsets` opens one per shape, and
+        `pipeline.models` per model and shape)."""
+        return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch, loras=self.loras)
+
+    def row_input(
+        self,
+        req: GenerationRequest,
+        in_use: Any,
+        on_failed: Callable[[str, str], None] | None,
+    ) -> Image.Image | NoiseStart | None:
+        """What a step-path row starts from, its LoRAs loaded on this model (`in_use`: the
+        LoRA names running jobs hold, never unloaded for it); None: it failed, reported."""
+        if not self._ensure_loras(req, in_use, on_failed):
+            return None
+        if req.start is not None:  # text-to-image: no input picture, only a size
+            return req.start
+        loaded = self._load_inputs([req], on_failed)
+        return loaded[0][1] if loaded else None
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The size an input of width×height is generated at on this model."""

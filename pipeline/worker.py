@@ -49,6 +49,8 @@ from pipeline.worker_protocol import (
     Failed,
     Finished,
     LoadFailed,
+    ModelLoaded,
+    ModelLoading,
     Progress,
     Ready,
     Recall,
@@ -81,6 +83,8 @@ __all__ = [
     "Failed",
     "Finished",
     "LoadFailed",
+    "ModelLoaded",
+    "ModelLoading",
     "Progress",
     "Ready",
     "Recall",
@@ -378,7 +382,8 @@ class WorkerClient:
             self._conn.send(Cancel(job_id))
 
     async def next_event(self) -> WorkerEvent:
-        """The next Started/Progress/Finished/Failed/Cancelled/BatchDone/WorkerDied."""
+        """The next Started/Progress/Finished/Failed/Cancelled/BatchDone/WorkerDied, or
+        ModelLoading/ModelLoaded (a served model being swapped in)."""
         return await self._events.get()
 
     # -- reader thread → event loop ---------------------------------------------------
@@ -442,7 +447,11 @@ class WorkerClient:
             self._started.update(message.job_ids)
             self._recalling.difference_update(message.job_ids)  # too late: it runs
             self._events.put_nowait(message)
-        elif isinstance(message, Progress):
+        elif isinstance(message, Progress | ModelLoading):
+            self._events.put_nowait(message)
+        elif isinstance(message, ModelLoaded):
+            if self._info is not None:  # what `info` says is resident follows the worker
+                self._info = dataclasses.replace(self._info, resident=message.resident)
             self._events.put_nowait(message)
         else:
             log.warning("ignoring unknown message from worker: %r", message)

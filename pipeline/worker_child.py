@@ -35,6 +35,7 @@ from pipeline.worker_protocol import (
     Failed,
     Finished,
     LoadFailed,
+    ModelSpec,
     Progress,
     Ready,
     Recall,
@@ -148,7 +149,7 @@ class _Worker:
                 try:
                     while runs and not self.device_broken:
                         run = runs.pop(0)
-                        if self.step_slots and step_run(run):
+                        if self.step_slots and step_run(run, engine):
                             # Runs that arrive meanwhile join; a call-path one comes back.
                             runs[:0] = StepServer(self, engine, self.step_slots).serve(run)
                         else:
@@ -170,23 +171,46 @@ class _Worker:
         self.job_cancelled = getattr(module, "JobCancelled", _NeverRaised)
         engine_cls = getattr(module, attr)
         c = self.config
+        if c.models:  # catalogue models: the default now, the others when a job needs them
+            from pipeline.models import ModelPool
+
+            def load(spec: ModelSpec) -> Any:
+                log.info("loading model %s (%r) on %s", spec.name, spec.source, c.device)
+                default = spec.name == c.models[0].name  # a dedicated inpaint model: its only
+                return engine_cls.load(
+                    spec.source, **self._load_kwargs(), resolution=spec.resolution,
+                    single_file_config=spec.config,
+                    inpaint_model_id=c.inpaint_model_id if default else None,
+                )  # fmt: skip
+
+            return ModelPool(
+                c.models, load, resident_models=c.resident_models, notify=self._send,
+                job_cancelled=self.job_cancelled,
+            ).start()  # fmt: skip
         log.info("loading %r on %s (%s)", c.model_id, c.device, c.dtype)
         return engine_cls.load(
             c.model_id,
-            device=c.device,
-            dtype=c.dtype,
+            **self._load_kwargs(),
             resolution=c.resolution,
-            compile=c.compile,
-            channels_last=c.channels_last,
-            safety_checker=c.safety_checker,
-            safety_checker_id=c.safety_checker_id,
-            mask_model_id=c.mask_model_id,
             inpaint_model_id=c.inpaint_model_id,
-            mask_threshold=c.mask_threshold,
-            mask_dilate=c.mask_dilate,
-            max_loras_loaded=c.max_loras_loaded,
             single_file_config=c.single_file_config,
         )
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        """`Engine.load`'s arguments every served model shares."""
+        c = self.config
+        return {
+            "device": c.device,
+            "dtype": c.dtype,
+            "compile": c.compile,
+            "channels_last": c.channels_last,
+            "safety_checker": c.safety_checker,
+            "safety_checker_id": c.safety_checker_id,
+            "mask_model_id": c.mask_model_id,
+            "mask_threshold": c.mask_threshold,
+            "mask_dilate": c.mask_dilate,
+            "max_loras_loaded": c.max_loras_loaded,
+        }
 
     def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:
         """Run one batch; every job gets exactly one final event, then BatchDone."""

@@ -164,6 +164,24 @@ class BatchDone:
 
 
 @dataclass(frozen=True)
+class ModelLoading:
+    """The worker starts loading a served model that is not resident (`pipeline.models`):
+    these jobs wait for it (their status can say "loading model X")."""
+
+    model: str
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """A load ended: `resident` is what the worker holds now, least recently used first;
+    `model` is in it if it loaded (else its jobs were failed with a plain message)."""
+
+    model: str
+    resident: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class WorkerDied:
     """The worker process ended while it still owed these jobs a final event.
 
@@ -181,9 +199,11 @@ class WorkerDied:
 
 WorkerEvent = (
     Started | Progress | Finished | Failed | Cancelled | Recalled | BatchDone | WorkerDied
+    | ModelLoading | ModelLoaded
 )
 WorkerMessage = (
     Ready | LoadFailed | Started | Progress | Finished | Failed | Cancelled | Recalled | BatchDone
+    | ModelLoading | ModelLoaded
 )
 
 __all__ = [
@@ -194,6 +214,9 @@ __all__ = [
     "Failed",
     "Finished",
     "LoadFailed",
+    "ModelLoaded",
+    "ModelLoading",
+    "ModelSpec",
     "Progress",
     "Ready",
     "Recall",

@@ -50,9 +50,14 @@ PROGRESS_MIN_INTERVAL_S = 0.2
 """Per job: at most ~5 Progress messages a second; its first and last step always go out."""
 
 
-def step_run(run: Run) -> bool:
-    """Whether a Run can go through the step loop (plain img2img jobs only)."""
-    return all(getattr(r, "mode", "img2img") == "img2img" for r in run.batch)
+def step_run(run: Run, engine: Any = None) -> bool:
+    """Whether a Run can go through the step loop: plain img2img jobs only, each of a model
+    with a step path (`ModelPool.steps_for`; an engine without it serves one model)."""
+    steps_for = getattr(engine, "steps_for", None)
+    return all(
+        getattr(r, "mode", "img2img") == "img2img" and (steps_for is None or steps_for(r))
+        for r in run.batch
+    )
 
 
 class StepServer:
@@ -104,7 +109,7 @@ class StepServer:
 
     # -- Runs in --------------------------------------------------------------------------
     def _take(self, run: Run) -> list[GenerationRequest]:
-        if not step_run(run):
+        if not step_run(run, self.engine):
             self.deferred.append(run)
             return []
         job_ids = tuple(r.job_id for r in run.batch)

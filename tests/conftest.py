@@ -43,3 +43,15 @@ def tiny_clipseg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.tiny_clipseg import save_tiny_clipseg
 
     return save_tiny_clipseg(tmp_path_factory.mktemp("tiny-clipseg"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny models of one shape with other weights (`make-tiny --seed 1` and `2`): a
+    catalogue's two models, whose pictures for one request differ."""
+    from pipeline.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny-pair")
+    for seed in (1, 2):
+        make_tiny(root / f"seed{seed}", seed=seed)
+    return root / "seed1", root / "seed2"

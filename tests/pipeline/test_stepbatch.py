@@ -273,7 +273,7 @@ def test_padded_rows_change_nothing(
     ]
     made: list[StepLoop] = []
 
-    def new_set() -> StepLoop:
+    def new_set(req: GenerationRequest) -> StepLoop:
         made.append(StepLoop(engine.pipe, checker=engine.checker, max_batch=3, pad_rows=True))
         return made[-1]
 
