@@ -153,6 +153,7 @@ class ImgBot(commands.AutoShardedBot):
             return RedisBackend(
                 s.redis_url.get_secret_value(),
                 model_id=s.model_id,
+                models={name: m.source for name, m in s.catalogue.models.items()},
                 resolution=s.resolution,
                 safety_checker=s.safety_checker,
                 batching=s.batching,

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from config.catalogue import DEFAULT_MODEL_NAME
 from pipeline import stream_codec as codec
 from pipeline.malloc_tuning import keep_freed_memory
 from pipeline.request import EngineInfo, GenerationRequest
@@ -47,6 +48,8 @@ from pipeline.worker_protocol import (
     Failed,
     Finished,
     LoadFailed,
+    ModelLoaded,
+    ModelLoading,
     Progress,
     Ready,
     Run,
@@ -111,6 +114,10 @@ class RemoteWorker(_Worker):
         self.status_v = 0
         self.last_step: float | None = None
         self.refused = False
+        self.resident: tuple[str, ...] = ()
+        """The served models loaded now (from Ready, then each ModelLoaded)."""
+        self.swapping = False
+        """Loading a model for waiting jobs: silent for a while, not dead."""
         self.registered = threading.Event()
         self.gone = False
         self.scratch = Path(tempfile.mkdtemp(prefix="img2img-worker-"))
@@ -132,6 +139,7 @@ class RemoteWorker(_Worker):
     def _send(self, message: object) -> bool:
         if isinstance(message, Ready):
             self.info = message.info
+            self.resident = message.info.resident
             self._beat()
             self._write(self.keys.hello, {b"hello": codec.dumps(self._status())}, maxlen=1000)
             self.registered.set()
@@ -164,7 +172,23 @@ class RemoteWorker(_Worker):
             self._final(message.job_id, kind)
         elif isinstance(message, BatchDone):
             self._ask()
+        elif isinstance(message, ModelLoading | ModelLoaded):
+            self._model_event(message)
         return True
+
+    def _model_event(self, message: ModelLoading | ModelLoaded) -> None:
+        """A swap starts or ends: an event for the bot, and the heartbeat says it at once
+        (while loading, "loading" keeps a silent worker from being taken for dead)."""
+        if isinstance(message, ModelLoading):
+            self.swapping = True
+            jobs = codec.dumps(self._tagged(message.job_ids))
+            self._event("model_loading", model=message.model, jobs=jobs)
+        else:
+            self.swapping = False
+            self.resident = message.resident
+            resident = codec.dumps(list(message.resident))
+            self._event("model_loaded", model=message.model, resident=resident)
+        self._beat()
 
     def _finished_fields(self, message: Finished) -> dict[str, str | bytes]:
         result = message.result
@@ -247,6 +271,10 @@ class RemoteWorker(_Worker):
             "nonce": self.nonce,
             "v": version,
             "model": self.config.model_id,
+            "models": [s.name for s in self.config.models] or [DEFAULT_MODEL_NAME],
+            "sources": {s.name: s.source for s in self.config.models}
+            or {DEFAULT_MODEL_NAME: self.config.model_id},
+            "resident": list(self.resident),
             "info": codec.encode_info(self.info) if self.info else None,
             "batching": self.config.batching,
             "max_batch": self.max_batch,
@@ -254,7 +282,7 @@ class RemoteWorker(_Worker):
             "seen": seen,
             "epoch": epoch,
             "held": held,
-            "loading": self.info is None or self.phase == "loading",
+            "loading": self.info is None or self.phase == "loading" or self.swapping,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "last_step": self.last_step,

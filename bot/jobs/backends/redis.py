@@ -37,7 +37,7 @@ import io
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,7 @@ class RedisBackend(Events):
         keys: codec.Keys | None = None,
         default_model: str = DEFAULT_MODEL_NAME,
         model_resolutions: dict[str, int] | None = None,
+        models: Mapping[str, str] | None = None,
     ) -> None:
         self._url = url
         self.model_id = model_id
@@ -105,6 +106,8 @@ class RedisBackend(Events):
         """The catalogue's default: what a worker naming no models serves."""
         self.model_resolutions = model_resolutions or {}
         """Catalogue models with a `resolution` of their own: their inputs travel at it."""
+        self.catalogue_models = dict(models) if models else {default_model: model_id}
+        """The bot's catalogue, name → source: a worker serving none of these is refused."""
         self.safety_checker = safety_checker
         self.batching = batching
         self.resolution = resolution

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import replace
 
-from bot.jobs.backends.redis_members import Grant, Members
+from bot.jobs.backends.redis_members import Grant, Members, Remote
 from bot.store.files import write_file
 from pipeline import stream_codec as codec
 from pipeline.worker_protocol import (
@@ -24,6 +24,8 @@ from pipeline.worker_protocol import (
     Cancelled,
     Failed,
     Finished,
+    ModelLoaded,
+    ModelLoading,
     Progress,
     Started,
     WorkerDied,
@@ -75,6 +77,9 @@ class Events(Members):
             else:
                 step, total = codec.number(entry, "step"), codec.number(entry, "total")
                 self._events.put_nowait(Progress(live, step, total))
+        elif kind in ("model_loading", "model_loaded"):
+            if w is not None:
+                self._on_model_event(w, wid, nonce, kind, entry)
         elif kind in ("finished", "failed", "cancelled", "released"):
             await self._on_final(wid, nonce, kind, entry)
         elif kind == "bye":
@@ -82,6 +87,28 @@ class Events(Members):
                 self._drop(w, "it stopped", graceful=True)
         else:
             log.warning("ignoring unknown event %r from worker %s", kind, wid)
+
+    def _on_model_event(
+        self, w: Remote, wid: str, nonce: str, kind: str, entry: codec.Fields
+    ) -> None:
+        """A worker swaps a model in: `ModelLoading` (its jobs this bot still gave it) or
+        `ModelLoaded` (what it holds now, kept on `Remote.resident` for routing)."""
+        model = codec.text(entry, "model")
+        if kind == "model_loading":
+            pairs = codec.loads(entry.get(b"jobs")) or []
+            live = tuple(str(j) for j, a in pairs if self._current(wid, nonce, str(j), int(a)))
+            self.on_model_loading(w, ModelLoading(model, live))
+        else:
+            w.resident = tuple(str(m) for m in codec.loads(entry.get(b"resident")) or ())
+            self.on_model_loaded(w, ModelLoaded(model, w.resident))
+
+    def on_model_loading(self, worker: Remote, event: ModelLoading) -> None:
+        """Hook: `worker` started loading `event.model` for `event.job_ids` (their status
+        can say "loading model X"). Nothing by default."""
+
+    def on_model_loaded(self, worker: Remote, event: ModelLoaded) -> None:
+        """Hook: a load on `worker` ended; `event.resident` is what it holds now (already
+        on `worker.resident`). Nothing by default."""
 
     async def _on_final(self, wid: str, nonce: str, kind: str, entry: codec.Fields) -> None:
         job_id, attempt = codec.text(entry, "job"), codec.number(entry, "a")

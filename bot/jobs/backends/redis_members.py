@@ -70,6 +70,10 @@ class Remote:
         default_factory=dict
     )
     pending: int = 0  # jobs in `unacked`, kept: `slots` is read on every dispatch pass
+    models: tuple[str, ...] = ()
+    """The catalogue models it serves (WORKER_MODELS), its default first."""
+    resident: tuple[str, ...] = ()
+    """Those loaded now, least recently used first (heartbeat, and each `ModelLoaded`)."""
 
     @property
     def slots(self) -> int:
@@ -107,6 +111,7 @@ class Members:
     """Mixin of `RedisBackend`: worker membership and worker events."""
 
     model_id: str
+    catalogue_models: dict[str, str]
     safety_checker: str
     batching: str | None
     resolution: int | None
@@ -147,10 +152,9 @@ class Members:
     def _mismatch(self, data: dict[str, Any], info: EngineInfo | None) -> tuple[str, str] | None:
         """Why this worker cannot serve this bot, or None: (a few words safe to show any
         member, the details for the operator's log and /healthz)."""
-        model = str(data.get("model") or "")
-        if model.rstrip("/") != self.model_id.rstrip("/"):
-            detail = f"the bot uses MODEL_ID {self.model_id!r}; this worker loaded {model!r}"
-            return "another model", detail
+        other = self._other_models(data)
+        if other is not None:
+            return "another model", other
         if info is None:
             return "an older release", "this worker sent no engine info (an older release?)"
         needed = SAFETY_REQUIRED.get(self.safety_checker, 2)
@@ -179,6 +183,29 @@ class Members:
                     f"{info.resolution} ({'step' if info.step_slots else 'call'} batching)"
                 )
             break
+        return None
+
+    def _other_models(self, data: dict[str, Any]) -> str | None:
+        """Why the worker's models are not the bot's (for the log), or None: it serves at
+        least one model of the bot's catalogue, from the same source. A worker of an older
+        release names only its one model's source."""
+        served = data.get("models")
+        if served is None:
+            model = str(data.get("model") or "")
+            if model.rstrip("/") != self.model_id.rstrip("/"):
+                return f"the bot uses MODEL_ID {self.model_id!r}; this worker loaded {model!r}"
+            return None
+        known = [str(m) for m in served if m in self.catalogue_models]
+        if not known:
+            return (
+                f"this worker serves {', '.join(map(str, served)) or 'no model'}; none is in the "
+                f"bot's catalogue ({', '.join(self.catalogue_models)})"
+            )
+        sources = data.get("sources") or {}
+        for name in known:
+            source, ours = str(sources.get(name) or ""), self.catalogue_models[name]
+            if source and source.rstrip("/") != ours.rstrip("/"):
+                return f"the bot's model {name!r} is {ours!r}; this worker loads {source!r}"
         return None
 
     def _register(self, data: dict[str, Any]) -> None:
@@ -229,6 +256,9 @@ class Members:
         w.version = version
         w.free = int(data.get("free") or 0)
         w.loading = bool(data.get("loading"))
+        if "models" in data:  # a heartbeat (an ask carries only slots)
+            w.models = tuple(str(m) for m in data["models"] or ())
+            w.resident = tuple(str(m) for m in data.get("resident") or ())
         if data.get("epoch") == self.epoch:
             seen = int(data.get("seen") or 0)
             self._ack(w, seen)
