@@ -73,6 +73,9 @@ class ModelPool:
         """Whether each model loaded so far has a step path (SD 1.x/2.x img2img)."""
         self.loads = 0
         self._info: EngineInfo | None = None
+        self._sets: list[Any] = []
+        """The step path's sets (drained ones too, until the next opens): they hold their
+        model's pipeline, so an unload drops them first."""
 
     # -- start and what the worker reads --------------------------------------------------
     def start(self) -> ModelPool:
@@ -113,17 +116,22 @@ class ModelPool:
         on_failed: Callable[[str, str], None] | None,
     ) -> set[str]:
         """Fail jobs of models not served, then load the model of the first waiting job
-        whose model is not resident, if one can be unloaded (none of its sets in `busy`)
-        or a place is free. One load per step boundary: the next waits for its own."""
+        whose model is not resident, if a place is free or a model can be unloaded: one
+        with no running set (`busy`) that no job ahead of it waits for. One load per step
+        boundary: the next waits for its own."""
         ended = self._unserved(waiting, on_failed)
+        keep = set(busy)  # and the resident models of jobs ahead, not joined yet
         for req in waiting:
             name = self.model_of(req)
-            if req.job_id in ended or name in self.loaded:
+            if req.job_id in ended:
                 continue
-            if len(self.loaded) >= self.capacity and all(m in busy for m in self.loaded):
+            if name in self.loaded:
+                keep.add(name)
+                continue
+            if len(self.loaded) >= self.capacity and all(m in keep for m in self.loaded):
                 return ended  # it waits for a running set to drain
             ids = [r.job_id for r in waiting if r.job_id not in ended and self.model_of(r) == name]
-            message = self._swap_in(name, ids, busy)
+            message = self._swap_in(name, ids, keep)
             if message is None:
                 return ended
             for job_id in ids:
@@ -153,7 +161,7 @@ class ModelPool:
             return
         from pipeline.stepsets import run_steps
 
-        sets: list[Any] = []
+        sets = self._sets = []  # for the LoRAs in use, and dropped with their model
 
         def new_set(req: GenerationRequest) -> Any:
             sets[:] = [each for each in sets if each.running]
@@ -257,7 +265,9 @@ class ModelPool:
     def _unload(self, name: str) -> None:
         """Drop the engine and give its memory back before the next model loads."""
         log.info("unloading model %s (least recently used, none of its jobs runs)", name)
-        del self.loaded[name]
+        pipe = getattr(self.loaded.pop(name), "pipe", None)
+        self._sets[:] = [each for each in self._sets if each.pipe is not pipe]
+        del pipe
         gc.collect()
         torch = sys.modules.get("torch")
         if torch is not None:
