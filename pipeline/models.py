@@ -13,7 +13,8 @@ so that swaps stay rare, is the bot's scheduling (`bot/jobs`), not decided here.
 
 A model that fails to load fails only the jobs that need it, with a plain message (the
 details go to the log); a job for a model this worker does not serve fails the same way.
-No torch here: the engine class the worker was given does the loading.
+No torch here (the step loop's modules are imported when it runs): the engine class the
+worker was given does the loading.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, InputError
 from pipeline.served_models import ModelSpec
-from pipeline.stepbatch import StepHooks
 from pipeline.worker_protocol import ModelLoaded, ModelLoading
+
+if TYPE_CHECKING:
+    from pipeline.stepbatch import StepHooks
 
 log = logging.getLogger(__name__)
 

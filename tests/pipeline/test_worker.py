@@ -34,6 +34,8 @@ from pipeline.worker import (
     Failed,
     Finished,
     LoadFailed,
+    ModelLoaded,
+    ModelLoading,
     Progress,
     Ready,
     Run,
@@ -45,6 +47,7 @@ from pipeline.worker import (
     WorkerEvent,
     WorkerStartError,
 )
+from pipeline.worker_protocol import ModelSpec
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -347,7 +350,10 @@ def test_messages_are_picklable(tmp_path: Path) -> None:
     info = EngineInfo("m", "cpu", "fp32", 512, "StableDiffusionImg2ImgPipeline")
     messages = [
         WorkerConfig("m"),
+        WorkerConfig("m", models=(ModelSpec("a", "m", "/cfg", 512), ModelSpec("b", "n"))),
         Ready(info),
+        ModelLoading("b", ("p",)),
+        ModelLoaded("b", ("a", "b")),
         LoadFailed("no"),
         Started(("p",)),
         Progress(("p",), 1, 2),
