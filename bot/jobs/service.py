@@ -138,7 +138,9 @@ class JobService(JobDispatch):
         self.models = ModelChoice(
             settings.catalogue, settings.default_steps, settings.default_guidance
         )
-        self.worker_models = (settings.catalogue.default,)
+        self.worker_models = tuple(getattr(settings, "served_models", ())) or (
+            settings.catalogue.default,
+        )
         """What the local worker serves (WORKER_MODELS; routing for one worker)."""
         self.residency = Residency(getattr(settings, "resident_models", 1))
         self.swaps = SwapRule(settings.swap_window)

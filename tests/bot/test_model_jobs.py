@@ -38,7 +38,7 @@ async def test_the_model_is_stored_by_name_and_the_request_carries_it(
     tmp_path: Path, store: Store
 ) -> None:
     h = harness(tmp_path, store)
-    h.service.worker_models = ("base", "anime")  # the local worker serves both
+    assert h.service.worker_models == ("base", "anime")  # WORKER_MODELS: the whole catalogue
     await h.start()
     try:
         anime = await h.submit(model="anime")
