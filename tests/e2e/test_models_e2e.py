@@ -36,7 +36,7 @@ async def test_models_lists_the_catalogue_and_a_lora_that_cannot_be_used_is_refu
     fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     models = catalogue(tmp_path / "models.toml", tiny_model_dir, str(tmp_path / "ink.safetensors"))
-    bot = await make_bot(models_file=models)
+    bot = await make_bot(models_file=models, worker_models="tiny")  # `other`: served by none
     handle = await fd.send_slash(world.guild, world.channel, world.alice, "models")
     msg = await handle.wait_original()
     text = msg["content"]
