@@ -98,3 +98,31 @@ async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_variants_and_style
     )
     fields = embed_fields(await wait_result(fd, styled))
     assert (fields["Prompt"], fields["LoRA"]) == ("a cat, inked <lora:ink:0.5>", "ink ×0.5")
+
+
+async def test_a_job_of_the_second_model_gives_the_clis_pixels_for_it_then_the_first_again(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path,
+    tiny_model_pair: tuple[Path, Path], tmp_path: Path,
+) -> None:  # fmt: skip
+    """The local worker serves both models with RESIDENT_MODELS=1: `model:second` loads the
+    second in place of the first, and a job of the first after it loads the first again."""
+    second = tiny_model_pair[1]
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f'[models.tiny]\nsource = "{tiny_model_dir}"\n[models.second]\nsource = "{second}"\n'
+    )
+    bot = await make_bot(models_file=models, resident_models=1)
+    photo = image_bytes()
+    job = ("--prompt", "a fox", "--strength", "0.5", "--seed", "5")
+    on_second = await wait_result(fd, await slash_img2img(
+        fd, world.guild, world.channel, world.alice, "a fox", data=photo, seed=5, model="second"
+    ))  # fmt: skip
+    expected = await cli_pixels(bot, "run", photo, tmp_path, *job, "--model", str(second))
+    assert np.array_equal(pixels(fd.attachment_bytes(on_second)), expected)
+    on_first = await wait_result(fd, await slash_img2img(
+        fd, world.guild, world.channel, world.bob, "a fox", data=photo, seed=5
+    ))  # fmt: skip
+    first = await cli_pixels(bot, "run", photo, tmp_path, *job)
+    assert np.array_equal(pixels(fd.attachment_bytes(on_first)), first)
+    assert not np.array_equal(first, expected)  # the models differ
+    assert bot.jobs.worker.info.resident == ("tiny",)
