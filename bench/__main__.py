@@ -17,6 +17,9 @@ Scenarios (same model, device and inputs for both paths, in one run):
      on the engine in its own process (bench/loras.py): step path with mixed-LoRA rows vs
      call path by LoRA set → ratio_lora_mixed (≥ 1.10); one rank-8 LoRA on every job vs
      none → lora_overhead (≥ 0.75)
+  9. (section `swaps`) 16 jobs alternating two tiny models on one worker, RESIDENT_MODELS=1,
+     through the bot's routing and swap rule (bench/swaps.py) → swaps_per_job (≤ 0.25), with
+     the largest displacement from fair order
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
 which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
 section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
@@ -60,6 +63,7 @@ from bench.scenarios import (
     sweep,
     unbatched_and_batched,
 )
+from bench.swaps import swaps_section
 from bench.upscale import RESOLUTION as UPSCALE_RESOLUTION
 from bench.upscale import upscale_section
 
@@ -175,6 +179,8 @@ class Run:
             r["upscale"] = await upscale_section(bench, full, o.rounds, o.max_batch)
         if "loras" in o.only:  # the engine in its own process (bench/loras.py)
             r["loras"] = await loras_section(model, note)
+        if "swaps" in o.only:  # the bot side and a worker with two tiny models (bench/swaps.py)
+            r["swaps"] = await swaps_section(note)
         if "mixedsweep" in o.only:
             full = await self.use_full(model, o.size)
             r["mixedsweep"] = await mixed_sweep(

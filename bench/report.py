@@ -234,6 +234,10 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         from bench.loras import render_loras
 
         lines, figures = render_loras(r["loras"], lines, figures)
+    if "swaps" in r:
+        from bench.swaps import render_swaps
+
+        lines, figures = render_swaps(r["swaps"], lines, figures)
     if "mixedsweep" in r:
         ms = r["mixedsweep"]
         lines += [

@@ -160,8 +160,10 @@ class ImgBot(commands.AutoShardedBot):
                 heartbeat_s=s.worker_heartbeat_s,
                 silence_s=s.worker_silence_s,
                 default_model=s.catalogue.default,
-                model_resolutions={
-                    m.name: m.resolution for m in s.catalogue.models.values() if m.resolution
+                model_resolutions={  # as the workers size them (`served_specs`)
+                    m.name: size
+                    for m in s.catalogue.models.values()
+                    if (size := m.resolution or s.resolution_setting)
                 },
             )
         return WorkerClient(

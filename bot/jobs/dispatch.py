@@ -203,10 +203,12 @@ class JobDispatch(JobEvents):
         return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key, model=model)
 
     def resolution_of(self, model: str | None) -> int:
-        """The size a model renders at (long side): its catalogue `resolution`, else
-        RESOLUTION, else what the worker reported for its default model."""
+        """The size a model renders at (long side), as its worker sizes it (`served_specs`):
+        its catalogue `resolution`, else RESOLUTION as set, else the worker's (the default
+        model's native size: a model of another native size needs its own `resolution`)."""
         entry = self.models.catalogue.models.get(model or "")
-        return (entry.resolution if entry is not None else None) or self.resolution
+        own = entry.resolution if entry is not None else None
+        return own or self.settings.resolution_setting or self.resolution
 
     def _batch_key(self, queued: QueuedJob) -> Hashable:
         """Jobs share a call when they render with one model at one size with one step plan

@@ -33,8 +33,10 @@ import aiosqlite
 
 from bot.errors import Undeliverable
 from bot.jobs.redelivery import JobRedelivery
+from bot.jobs.routing import Residency, WorkerResident
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
+from bot.models import ModelChoice
 from bot.store.db import ACTIVE_STATES, Job, Store
 from pipeline.request import EngineInfo, GenerationResult
 from pipeline.worker import (
@@ -42,6 +44,8 @@ from pipeline.worker import (
     Cancelled,
     Failed,
     Finished,
+    ModelLoaded,
+    ModelLoading,
     Progress,
     Recalled,
     Started,
@@ -130,6 +134,9 @@ class JobEvents(JobRedelivery):
     _background: set[asyncio.Task[None]]
     _status_gates: dict[int, asyncio.Event]
     _stopping: bool
+    models: ModelChoice
+    residency: Residency
+    on_model_loading: list[Callable[[str, tuple[str, ...]], None]]
 
     if TYPE_CHECKING:  # provided by JobDispatch and JobService
 
@@ -178,8 +185,24 @@ class JobEvents(JobRedelivery):
                 await self._requeue([held[event.job_id]])
         elif isinstance(event, WorkerDied):
             await self._worker_died(event)
+        elif isinstance(event, ModelLoading):
+            self._loading(event)
+        elif isinstance(event, ModelLoaded):  # the local worker's own word
+            self.residency.reported(None, event.resident)
+        elif isinstance(event, WorkerResident):  # a remote worker's
+            self.residency.reported(event.worker, event.resident)
         else:
             log.debug("worker event %r", event)
+
+    def _loading(self, event: ModelLoading) -> None:
+        """A worker loads a model for these jobs: their status says so (a load takes
+        seconds to minutes on a real GPU), until their progress replaces it."""
+        title = self.models.title(event.model) or event.model
+        for job_id in event.job_ids:
+            if self.queue.is_running(job_id) or job_id in {q.job_id for q in self.queue.held}:
+                self.status.set(int(job_id), f"🔄 Loading model *{title}*…", cancellable=True)
+        for hook in self.on_model_loading:
+            hook(event.model, event.job_ids)
 
     async def _worker_died(self, event: WorkerDied) -> None:
         """Jobs that never started wait again at the head of their queue; jobs that were

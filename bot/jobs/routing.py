@@ -26,6 +26,15 @@ DEFAULT_WINDOW = 8
 
 
 @dataclass(frozen=True)
+class WorkerResident:
+    """Bot-side event: a remote worker's load ended and it holds `resident` now (its
+    `ModelLoaded`, with who said it)."""
+
+    worker: str
+    resident: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Route:
     """One worker that takes jobs now, as the dispatcher sees it."""
 

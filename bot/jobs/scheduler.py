@@ -183,18 +183,19 @@ class FairQueue:
     def overtaken(self) -> list[QueuedJob]:
         """Held jobs that a waiting job would now be served before (it arrived after they
         were handed over, or came back ahead of them): recall them, so the waiting job
-        takes the next free place."""
+        takes the next free place. Only a waiting job of the held job's model counts: one
+        of another model was passed over on purpose (the swap rule, `bot.jobs.routing`)."""
         if not self._held:
             return []
         out: list[QueuedJob] = []
-        waiting_ahead = False
+        waiting_ahead: set[str] = set()  # the models of waiting jobs seen so far
         held_left = len(self._held)
         for job in self._iter_order(held=True):  # up to the last held job, not further
             if job.job_id not in self._held:
-                waiting_ahead = True
+                waiting_ahead.add(job.model)
                 continue
             held_left -= 1
-            if waiting_ahead:
+            if job.model in waiting_ahead:
                 out.append(job)
             if not held_left:
                 break

@@ -144,6 +144,9 @@ class JobService(JobDispatch):
         """What the local worker serves (WORKER_MODELS; routing for one worker)."""
         self.residency = Residency(getattr(settings, "resident_models", 1))
         self.swaps = SwapRule(settings.swap_window)
+        self.on_model_loading: list[Callable[[str, tuple[str, ...]], None]] = []
+        """Called with (model, job ids) when a worker starts loading a model (the bench
+        counts swaps with it)."""
         self._online: frozenset[str] = frozenset()
         self._online_at = -1e9
         self.engine_info: EngineInfo | None = None  # what the worker loaded, once ready

@@ -92,3 +92,14 @@ def test_a_passed_job_is_due_after_window_jobs(window: int) -> None:
         if "0" in taken:
             break
     assert taken.index("0") == window  # exactly `window` jobs of `a` went ahead
+
+
+def test_a_held_job_is_recalled_only_for_a_waiting_job_of_its_model() -> None:
+    queue = queue_of(["b", "a", "a"])
+    rule = SwapRule(8)
+    batch = rule.pick(queue.waiting(), Route(None, 1, None, ("a",)), 1, key)
+    queue.hold(batch)
+    assert [j.job_id for j in batch] == ["1"]
+    assert queue.overtaken() == []  # "b" ahead of it was passed over on purpose
+    queue.push(QueuedJob("9", 0, 999, ("k",), model="a"))  # another server's "a" job
+    assert [j.job_id for j in queue.overtaken()] == ["1"]

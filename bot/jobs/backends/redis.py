@@ -50,7 +50,7 @@ from bot.jobs.backends.redis_events import Events
 from bot.jobs.backends.redis_ledger import GrantLedger, Holder
 from bot.jobs.backends.redis_lock import SchedulerLock
 from bot.jobs.backends.redis_members import Grant, GrantFile, Remote
-from bot.jobs.routing import Route
+from bot.jobs.routing import Route, WorkerResident
 from bot.store.db import Store
 from config.catalogue import DEFAULT_MODEL_NAME
 from pipeline import stream_codec as codec
@@ -59,6 +59,8 @@ from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker import WorkerStartError
 from pipeline.worker_protocol import (
     BatchDone,
+    ModelLoaded,
+    ModelLoading,
     WorkerDied,
     WorkerEvent,
 )
@@ -283,6 +285,14 @@ class RedisBackend(Events):
                 async with asyncio.timeout(2.0):
                     await r.aclose()
         self._r = None
+
+    def on_model_loading(self, worker: Remote, event: ModelLoading) -> None:
+        """The job service tells those jobs' members (`JobEvents._loading`)."""
+        self._events.put_nowait(event)
+
+    def on_model_loaded(self, worker: Remote, event: ModelLoaded) -> None:
+        """Routing learns what the worker holds now."""
+        self._events.put_nowait(WorkerResident(worker.id, event.resident))
 
     def routes(self) -> list[Route]:
         """Each worker that takes jobs now, with the models it serves and has resident
