@@ -107,3 +107,30 @@ def test_model_choice_order_and_refusals() -> None:
     assert models.kept("org/old-weights") == "base"  # a job from before names
     with pytest.raises(UserError, match="no longer offered"):
         models.kept("dropped")
+
+
+async def test_a_model_load_shows_on_its_jobs_status(tmp_path: Path, store: Store) -> None:
+    from pipeline.worker_protocol import ModelLoaded, ModelLoading
+
+    h = harness(tmp_path, store)
+    h.service.worker_models = ("base", "anime")
+    seen: list[tuple[str, tuple[str, ...]]] = []
+    h.service.on_model_loading.append(lambda model, ids: seen.append((model, ids)))
+    await h.start()
+    try:
+        job = await h.submit(model="anime")
+        await h.service.attach_status_message(job.id, 55)
+        await until(lambda: h.worker.batches, "the grant")
+        h.worker.emit(ModelLoading("anime", (str(job.id),)), ModelLoaded("anime", ("anime",)))
+
+        def told() -> bool:
+            return any(
+                c[1] == job.id and c[2] == "🔄 Loading model *Anime*…"
+                for c in h.delivery.of("status")
+            )
+
+        await until(told, "the loading status")
+        assert seen == [("anime", (str(job.id),))]
+        assert h.service.residency.of(None) == ("anime",)
+    finally:
+        await h.service.stop()
