@@ -126,3 +126,28 @@ async def test_a_job_of_the_second_model_gives_the_clis_pixels_for_it_then_the_f
     assert np.array_equal(pixels(fd.attachment_bytes(on_first)), first)
     assert not np.array_equal(first, expected)  # the models differ
     assert bot.jobs.worker.info.resident == ("tiny",)
+    assert (embed_fields(on_second)["Model"], embed_fields(on_first)["Model"]) == (
+        "second",
+        "tiny",
+    )
+
+    # A saved style carries a model; the server's default (/settings model) applies after it.
+    save = await fd.send_slash(
+        world.guild, world.channel, world.carol, "style save",
+        {"name": "second-look", "prompt": "{prompt}, soft light", "model": "second"},
+    )  # fmt: skip
+    assert embed_fields(await save.wait_original())["Model"] == "second"
+    styled = await wait_result(fd, await slash_img2img(
+        fd, world.guild, world.channel, world.carol, "a fox", data=photo, seed=5,
+        style="second-look",
+    ))  # fmt: skip
+    assert embed_fields(styled)["Model"] == "second"
+    changed = await fd.send_slash(
+        world.guild, world.channel, world.admin, "settings model", {"name": "second"}
+    )
+    assert "default model → `second`" in (await changed.response())["data"]["content"]
+    plain = await wait_result(fd, await slash_img2img(
+        fd, world.guild, world.channel, world.bob, "a fox", data=photo, seed=5
+    ))  # fmt: skip
+    assert embed_fields(plain)["Model"] == "second"
+    assert np.array_equal(pixels(fd.attachment_bytes(plain)), expected)
