@@ -30,11 +30,13 @@ from discord.ext import commands
 from bot.actions import INPUT_GONE_TEXT, _role_ids
 from bot.cogs.compare import GONE_TEXT
 from bot.cogs.iterate import copy_output, images_of
+from bot.cogs.models import model_autocomplete
 from bot.cogs.upscale_progress import UpscaleDelivery, UpscaleProgress, cancel_view
 from bot.errors import UserError
 from bot.jobs.scheduler import QueueFull
 from bot.jobs.service import NEW_GROUP, NewJob
 from bot.locks import KeyedLocks
+from bot.models import server_model
 from bot.store.db import ACTIVE_STATES, Job
 from bot.store.quotas import QuotaStore
 from bot.store.upscales import Upscale, UpscaleStore
@@ -95,6 +97,7 @@ class Ask:
     source_job_id: int | None = None
     style: str | None = None
     fresh_source: bool = True  # stored for this upscale: removed again if it is refused
+    model: str = ""  # the catalogue model the tiles run on ("" : the default)
 
 
 class UpscaleCog(UpscaleProgress, commands.Cog):
@@ -134,8 +137,10 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         prompt="What the picture shows (helps the detail fit)",
         negative_prompt="What to avoid",
         seed="Same seed + same settings = same picture",
+        model="Which model draws the detail (see /models); default: the server's",
     )
     @app_commands.choices(scale=[app_commands.Choice(name="×2", value=2)])
+    @app_commands.autocomplete(model=model_autocomplete)
     async def upscale_command(
         self,
         interaction: Interaction,
@@ -145,8 +150,11 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
         negative_prompt: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        model: app_commands.Range[str, 1, 100] | None = None,
     ) -> None:
-        await self._upload(interaction, image, scale, strength, prompt, negative_prompt, seed)
+        await self._upload(
+            interaction, image, scale, strength, prompt, negative_prompt, seed, model
+        )
 
     async def _upload(
         self,
@@ -157,19 +165,24 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         prompt: str | None,
         negative_prompt: str | None,
         seed: int | None,
+        model: str | None = None,
     ) -> None:
         """An uploaded picture: cheap refusals first (the cap on its declared size among
-        them), then download and store it, then `_start`."""
-        settings = self.bot.settings
+        them), then download and store it, then `_start`. The model: `model`, else the
+        server's, else the catalogue's."""
+        models = self.bot.jobs.models
         try:
-            text, loras = self.bot.loras.split(check_prompt(prompt, required=False))
-            words = self.bot.loras.styled(Composed(text, None, strength, None), loras).prompt
+            server = await server_model(self.bot.store.db, interaction.guild_id or 0)
+            entry = models.pick(model, None, server)
+            text, loras = self.bot.loras.split(check_prompt(prompt, required=False), entry.name)
+            plain = Composed(text, None, strength, None, model=entry.name)
+            words = self.bot.loras.styled(plain, loras).prompt
             negative = check_prompt(negative_prompt, field="negative prompt", required=False)
             check_strength(strength)
             check_seed(seed)
-            check_declared_size(image.size, max_bytes=settings.max_input_bytes)
+            check_declared_size(image.size, max_bytes=self.bot.settings.max_input_bytes)
             if image.width and image.height:  # refused before any download
-                self._plan(image.width, image.height, scale)
+                self._plan(image.width, image.height, scale, entry.name)
             await self.bot.actions.precheck(interaction)
         except (InputError, UserError) as exc:
             await self.bot.actions.say(interaction, f"❌ {exc}")
@@ -187,7 +200,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
             return
         ask = Ask(
             rel, width, height, scale, strength, words, negative or None, seed,
-            settings.default_steps,
+            models.steps(entry), model=entry.name,
         )  # fmt: skip
         await self._start(interaction, ask)
 
@@ -200,7 +213,8 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
                 raise UserError(GONE_TEXT)
             path = self.data_dir / str(parent.output_path)
             width, height = await asyncio.to_thread(picture_size, path)
-            self._plan(width, height, DEFAULT_SCALE)
+            model = self.bot.jobs.models.kept(parent.model)
+            self._plan(width, height, DEFAULT_SCALE, model)
             await actions.precheck(interaction)
         except (InputError, UserError) as exc:
             await actions.say(interaction, f"❌ {exc}")
@@ -210,6 +224,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         ask = Ask(
             copied, width, height, DEFAULT_SCALE, DEFAULT_STRENGTH, parent.prompt,
             parent.negative_prompt, parent.seed, parent.steps, parent.id, parent.style,
+            model=model,
         )  # fmt: skip
         await self._start(interaction, ask)
 
@@ -228,7 +243,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
             up.source_path, width, height, up.scale,
             final.strength if strength is None else strength, final.prompt,
             final.negative_prompt, seed, final.steps, up.source_job_id, final.style,
-            fresh_source=False,
+            fresh_source=False, model=self.bot.jobs.models.kept(final.model),
         )  # fmt: skip
         await self._start(interaction, ask)
 
@@ -250,11 +265,11 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         image = discord.Attachment(data=images[0], state=self.bot._connection)  # type: ignore[arg-type]
         await self._upload(interaction, image, DEFAULT_SCALE, DEFAULT_STRENGTH, None, None, None)
 
-    def _plan(self, width: int, height: int, scale: int) -> UpscalePlan:
-        """Raises `InputError` naming UPSCALE_MAX_SIDE when the result would pass it."""
-        return plan_upscale(
-            width, height, scale, self.bot.settings.upscale_max_side, self.bot.jobs.resolution
-        )
+    def _plan(self, width: int, height: int, scale: int, model: str) -> UpscalePlan:
+        """Tiles at `model`'s working size; raises `InputError` naming UPSCALE_MAX_SIDE
+        when the result would pass it."""
+        size = self.bot.jobs.resolution_of(model)
+        return plan_upscale(width, height, scale, self.bot.settings.upscale_max_side, size)
 
     # -- queueing -----------------------------------------------------------------------
     async def _start(self, interaction: Interaction, ask: Ask) -> None:
@@ -263,7 +278,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         interaction is already acknowledged privately."""
         paths: list[str] = []
         try:
-            plan = self._plan(ask.width, ask.height, ask.scale)
+            plan = self._plan(ask.width, ask.height, ask.scale, ask.model)
             await self._check_room(interaction, plan)
             seed = ask.seed if ask.seed is not None else secrets.randbelow(MAX_SEED + 1)
             paths = await asyncio.to_thread(cut_tiles, self.data_dir, ask.source_path, plan)
@@ -308,6 +323,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         """One ordinary img2img job per tile; the first `plan.units` use a unit of quota."""
         assert interaction.guild_id is not None
         public, nsfw = channel_flags(interaction.channel)
+        models = self.bot.jobs.models
         return [
             NewJob(
                 guild_id=interaction.guild_id,
@@ -318,7 +334,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
                 strength=ask.strength,
                 seed=tile_seed(seed, i),
                 steps=ask.steps,
-                guidance=self.bot.settings.default_guidance,
+                guidance=models.guidance(models.catalogue.model(ask.model)),
                 input_path=path,
                 input_width=right - left,
                 input_height=bottom - top,
@@ -329,6 +345,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
                 channel_public=public,
                 channel_nsfw=nsfw,
                 counted=i < plan.units,
+                model=models.catalogue.model(ask.model).name,
             )
             for i, (path, (left, top, right, bottom)) in enumerate(
                 zip(paths, plan.boxes, strict=True)

@@ -142,7 +142,7 @@ class UpscaleProgress:
             mode=UPSCALE, parent_id=up.source_job_id, application_id=up.application_id,
             interaction_token=up.interaction_token, interaction_created_at=up.token_from,
             channel_public=bool(head.channel_public), channel_nsfw=bool(head.channel_nsfw),
-            style=head.style, counted=False,
+            style=head.style, counted=False, model=head.model,
         )  # fmt: skip
 
         async def write(db: aiosqlite.Connection, jobs: list[Job]) -> str:
