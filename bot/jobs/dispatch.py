@@ -11,13 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
 
 from bot.jobs.events import JobEvents
-from bot.jobs.routing import Residency, Route, SwapRule
+from bot.jobs.model_routes import ModelRoutes
+from bot.jobs.routing import Route
 from bot.jobs.scheduler import QueuedJob
 from bot.loras import LoraTags
 from bot.models import ModelChoice
@@ -51,16 +51,13 @@ DISPATCH_FAILED = (
 )
 
 
-class JobDispatch(JobEvents):
+class JobDispatch(ModelRoutes, JobEvents):
     """Mixin of `JobService`: from the fair queue to the worker."""
 
     resolution: int
     engine_info: EngineInfo | None
     loras: LoraTags
     models: ModelChoice
-    worker_models: tuple[str, ...]
-    residency: Residency
-    swaps: SwapRule
     ready: asyncio.Event
     fatal: str | None
     on_fatal: Callable[[str], None] | None
@@ -202,14 +199,6 @@ class JobDispatch(JobEvents):
         model = self.models.for_worker(job.model) or self.models.catalogue.default
         return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key, model=model)
 
-    def resolution_of(self, model: str | None) -> int:
-        """The size a model renders at (long side), as its worker sizes it (`served_specs`):
-        its catalogue `resolution`, else RESOLUTION as set, else the worker's (the default
-        model's native size: a model of another native size needs its own `resolution`)."""
-        entry = self.models.catalogue.models.get(model or "")
-        own = entry.resolution if entry is not None else None
-        return own or self.settings.resolution_setting or self.resolution
-
     def _batch_key(self, queued: QueuedJob) -> Hashable:
         """Jobs share a call when they render with one model at one size with one step plan
         and guidance. The size depends on the model's resolution, known only once the worker
@@ -288,52 +277,6 @@ class JobDispatch(JobEvents):
             self._sent(batch, sent)
         self._refresh_positions()
         return True
-
-    def _routes(self) -> list[Route]:
-        """Each worker that takes jobs now, with the models it serves and has resident
-        (as the bot last granted them, else as it said), most free slots first."""
-        listed = getattr(self.worker, "routes", None)
-        if listed is None:  # the local worker: serves WORKER_MODELS
-            free = self.worker.free_slots
-            raw = [Route(None, free, frozenset(self.worker_models))] if free > 0 else []
-        else:
-            raw = listed()
-        return [
-            replace(r, resident=self.residency.of(r.worker) or r.resident)
-            for r in sorted(raw, key=lambda r: -r.free)
-        ]
-
-    def _take_for(self, route: Route) -> list[QueuedJob]:
-        """`route`'s next batch by the swap rule (`bot.jobs.routing`), marked held."""
-        elsewhere = frozenset(
-            m for r in self._all_routes() if r.worker != route.worker for m in r.resident
-        )
-        batch = self.swaps.pick(
-            self.queue.waiting(),
-            route,
-            min(self.settings.max_batch, route.free),
-            self._batch_key,
-            elsewhere,
-        )
-        self.queue.hold(batch)
-        return batch
-
-    def _all_routes(self) -> list[Route]:
-        """Every worker online, busy or not (whose resident models a job may wait for)."""
-        every = getattr(self.worker, "all_routes", None)
-        if every is None:
-            return []
-        return [replace(r, resident=self.residency.of(r.worker) or r.resident) for r in every()]
-
-    def _submit(self, requests: list[GenerationRequest], route: Route | None) -> None:
-        """Grant to the route's worker (the backend's choice without one), and note the
-        model it will load."""
-        if route is None or route.worker is None:
-            self.worker.submit(requests)
-        else:
-            self.worker.submit(requests, worker_id=route.worker)  # type: ignore[call-arg]
-        if route is not None:
-            self.residency.granted(route.worker, requests[0].model or self.models.catalogue.default)
 
     def _sent(self, batch: list[QueuedJob], requests: list[GenerationRequest]) -> None:
         """The batch's jobs (those still queued when marked) are with a worker now."""

@@ -191,17 +191,6 @@ class JobService(JobDispatch):
         self.status.start()
         self._task = self._start_task(self._run())
 
-    def models_online(self) -> frozenset[str]:
-        """The catalogue models some online worker serves (routing waits for the others):
-        the workers' word through a backend that knows it (`models_served`), else every
-        model once the local worker is ready."""
-        served = getattr(self.worker, "models_served", None)
-        if served is not None:
-            return frozenset(served())
-        if not self.ready.is_set() or self.fatal:
-            return frozenset()
-        return frozenset(self.worker_models)
-
     async def _runnable(self, jobs: list[Job]) -> list[Job]:
         """The restored jobs that can still run; one asking for a LoRA the catalogue no
         longer offers (MODELS_FILE changed across the restart) fails now, refunded."""
@@ -415,17 +404,6 @@ class JobService(JobDispatch):
     def _place_text(self, place: int, before: int, note: str | None) -> str:
         text = queue_text(place, self._eta_s(before))
         return f"{text}\n{note}" if note else text
-
-    def _model_note(self, job_id: int) -> str | None:
-        """"Waiting for a GPU with *anime*": no online worker serves the job's model (it
-        runs once one does). Only where the catalogue has several models."""
-        queued = self.queue.get(str(job_id))
-        now = time.monotonic()
-        if now - self._online_at > 1.0:  # once a second, not once per waiting job
-            self._online, self._online_at = self.models_online(), now
-        if queued is None or not queued.model or queued.model in self._online:
-            return None
-        return f"⏸️ Waiting for a GPU with *{self.models.title(queued.model) or queued.model}*"
 
     def _status_note(self) -> str | None:
         return getattr(self.worker, "status_note", lambda: None)()  # e.g. no workers online
