@@ -81,6 +81,28 @@ class LoraRef:
     weight: float
 
 
+STRUCTURE_KINDS = ("edges", "lines")
+"""What a job's structure can be held by: `edges` (a Canny edge map of the input, for
+photos) or `lines` (the input's own dark strokes, for sketches, line art and floor plans)."""
+MIN_STRUCTURE_WEIGHT = 0.1
+MAX_STRUCTURE_WEIGHT = 2.0
+
+
+@dataclass(frozen=True)
+class ControlRef:
+    """A job's structure: which map the worker makes from its input (`kind`, one of
+    `STRUCTURE_KINDS`) and how strongly that kind's ControlNet holds the picture to it."""
+
+    kind: str
+    weight: float = 1.0
+
+
+def structure_map_path(output_path: str) -> str:
+    """Where the thumbnail of a structure job's map is written, beside its result PNG."""
+    stem, dot, _ = output_path.rpartition(".")
+    return f"{stem if dot else output_path}.structure.png"
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One image to generate. `image_path` is the stored, normalized RGB input image ("" for
@@ -121,6 +143,9 @@ class GenerationRequest:
     model: str = ""
     """The catalogue name of the model this job runs on; "": the worker's default model
     (the first it serves). A worker keeps up to RESIDENT_MODELS loaded (`pipeline.models`)."""
+    control: ControlRef | None = None
+    """Keep the input's structure through a ControlNet (None: a free job). Rows with and
+    without one share UNet calls in the step path (`pipeline.control_rows`)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,9 @@ class GenerationResult:
     filtered: bool = False
     """A safety checker looked at this image; False: none was loaded, nothing filtered it
     (the bot records it on the job and says so in /help and /settings show)."""
+    structure_map: str = ""
+    """A structure job: the thumbnail PNG of the map that held it (`structure_map_path`);
+    "" for a free job."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +196,8 @@ class EngineInfo:
     """The catalogue names this worker serves (WORKER_MODELS), its default first."""
     resident: tuple[str, ...] = ()
     """The served models loaded now (at most RESIDENT_MODELS), least recently used first."""
+    structures: tuple[str, ...] = ()
+    """The structure kinds (`STRUCTURE_KINDS`) this worker has a ControlNet for."""
 
 
 def check_prompt(prompt: str | None, *, field: str = "prompt", required: bool = True) -> str:

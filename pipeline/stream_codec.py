@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, TypeVar
 
 from pipeline.request import (
+    ControlRef,
     EngineInfo,
     GenerationRequest,
     GenerationResult,
@@ -113,6 +114,8 @@ def decode_request(data: dict[str, Any]) -> GenerationRequest:
     if any(isinstance(lora, dict) for lora in request.loras):  # LoRAs, nested
         loras = tuple(from_dict(LoraRef, lora) for lora in request.loras)
         request = replace(request, loras=loras)  # type: ignore[arg-type]
+    if isinstance(request.control, dict):  # a structure job's control, nested
+        request = replace(request, control=from_dict(ControlRef, request.control))
     return request
 
 

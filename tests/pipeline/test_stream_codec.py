@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from pipeline import stream_codec as codec
-from pipeline.request import EngineInfo, GenerationRequest, GenerationResult, LoraRef
+from pipeline.request import (
+    ControlRef,
+    EngineInfo,
+    GenerationRequest,
+    GenerationResult,
+    LoraRef,
+)
 
 
 def test_request_round_trip_keeps_every_field() -> None:
@@ -37,6 +43,21 @@ def test_request_and_info_round_trips_keep_the_model() -> None:
     info = EngineInfo("m", "cpu", "fp32", 64, "P", models=("base", "anime"), resident=("base",))
     back = codec.decode_info(codec.loads(codec.dumps(codec.encode_info(info))))
     assert (back, back.models, back.resident) == (info, ("base", "anime"), ("base",))
+
+
+def test_structure_round_trips_on_the_request_result_and_info() -> None:
+    request = GenerationRequest(
+        "7", "/in.png", "a fox", 0.6, 1, 20, 7.5, "/o.png", control=ControlRef("lines", 1.5)
+    )
+    decoded = codec.decode_request(codec.loads(codec.dumps(codec.encode_request(request))))
+    assert decoded == request and isinstance(decoded.control, ControlRef)
+    hash(decoded)
+    free = GenerationRequest("8", "/in.png", "a fox", 0.6, 1, 20, 7.5, "/o.png")
+    assert codec.decode_request(codec.loads(codec.dumps(codec.encode_request(free)))) == free
+    result = GenerationResult("7", "/o.png", 1, 10, 20, 64, 64, 0.5, structure_map="/o.map")
+    assert codec.decode_result(codec.encode_result(result)) == result
+    info = EngineInfo("m", "cpu", "fp32", 512, "P", structures=("edges", "lines"))
+    assert codec.decode_info(codec.loads(codec.dumps(codec.encode_info(info)))) == info
 
 
 def test_unknown_fields_are_ignored_and_lists_become_tuples() -> None:
