@@ -142,6 +142,11 @@ class ImgBot(commands.AutoShardedBot):
             single_file_config=s.single_file_config,
             models=served_specs(s),
             resident_models=s.resident_models,
+            controlnet_edges=s.controlnet_edges,
+            controlnet_lines=s.controlnet_lines,
+            structure_edges_low=s.structure_edges_low,
+            structure_edges_high=s.structure_edges_high,
+            structure_lines_contrast=s.structure_lines_contrast,
         )
 
     def worker_backend(self) -> WorkerBackend:

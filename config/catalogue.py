@@ -25,6 +25,7 @@ DEFAULT_MODEL_NAME = "default"
 """The one model's name when the catalogue is `MODEL_ID` alone."""
 
 _MODEL_KEYS = {"source", "label", "steps", "guidance", "resolution", "config"}
+_MODEL_KEYS |= {"controlnet_edges", "controlnet_lines"}
 _LORA_KEYS = {"source", "models", "weight", "trigger"}
 _TOP_KEYS = {"default", "models", "loras"}
 _HEADER_RE = re.compile(r"^\s*\[\s*(models|loras)\s*\.\s*(\"[^\"]*\"|'[^']*'|[^\]\s]+)\s*\]")
@@ -49,6 +50,16 @@ class ModelEntry:
     config: str | None = None
     """For a single-file checkpoint: a diffusers folder or hub id holding the component
     configs, so `from_single_file` needs no download."""
+    controlnet_edges: str | None = None
+    """The ControlNet (hub id or folder) for `structure: edges` on this model; None: the
+    model does not offer it."""
+    controlnet_lines: str | None = None
+    """The ControlNet for `structure: lines` on this model; None: not offered."""
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        """The structure kinds this model has a ControlNet for."""
+        return tuple(k for k in ("edges", "lines") if getattr(self, f"controlnet_{k}"))
 
     @property
     def title(self) -> str:
@@ -194,6 +205,8 @@ def _model(name: str, entry: dict[str, Any], fail: Any) -> ModelEntry:
         guidance=guidance,
         resolution=resolution,  # type: ignore[arg-type]
         config=_text(entry, "config", where, fail) or None,
+        controlnet_edges=_text(entry, "controlnet_edges", where, fail) or None,
+        controlnet_lines=_text(entry, "controlnet_lines", where, fail) or None,
     )
 
 

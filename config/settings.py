@@ -133,6 +133,24 @@ class Settings(BaseSettings):
         8, ge=0, le=128, description="Region masks are grown by this many px (of the result)."
     )
 
+    # Structure (ControlNet): the one-model set-up; a MODELS_FILE entry names its own
+    controlnet_edges_id: str | None = Field(
+        None, description="ControlNet for structure:edges (Canny) on MODEL_ID; unset: not offered."
+    )
+    controlnet_lines_id: str | None = Field(
+        None,
+        description="ControlNet for structure:lines (line art) on MODEL_ID; unset: not offered.",
+    )
+    structure_edges_low: int = Field(
+        40, ge=1, le=255, description="Edge map: weaker gradients (of 255) join only strong edges."
+    )
+    structure_edges_high: int = Field(
+        80, ge=1, le=255, description="Edge map: a gradient (of 255) above this is always an edge."
+    )
+    structure_lines_contrast: int = Field(
+        40, ge=1, le=255, description="Line map: this much darker than the ground is a stroke."
+    )
+
     # Input limits
     max_input_bytes: int = Field(10_000_000, ge=1, description="Largest accepted upload.")
     min_input_side: int = Field(256, ge=1, description="Smallest accepted short side in px.")
@@ -270,6 +288,23 @@ class Settings(BaseSettings):
         a catalogue model that names none."""
         self.catalogue  # noqa: B018  (reading it applies the default model's own values)
         return self._resolution_setting if self.models_file is not None else self.resolution
+
+    @property
+    def controlnet_edges(self) -> str | None:
+        """The default model's edges ControlNet (catalogue `controlnet_edges`, else
+        CONTROLNET_EDGES_ID without MODELS_FILE), for the workers under its WorkerConfig
+        name."""
+        if self.models_file is not None:
+            return self.catalogue.default_model.controlnet_edges
+        return self.controlnet_edges_id
+
+    @property
+    def controlnet_lines(self) -> str | None:
+        """The default model's lines ControlNet (catalogue `controlnet_lines`, else
+        CONTROLNET_LINES_ID without MODELS_FILE)."""
+        if self.models_file is not None:
+            return self.catalogue.default_model.controlnet_lines
+        return self.controlnet_lines_id
 
     def _follow(self, model: ModelEntry) -> None:
         """With MODELS_FILE, its default model is the one the workers load and jobs run on;

@@ -46,6 +46,15 @@ class WorkerConfig:
     alone, under the catalogue's name `default`."""
     resident_models: int = 1
     """Served models kept loaded at once (RESIDENT_MODELS; LRU, see `pipeline.models`)."""
+    controlnet_edges: str | None = None
+    """The ControlNet for `structure: edges` (hub id or folder), loaded next to the model;
+    None: edges are not served (CONTROLNET_EDGES_ID, or the catalogue's `controlnet_edges`)."""
+    controlnet_lines: str | None = None
+    """The ControlNet for `structure: lines`; None: lines are not served."""
+    structure_edges_low: int = 40
+    structure_edges_high: int = 80
+    structure_lines_contrast: int = 40
+    """The map thresholds (`pipeline.structure.MapSettings`)."""
 
 
 # -- commands: parent → worker ----------------------------------------------------------

@@ -15,10 +15,14 @@ from pipeline.remote_worker import config_from_settings
 
 def test_the_local_worker_gets_every_setting_a_remote_worker_reads(tmp_path: Path) -> None:
     models = tmp_path / "models.toml"
-    models.write_text('[models.mine]\nsource = "/ckpt/mine.safetensors"\nconfig = "/cfg/sd15"\n')
+    models.write_text(
+        '[models.mine]\nsource = "/ckpt/mine.safetensors"\nconfig = "/cfg/sd15"\n'
+        'controlnet_lines = "/cn/lines"\n'
+    )
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp_path, max_loras_loaded=3, max_batch=2, resolution=256,
-        mask_model_id="", batching="call", models_file=models,
+        mask_model_id="", batching="call", models_file=models, structure_lines_contrast=30,
+        controlnet_edges_id="/cn/for-model-id-only",
     )  # fmt: skip
     local = asdict(ImgBot(settings).worker_config())
     remote = {k: v if v != "" else None for k, v in asdict(config_from_settings(settings)).items()}
@@ -28,6 +32,18 @@ def test_the_local_worker_gets_every_setting_a_remote_worker_reads(tmp_path: Pat
         "/ckpt/mine.safetensors",
         "/cfg/sd15",
     )
+    # the default model's ControlNets reach the workers (CONTROLNET_*_ID is for MODEL_ID alone)
+    assert (local["controlnet_edges"], local["controlnet_lines"]) == (None, "/cn/lines")
+    assert local["structure_lines_contrast"] == 30
+
+
+def test_without_a_models_file_the_controlnet_settings_reach_the_workers(tmp_path: Path) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, data_dir=tmp_path, model_id="/m", controlnet_edges_id="/cn/edges",
+    )  # fmt: skip
+    config = config_from_settings(settings)
+    assert (config.controlnet_edges, config.controlnet_lines) == ("/cn/edges", None)
+    assert ImgBot(settings).worker_config() == config
 
 
 def test_worker_models_become_specs_with_their_own_resolution(tmp_path: Path) -> None:
