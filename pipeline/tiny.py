@@ -201,5 +201,8 @@ def make_tiny(
         safety_checker=checker,
         feature_extractor=extractor,
     )
+    from pipeline.tiny_controlnet import save_tiny_controlnets
+
+    save_tiny_controlnets(out, unet, seed)  # DIR/controlnet-edges, DIR/controlnet-lines
     log.info("wrote tiny img2img pipeline to %s (safety checker: %s)", out, safety_checker)
     return out
