@@ -26,6 +26,12 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
+from pipeline.control_rows import (
+    Controls,
+    load_controlnets,
+    structure_missing,
+    with_thumbnail,
+)
 from pipeline.invariance import make_batch_invariant
 from pipeline.loading import (
     DTYPE_KWARG,
@@ -57,6 +63,7 @@ from pipeline.results import store_result
 from pipeline.safety import SafetyChecker, SafetyCheckerUnavailable, setup_checker
 from pipeline.stepbatch import StepHooks, StepLoop, supports_steps
 from pipeline.stepsets import run_steps
+from pipeline.structure import MapSettings
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,9 @@ class Engine:
         self.loras = LoraAdapters(pipe)
         """The LoRAs loaded on this model as named adapters (loaded on a job's first use,
         kept up to `max_loras_loaded`, LRU)."""
+        self.controls = Controls()
+        """The ControlNets loaded next to the model, by structure kind (none: no kind)."""
+        self._control_pipes: dict[str, Any] = {}
         self.steps_ok = supports_steps(pipe)
         """A UNet2DConditionModel SD img2img pipeline: `run_steps` (iteration-level batching)
         serves it; other models take the pipeline-call path (`generate`)."""
@@ -154,12 +164,16 @@ class Engine:
         mask_dilate: int = 8,
         max_loras_loaded: int = DEFAULT_MAX_LOADED,
         single_file_config: str | None = None,
+        controlnets: dict[str, str | None] | None = None,
+        structure_maps: MapSettings | None = None,
     ) -> Engine:
         """Load `model_id` (hub id or local diffusers folder) once, ready to generate.
 
         `safety_checker` is `auto`, `on` or `off` (see `pipeline.safety`); a standalone
         checker is looked for at `safety_checker_id` when the model ships none. The mask_*
-        and inpaint_model_id arguments set up inpainting (see `pipeline.inpaint`)."""
+        and inpaint_model_id arguments set up inpainting (see `pipeline.inpaint`);
+        `controlnets` (structure kind → source) the ControlNets loaded next to the model,
+        `structure_maps` the thresholds of their maps (see `pipeline.control_rows`)."""
         try:
             dev = resolve_device(device)
             torch_dtype = resolve_dtype(dtype, dev)
@@ -232,6 +246,11 @@ class Engine:
             )  # fmt: skip
         except Exception as exc:
             raise fail(f"INPAINT_MODEL_ID {inpaint_model_id!r}: {short(exc)}", exc) from exc
+        try:
+            controls = load_controlnets(pipe, controlnets or {}, dtype=torch_dtype,
+                                        maps=structure_maps, invariant=dev == "cpu")  # fmt: skip
+        except Exception as exc:
+            raise fail(f"ControlNet: {type(exc).__name__}: {short(exc)}", exc) from exc
         info = EngineInfo(
             model_id=model_id,
             device=dev,
@@ -240,6 +259,7 @@ class Engine:
             pipeline_class=type(pipe).__name__,
             safety_checker=checker_status,
             region_masks=inpainting.region_masks,
+            structures=controls.kinds,
         )
         log.info(
             "loaded %s (%s) on %s/%s, %d px, safety checker %s, in %.1f s",
@@ -248,6 +268,7 @@ class Engine:
         )  # fmt: skip
         engine = cls(pipe, info, checker)
         engine.inpainting = inpainting
+        engine.controls = controls
         engine.loras.max_loaded = max(1, int(max_loras_loaded))
         engine.loras.invariant = dev == "cpu"
         return engine
@@ -283,7 +304,8 @@ class Engine:
     def new_set(self, max_batch: int) -> StepLoop:
         """An empty running set on this model (`pipeline.stepsets` opens one per shape, and
         `pipeline.models` per model and shape)."""
-        return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch, loras=self.loras)
+        return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch, loras=self.loras,
+                        controls=self.controls)  # fmt: skip
 
     def row_input(
         self,
@@ -294,6 +316,8 @@ class Engine:
         """What a step-path row starts from, its LoRAs loaded on this model (`in_use`: the
         LoRA names running jobs hold, never unloaded for it); None: it failed, reported."""
         if not self._ensure_loras(req, in_use, on_failed):
+            return None
+        if not self._structure_ok(req, on_failed):
             return None
         if req.start is not None:  # text-to-image: no input picture, only a size
             return req.start
@@ -327,14 +351,18 @@ class Engine:
             return []
         groups: dict[Any, list[GenerationRequest]] = {}
         for req in requests:
-            groups.setdefault(set_key(req.loras), []).append(req)
-        if len(groups) > 1:  # one LoRA set a call: each group is a call of its own
+            groups.setdefault((set_key(req.loras), req.control), []).append(req)
+        if len(groups) > 1:  # one LoRA set and structure a call: each group a call of its own
             return self._generate_groups(
                 list(groups.values()), on_progress=on_progress, is_cancelled=is_cancelled,
                 on_cancelled=on_cancelled, on_failed=on_failed,
             )  # fmt: skip
         if requests[0].loras:
             requests = [r for r in requests if self._ensure_loras(r, (), on_failed)]
+            if not requests:
+                return []
+        if requests[0].control is not None:
+            requests = [r for r in requests if self._structure_ok(r, on_failed)]
             if not requests:
                 return []
         with self.loras.active(requests[0].loras):
@@ -358,6 +386,26 @@ class Engine:
         if stopped is not None and not results:
             raise stopped
         return results
+
+    def _structure_ok(
+        self, req: GenerationRequest, on_failed: Callable[[str, str], None] | None
+    ) -> bool:
+        """False (the job failed with a plain message, or `InputError` without
+        `on_failed`) when it asks a structure kind no ControlNet here serves."""
+        if req.control is None:
+            return True
+        kind = req.control.kind
+        if kind in self.controls.nets and req.start is None and req.mode == "img2img":
+            return True
+        message = (
+            structure_missing(kind, self.controls.kinds)
+            if kind not in self.controls.nets
+            else "Structure needs an input picture to follow; it works with /img2img."
+        )
+        if on_failed is None:
+            raise InputError(message)
+        on_failed(req.job_id, message)
+        return False
 
     def _ensure_loras(
         self,
@@ -427,7 +475,8 @@ class Engine:
             is_cancelled=is_cancelled, on_cancelled=on_cancelled,
         )  # fmt: skip
         generators = [torch.Generator(device="cpu").manual_seed(int(r.seed)) for r in requests]
-        output = self.pipe(
+        call, maps, extra = self._call_pipe(requests, images)
+        output = call(
             prompt=[r.prompt for r in requests],
             negative_prompt=[r.negative_prompt or "" for r in requests],
             image=images,
@@ -437,6 +486,7 @@ class Engine:
             generator=generators,
             output_type="pil",
             callback_on_step_end=progress,
+            **extra,
         )
         steps_run = progress.reported
         seconds = time.perf_counter() - started
@@ -459,12 +509,35 @@ class Engine:
             )
             for (req, out), flagged in zip(kept, flags, strict=True)
         ]
+        if maps:
+            results = [with_thumbnail(r, maps[r.job_id]) for r in results]
         log.info(
             "batch of %d (%d cancelled, %d flagged): %d/%d steps at %dx%d in %.2f s",
             len(requests), len(progress.cancelled), sum(flags), steps_run, total,
             *images[0].size, seconds,
         )  # fmt: skip
         return results
+
+    def _call_pipe(
+        self, requests: Sequence[GenerationRequest], images: Sequence[Image.Image]
+    ) -> tuple[Any, dict[str, Image.Image], dict[str, Any]]:
+        """The pipeline for a call of requests of one structure (all share it): the model's
+        own, or its ControlNet img2img pipeline for that kind (diffusers' `from_pipe`, the
+        same loaded modules), with the maps and weight as extra call arguments."""
+        control = requests[0].control
+        if control is None:
+            return self.pipe, {}, {}
+        call = self._control_pipes.get(control.kind)
+        if call is None:
+            net = self.controls.nets[control.kind]
+            call = AutoPipelineForImage2Image.from_pipe(self.pipe, controlnet=net)
+            call.set_progress_bar_config(disable=True)
+            self._control_pipes[control.kind] = call
+        pairs = zip(requests, images, strict=True)
+        maps = {r.job_id: self.controls.map_for(r, img) for r, img in pairs}
+        extra = {"control_image": list(maps.values()),
+                 "controlnet_conditioning_scale": float(control.weight)}  # fmt: skip
+        return call, maps, extra
 
     def _load_inputs(
         self,

@@ -98,15 +98,31 @@ def make_batch_invariant(pipe: Any) -> None:
             _row_by_row(encoder)
     denoiser = getattr(pipe, "unet", None)
     if isinstance(denoiser, torch.nn.Module):
-        for name, module in denoiser.named_modules():
-            # Attention/feed-forward Linears see (batch, tokens, C) inputs: invariant already.
-            if isinstance(module, torch.nn.Linear) and "attentions" not in name:
-                module.forward = types.MethodType(_rowwise_linear, module)  # type: ignore[method-assign]
-            elif type(module) is torch.nn.Conv2d:
-                module.forward = types.MethodType(_paired_conv, module)  # type: ignore[method-assign]
+        _cover_denoiser(denoiser)
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "use_slicing"):
         vae.use_slicing = True
+
+
+def _cover_denoiser(denoiser: torch.nn.Module) -> None:
+    for name, module in denoiser.named_modules():
+        # Attention/feed-forward Linears see (batch, tokens, C) inputs: invariant already.
+        if isinstance(module, torch.nn.Linear) and "attentions" not in name:
+            module.forward = types.MethodType(_rowwise_linear, module)  # type: ignore[method-assign]
+        elif type(module) is torch.nn.Conv2d:
+            module.forward = types.MethodType(_paired_conv, module)  # type: ignore[method-assign]
+
+
+def cover_controlnet(controlnet: torch.nn.Module) -> None:
+    """Extend `make_batch_invariant` to a ControlNet loaded beside the model: it is the
+    UNet's encoder half (timestep-embedding Linears, convolutions, attention) plus its
+    conditioning convolutions and 1×1 output convolutions, so it takes the UNet's patches,
+    on weights in memory of their own. Its rows then get the same bits in a step batch as
+    in the solo ControlNet pipeline call."""
+    with torch.no_grad():
+        for tensor in [*controlnet.parameters(), *controlnet.buffers()]:
+            tensor.data = tensor.data.clone()
+    _cover_denoiser(controlnet)
 
 
 def cover_lora_layers(denoiser: torch.nn.Module) -> None:

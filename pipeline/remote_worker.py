@@ -199,6 +199,10 @@ class RemoteWorker(_Worker):
             path = Path(result.output_path)
             out["png"] = path.read_bytes()
             path.unlink(missing_ok=True)
+        if result.structure_map:  # the map's thumbnail travels beside the PNG
+            thumb = Path(result.structure_map)
+            out["map"] = thumb.read_bytes()
+            thumb.unlink(missing_ok=True)
         return out
 
     def _final(self, job_id: str, kind: str, **extra: str | bytes) -> None:

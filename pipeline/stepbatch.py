@@ -22,6 +22,10 @@ whole schedule), and shares UNet calls with img2img rows of its latent shape.
 Rows with different LoRA sets (`GenerationRequest.loras`, none included) share a UNet call
 too: each row's prompt is encoded with its LoRAs' text-encoder part, and inside the call
 each row gets its own LoRA deltas (`pipeline.lora_rows`).
+
+Rows with and without structure (`GenerationRequest.control`) share a UNet call too: each
+kind's ControlNet runs on its rows only and every row gets its own residuals, zeros for
+free rows (`pipeline.control_rows`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from pipeline.control_rows import Controls, RowControl, residuals, with_thumbnail
 from pipeline.lora_rows import row_loras
 from pipeline.loras import LoraAdapters, set_key
 from pipeline.request import GenerationRequest, GenerationResult, NoiseStart, plan_steps
@@ -104,6 +109,10 @@ class _Job:
     order: int = 1
     size: tuple[int, int] = (0, 0)
     reported: int = field(default=0)
+    control: RowControl | None = None
+    """Its structure's kind, weight and map input; None: a free row."""
+    structure: Image.Image | None = None
+    """Its structure map (for the result's thumbnail)."""
 
     @property
     def rows(self) -> int:
@@ -167,8 +176,11 @@ class StepLoop:
         pad_rows: bool = False,
         eta: float = 0.0,
         loras: LoraAdapters | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.pipe = pipe
+        self.controls = controls
+        """The model's ControlNets (`Engine.controls`); None: jobs carry no structure."""
         self.loras = loras
         """The model's loaded LoRAs (`Engine.loras`); a job's must be loaded before it is
         admitted. None: jobs carry no LoRAs."""
@@ -263,8 +275,22 @@ class StepLoop:
             order=max(1, int(getattr(scheduler, "order", 1) or 1)),
             size=image.size,
         )
+        if req.control is not None:
+            self._control(job, image)
         self.running.append(job)
         log.debug("job %s joined (%d running)", req.job_id, len(self.running))
+
+    def _control(self, job: _Job, image: Image.Image | NoiseStart) -> None:
+        """A structure job's map, made from its input at the generated size, and the
+        ControlNet input it gives each of the job's rows."""
+        kind = job.req.control.kind  # type: ignore[union-attr]
+        if self.controls is None or kind not in self.controls.nets:
+            raise ValueError(f"job {job.req.job_id} asks structure {kind!r}, not loaded here")
+        if isinstance(image, NoiseStart):
+            raise ValueError(f"job {job.req.job_id}: structure needs an input picture")
+        job.structure = self.controls.map_for(job.req, image)
+        cond = self.controls.cond(job.structure, kind, job.rows)
+        job.control = RowControl(kind, float(job.req.control.weight), cond)  # type: ignore[union-attr]
 
     def _encode(self, req: GenerationRequest, device: Any, cfg: bool) -> torch.Tensor:
         """The row's prompt embeds ([negative, positive] with guidance), encoded once per
@@ -416,8 +442,10 @@ class StepLoop:
         timestep = torch.cat(times)
         timestep_cond = torch.cat(conds) if conds else None
         rows = sample.shape[0]
+        extra = self._residuals(jobs, sample, timestep, hidden)
         if self.pad_rows:
             sample, hidden, timestep, timestep_cond = _pad(sample, hidden, timestep, timestep_cond)
+            extra = _pad_residuals(extra, sample.shape[0])
         with row_loras(self.pipe.unet, row_sets):
             noise_pred = self.pipe.unet(
                 sample,
@@ -425,10 +453,22 @@ class StepLoop:
                 encoder_hidden_states=hidden,
                 timestep_cond=timestep_cond,
                 return_dict=False,
+                **extra,
             )[0]
         self.unet_calls += 1
         self.rows_run += rows
         return noise_pred
+
+    def _residuals(
+        self, jobs: list[_Job], sample: torch.Tensor, timestep: torch.Tensor, hidden: torch.Tensor
+    ) -> dict[str, Any]:
+        """The ControlNet residuals of the call's structure rows (zeros for free rows);
+        {} when no running job has structure."""
+        if self.controls is None:
+            return {}
+        controls = [job.control for job in jobs]
+        return residuals(self.controls, controls, [job.rows for job in jobs], sample,
+                         timestep, hidden)  # fmt: skip
 
     def _report(self, job: _Job, hooks: StepHooks) -> None:
         step = math.ceil(job.index / job.order)
@@ -448,7 +488,7 @@ class StepLoop:
             0
         ]
         flagged = bool(self.checker.flags([image])[0]) if self.checker else False
-        return store_result(
+        result = store_result(
             job.req,
             image,
             flagged,
@@ -457,6 +497,23 @@ class StepLoop:
             steps_total=job.total,
             seconds=time.perf_counter() - job.started,
         )
+        return with_thumbnail(result, job.structure) if job.structure is not None else result
+
+
+def _pad_residuals(extra: dict[str, Any], target: int) -> dict[str, Any]:
+    """ControlNet residuals grown like `_pad`'s rows (the extra rows are never read)."""
+    if not extra:
+        return extra
+
+    def grow(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x[-1:].expand(target - x.shape[0], *x.shape[1:])])
+
+    return {
+        "down_block_additional_residuals": [
+            grow(d) for d in extra["down_block_additional_residuals"]
+        ],
+        "mid_block_additional_residual": grow(extra["mid_block_additional_residual"]),
+    }
 
 
 def _pad(

@@ -28,6 +28,7 @@ from typing import Any
 
 from pipeline.malloc_tuning import keep_freed_memory
 from pipeline.request import GenerationRequest, GenerationResult, InputError
+from pipeline.structure import MapSettings
 from pipeline.worker_protocol import (
     BatchDone,
     Cancel,
@@ -194,6 +195,10 @@ class _Worker:
             resolution=c.resolution,
             inpaint_model_id=c.inpaint_model_id,
             single_file_config=c.single_file_config,
+            controlnets={"edges": c.controlnet_edges, "lines": c.controlnet_lines},
+            structure_maps=MapSettings(
+                c.structure_edges_low, c.structure_edges_high, c.structure_lines_contrast
+            ),
         )
 
     def _load_kwargs(self) -> dict[str, Any]:

@@ -167,6 +167,27 @@ async def test_a_result_that_cannot_be_written_fails_the_job_plainly(
     assert backend.running == () and backend._attempts == {} and backend._starts == {}
 
 
+async def test_a_structure_results_map_thumbnail_crosses_the_stream(
+    backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    req = request(tmp_path)
+    w = FakeWorker(r, "w", "n1")
+    await w.hello(free=1)
+    await online(backend, 1)
+    backend.submit([req])
+    await grant(r, "w")
+    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    result = GenerationResult(
+        "1", "/scratch/x.png", 42, 5, 10, 64, 64, 0.1, structure_map="/scratch/x.structure.png"
+    )
+    await w.event("finished", job="1", a=1, result=codec.encode_result(result), png=b"PNG",
+                  map=b"MAP")  # fmt: skip
+    finished = await next_of(backend, Finished)
+    stored = tmp_path / "out" / "1.structure.png"
+    assert finished.result.structure_map == str(stored) and stored.read_bytes() == b"MAP"
+    assert finished.result.output_path == req.output_path
+
+
 async def test_a_worker_restarted_under_the_same_id_gives_its_jobs_back(
     backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
 ) -> None:

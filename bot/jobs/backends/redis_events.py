@@ -19,6 +19,7 @@ from dataclasses import replace
 from bot.jobs.backends.redis_members import Grant, Members, Remote
 from bot.store.files import write_file
 from pipeline import stream_codec as codec
+from pipeline.request import structure_map_path
 from pipeline.worker_protocol import (
     BatchDone,
     Cancelled,
@@ -152,6 +153,11 @@ class Events(Members):
             png = entry.get(b"png")
             if png is not None:
                 await asyncio.to_thread(write_file, g.request.output_path, png)
+            thumb = entry.get(b"map")  # a structure job's map thumbnail, beside the PNG
+            if thumb is not None:
+                map_path = structure_map_path(g.request.output_path)
+                await asyncio.to_thread(write_file, map_path, thumb)
+                result = replace(result, structure_map=map_path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("job %s: could not store the result of worker %s: %r", job_id, wid, exc)
             return Failed(job_id, WRITE_FAILED_MESSAGE)
