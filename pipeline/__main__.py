@@ -38,6 +38,7 @@ from pipeline.cli_common import (
     read_input,
     run_request,
 )
+from pipeline.cli_structure import add_structure_arguments, structure_options
 from pipeline.request import InputError
 
 log = logging.getLogger(__name__)
@@ -53,15 +54,18 @@ def _build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="transform one image")
     run.add_argument("image", type=Path, help="input PNG, JPEG or WebP")
     add_common_arguments(run)
+    add_structure_arguments(run)
 
     from pipeline.cli_imagine import add_parser as add_imagine
     from pipeline.cli_inpaint import add_parser as add_inpaint
+    from pipeline.cli_structure import add_parser as add_structure_map
     from pipeline.cli_upscale import add_parser as add_upscale
     from pipeline.tiny_checker import CHECKER_MODES
 
     add_inpaint(sub)
     add_imagine(sub)
     add_upscale(sub)
+    add_structure_map(sub)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny random-weight test model")
     tiny.add_argument("dir", type=Path)
@@ -108,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         options = check_options(args)
+        structure = structure_options(args, settings)
         image = read_input(args.image, settings)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -116,14 +121,15 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.engine import ModelLoadError
 
     try:
-        engine = load_engine(args, settings)
+        engine = load_engine(args, settings, **structure["engine"])
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL
     with tempfile.TemporaryDirectory(prefix="img2img-") as tmp:
         source = Path(tmp) / "input.png"
         image.save(source, format="PNG")
-        return run_request(engine, build_request(args, settings, options, source))
+        request = build_request(args, settings, options, source, **structure["request"])
+        return run_request(engine, request)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -190,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.cli_imagine import run as run_imagine
 
         return run_imagine(args)
+    if args.command == "structure-map":
+        from pipeline.cli_structure import run_map
+
+        return run_map(args)
     if args.command == "upscale":
         from pipeline.cli_upscale import run as run_upscale
 
