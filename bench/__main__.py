@@ -20,6 +20,11 @@ Scenarios (same model, device and inputs for both paths, in one run):
   9. (section `swaps`) 16 jobs alternating two tiny models on one worker, RESIDENT_MODELS=1,
      through the bot's routing and swap rule (bench/swaps.py) → swaps_per_job (≤ 0.25), with
      the largest displacement from fair order
+  10. (section `structure`) 16 jobs at 256 px, half with structure `lines`, interleaved,
+      MAX_BATCH=4, on the engine in its own process (bench/structure.py, the tiny model's
+      ControlNets): step path mixing structure and free rows vs call path by structure
+      kind and weight → ratio_structure_mixed (≥ 1.15); lines on every job vs none →
+      structure_overhead (reported)
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
 which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
 section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
@@ -63,6 +68,7 @@ from bench.scenarios import (
     sweep,
     unbatched_and_batched,
 )
+from bench.structure import structure_section
 from bench.swaps import swaps_section
 from bench.upscale import RESOLUTION as UPSCALE_RESOLUTION
 from bench.upscale import upscale_section
@@ -181,6 +187,8 @@ class Run:
             r["loras"] = await loras_section(model, note)
         if "swaps" in o.only:  # the bot side and a worker with two tiny models (bench/swaps.py)
             r["swaps"] = await swaps_section(note)
+        if "structure" in o.only:  # the engine in its own process (bench/structure.py)
+            r["structure"] = await structure_section(model, note)
         if "mixedsweep" in o.only:
             full = await self.use_full(model, o.size)
             r["mixedsweep"] = await mixed_sweep(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 SECTIONS = (
     "big", "small", "burst", "sweep", "scaleout", "mixed", "mixedsweep", "fleet", "upscale",
-    "loras", "swaps",
+    "loras", "swaps", "structure",
 )  # fmt: skip
 
 
@@ -110,7 +110,9 @@ def parse_args(argv: list[str] | None, description: str) -> Options:
     add("--n-sweep", type=int, default=int(_env("BENCH_N_SWEEP", "16")), help="[BENCH_N_SWEEP]")
     add(
         "--only",
-        default=_env("BENCH_ONLY", "big,small,mixed,upscale,loras,swaps,burst,scaleout,fleet"),
+        default=_env(
+            "BENCH_ONLY", "big,small,mixed,upscale,loras,swaps,structure,burst,scaleout,fleet"
+        ),
         help=f"[BENCH_ONLY] sections, of {','.join(SECTIONS)}; --sweep adds sweep",
     )
     add("--out", type=Path, default=os.environ.get("BENCH_OUT"), help="[BENCH_OUT] keep files here")

@@ -66,6 +66,7 @@ TARGETS = {
     "ratio_upscale": 1.25,
     "ratio_lora_mixed": 1.10,
     "lora_overhead": 0.75,
+    "ratio_structure_mixed": 1.15,
 }
 
 
@@ -238,6 +239,10 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         from bench.swaps import render_swaps
 
         lines, figures = render_swaps(r["swaps"], lines, figures)
+    if "structure" in r:
+        from bench.structure import render_structure
+
+        lines, figures = render_structure(r["structure"], lines, figures)
     if "mixedsweep" in r:
         ms = r["mixedsweep"]
         lines += [
