@@ -33,11 +33,14 @@ from config import Settings
 from pipeline.prepare import check_declared_size, load_input
 from pipeline.request import (
     UPSCALE,
+    ControlRef,
     InputError,
     check_prompt,
     check_seed,
     check_steps,
     check_strength,
+    check_structure,
+    structure_missing,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +107,14 @@ class Actions:
         else:
             await interaction.response.send_message(text, ephemeral=True)
 
+    def check_structure_served(self, control: ControlRef | None) -> None:
+        """Refuse a structure kind the ready worker(s) have no ControlNet for
+        (`EngineInfo.structures`), naming what is available; before a worker is ready
+        the job is taken (a worker without it fails it plainly, refunded)."""
+        info = self.bot.jobs.engine_info
+        if control is not None and info is not None and control.kind not in info.structures:
+            raise UserError(structure_missing(control.kind, info.structures))
+
     async def precheck(self, interaction: Interaction) -> None:
         """Refusals that need no download: where it is used, queue caps, quotas."""
         if interaction.guild_id is None:
@@ -128,12 +139,15 @@ class Actions:
         *,
         on_stored: OnStored | None = None,
         model: str | None = None,
+        structure: str | None = None,
+        structure_weight: float = 1.0,
     ) -> None:
         """/img2img's intake, shared by every command taking an upload (/inpaint passes
         `on_stored`): check, store, queue, answer with the status message; acknowledged
         privately first only when storing takes longer than `ACK_DEADLINE_S`. `model`:
         the catalogue name chosen by `compose` (None: the default); its steps and guidance
-        are the job's defaults."""
+        are the job's defaults. A structure the worker has no ControlNet for is refused
+        here, before anything is stored."""
         models = self.bot.jobs.models
         entry = models.catalogue.model(model)
         try:
@@ -145,6 +159,8 @@ class Actions:
             check_seed(seed)
             check_steps(steps)
             check_declared_size(image.size, max_bytes=self.settings.max_input_bytes)
+            control = check_structure(structure, structure_weight)
+            self.check_structure_served(control)
             await self.precheck(interaction)
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
@@ -180,6 +196,8 @@ class Actions:
                     channel_nsfw=nsfw,
                     interaction_created_at=interaction.created_at.timestamp(),
                     model=entry.name,
+                    structure=control.kind if control else None,
+                    structure_weight=control.weight if control else 1.0,
                     **extra,
                 )
             )
@@ -467,6 +485,8 @@ class Actions:
             region=parent.region,
             crop=parent.crop,
             model=self.bot.jobs.models.kept(parent.model),
+            structure=parent.structure,
+            structure_weight=parent.structure_weight,
         )
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:

@@ -15,8 +15,8 @@ from pipeline.request import (
     MAX_STRUCTURE_WEIGHT,
     MIN_STRUCTURE_WEIGHT,
     STRUCTURE_KINDS,
-    ControlRef,
     InputError,
+    check_structure,
 )
 
 DEFAULT_MAP_RESOLUTION = 512
@@ -36,20 +36,6 @@ def add_structure_arguments(p: argparse.ArgumentParser) -> None:
         "--controlnet", default=None, metavar="SOURCE",
         help="the ControlNet for --structure (default: CONTROLNET_EDGES_ID/_LINES_ID)",
     )  # fmt: skip
-
-
-def check_structure(kind: str, weight: float) -> ControlRef | None:
-    """The job's structure, or None for `off`; raises `InputError` with the bot's words."""
-    if kind == "off":
-        return None
-    if kind not in STRUCTURE_KINDS:
-        raise InputError(f"Structure {kind!r} is not offered. Use off, edges or lines.")
-    if not (MIN_STRUCTURE_WEIGHT <= weight <= MAX_STRUCTURE_WEIGHT):
-        raise InputError(
-            f"Structure weight {weight:g} is out of range. Use {MIN_STRUCTURE_WEIGHT:g} (a "
-            f"hint) to {MAX_STRUCTURE_WEIGHT:g} (strict); 1 is a balanced start."
-        )
-    return ControlRef(kind, float(weight))
 
 
 def structure_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

@@ -39,14 +39,6 @@ from pipeline.structure import MapSettings, structure_map, thumbnail
 log = logging.getLogger(__name__)
 
 
-def structure_missing(kind: str, served: Sequence[str]) -> str:
-    """What a member is told when a job asks a structure kind this model has no ControlNet
-    for (plain words, naming what is available)."""
-    if not served:
-        return f"Structure {kind!r} is not available on this model: no ControlNet is set up."
-    return f"Structure {kind!r} is not available on this model. Available: {', '.join(served)}."
-
-
 @dataclass
 class Controls:
     """The ControlNets loaded for one model (kind → model) and how maps are made."""

@@ -26,12 +26,7 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
-from pipeline.control_rows import (
-    Controls,
-    load_controlnets,
-    structure_missing,
-    with_thumbnail,
-)
+from pipeline.control_rows import Controls, load_controlnets, with_thumbnail
 from pipeline.invariance import make_batch_invariant
 from pipeline.loading import (
     DTYPE_KWARG,
@@ -58,6 +53,7 @@ from pipeline.request import (
     InputError,
     NoiseStart,
     plan_steps,
+    structure_missing,
 )
 from pipeline.results import store_result
 from pipeline.safety import SafetyChecker, SafetyCheckerUnavailable, setup_checker

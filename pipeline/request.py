@@ -97,6 +97,32 @@ class ControlRef:
     weight: float = 1.0
 
 
+def check_structure(kind: str | None, weight: float) -> ControlRef | None:
+    """The job's structure, None for none (`off`); raises `InputError` saying what is
+    wrong and how to fix it."""
+    if kind in (None, "", "off"):
+        return None
+    if kind not in STRUCTURE_KINDS:
+        raise InputError(f"Structure {kind!r} is not offered. Use off, edges or lines.")
+    if not (MIN_STRUCTURE_WEIGHT <= weight <= MAX_STRUCTURE_WEIGHT):
+        raise InputError(
+            f"Structure weight {weight:g} is out of range. Use {MIN_STRUCTURE_WEIGHT:g} (a "
+            f"hint) to {MAX_STRUCTURE_WEIGHT:g} (strict); 1 is a balanced start."
+        )
+    return ControlRef(kind, float(weight))
+
+
+def structure_missing(kind: str, served: tuple[str, ...] | list[str]) -> str:
+    """What a member is told when a job asks a structure kind the model has no ControlNet
+    for: plain words, naming what is available."""
+    if not served:
+        return (
+            f"Structure {kind!r} is not available on this model (no ControlNet is set up). "
+            "Run it with structure: off."
+        )
+    return f"Structure {kind!r} is not available on this model. Available: {', '.join(served)}."
+
+
 def structure_map_path(output_path: str) -> str:
     """Where the thumbnail of a structure job's map is written, beside its result PNG."""
     stem, dot, _ = output_path.rpartition(".")

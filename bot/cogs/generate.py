@@ -19,13 +19,21 @@ from pipeline.request import (
     MAX_SEED,
     MAX_STEPS,
     MAX_STRENGTH,
+    MAX_STRUCTURE_WEIGHT,
     MIN_STRENGTH,
+    MIN_STRUCTURE_WEIGHT,
     InputError,
     check_prompt,
 )
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
+
+STRUCTURE_CHOICES = [
+    app_commands.Choice(name="off", value="off"),
+    app_commands.Choice(name="edges (photos, products, buildings)", value="edges"),
+    app_commands.Choice(name="lines (sketches, line art, floor plans)", value="lines"),
+]
 
 
 async def compose(
@@ -75,8 +83,11 @@ class GenerateCog(commands.Cog):
         steps="Denoising steps (1–150); more is slower",
         style="A saved look: yours, this server's or a built-in (see /style list)",
         model="Which model draws it (see /models); default: the style's, else the server's",
+        structure="Keep the input's structure: edges (photos) or lines (sketches, floor plans)",
+        structure_weight="How strictly the structure is kept: 0.1 (a hint) to 2.0; default 1.0",
     )
     @app_commands.autocomplete(style=style_autocomplete, model=model_autocomplete)
+    @app_commands.choices(structure=STRUCTURE_CHOICES)
     async def img2img(
         self,
         interaction: discord.Interaction[Any],
@@ -88,6 +99,10 @@ class GenerateCog(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
         model: app_commands.Range[str, 1, 100] | None = None,
+        structure: str | None = None,
+        structure_weight: app_commands.Range[
+            float, MIN_STRUCTURE_WEIGHT, MAX_STRUCTURE_WEIGHT
+        ] = 1.0,
     ) -> None:
         try:
             composed = await compose(
@@ -106,6 +121,8 @@ class GenerateCog(commands.Cog):
             steps,
             style=composed.style,
             model=composed.model,
+            structure=structure,
+            structure_weight=structure_weight,
         )
 
 

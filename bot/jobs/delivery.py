@@ -45,6 +45,7 @@ from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.render import job_summary, result_embed
 from bot.upscale import fits_again
 from config.catalogue import Catalogue
+from pipeline.request import structure_map_path
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,16 @@ class DiscordDelivery:
         if job.mode == "inpaint" and job.mask_path:  # no thread hop for the other jobs
             thumb = await asyncio.to_thread(self._mask_thumbnail, job)
         thumb_name = f"mask-{job.id}.png"
+        if job.structure and job.output_path:  # the map that held the picture
+            thumb = await asyncio.to_thread(self._structure_thumbnail, job)
+            thumb_name = f"structure-{job.id}.png"
         # Upscale ×2 is offered only where twice the picture fits UPSCALE_MAX_SIDE.
         upscale = picture.size is None or fits_again(*picture.size, self.upscale_max_side)
         payload: dict[str, Any] = {
             "embed": result_embed(
                 job,
-                mask_thumbnail=thumb_name if thumb else None,
+                mask_thumbnail=thumb_name if thumb and not job.structure else None,
+                structure_thumbnail=thumb_name if thumb and job.structure else None,
                 file_format=picture.format,
                 catalogue=self.catalogue,
             ),
@@ -265,6 +270,15 @@ class DiscordDelivery:
             return thumbnail_png(self.data_dir / job.mask_path)
         except OSError:
             log.info("job %d: its mask is no longer readable; no thumbnail", job.id)
+            return None
+
+    def _structure_thumbnail(self, job: Job) -> bytes | None:
+        """The thumbnail of a structure job's map the worker wrote beside its result, or
+        None (pruned meanwhile)."""
+        try:
+            return (self.data_dir / structure_map_path(job.output_path or "")).read_bytes()
+        except OSError:
+            log.info("job %d: its structure map is no longer readable; no thumbnail", job.id)
             return None
 
     async def _post_result(

@@ -26,6 +26,7 @@ from bot.store.db import ACTIVE_STATES, Job
 from pipeline.prepare import target_size
 from pipeline.request import (
     TEXT_TO_IMAGE,
+    ControlRef,
     EngineInfo,
     GenerationRequest,
     NoiseStart,
@@ -195,21 +196,23 @@ class JobDispatch(ModelRoutes, JobEvents):
         (nor with img2img jobs). Its model is the request's (`bot.models`)."""
         plan = plan_steps(job.steps, job.strength)
         mode: Hashable = ("inpaint", job.id) if job.mode == "inpaint" else job.mode
-        raw_key = ((job.input_width, job.input_height), plan, job.guidance, mode)
+        # the call path runs one structure (kind and weight) a call; step rows mix them
+        control = (job.structure, job.structure_weight) if job.structure else None
+        raw_key = ((job.input_width, job.input_height), plan, job.guidance, mode, control)
         model = self.models.for_worker(job.model) or self.models.catalogue.default
         return QueuedJob(str(job.id), job.guild_id, job.user_id, raw_key, model=model)
 
     def _batch_key(self, queued: QueuedJob) -> Hashable:
         """Jobs share a call when they render with one model at one size with one step plan
-        and guidance. The size depends on the model's resolution, known only once the worker
-        is ready, so it is derived here at dispatch time rather than when the job was
-        queued. With step batching (`EngineInfo.step_slots`) jobs need only one model and
-        one size (latent shape)."""
-        (width, height), plan, guidance, mode = queued.batch_key  # type: ignore[misc]
+        and guidance (and one structure kind and weight). The size depends on the model's
+        resolution, known only once the worker is ready, so it is derived here at dispatch
+        time rather than when the job was queued. With step batching
+        (`EngineInfo.step_slots`) jobs need only one model and one size (latent shape)."""
+        (width, height), plan, guidance, mode, control = queued.batch_key  # type: ignore[misc]
         size = target_size(width, height, self.resolution_of(queued.model))
         if self.engine_info is not None and self.engine_info.step_slots:
             return queued.model, size, mode
-        return queued.model, size, plan, guidance, mode
+        return queued.model, size, plan, guidance, mode, control
 
     def _free_batches(self) -> list[int]:
         """The batch sizes the workers take now, one per worker with free slots (most
@@ -402,4 +405,5 @@ class JobDispatch(ModelRoutes, JobEvents):
             mask_blur=self.settings.mask_blur,
             loras=loras,
             model=model,
+            control=ControlRef(job.structure, job.structure_weight) if job.structure else None,
         )

@@ -82,6 +82,8 @@ class NewJob:
     crop: str = "auto"  # inpaint: auto | on | off
     counted: bool = True  # uses a unit of quota (an upscale's tiles: one in four does)
     model: str | None = None  # the catalogue's name (`bot.models`); None: the default
+    structure: str | None = None  # edges | lines: the input's structure held (ControlNet)
+    structure_weight: float = 1.0
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
@@ -329,6 +331,7 @@ class JobService(JobDispatch):
             style=new.style, mode=new.mode, mask_path=new.mask_path,
             mask_source=new.mask_source, region=new.region, crop=new.crop,
             counted=int(new.counted), model=new.model or self.models.catalogue.default,
+            structure=new.structure, structure_weight=new.structure_weight,
         )  # fmt: skip
         return await self._get(db, job_id)
 

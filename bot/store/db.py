@@ -87,6 +87,8 @@ class Job:
     filtered: int | None = None
     """1: a safety checker looked at the picture; 0: none was loaded (not filtered); None:
     the job made no picture or ended before this was recorded."""
+    structure: str | None = None  # edges | lines: a ControlNet holds the input's structure
+    structure_weight: float = 1.0  # how strongly (0.1–2.0)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -111,7 +113,7 @@ JOB_INSERT_FIELDS = (
     "strength", "seed", "steps", "guidance", "input_path", "input_width", "input_height",
     "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
     "created_at", "channel_public", "channel_nsfw", "style", "mode", "mask_path",
-    "mask_source", "region", "crop", "counted", "model",
+    "mask_source", "region", "crop", "counted", "model", "structure", "structure_weight",
 )  # fmt: skip
 
 

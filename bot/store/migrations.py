@@ -344,4 +344,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE styles ADD COLUMN model TEXT",
         ],
     ),
+    (
+        "a job's structure (ControlNet kind and weight)",
+        [
+            "ALTER TABLE jobs ADD COLUMN structure TEXT",
+            "ALTER TABLE jobs ADD COLUMN structure_weight REAL NOT NULL DEFAULT 1.0",
+        ],
+    ),
 ]

@@ -117,19 +117,27 @@ def masked_text(job: Job) -> str:
     return job.mask_source or "mask"
 
 
+def structure_text(job: Job) -> str:
+    """A structure job's kind and weight as the result shows them, e.g. `edges ×1.0`."""
+    return f"{job.structure} ×{job.structure_weight:.1f}"
+
+
 def result_embed(
     job: Job,
     *,
     mask_thumbnail: str | None = None,
     file_format: str = "PNG",
     catalogue: Catalogue | None = None,
+    structure_thumbnail: str | None = None,
 ) -> discord.Embed:
     """The result's embed; field names are part of the contract (tests and users rely on them).
     An inpaint result has an `Inpaint` field naming what was repainted and, given the file
     name of an attached mask thumbnail, shows it as the embed's thumbnail. An upscaled
     result shows its size and the steps each tile ran. The footer names the attachment's
     format (`bot.ui.pictures.picture_file`: PNG, else lossless WebP, else JPEG). Where the
-    `catalogue` offers several models, a `Model` field names the job's."""
+    `catalogue` offers several models, a `Model` field names the job's. A structure job has
+    a `Structure` field and, given the file name of its attached map thumbnail, shows the
+    map as the embed's thumbnail."""
     embed = discord.Embed(colour=discord.Colour.blurple(), description=lineage(job))
     if job.mode == "inpaint":
         embed.add_field(name="Inpaint", value=masked_text(job), inline=False)
@@ -140,6 +148,10 @@ def result_embed(
         embed.add_field(name="Model", value=shown_model, inline=False)
     if job.style:
         embed.add_field(name="Style", value=job.style, inline=False)
+    if job.structure:
+        embed.add_field(name="Structure", value=structure_text(job))
+        if structure_thumbnail:
+            embed.set_thumbnail(url=f"attachment://{structure_thumbnail}")
     if loras := shown(job.prompt):
         embed.add_field(name="LoRA", value=truncate(loras, 1024), inline=False)
     if job.negative_prompt:

@@ -29,10 +29,18 @@ from tests.valkey_server import valkey, valkey_server  # noqa: F401  (fixtures)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def key(step_slots: int, size: tuple[int, int], steps: int, strength: float, guidance: float):
+def key(
+    step_slots: int,
+    size: tuple[int, int],
+    steps: int,
+    strength: float,
+    guidance: float,
+    control: tuple[str, float] | None = None,
+):
     info = EngineInfo("tiny", "cpu", "fp32", 256, "Fake", step_slots=step_slots)
     service = SimpleNamespace(engine_info=info, resolution=256, resolution_of=lambda _: 256)
-    queued = QueuedJob("1", 1, 2, (size, plan_steps(steps, strength), guidance, "img2img"))
+    raw = (size, plan_steps(steps, strength), guidance, "img2img", control)
+    queued = QueuedJob("1", 1, 2, raw)
     return JobDispatch._batch_key(service, queued)  # type: ignore[arg-type]
 
 
@@ -47,6 +55,16 @@ def test_call_batching_keeps_the_full_key() -> None:
     assert key(0, (640, 480), 20, 0.35, 7.5) != key(0, (640, 480), 30, 0.8, 7.5)
     assert key(0, (640, 480), 20, 0.5, 7.5) != key(0, (640, 480), 20, 0.5, 0.0)
     assert key(0, (640, 480), 20, 0.5, 7.5) == key(0, (640, 480), 20, 0.5, 7.5)
+
+
+def test_structure_splits_call_batches_but_not_step_rows() -> None:
+    lines, edges = ("lines", 1.0), ("edges", 1.0)
+    assert key(0, (640, 480), 20, 0.5, 7.5, lines) != key(0, (640, 480), 20, 0.5, 7.5)
+    assert key(0, (640, 480), 20, 0.5, 7.5, lines) != key(0, (640, 480), 20, 0.5, 7.5, edges)
+    assert key(0, (640, 480), 20, 0.5, 7.5, lines) != key(
+        0, (640, 480), 20, 0.5, 7.5, ("lines", 0.5)
+    )
+    assert key(4, (640, 480), 20, 0.5, 7.5, lines) == key(4, (640, 480), 20, 0.5, 7.5, edges)
 
 
 # -- fair order survives prefetch (the real service, worker and tiny model) ----------------

@@ -1,0 +1,76 @@
+"""Keep the structure through the stand-in: `/img2img structure:lines` on a sketch gives the
+CLI's pixels, shows the `Structure` field and the map's thumbnail, a variant keeps it, and a
+kind the worker has no ControlNet for is refused privately (nothing queued, no quota)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.tiny_controlnet import controlnet_dir
+from tests.e2e.conftest import (
+    BotFactory,
+    World,
+    button,
+    cli_pixels,
+    embed_fields,
+    pixels,
+    slash_img2img,
+    status_message,
+    wait_result,
+)
+from tests.fakediscord import FakeDiscord
+
+
+def sketch() -> bytes:
+    """A pencil floor plan: dark walls on light paper."""
+    image = Image.new("RGB", (320, 256), (238, 236, 230))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((20, 20, 300, 236), outline=(40, 40, 40), width=5)
+    draw.line((160, 20, 160, 150), fill=(40, 40, 40), width=5)
+    draw.line((160, 140, 300, 140), fill=(40, 40, 40), width=5)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refused_where_missing(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    lines = controlnet_dir(tiny_model_dir, "lines")
+    bot = await make_bot(controlnet_lines_id=str(lines))
+    assert bot.jobs.engine_info is not None and bot.jobs.engine_info.structures == ("lines",)
+    plan = sketch()
+    handle = await slash_img2img(
+        fd, world.guild, world.channel, world.alice, "a modern house", data=plan, seed=5,
+        strength=0.75, structure="lines", structure_weight=1.5,
+    )  # fmt: skip
+    result = await wait_result(fd, handle)
+    assert embed_fields(result)["Structure"] == "lines ×1.5"
+    thumb = result["embeds"][0]["thumbnail"]["url"]
+    assert thumb == result["attachments"][1]["url"]  # the map, small, beside the picture
+    with Image.open(io.BytesIO(fd.attachment_bytes(result, 1))) as shown:
+        assert max(shown.size) <= 160 and np.asarray(shown).max() == 255
+    expected = await cli_pixels(
+        bot, "run", plan, tmp_path, "--prompt", "a modern house", "--strength", "0.75",
+        "--seed", "5", "--structure", "lines", "--structure-weight", "1.5",
+        "--controlnet", str(lines),
+    )  # fmt: skip
+    assert np.array_equal(pixels(fd.attachment_bytes(result)), expected)
+
+    click = await fd.click(result["id"], button(result, "+0.15")["custom_id"], world.bob)
+    variant = await wait_result(fd, click)
+    assert embed_fields(variant)["Structure"] == "lines ×1.5"
+
+    refused = await slash_img2img(
+        fd, world.guild, world.channel, world.carol, "a house", data=plan, structure="edges"
+    )
+    msg = await refused.wait_original(lambda m: not m["loading"])
+    assert msg["ephemeral"]
+    assert "Structure 'edges' is not available on this model. Available: lines." in msg["content"]
+    assert status_message(fd, refused) is None
+    jobs = await bot.store.jobs_in_states(["queued", "running", "done"])
+    assert all(job.user_id != world.carol for job in jobs)
