@@ -485,7 +485,8 @@ class Actions:
             region=parent.region,
             crop=parent.crop,
             model=self.bot.jobs.models.kept(parent.model),
-            structure=parent.structure,
+            # structure holds an img2img job's input; an inpaint child repaints without it
+            structure=parent.structure if parent.mode == "img2img" else None,
             structure_weight=parent.structure_weight,
         )
 

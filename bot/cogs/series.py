@@ -21,7 +21,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.generate import compose
+from bot.cogs.generate import STRUCTURE_CHOICES, compose
 from bot.cogs.models import model_autocomplete
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
@@ -54,12 +54,15 @@ from pipeline.request import (
     MAX_SEED,
     MAX_STEPS,
     MAX_STRENGTH,
+    MAX_STRUCTURE_WEIGHT,
     MIN_STRENGTH,
+    MIN_STRUCTURE_WEIGHT,
     InputError,
     check_prompt,
     check_seed,
     check_steps,
     check_strength,
+    check_structure,
     plan_steps,
 )
 
@@ -101,8 +104,11 @@ class SeriesCog(commands.Cog):
         steps="Denoising steps (1–150)",
         style="A saved look (see /style list)",
         model="Which model draws it (see /models); default: the style's, else the server's",
+        structure="Keep each input's structure: edges (photos) or lines (sketches, floor plans)",
+        structure_weight="How strictly the structure is kept: 0.1 (a hint) to 2.0; default 1.0",
     )
     @app_commands.autocomplete(style=style_autocomplete, model=model_autocomplete)
+    @app_commands.choices(structure=STRUCTURE_CHOICES)
     async def series_command(
         self,
         interaction: Interaction,
@@ -123,13 +129,18 @@ class SeriesCog(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         style: app_commands.Range[str, 1, 100] | None = None,
         model: app_commands.Range[str, 1, 100] | None = None,
+        structure: str | None = None,
+        structure_weight: app_commands.Range[
+            float, MIN_STRUCTURE_WEIGHT, MAX_STRUCTURE_WEIGHT
+        ] = 1.0,
     ) -> None:
         given = [image1, image2, image3, image4, image5, image6, image7, image8, image9, image10]
         images = [(pos, a) for pos, a in enumerate(given, start=1) if a is not None]
         assert len(images) <= MAX_IMAGES
         await self._series(
-            interaction, prompt, images, strength, negative_prompt, seed, steps, style, model
-        )
+            interaction, prompt, images, strength, negative_prompt, seed, steps, style, model,
+            structure=structure, structure_weight=structure_weight,
+        )  # fmt: skip
 
     async def _series(
         self,
@@ -142,6 +153,9 @@ class SeriesCog(commands.Cog):
         steps: int | None,
         style: str | None,
         model: str | None = None,
+        *,
+        structure: str | None = None,
+        structure_weight: float = 1.0,
     ) -> None:
         assert interaction.guild_id is not None
         guild, user = interaction.guild_id, interaction.user.id
@@ -157,6 +171,8 @@ class SeriesCog(commands.Cog):
             check_seed(seed)
             steps = check_steps(steps) or models.steps(entry)
             plan_steps(steps, composed.strength)
+            control = check_structure(structure, structure_weight)
+            self.bot.actions.check_structure_served(control)
             problems = []
             for pos, att in images:
                 try:
@@ -207,6 +223,8 @@ class SeriesCog(commands.Cog):
                     role_ids=member_role_ids(interaction),
                     style=composed.style,
                     model=entry.name,
+                    structure=control.kind if control else None,
+                    structure_weight=control.weight if control else 1.0,
                 )
                 for _, _, rel, width, height in stored
             ]

@@ -43,7 +43,7 @@ TOPICS: tuple[Topic, ...] = (
         "👋",
         "What the bot does and your first picture",
         "**/img2img** `image` `prompt` `[strength]` `[negative_prompt]` `[seed]` `[steps]` "
-        "`[style]`\n"
+        "`[style]` `[structure]` `[structure_weight]`\n"
         "Turns your photo or sketch into a new picture. PNG, JPEG or WebP; at least 512×512 "
         "works best; the aspect ratio is kept. The answer shows your place in the queue, then "
         "the progress, then the result.\n"
@@ -123,6 +123,28 @@ TOPICS: tuple[Topic, ...] = (
         "• **/style delete** `name` deletes one\n"
         "Use one with `style:` on **/img2img**, **/inpaint** or **/series**; your own "
         "strength and negative prompt still apply.",
+    ),
+    Topic(
+        "structure",
+        "Keep the structure",
+        "📐",
+        "Sketches, line art and floor plans kept while the style changes",
+        "At strength 0.7 and above img2img lets the layout drift; at 0.4 a sketch stays a "
+        "sketch. **structure** holds the layout with a map of your image, so the strength is "
+        "free:\n"
+        "• `structure: lines`: your image's own dark lines (sketches, line art, floor plans; "
+        "a light-on-dark sketch works too)\n"
+        "• `structure: edges`: the outlines found in a photo (products, buildings, people)\n"
+        "• `structure_weight` 0.1 (a hint) to 2.0 (strict), default 1.0\n"
+        "On **/img2img** and **/series**. Example, a pencil sketch into concept art:\n"
+        "`/img2img image:sketch.png prompt:concept art of a castle on a cliff, dramatic light "
+        "strength:0.75 structure:lines`\n"
+        "A floor plan into a rendering: `prompt:architectural rendering, modern interior, top "
+        "view strength:0.8 structure:lines`\n"
+        "The result shows a **Structure** field (`lines ×1.0`) and a small picture of the map "
+        "that held it; the −/+ buttons, Reroll, Refine, Edit and Compare keep it. Where the "
+        "model has no ControlNet for a kind, you get a private message naming what is "
+        "available; nothing is counted.",
     ),
     Topic(
         "models",

@@ -12,7 +12,8 @@ from tests.bot.test_limits import assert_within_limits
 
 TOPIC_NAMES = [
     "Start here", "Strength", "Working on a result", "Upscale ×2", "Inpainting",
-    "Series and styles", "Models and LoRAs", "Settings", "Troubleshooting",
+    "Series and styles", "Keep the structure", "Models and LoRAs", "Settings",
+    "Troubleshooting",
 ]  # fmt: skip
 
 
