@@ -26,6 +26,7 @@ from bot.forget import Forgotten
 from bot.inpaint_masks import mask_path_for
 from bot.store.db import Job
 from bot.store.picture_messages import Kind, PictureMessages
+from pipeline.request import structure_map_path
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -116,6 +117,8 @@ def _unlink(data_dir: Path, paths: list[str]) -> list[str]:
         try:
             (data_dir / rel).unlink()
             removed.append(rel)
+            # a structure result's map thumbnail goes with it (made from the member's input)
+            (data_dir / structure_map_path(rel)).unlink(missing_ok=True)
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -64,6 +64,7 @@ from bot.ui.gallery import describe, gallery_embed
 from bot.ui.gallery_buttons import ForgetButton, GalleryPageButton
 from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.tips import lineage
+from pipeline.request import structure_map_path
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -320,6 +321,8 @@ class GalleryCog(commands.Cog, name="Gallery"):
         a variant someone made from it, or one still waiting)."""
         if job.output_path:
             await asyncio.to_thread((self.data_dir / job.output_path).unlink, missing_ok=True)
+            thumb = self.data_dir / structure_map_path(job.output_path)  # a structure map's
+            await asyncio.to_thread(thumb.unlink, missing_ok=True)
         cursor = await self.bot.store.db.execute(
             "SELECT count(*) FROM jobs WHERE input_path=? AND id!=? AND state!='deleted'",
             (job.input_path, job.id),

@@ -25,6 +25,11 @@ from tests.e2e.conftest import (
 from tests.fakediscord import FakeDiscord
 
 
+def embed_footer_job(msg: dict[str, object]) -> str:
+    footer = msg["embeds"][0]["footer"]["text"]  # type: ignore[index]
+    return str(footer).rsplit("#", 1)[-1]
+
+
 def sketch() -> bytes:
     """A pencil floor plan: dark walls on light paper."""
     image = Image.new("RGB", (320, 256), (238, 236, 230))
@@ -49,6 +54,7 @@ async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refuse
         strength=0.75, structure="lines", structure_weight=1.5,
     )  # fmt: skip
     result = await wait_result(fd, handle)
+    job_id = embed_footer_job(result)
     assert embed_fields(result)["Structure"] == "lines ×1.5"
     thumb = result["embeds"][0]["thumbnail"]["url"]
     assert thumb == result["attachments"][1]["url"]  # the map, small, beside the picture
@@ -74,3 +80,10 @@ async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refuse
     assert status_message(fd, refused) is None
     jobs = await bot.store.jobs_in_states(["queued", "running", "done"])
     assert all(job.user_id != world.carol for job in jobs)
+
+    # Delete takes the picture's map thumbnail (made from the member's input) with it
+    thumb_file = bot.settings.data_dir / "outputs" / f"{job_id}.structure.png"
+    assert thumb_file.is_file()
+    click = await fd.click(result["id"], button(result, "Delete")["custom_id"], world.alice)
+    await click.response()
+    await fd.until(lambda: not thumb_file.exists(), what="the map thumbnail deleted")
