@@ -33,6 +33,7 @@ from pipeline.request import (
     GenerationRequest,
     GenerationResult,
     structure_map_path,
+    structure_missing,
 )
 from pipeline.structure import MapSettings, structure_map, thumbnail
 
@@ -47,6 +48,8 @@ class Controls:
     maps: MapSettings = field(default_factory=MapSettings)
     processor: VaeImageProcessor | None = None
     """diffusers' control-image preprocessing (the ControlNet pipelines' own settings)."""
+    pipes: dict[str, Any] = field(default_factory=dict)
+    """The model's ControlNet pipelines by kind, for the pipeline-call path."""
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -56,6 +59,40 @@ class Controls:
         """The job's map, from its input at the generated size."""
         assert req.control is not None
         return structure_map(image, req.control.kind, self.maps)
+
+    def refusal(self, req: GenerationRequest) -> str | None:
+        """Why `req`'s structure cannot run here (plain words for the member), or None."""
+        if req.control is None:
+            return None
+        if req.control.kind not in self.nets:
+            return structure_missing(req.control.kind, self.kinds)
+        if req.start is not None or req.mode != "img2img":
+            return "Structure needs an input picture to follow; it works with /img2img."
+        return None
+
+    def call_pipe(
+        self, pipe: Any, requests: Sequence[GenerationRequest], images: Sequence[Image.Image]
+    ) -> tuple[Any, dict[str, Image.Image], dict[str, Any]]:
+        """The pipeline-call path for requests of one structure (all share it): the model's
+        own pipeline, or its ControlNet img2img pipeline for that kind (diffusers'
+        `from_pipe`: the same loaded modules), the maps by job, and the maps and weight
+        as the call's extra arguments."""
+        control = requests[0].control
+        if control is None:
+            return pipe, {}, {}
+        call = self.pipes.get(control.kind)
+        if call is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            net = self.nets[control.kind]
+            call = AutoPipelineForImage2Image.from_pipe(pipe, controlnet=net)
+            call.set_progress_bar_config(disable=True)
+            self.pipes[control.kind] = call
+        pairs = zip(requests, images, strict=True)
+        maps = {r.job_id: self.map_for(r, img) for r, img in pairs}
+        extra = {"control_image": list(maps.values()),
+                 "controlnet_conditioning_scale": float(control.weight)}  # fmt: skip
+        return call, maps, extra
 
     def cond(self, made: Image.Image, kind: str, rows: int) -> torch.Tensor:
         """`prepare_control_image` for one job: the map as the ControlNet's input, once

@@ -53,7 +53,6 @@ from pipeline.request import (
     InputError,
     NoiseStart,
     plan_steps,
-    structure_missing,
 )
 from pipeline.results import store_result
 from pipeline.safety import SafetyChecker, SafetyCheckerUnavailable, setup_checker
@@ -137,7 +136,6 @@ class Engine:
         kept up to `max_loras_loaded`, LRU)."""
         self.controls = Controls()
         """The ControlNets loaded next to the model, by structure kind (none: no kind)."""
-        self._control_pipes: dict[str, Any] = {}
         self.steps_ok = supports_steps(pipe)
         """A UNet2DConditionModel SD img2img pipeline: `run_steps` (iteration-level batching)
         serves it; other models take the pipeline-call path (`generate`)."""
@@ -388,16 +386,9 @@ class Engine:
     ) -> bool:
         """False (the job failed with a plain message, or `InputError` without
         `on_failed`) when it asks a structure kind no ControlNet here serves."""
-        if req.control is None:
+        message = self.controls.refusal(req)
+        if message is None:
             return True
-        kind = req.control.kind
-        if kind in self.controls.nets and req.start is None and req.mode == "img2img":
-            return True
-        message = (
-            structure_missing(kind, self.controls.kinds)
-            if kind not in self.controls.nets
-            else "Structure needs an input picture to follow; it works with /img2img."
-        )
         if on_failed is None:
             raise InputError(message)
         on_failed(req.job_id, message)
@@ -517,23 +508,8 @@ class Engine:
     def _call_pipe(
         self, requests: Sequence[GenerationRequest], images: Sequence[Image.Image]
     ) -> tuple[Any, dict[str, Image.Image], dict[str, Any]]:
-        """The pipeline for a call of requests of one structure (all share it): the model's
-        own, or its ControlNet img2img pipeline for that kind (diffusers' `from_pipe`, the
-        same loaded modules), with the maps and weight as extra call arguments."""
-        control = requests[0].control
-        if control is None:
-            return self.pipe, {}, {}
-        call = self._control_pipes.get(control.kind)
-        if call is None:
-            net = self.controls.nets[control.kind]
-            call = AutoPipelineForImage2Image.from_pipe(self.pipe, controlnet=net)
-            call.set_progress_bar_config(disable=True)
-            self._control_pipes[control.kind] = call
-        pairs = zip(requests, images, strict=True)
-        maps = {r.job_id: self.controls.map_for(r, img) for r, img in pairs}
-        extra = {"control_image": list(maps.values()),
-                 "controlnet_conditioning_scale": float(control.weight)}  # fmt: skip
-        return call, maps, extra
+        """The pipeline for a call of requests of one structure, its maps, its arguments."""
+        return self.controls.call_pipe(self.pipe, requests, images)
 
     def _load_inputs(
         self,
