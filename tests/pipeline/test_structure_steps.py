@@ -203,3 +203,35 @@ def test_a_kind_without_a_controlnet_fails_only_its_job_in_plain_words(
     assert "'lines' is not available" in message and "Available: edges" in message
     with pytest.raises(InputError, match="not available"):
         engine.generate(jobs[:1])
+
+
+def test_padded_rows_carry_padded_residuals(
+    engine: Engine, sketches: dict[str, str], tmp_path: Path
+) -> None:
+    """A compiled UNet (GPU) pads the rows to a bucket (3 → 4): the ControlNet residuals
+    are padded with them, and each job's picture stays within one level of its unpadded
+    run (the bucket's other row count may round a last bit differently on the CPU)."""
+    from pipeline.stepbatch import StepLoop
+    from pipeline.stepsets import run_steps
+
+    reqs = [
+        job(tmp_path, sketches["house"], "held", control=ControlRef("lines", 1.2), steps=3),
+        job(tmp_path, sketches["plan"], "free-one-row", guidance=0.0, steps=3),
+    ]
+    results = Results()
+    made: list[StepLoop] = []
+
+    def new_set() -> StepLoop:
+        made.append(StepLoop(engine.pipe, checker=None, max_batch=2, pad_rows=True,
+                             controls=engine.controls))  # fmt: skip
+        return made[-1]
+
+    def load(req: GenerationRequest) -> Image.Image:
+        with Image.open(req.image_path) as src:
+            return src.convert("RGB")
+
+    run_steps(new_set, reqs, results.hooks(), load=load)
+    assert made[0].rows_run == 3 * made[0].unet_calls  # real rows counted, padding not
+    for req in reqs:
+        diff = np.abs(png(results.done[req.job_id].output_path) - alone(engine, req, tmp_path))
+        assert diff.max() <= 1, req.job_id
