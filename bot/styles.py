@@ -45,6 +45,9 @@ class Style:
     the same LoRA wins."""
     model: str | None = None
     """The catalogue model the style runs on; a member's `model:` wins."""
+    structure: str = ""
+    """The structure kind the style keeps (`lines`, `edges`) where the job's model has a
+    ControlNet for it; "" none. A member's own `structure:` wins."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Composed:
     """The style's LoRA tags, joined with the member's by `bot.loras.LoraTags.styled`."""
     model: str = ""
     """The catalogue model the job runs on (`bot.models.ModelChoice.pick`); "" until chosen."""
+    structure: str = ""
+    """The style's structure kind ("" none); `structure_for` decides whether it runs."""
 
 
 BUILTINS: dict[str, Style] = {
@@ -84,6 +89,7 @@ BUILTINS: dict[str, Style] = {
             "rough sketch, unfinished, low quality",
             0.7,
             description="polished concept art from a rough sketch",
+            structure="lines",
         ),
         Style(
             "digital-illustration",
@@ -184,8 +190,22 @@ def apply_style(
                 f"{len(text) - MAX_PROMPT_CHARS} or pick another style."
             )
     return Composed(
-        composed, negative, pick_strength(strength, style.strength), style.name, style.loras
-    )
+        composed, negative, pick_strength(strength, style.strength), style.name, style.loras,
+        structure=style.structure,
+    )  # fmt: skip
+
+
+def structure_for(
+    chosen: str | None, composed: Composed, served: tuple[str, ...] | None
+) -> str | None:
+    """The job's structure: the member's own choice wins (`off` included); else the style's
+    where the worker serves that kind (`served`: `EngineInfo.structures`, None before a
+    worker is ready), else none: the style runs without it rather than being refused."""
+    if chosen is not None:
+        return chosen
+    if composed.structure and (served is None or composed.structure in served):
+        return composed.structure
+    return None
 
 
 def resolve(name: str, mine: Iterable[Style], server: Iterable[Style]) -> Style | None:

@@ -13,7 +13,7 @@ from bot.cogs.models import model_autocomplete
 from bot.cogs.styles import style_autocomplete
 from bot.errors import UserError
 from bot.models import server_model
-from bot.styles import Composed, apply_style, unknown_style_text
+from bot.styles import Composed, apply_style, structure_for, unknown_style_text
 from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -64,6 +64,12 @@ async def compose(
     negative = negative_prompt.strip() if negative_prompt else None
     composed = replace(apply_style(found, text, negative, strength), model=entry.name)
     return bot.loras.styled(composed, loras)
+
+
+def served_structures(bot: ImgBot) -> tuple[str, ...] | None:
+    """The structure kinds the ready worker serves; None before one is ready."""
+    info = bot.jobs.engine_info
+    return None if info is None else info.structures
 
 
 class GenerateCog(commands.Cog):
@@ -121,7 +127,7 @@ class GenerateCog(commands.Cog):
             steps,
             style=composed.style,
             model=composed.model,
-            structure=structure,
+            structure=structure_for(structure, composed, served_structures(self.bot)),
             structure_weight=structure_weight,
         )
 

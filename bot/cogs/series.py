@@ -21,7 +21,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.cogs.generate import STRUCTURE_CHOICES, compose
+from bot.cogs.generate import STRUCTURE_CHOICES, compose, served_structures
 from bot.cogs.models import model_autocomplete
 from bot.cogs.quota import member_role_ids
 from bot.cogs.styles import style_autocomplete
@@ -44,6 +44,7 @@ from bot.store.db import Job
 from bot.store.picture_messages import Kind, PictureMessages
 from bot.store.quotas import QuotaStore
 from bot.store.series import SeriesStore
+from bot.styles import structure_for
 from bot.ui.buttons import result_view
 from bot.ui.pictures import picture_file, upload_limit
 from bot.ui.render import result_embed
@@ -171,7 +172,8 @@ class SeriesCog(commands.Cog):
             check_seed(seed)
             steps = check_steps(steps) or models.steps(entry)
             plan_steps(steps, composed.strength)
-            control = check_structure(structure, structure_weight)
+            chosen = structure_for(structure, composed, served_structures(self.bot))
+            control = check_structure(chosen, structure_weight)
             self.bot.actions.check_structure_served(control)
             problems = []
             for pos, att in images:

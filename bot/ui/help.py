@@ -141,6 +141,7 @@ TOPICS: tuple[Topic, ...] = (
         "strength:0.75 structure:lines`\n"
         "A floor plan into a rendering: `prompt:architectural rendering, modern interior, top "
         "view strength:0.8 structure:lines`\n"
+        "The built-in `concept-art` style uses `lines` by itself where it is offered.\n"
         "The result shows a **Structure** field (`lines ×1.0`) and a small picture of the map "
         "that held it; the −/+ buttons, Reroll, Refine, Edit and Compare keep it. Where the "
         "model has no ControlNet for a kind, you get a private message naming what is "

@@ -18,6 +18,7 @@ from bot.styles import (
     join_negative,
     pick_strength,
     resolve,
+    structure_for,
     style_choices,
 )
 from pipeline.request import MAX_PROMPT_CHARS
@@ -179,3 +180,23 @@ def test_autocomplete_in_lookup_order_once_each() -> None:
     assert choices[0][0] == "winter (yours)"
     assert ("lowkey (this server's)", "lowkey") in choices
     assert len(style_choices("", [Style(f"s{i}", "t", scope="mine") for i in range(30)], [])) == 25
+
+
+@pytest.mark.parametrize(
+    ("chosen", "served", "expected"),
+    [
+        (None, ("lines",), "lines"),  # the style's, where the worker serves it
+        (None, None, "lines"),  # no worker ready yet: taken (a worker without it fails it)
+        (None, ("edges",), None),  # not served: the style runs without structure
+        ("off", ("lines",), "off"),  # the member's own choice wins, off included
+        ("edges", ("edges", "lines"), "edges"),
+    ],
+)
+def test_concept_art_keeps_a_sketchs_lines_where_served(
+    chosen: str | None, served: tuple[str, ...] | None, expected: str | None
+) -> None:
+    composed = apply_style(BUILTINS["concept-art"], "a castle", None, None)
+    assert composed.structure == "lines"
+    assert structure_for(chosen, composed, served) == expected
+    plain = apply_style(None, "a castle", None, None)
+    assert structure_for(None, plain, served) is None
