@@ -23,6 +23,11 @@ class ModelSpec:
     """A single-file checkpoint's component configs (a diffusers folder or hub id)."""
     resolution: int | None = None
     """Long side in px; None: the model's native size."""
+    controlnet_edges: str | None = None
+    """Its ControlNet for `structure: edges` (catalogue `controlnet_edges`; without
+    MODELS_FILE, CONTROLNET_EDGES_ID); None: not served on this model."""
+    controlnet_lines: str | None = None
+    """Its ControlNet for `structure: lines`; None: not served on this model."""
 
 
 def served_specs(settings: Any) -> tuple[ModelSpec, ...]:
@@ -34,5 +39,12 @@ def served_specs(settings: Any) -> tuple[ModelSpec, ...]:
     for name in settings.served_models:
         entry = catalogue.models[name]
         resolution = entry.resolution or settings.resolution_setting
-        specs.append(ModelSpec(name, entry.source, entry.config, resolution))
+        one_model = getattr(settings, "models_file", None) is None  # CONTROLNET_*_ID apply
+        edges = entry.controlnet_edges or (
+            getattr(settings, "controlnet_edges_id", None) if one_model else None
+        )
+        lines = entry.controlnet_lines or (
+            getattr(settings, "controlnet_lines_id", None) if one_model else None
+        )
+        specs.append(ModelSpec(name, entry.source, entry.config, resolution, edges, lines))
     return tuple(specs)

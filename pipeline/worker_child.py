@@ -182,6 +182,7 @@ class _Worker:
                     spec.source, **self._load_kwargs(), resolution=spec.resolution,
                     single_file_config=spec.config,
                     inpaint_model_id=c.inpaint_model_id if default else None,
+                    controlnets={"edges": spec.controlnet_edges, "lines": spec.controlnet_lines},
                 )  # fmt: skip
 
             return ModelPool(
@@ -196,9 +197,6 @@ class _Worker:
             inpaint_model_id=c.inpaint_model_id,
             single_file_config=c.single_file_config,
             controlnets={"edges": c.controlnet_edges, "lines": c.controlnet_lines},
-            structure_maps=MapSettings(
-                c.structure_edges_low, c.structure_edges_high, c.structure_lines_contrast
-            ),
         )
 
     def _load_kwargs(self) -> dict[str, Any]:
@@ -215,6 +213,9 @@ class _Worker:
             "mask_threshold": c.mask_threshold,
             "mask_dilate": c.mask_dilate,
             "max_loras_loaded": c.max_loras_loaded,
+            "structure_maps": MapSettings(
+                c.structure_edges_low, c.structure_edges_high, c.structure_lines_contrast
+            ),
         }
 
     def _run_batch(self, engine: Any, batch: Sequence[GenerationRequest]) -> None:

@@ -34,6 +34,8 @@ def test_the_local_worker_gets_every_setting_a_remote_worker_reads(tmp_path: Pat
     )
     # the default model's ControlNets reach the workers (CONTROLNET_*_ID is for MODEL_ID alone)
     assert (local["controlnet_edges"], local["controlnet_lines"]) == (None, "/cn/lines")
+    (spec,) = config_from_settings(settings).models  # each served model carries its own
+    assert (spec.controlnet_edges, spec.controlnet_lines) == (None, "/cn/lines")
     assert local["structure_lines_contrast"] == 30
 
 
@@ -43,6 +45,10 @@ def test_without_a_models_file_the_controlnet_settings_reach_the_workers(tmp_pat
     )  # fmt: skip
     config = config_from_settings(settings)
     assert (config.controlnet_edges, config.controlnet_lines) == ("/cn/edges", None)
+    assert (config.models[0].controlnet_edges, config.models[0].controlnet_lines) == (
+        "/cn/edges",
+        None,
+    )
     assert ImgBot(settings).worker_config() == config
 
 
