@@ -221,7 +221,7 @@ def test_padded_rows_carry_padded_residuals(
     results = Results()
     made: list[StepLoop] = []
 
-    def new_set() -> StepLoop:
+    def new_set(_: GenerationRequest) -> StepLoop:
         made.append(StepLoop(engine.pipe, checker=None, max_batch=2, pad_rows=True,
                              controls=engine.controls))  # fmt: skip
         return made[-1]
