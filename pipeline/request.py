@@ -172,6 +172,8 @@ class GenerationRequest:
     control: ControlRef | None = None
     """Keep the input's structure through a ControlNet (None: a free job). Rows with and
     without one share UNet calls in the step path (`pipeline.control_rows`)."""
+    preview: bool = False
+    """Send live previews of this job while it runs (`pipeline.previews`); never stored."""
 
 
 @dataclass(frozen=True)

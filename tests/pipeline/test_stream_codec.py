@@ -18,7 +18,7 @@ from pipeline.request import (
 def test_request_round_trip_keeps_every_field() -> None:
     request = GenerationRequest(
         "7", "/data/in.png", "a fox", 0.6, 123, 20, 7.5, "/data/out.png",
-        negative_prompt="blurry", allow_nsfw=True,
+        negative_prompt="blurry", allow_nsfw=True, preview=True,
     )  # fmt: skip
     wire = codec.loads(codec.dumps(codec.encode_request(request)))
     assert codec.decode_request(wire) == request
