@@ -10,7 +10,8 @@ picture from a prompt alone (text-to-image, see `pipeline.cli_imagine`); `upscal
 one ×2, redrawing it tile by tile (see `pipeline.cli_upscale`).
 
 `make-tiny` writes the tiny random-weight test model (and a tiny CLIPSeg in its `clipseg/`
-folder, for MASK_MODEL_ID), optionally shipping a tiny safety checker (`--seed`: another
+folder, for MASK_MODEL_ID, and a tiny AutoencoderTiny in its `taesd/` folder, for
+PREVIEW_MODEL_ID), optionally shipping a tiny safety checker (`--seed`: another
 model of the same shape); `make-tiny-lora` a tiny random LoRA for it (kohya or PEFT keys);
 `make-tiny-checker` writes a standalone tiny checker folder (for SAFETY_CHECKER_ID).
 
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             single = write_single_file(out, args.single_file)
             print(f"wrote it as one checkpoint file to {single} (load with config={out})")
         print(f"wrote tiny CLIPSeg (MASK_MODEL_ID) to {save_tiny_clipseg(args.dir / 'clipseg')}")
+        print(f"wrote tiny AutoencoderTiny (PREVIEW_MODEL_ID) to {out / 'taesd'}")
         return 0
     if args.command == "make-tiny-lora":
         from pipeline.tiny_lora import make_tiny_lora

@@ -136,6 +136,8 @@ class Engine:
         kept up to `max_loras_loaded`, LRU)."""
         self.controls = Controls()
         """The ControlNets loaded next to the model, by structure kind (none: no kind)."""
+        self.previews: Any = None
+        """`pipeline.previews.Previewer` (set by the worker per PREVIEW); None: off."""
         self.steps_ok = supports_steps(pipe)
         """A UNet2DConditionModel SD img2img pipeline: `run_steps` (iteration-level batching)
         serves it; other models take the pipeline-call path (`generate`)."""
@@ -299,7 +301,7 @@ class Engine:
         """An empty running set on this model (`pipeline.stepsets` opens one per shape, and
         `pipeline.models` per model and shape)."""
         return StepLoop(self.pipe, checker=self.checker, max_batch=max_batch, loras=self.loras,
-                        controls=self.controls)  # fmt: skip
+                        controls=self.controls, previews=self.previews)  # fmt: skip
 
     def row_input(
         self,

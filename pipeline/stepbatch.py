@@ -48,6 +48,7 @@ from PIL import Image
 from pipeline.control_rows import Controls, RowControl, residuals, with_thumbnail
 from pipeline.lora_rows import row_loras
 from pipeline.loras import LoraAdapters, set_key
+from pipeline.previews import Previewer, x0_prediction
 from pipeline.request import GenerationRequest, GenerationResult, NoiseStart, plan_steps
 from pipeline.results import store_result
 from pipeline.safety import SafetyChecker
@@ -88,6 +89,9 @@ class StepHooks:
     on_set_error: Callable[[list[str], BaseException], None] | None = None
     """An error in a set's shared UNet call: every job of that set has left it (their
     latents are lost), the other set and the waiting jobs go on. None: it propagates."""
+    on_preview: Callable[[str, bytes], None] | None = None
+    """A live preview of a running job (JPEG bytes; `previews.HIDDEN` where the checker
+    flagged it), after that step's `on_progress`."""
 
 
 @dataclass
@@ -177,10 +181,13 @@ class StepLoop:
         eta: float = 0.0,
         loras: LoraAdapters | None = None,
         controls: Controls | None = None,
+        previews: Previewer | None = None,
     ) -> None:
         self.pipe = pipe
         self.controls = controls
         """The model's ControlNets (`Engine.controls`); None: jobs carry no structure."""
+        self.previews = previews
+        """Live previews (`pipeline.previews`); None: PREVIEW=off."""
         self.loras = loras
         """The model's loaded LoRAs (`Engine.loras`); a job's must be loaded before it is
         admitted. None: jobs carry no LoRAs."""
@@ -389,6 +396,7 @@ class StepLoop:
             hooks.on_set_error([job.req.job_id for job in jobs], exc)
             return
         row = 0
+        due: list[tuple[_Job, torch.Tensor]] = []
         for job in jobs:
             pred = noise_pred[row : row + job.rows]
             row += job.rows
@@ -397,14 +405,19 @@ class StepLoop:
                     uncond, text = pred.chunk(2)
                     pred = uncond + float(job.req.guidance) * (text - uncond)
                 t = job.timesteps[job.index]
-                job.latents = job.scheduler.step(
-                    pred, t, job.latents, **job.step_kwargs, return_dict=False
-                )[0]
+                before = job.latents
+                output = job.scheduler.step(
+                    pred, t, job.latents, **job.step_kwargs, return_dict=True
+                )
+                job.latents = output.prev_sample
             except Exception as exc:
                 self._job_error(job, hooks, exc)
                 continue
             job.index += 1
             self._report(job, hooks)
+            if self._preview_due(job):
+                due.append((job, x0_prediction(job.scheduler, output, before, pred, t)))
+        self._preview(due, hooks)
         for job in jobs:
             if job.done and job in self.running:
                 self.running.remove(job)
@@ -414,6 +427,30 @@ class StepLoop:
                     self._job_error(job, hooks, exc)
                 else:
                     hooks.on_finished(result)
+
+    def _preview_due(self, job: _Job) -> bool:
+        """The job asked for previews and one is due after this step (never its last)."""
+        if self.previews is None or not job.req.preview:
+            return False
+        return self.previews.due(job.req.job_id, job.reported, job.done)
+
+    def _preview(self, due: list[tuple[_Job, torch.Tensor]], hooks: StepHooks) -> None:
+        """ONE batched preview decode for every row due at this step; only reads the
+        latents, so the final picture is the same with previews off. A preview that fails
+        is skipped (logged): the job goes on."""
+        if not due or self.previews is None or hooks.on_preview is None:
+            return
+        try:
+            data = self.previews.render(
+                [x0 for _, x0 in due],
+                [not job.req.allow_nsfw for job, _ in due],
+                [job.size for job, _ in due],
+            )
+        except Exception:
+            log.warning("previews of jobs %s failed", [j.req.job_id for j, _ in due], exc_info=True)
+            return
+        for (job, _), preview in zip(due, data, strict=True):
+            hooks.on_preview(job.req.job_id, preview)
 
     def _job_error(self, job: _Job, hooks: StepHooks, exc: Exception) -> None:
         """`job` leaves the set on an error of its own; the others are untouched."""

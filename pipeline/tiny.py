@@ -204,5 +204,24 @@ def make_tiny(
     from pipeline.tiny_controlnet import save_tiny_controlnets
 
     save_tiny_controlnets(out, unet, seed)  # DIR/controlnet-edges, DIR/controlnet-lines
+    make_tiny_taesd(out / "taesd", seed=seed)
     log.info("wrote tiny img2img pipeline to %s (safety checker: %s)", out, safety_checker)
     return out
+
+
+def make_tiny_taesd(path: Path, *, seed: int = 0) -> Path:
+    """A tiny random `AutoencoderTiny` (the `PREVIEW=taesd` decoder) of the tiny pipeline's
+    latent shape, saved so that tests load it through the real path (PREVIEW_MODEL_ID)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    taesd = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    )
+    taesd.save_pretrained(path)
+    return path
