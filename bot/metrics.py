@@ -70,8 +70,11 @@ class MeteredDelivery:
         if job.seconds:
             self.metrics.gpu_seconds.inc(job.seconds)
 
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
-        await self.inner.show_status(job, text, cancellable)
+    async def show_status(
+        self, job: Job, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None:
+        extra = {} if preview is None else {"preview": preview}
+        await self.inner.show_status(job, text, cancellable, **extra)
 
     async def deliver_result(self, job: Job) -> None:
         self._ended(job, "done")

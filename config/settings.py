@@ -185,6 +185,25 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(2.0, ge=0.0, description="Least time between edits.")
     worker_start_timeout_s: float = Field(600.0, gt=0, description="Model load time limit.")
 
+    # Live previews (issue 29; docs/operators.md "Live previews")
+    preview: Literal["auto", "approx", "taesd", "off"] = Field(
+        "auto",
+        description="Live previews in the running job's status message: approx (linear latent "
+        "projection, free), taesd (the tiny autoencoder PREVIEW_MODEL_ID, sharper), auto "
+        "(taesd where it loads, else approx) or off. Blurred where no safety checker runs.",
+    )
+    preview_interval_s: float = Field(
+        3.0, gt=0, description="Least time between two previews of one job."
+    )
+    preview_model_id: str = Field(
+        "",
+        description="The tiny autoencoder for PREVIEW=taesd/auto (hub id or folder); empty: "
+        "madebyollin/taesd, or madebyollin/taesdxl for SDXL models.",
+    )
+    preview_every_steps: int = Field(
+        0, ge=0, description="Bench/test knob: a preview every N steps instead of by time (0: off)."
+    )
+
     # Scale-out: where the workers are (docs/operators.md "Scale-out")
     worker_backend: Literal["local", "redis"] = Field(
         "local",

@@ -157,6 +157,7 @@ class RemoteWorker(_Worker):
                 jobs=codec.dumps(self._tagged(message.job_ids)),
                 step=str(message.step),
                 total=str(message.total),
+                **codec.preview_fields(message.previews),
             )
         elif isinstance(message, Finished):
             self._final(message.job_id, "finished", **self._finished_fields(message))

@@ -103,6 +103,17 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**values)
 
 
+def preview_fields(previews: dict[str, bytes]) -> dict[str, bytes]:
+    """A progress entry's live previews: one raw bytes field per job (`pv:<job id>`)."""
+    return {f"pv:{job_id}": data for job_id, data in previews.items()}
+
+
+def previews_of(entry: Fields, job_ids: tuple[str, ...]) -> dict[str, bytes]:
+    """The live previews a progress entry carries for these jobs."""
+    found = {job_id: entry.get(f"pv:{job_id}".encode()) for job_id in job_ids}
+    return {job_id: data for job_id, data in found.items() if data is not None}
+
+
 def encode_request(request: GenerationRequest) -> dict[str, Any]:
     return to_dict(request)
 

@@ -178,19 +178,19 @@ class _Worker:
             def load(spec: ModelSpec) -> Any:
                 log.info("loading model %s (%r) on %s", spec.name, spec.source, c.device)
                 default = spec.name == c.models[0].name  # a dedicated inpaint model: its only
-                return engine_cls.load(
+                return self._with_previews(engine_cls.load(
                     spec.source, **self._load_kwargs(), resolution=spec.resolution,
                     single_file_config=spec.config,
                     inpaint_model_id=c.inpaint_model_id if default else None,
                     controlnets={"edges": spec.controlnet_edges, "lines": spec.controlnet_lines},
-                )  # fmt: skip
+                ))  # fmt: skip
 
             return ModelPool(
                 c.models, load, resident_models=c.resident_models, notify=self._send,
                 job_cancelled=self.job_cancelled,
             ).start()  # fmt: skip
         log.info("loading %r on %s (%s)", c.model_id, c.device, c.dtype)
-        return engine_cls.load(
+        engine = engine_cls.load(
             c.model_id,
             **self._load_kwargs(),
             resolution=c.resolution,
@@ -198,6 +198,21 @@ class _Worker:
             single_file_config=c.single_file_config,
             controlnets={"edges": c.controlnet_edges, "lines": c.controlnet_lines},
         )
+        return self._with_previews(engine)
+
+    def _with_previews(self, engine: Any) -> Any:
+        """PREVIEW: the live previewer next to each loaded model (step path only); an
+        unloaded model's goes with it."""
+        c = self.config
+        if c.preview == "off" or not getattr(engine, "steps_ok", False):
+            return engine
+        from pipeline.previews import setup_previews
+
+        engine.previews = setup_previews(
+            engine.pipe, engine.checker, mode=c.preview, model_id=c.preview_model_id,
+            interval_s=c.preview_interval_s, every_steps=c.preview_every_steps,
+        )  # fmt: skip
+        return engine
 
     def _load_kwargs(self) -> dict[str, Any]:
         """`Engine.load`'s arguments every served model shares."""

@@ -6,7 +6,7 @@ builtins and `pipeline.request` types: picklable, and unpickling never imports t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
 from pipeline.served_models import ModelSpec
@@ -55,6 +55,11 @@ class WorkerConfig:
     structure_edges_high: int = 80
     structure_lines_contrast: int = 40
     """The map thresholds (`pipeline.structure.MapSettings`)."""
+    preview: str = "off"
+    """Live previews: auto | approx | taesd | off (PREVIEW; `pipeline.previews`)."""
+    preview_interval_s: float = 3.0
+    preview_model_id: str = ""
+    preview_every_steps: int = 0
 
 
 # -- commands: parent → worker ----------------------------------------------------------
@@ -120,6 +125,8 @@ class Progress:
     job_ids: tuple[str, ...]
     step: int
     total: int
+    previews: dict[str, bytes] = field(default_factory=dict)
+    """Live previews of some of these jobs (JPEG bytes; b"": the checker hid it)."""
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ class StepServer:
         self.deferred: list[Run] = []  # Runs for the pipeline-call path, in order
         self.joined: list[str] = []  # Started, not sent yet
         self.stepped: dict[tuple[int, int], list[str]] = {}  # (step, total) → jobs, not sent
+        self.at: dict[str, tuple[int, int]] = {}  # job → its newest (step, total)
+        self.previews: dict[str, bytes] = {}  # job → its newest preview, not sent
         self.began: set[str] = set()  # jobs that joined a running set
         self.returned: set[str] = set()  # jobs handed back by a recall
 
@@ -91,6 +93,7 @@ class StepServer:
             on_step_end=self._flush,
             on_job_error=self._job_error,
             on_set_error=self._set_error,
+            on_preview=self._preview,
         )
         try:
             self.engine.run_steps(
@@ -151,11 +154,20 @@ class StepServer:
         self.joined.append(job_id)
 
     def _progress(self, job_id: str, step: int, total: int) -> None:
+        self.at[job_id] = (step, total)
         now = time.monotonic()
         last = self.last_progress.get(job_id, -1.0)
         if last < 0 or step >= total or now - last >= PROGRESS_MIN_INTERVAL_S:
             self.last_progress[job_id] = now
             self.stepped.setdefault((step, total), []).append(job_id)
+
+    def _preview(self, job_id: str, data: bytes) -> None:
+        """A live preview rides in the job's next Progress (sent at this boundary even
+        if that step's progress was throttled); a newer one replaces an unsent one."""
+        self.previews[job_id] = data
+        at = self.at.get(job_id)
+        if at is not None and not any(job_id in jobs for jobs in self.stepped.values()):
+            self.stepped.setdefault(at, []).append(job_id)
 
     def _flush(self) -> None:
         """Send the Started and Progress gathered since the last boundary, in that order."""
@@ -163,7 +175,8 @@ class StepServer:
             self.worker._send(Started(tuple(self.joined)))
             self.joined = []
         for (step, total), job_ids in self.stepped.items():
-            self.worker._send(Progress(tuple(job_ids), step, total))
+            shown = {j: self.previews.pop(j) for j in job_ids if j in self.previews}
+            self.worker._send(Progress(tuple(job_ids), step, total, shown))
         self.stepped = {}
 
     def _job_error(self, job_id: str, exc: BaseException) -> None:
@@ -199,6 +212,8 @@ class StepServer:
             return  # already ended
         self._flush()  # its Started and Progress go out before its end
         self.last_progress.pop(job_id, None)
+        self.at.pop(job_id, None)
+        self.previews.pop(job_id, None)
         out: Finished | Failed | Cancelled | Recalled = event
         recalled = self._recalled(job_id) and not self.worker._is_cancelled(job_id)
         if isinstance(event, Cancelled) and recalled:  # recalled only: it runs later

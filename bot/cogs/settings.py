@@ -108,6 +108,7 @@ class SettingsCog(
             f"• Gallery channel: {gallery}",
             f"• Age-restricted channels: {nsfw}",
             f"• Default model: {await self._model_line(interaction.guild_id)}",
+            f"• Live previews: {gs.previews}" + (" (default)" if gs.previews == "on" else ""),
             f"• Withheld by the safety filter in the last 24 h: {plural(withheld, 'image')}",
             f"• Not checked by a safety filter in the last 24 h: {plural(unchecked, 'image')}",
             f"• Blocked words: {len(words)} of this server"
@@ -177,6 +178,19 @@ class SettingsCog(
         async with self.bot.store.transaction() as db:
             await q.set_guild_values(db, interaction.guild_id, model=entry.name)
             await q.record(db, interaction.guild_id, interaction.user.id, change)
+        await _done(interaction, change)
+
+    @app_commands.command(name="previews", description="Live previews of running jobs?")
+    @app_commands.describe(mode="on: a small picture forms in the status message; off: the bar")
+    @app_commands.choices(
+        mode=[
+            app_commands.Choice(name="on (default)", value="on"),
+            app_commands.Choice(name="off", value="off"),
+        ]
+    )
+    async def previews(self, interaction: Interaction, mode: str) -> None:
+        assert interaction.guild_id is not None
+        change = await self.quotas.set_previews(interaction.guild_id, interaction.user.id, mode)
         await _done(interaction, change)
 
     @blocked_words.command(name="add", description="Refuse prompts with this word")

@@ -55,6 +55,13 @@ HISTORY_SCAN = 50
 """Recent channel messages searched for a result an interrupted post left behind."""
 
 
+def preview_files(job_id: int, preview: bytes) -> list[discord.File]:
+    """A status edit's attachments for a live preview: the JPEG, or none (hidden)."""
+    if not preview:
+        return []
+    return [discord.File(io.BytesIO(preview), filename=f"preview-{job_id}.jpg")]
+
+
 class DiscordDelivery:
     def __init__(
         self,
@@ -103,23 +110,32 @@ class DiscordDelivery:
         return True
 
     # -- while the job waits or runs ----------------------------------------------------
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+    async def show_status(
+        self, job: Job, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None:
+        """Edit the status message; a live `preview` (JPEG; b"": hidden) replaces the
+        picture it shows, in the same edit, and is never stored."""
         if not job.status_message_id:
             return
         content = f"{job_summary(job)}\n{text}"
         view = cancel_view(job.id) if cancellable else None
+        extra: dict[str, Any] = {}
+        if preview is not None:
+            extra["attachments"] = preview_files(job.id, preview)
         if self._token_alive(job):
             try:
                 await self._webhook(job).edit_message(
-                    job.status_message_id, content=content, view=view
+                    job.status_message_id, content=content, view=view, **extra
                 )
                 return
             except discord.HTTPException as exc:
                 if not await self._token_failed(job, exc):
                     raise
+                if preview is not None:  # rebuilt: a File is read once
+                    extra["attachments"] = preview_files(job.id, preview)
         status = self._status(job)
         assert status is not None
-        await status.edit(content=content, view=view)
+        await status.edit(content=content, view=view, **extra)
 
     # -- the end of a job ---------------------------------------------------------------
     async def deliver_result(self, job: Job) -> None:
@@ -328,7 +344,9 @@ class DiscordDelivery:
         if not (job.status_message_id and self._token_alive(job)):
             return False
         try:
-            await self._webhook(job).edit_message(job.status_message_id, content=content, view=None)
+            await self._webhook(job).edit_message(
+                job.status_message_id, content=content, view=None, attachments=[]
+            )  # a live preview goes with the status
             return True
         except discord.HTTPException as exc:
             await self._token_failed(job, exc)
@@ -343,7 +361,7 @@ class DiscordDelivery:
         if status is None:
             return False
         try:
-            await status.edit(content=content, view=None)
+            await status.edit(content=content, view=None, attachments=[])  # and its preview
             return True
         except discord.HTTPException as exc:
             log.info("editing job %d's status in its channel failed (%s)", job.id, exc)

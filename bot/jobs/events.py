@@ -75,7 +75,9 @@ CRASH_MESSAGE = (
 class Delivery(Protocol):
     """The Discord side of a job's life (implemented in `bot.jobs.delivery`)."""
 
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None: ...
+    async def show_status(
+        self, job: Job, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None: ...
     async def deliver_result(self, job: Job) -> None: ...
     async def deliver_failure(self, job: Job, message: str) -> None: ...
     async def deliver_cancelled(self, job: Job) -> None: ...
@@ -95,9 +97,12 @@ class KindDelivery:
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+    async def show_status(
+        self, job: Job, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None:
         if job.kind != self.kind:  # the shared message changes when an image ends
-            await self.inner.show_status(job, text, cancellable)
+            extra = {} if preview is None else {"preview": preview}
+            await self.inner.show_status(job, text, cancellable, **extra)
 
     async def deliver_result(self, job: Job) -> None:
         await (self.refresh(job) if job.kind == self.kind else self.inner.deliver_result(job))
@@ -150,7 +155,8 @@ class JobEvents(JobRedelivery):
             for job_id in event.job_ids:
                 if self.queue.is_running(job_id):  # one cancelled out of its batch: no more
                     self._progress[int(job_id)] = (event.step, event.total)
-                    self.status.progress(int(job_id), event.step, event.total)
+                    preview = getattr(event, "previews", {}).get(job_id)
+                    self.status.progress(int(job_id), event.step, event.total, preview)
         elif isinstance(event, Finished):
             # Recorded and delivered in the background, so the loop gets to BatchDone and
             # hands the worker its next batch without waiting on SQLite or Discord. The job

@@ -411,7 +411,13 @@ class JobService(JobDispatch):
     def _status_note(self) -> str | None:
         return getattr(self.worker, "status_note", lambda: None)()  # e.g. no workers online
 
-    async def _send_status(self, job_id: int, text: str, cancellable: bool) -> None:
+    async def _send_status(
+        self, job_id: int, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None:
         job = await self.store.get_job(job_id)
-        if job is not None and job.state in ACTIVE_STATES:
+        if job is None or job.state not in ACTIVE_STATES:
+            return
+        if preview is None:
             await self.delivery.show_status(job, text, cancellable)
+        else:  # a live preview rides in this edit
+            await self.delivery.show_status(job, text, cancellable, preview=preview)

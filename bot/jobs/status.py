@@ -9,6 +9,10 @@ status message is edited only when there is something worth knowing:
   whenever the backend's note (e.g. "no image workers online") appears or goes;
 - running: "Starting…", the first step, and half-way: at most `RUN_EDITS` edits however long
   the job runs (the bar shows the newest step each time);
+- a live preview (issue 29) rides in the running job's next edit, never one of its own: the
+  newest one received replaces an unsent one, and one older than `PREVIEW_MAX_AGE_S` when
+  its edit goes out is dropped (never queued); a hidden one (the checker flagged it) removes
+  the picture shown and says so;
 - every edit at least `interval` (PROGRESS_INTERVAL_S) after the previous one of that message,
   the newest text winning, and at most one edit in flight per message: no new edit starts while
   the previous one still waits (a 429), so edits never pile up behind a job's lock.
@@ -31,7 +35,8 @@ from bot.ui.render import progress_text
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[int, str, bool], Awaitable[None]]
+Sender = Callable[..., Awaitable[None]]
+"""(job id, text, cancellable[, preview=bytes]): `preview` only when an edit carries one."""
 Places = Callable[[], Iterable[tuple[int, int, int]]]
 """Every waiting job as (job id, place in its server's queue, jobs served before it)."""
 PlaceText = Callable[[int, int, str | None], str]
@@ -42,6 +47,12 @@ PLACE_MILESTONES = (20, 5, 1)
 WAIT_EDITS = len(PLACE_MILESTONES)
 RUN_EDITS = 3  # "Starting…", the first step, half-way
 ACK_REQUESTS = 3  # at most: a private acknowledgement, its "queued" text, the status message
+PREVIEW_MAX_AGE_S = 10.0
+"""A live preview not sent within this long of its arrival is dropped: a stale picture of a
+job that moved on is worth less than the request it costs."""
+PREVIEW_HIDDEN = b""
+"""The preview bytes of a preview the safety checker flagged (`pipeline.previews.HIDDEN`)."""
+PREVIEW_HIDDEN_TEXT = "🙈 Preview hidden by the safety filter."
 REQUESTS_PER_JOB = ACK_REQUESTS + WAIT_EDITS + RUN_EDITS + 1
 """Acknowledgement + status message, the edits above, the result: 10 (without a gallery)."""
 
@@ -69,6 +80,9 @@ class _Entry:
     note: str | None = None  # the backend's note its message shows
     stage: int = -1  # the run stage its text shows; -1 while waiting
     edits: int = 0  # edits sent (for tests and the fleet bench)
+    preview: bytes | None = None  # the newest live preview not sent yet
+    preview_at: float = 0.0  # when it arrived
+    previews_sent: int = 0  # edits that carried a preview (for tests)
 
 
 class StatusBoard:
@@ -115,10 +129,13 @@ class StatusBoard:
         entry.text, entry.cancellable = text, cancellable
         entry.place, entry.stage = None, max(entry.stage, 0)
 
-    def progress(self, job_id: int, step: int, total: int) -> None:
+    def progress(self, job_id: int, step: int, total: int, preview: bytes | None = None) -> None:
         """A running job reached `step`: its bar is edited at a new run stage only, and a
-        text still waiting for its edit is refreshed to the newest step (no extra edit)."""
+        text still waiting for its edit is refreshed to the newest step (no extra edit).
+        A live `preview` waits for the job's next edit, replacing an unsent one."""
         entry = self._entries.setdefault(job_id, _Entry())
+        if preview is not None:
+            entry.preview, entry.preview_at = preview, self._clock()
         stage = run_stage(step, total)
         if stage > entry.stage or (entry.text != entry.sent_text and entry.place is None):
             entry.stage = max(entry.stage, stage)
@@ -132,6 +149,10 @@ class StatusBoard:
     def edits(self, job_id: int) -> int:
         entry = self._entries.get(job_id)
         return entry.edits if entry else 0
+
+    def previews_sent(self, job_id: int) -> int:
+        entry = self._entries.get(job_id)
+        return entry.previews_sent if entry else 0
 
     def lock(self, job_id: int) -> asyncio.Lock:
         """Held while editing a job's message, so a final edit never races a status edit."""
@@ -193,8 +214,11 @@ class StatusBoard:
             # refresh of this one; a failed edit puts the old mark back (retried later).
             before, entry.sent_text = entry.sent_text, entry.text
             entry.last_sent, entry.inflight = now, True
+            preview, entry.preview = entry.preview, None
+            if preview is not None and now - entry.preview_at > PREVIEW_MAX_AGE_S:
+                preview = None  # too late for this job's picture: dropped, not queued
             task = asyncio.create_task(
-                self._flush(job_id, entry, entry.text, entry.cancellable, before)
+                self._flush(job_id, entry, entry.text, entry.cancellable, before, preview)
             )
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -202,14 +226,26 @@ class StatusBoard:
         return started
 
     async def _flush(
-        self, job_id: int, entry: _Entry, text: str, cancellable: bool, before: str | None
+        self,
+        job_id: int,
+        entry: _Entry,
+        text: str,
+        cancellable: bool,
+        before: str | None,
+        preview: bytes | None = None,
     ) -> None:
         try:
             async with self.lock(job_id):
                 if self._entries.get(job_id) is not entry:  # finished meanwhile
                     return
                 entry.edits += 1
-                await self._send(job_id, text, cancellable)
+                if preview is None:
+                    await self._send(job_id, text, cancellable)
+                else:
+                    if preview == PREVIEW_HIDDEN:
+                        text = f"{text}\n{PREVIEW_HIDDEN_TEXT}"
+                    entry.previews_sent += 1
+                    await self._send(job_id, text, cancellable, preview=preview)
         except Exception:
             log.warning("status edit for job %s failed", job_id, exc_info=True)
             if entry.sent_text == text:

@@ -351,4 +351,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE jobs ADD COLUMN structure_weight REAL NOT NULL DEFAULT 1.0",
         ],
     ),
+    (
+        "live previews per server (/settings previews on|off)",
+        ["ALTER TABLE guild_settings ADD COLUMN previews TEXT NOT NULL DEFAULT 'on'"],
+    ),
 ]

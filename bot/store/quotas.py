@@ -51,6 +51,7 @@ class GuildSettings:
     gallery_channel_id: int | None = None
     updated_at: float | None = None
     nsfw_channels: str = "filter"  # 'allow': unfiltered results in age-restricted channels
+    previews: str = "on"  # 'off': no live previews in this server's status messages
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class QuotaStore:
             gallery_channel_id=row["gallery_channel_id"],
             updated_at=row["updated_at"],
             nsfw_channels=row["nsfw_channels"] or "filter",
+            previews=row["previews"] or "on",
         )
 
     async def role_limits(self, guild_id: int, db: Conn | None = None) -> list[RoleLimit]:
@@ -359,6 +361,17 @@ class QuotaStore:
         )
         async with self.store.transaction() as db:
             await self._upsert(db, guild_id, now, nsfw_channels=mode)
+            await self._audit(db, guild_id, actor_id, now, change)
+        return change
+
+    async def set_previews(self, guild_id: int, actor_id: int, mode: str) -> str:
+        """'on' (the default): running jobs show live previews; 'off': the bar alone."""
+        if mode not in ("on", "off"):
+            raise UserError("Choose `on` or `off`.")
+        now = self.clock()
+        change = f"live previews → {mode}"
+        async with self.store.transaction() as db:
+            await self._upsert(db, guild_id, now, previews=mode)
             await self._audit(db, guild_id, actor_id, now, change)
         return change
 

@@ -394,3 +394,47 @@ async def test_300_waiting_jobs_each_cost_at_most_the_bound(tmp_path: Path) -> N
     places = [int(t.split(" ", 2)[1][:-2]) for t in waiting[jobs[-1]]]
     assert places[0] == 20 and len(places) >= 2 and places[1] <= 5, places
     assert REQUESTS_PER_JOB == 10
+
+
+class PreviewRecorder(Recorder):
+    """Records the preview each edit carried (None: the edit carried none)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.previews: list[bytes | None] = []
+
+    async def __call__(  # type: ignore[override]
+        self, job_id: int, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None:
+        await super().__call__(job_id, text, cancellable)
+        self.previews.append(preview)
+
+
+async def test_previews_ride_the_run_edits_only_the_newest_and_a_stale_one_is_dropped() -> None:
+    """Issue 29: a live preview never costs an edit of its own; an unsent one is replaced
+    by a newer one (never queued), one too old when its edit goes out is dropped, and a
+    hidden one says so."""
+    from bot.jobs.status import PREVIEW_HIDDEN, PREVIEW_HIDDEN_TEXT, PREVIEW_MAX_AGE_S
+
+    clock = Clock()
+    rec = PreviewRecorder(clock)
+    board = StatusBoard(rec, INTERVAL, clock=clock)
+    board.set(1, "Starting…")
+    await tick(board, clock, 0.0)
+    board.progress(1, 1, 20, b"one")
+    board.progress(1, 2, 20, b"two")  # replaces "one" before its edit
+    await tick(board, clock, 2.0)  # the first-step edit carries the newest
+    for step in range(3, 10):
+        board.progress(1, step, 20, f"p{step}".encode())  # no new stage: no edit
+        await tick(board, clock, 2.0 + step)
+    assert rec.previews == [None, b"two"]
+    board.progress(1, 10, 20, PREVIEW_HIDDEN)  # half-way: a flagged preview
+    await tick(board, clock, 20.0)
+    assert rec.previews[-1] == PREVIEW_HIDDEN and PREVIEW_HIDDEN_TEXT in rec.texts(1)[-1]
+    assert len(rec.sent) == RUN_EDITS  # within the per-job bound
+
+    board.set(2, "Starting…")
+    await tick(board, clock, 30.0)
+    board.progress(2, 1, 20, b"late")  # arrives at 30.0; its edit goes out much later
+    await tick(board, clock, 30.0 + PREVIEW_MAX_AGE_S + 5)
+    assert rec.sent[-1][1] == 2 and rec.previews[-1] is None  # the edit, without it

@@ -77,7 +77,8 @@ class Events(Members):
                 self._events.put_nowait(Started(live))
             else:
                 step, total = codec.number(entry, "step"), codec.number(entry, "total")
-                self._events.put_nowait(Progress(live, step, total))
+                previews = codec.previews_of(entry, live)
+                self._events.put_nowait(Progress(live, step, total, previews))
         elif kind in ("model_loading", "model_loaded"):
             if w is not None:
                 self._on_model_event(w, wid, nonce, kind, entry)
