@@ -400,9 +400,10 @@ class JobDispatch(ModelRoutes, JobEvents):
 
     @staticmethod
     def _with_preview(request: GenerationRequest, job: Job, on: bool) -> GenerationRequest:
-        """Live previews only for a job with a status message of its own to show them in
-        (not an album's or a comparison's shared message, not an upscale's tiles)."""
-        if not on or not job.status_message_id or job.kind in NO_PREVIEW_KINDS:
+        """Live previews only for a job shown on a status message of its own (not an
+        album's or a comparison's shared message, not an upscale's tiles). Its message id
+        may not be stored yet when it starts at once, so it is not asked for here."""
+        if not on or job.kind in NO_PREVIEW_KINDS:
             return request
         return replace(request, preview=True)
 
