@@ -25,6 +25,9 @@ Scenarios (same model, device and inputs for both paths, in one run):
       ControlNets): step path mixing structure and free rows vs call path by structure
       kind and weight → ratio_structure_mixed (≥ 1.15); lines on every job vs none →
       structure_overhead (reported)
+  11. (section `preview`) the mixed workload (scenario 5's, BATCHING=step) with live previews
+      (PREVIEW=taesd, the tiny autoencoder, one every 5 steps) vs PREVIEW=off, two workers,
+      alternating rounds → ratio_preview (≥ 0.95) (bench/previews.py)
 plus the event-loop lag while the worker is busy, peak RSS of each process, the order in
 which a two-guild burst is served and, with --sweep, a MAX_BATCH sweep (for GPU runs;
 section `mixedsweep`: the mixed workload at SIZE px, image-steps per second per MAX_BATCH).
@@ -55,6 +58,7 @@ from bench.logs import stderr_to
 from bench.loras import loras_section
 from bench.monitor import LagTicker, ProcessSampler
 from bench.options import Options, parse_args
+from bench.previews import EVERY_STEPS, preview_section
 from bench.report import json_line, render
 from bench.scaleout import scaleout
 from bench.scenarios import (
@@ -117,10 +121,13 @@ class Run:
                 raise RuntimeError(f"make-tiny failed; see {self.log}")
         return str(path)
 
-    async def start_full(self, model: str, resolution: int, batching: str = "step") -> FullPath:
+    async def start_full(
+        self, model: str, resolution: int, batching: str = "step", **extra: Any
+    ) -> FullPath:
         o = self.opts
+        tag = "-".join(str(v) for v in extra.values())
         settings = FullPath.settings_for(
-            self.work / f"data-{resolution}-{batching}",
+            self.work / f"data-{resolution}-{batching}{'-' + tag if tag else ''}",
             batching=batching,
             model_id=model,
             device=o.device,
@@ -129,14 +136,16 @@ class Run:
             channels_last=o.channels_last,
             resolution=resolution,
             max_batch=max([o.max_batch, *o.sweep]),  # step batching: the running set's size
+            **extra,
         )
         full = FullPath(settings)
         note(f"starting the worker ({resolution} px)")
         started = time.perf_counter()
         with stderr_to(self.log):
             await full.start()
-        if batching != "step":  # the mixed section's second worker, for comparison only
-            self.starts[f"worker {resolution}px {batching}"] = time.perf_counter() - started
+        if batching != "step" or extra:  # a section's second worker, for comparison only
+            label = f"worker {resolution}px {batching}{' ' + tag if tag else ''}"
+            self.starts[label] = time.perf_counter() - started
             return full
         self.starts[f"worker {resolution}px"] = time.perf_counter() - started
         self.procs.watch("worker", full.worker.pid)
@@ -180,6 +189,20 @@ class Run:
                 )
             finally:
                 await call.stop()
+        if "preview" in o.only:
+            off = await self.use_full(model, o.small_size)
+            note(f"starting a second worker with PREVIEW=taesd ({o.small_size} px)")
+            on = await self.start_full(
+                model, o.small_size, preview="taesd", preview_every_steps=EVERY_STEPS,
+                preview_model_id=str(Path(model) / "taesd") if (Path(model) / "taesd").is_dir()
+                else "",  # the tiny model's own (make-tiny writes it), else the family's
+            )  # fmt: skip
+            try:
+                r["preview"] = await preview_section(
+                    bench, on, off, o.small_size, o.n_small, o.rounds, o.max_batch
+                )
+            finally:
+                await on.stop()
         if "upscale" in o.only:
             full = await self.use_full(model, UPSCALE_RESOLUTION)
             r["upscale"] = await upscale_section(bench, full, o.rounds, o.max_batch)

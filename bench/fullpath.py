@@ -87,10 +87,14 @@ class RecordingDelivery:
         self.failures: dict[int, str] = {}
         self.cancelled: set[int] = set()
         self.statuses: list[tuple[int, str]] = []
+        self.previews = 0  # status edits that carried a live preview
         self._changed = asyncio.Event()
 
-    async def show_status(self, job: Job, text: str, cancellable: bool) -> None:
+    async def show_status(
+        self, job: Job, text: str, cancellable: bool, preview: bytes | None = None
+    ) -> None:
         self.statuses.append((job.id, text))
+        self.previews += preview is not None
 
     async def deliver_result(self, job: Job) -> None:
         self.delivered[job.id] = time.monotonic()
@@ -187,7 +191,7 @@ class FullPath:
             max_jobs_per_user=QUEUE_CAP,
             max_queue_per_guild=QUEUE_CAP,
             max_queue_total=QUEUE_CAP,
-            **values,  # type: ignore[arg-type]
+            **({"preview": "off"} | values),  # type: ignore[arg-type]
         )
 
     async def start(self) -> object:

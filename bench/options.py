@@ -9,7 +9,7 @@ from pathlib import Path
 
 SECTIONS = (
     "big", "small", "burst", "sweep", "scaleout", "mixed", "mixedsweep", "fleet", "upscale",
-    "loras", "swaps", "structure",
+    "loras", "swaps", "structure", "preview",
 )  # fmt: skip
 
 
@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None, description: str) -> Options:
     add(
         "--only",
         default=_env(
-            "BENCH_ONLY", "big,small,mixed,upscale,loras,swaps,structure,burst,scaleout,fleet"
+            "BENCH_ONLY",
+            "big,small,mixed,preview,upscale,loras,swaps,structure,burst,scaleout,fleet",
         ),
         help=f"[BENCH_ONLY] sections, of {','.join(SECTIONS)}; --sweep adds sweep",
     )

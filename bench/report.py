@@ -67,6 +67,7 @@ TARGETS = {
     "ratio_lora_mixed": 1.10,
     "lora_overhead": 0.75,
     "ratio_structure_mixed": 1.15,
+    "ratio_preview": 0.95,
 }
 
 
@@ -231,6 +232,10 @@ def render(opts: Any, r: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
         from bench.upscale import render_upscale
 
         lines, figures = render_upscale(r["upscale"], lines, figures)
+    if "preview" in r:
+        from bench.previews import render_preview
+
+        lines, figures = render_preview(r["preview"], lines, figures)
     if "loras" in r:
         from bench.loras import render_loras
 

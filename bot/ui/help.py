@@ -46,7 +46,7 @@ TOPICS: tuple[Topic, ...] = (
         "`[style]` `[structure]` `[structure_weight]`\n"
         "Turns your photo or sketch into a new picture. PNG, JPEG or WebP; at least 512×512 "
         "works best; the aspect ratio is kept. The answer shows your place in the queue, then "
-        "the progress, then the result.\n"
+        "the progress with a small live preview of the picture forming, then the result.\n"
         "**/imagine** `prompt` `[aspect]` `[style]` makes a base picture from words alone; "
         "**Vary** under it runs img2img on it at three strengths.\n\n"
         f"**First time? Try this**\n{WALKTHROUGH}\n\n"
@@ -184,6 +184,7 @@ TOPICS: tuple[Topic, ...] = (
         "• **/settings gallery-channel** `[channel]`: where finished pictures are collected\n"
         "• **/settings nsfw-channels** `mode`: unfiltered results (as spoilers) in "
         "age-restricted channels, or filtered like everywhere\n"
+        "• **/settings previews** `on|off`: live previews in running jobs' status messages\n"
         "• **/settings blocked-words add** `word`, **/settings blocked-words remove** `word`, "
         "**/settings blocked-words list**: words refused in prompts\n\n"
         "Members see their own limits with **/quota**.",
@@ -198,7 +199,9 @@ TOPICS: tuple[Topic, ...] = (
         "channel the bot is not allowed in, your or the server's quota (**/quota**), or an "
         "image too large or in another format. Nothing is counted then.\n"
         "**Safety**: results the safety filter flags are never posted, and pictures from "
-        "private or age-restricted channels stay in their channel.\n"
+        "private or age-restricted channels stay in their channel. A live preview is shown "
+        "only once the filter passed it (else “preview hidden”); where no filter runs, "
+        "previews are blurred.\n"
         "**“The bot is restarting”**: try again in a moment; queued jobs are kept.",
     ),
 )

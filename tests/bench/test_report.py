@@ -74,3 +74,18 @@ def test_upscale_section_reports_its_ratio_against_the_target() -> None:
     assert any("target ≥ 1.25  MISSED" in line for line in lines)
     assert any("identical" in line for line in lines)
     assert "upscale" in parse_args([], "").only
+
+
+def test_preview_section_reports_its_ratio_against_the_target() -> None:
+    from bench.previews import render_preview
+
+    mode = {"ips_wall": 1.0, "image_steps_per_s": 20.0}
+    result = {
+        "taesd": mode, "off": mode, "every_steps": 5, "previews_shown": 12,
+        "ratio_preview": 0.97, "ratio_preview_median": 0.99,
+    }  # fmt: skip
+    lines, figures = render_preview(result, [], {})
+    assert figures["ratio_preview"] == 0.97
+    assert any("target ≥ 0.95  ok" in line for line in lines)
+    assert any("12 previews" in line for line in lines)
+    assert "preview" in parse_args([], "").only

@@ -189,3 +189,24 @@ def test_previews_ride_one_decode_per_step_and_never_change_the_picture(
     # a: 3 steps, bb: 4; none after a job's last step; one decode serves both at each step
     assert [j for j, _ in previews].count("a") == 2 and [j for j, _ in previews].count("bb") == 3
     assert preview.renders == 3
+
+
+def test_with_a_checker_that_flags_everything_no_preview_image_leaves_a_filtered_job(
+    tiny_model_dir: Path, checker_dirs: dict[str, Path], picture: str, tmp_path: Path
+) -> None:
+    """Through the real step path and the loaded checker: a filtered job's previews are all
+    `HIDDEN`; one whose channel allows unfiltered results gets pictures (not blurred)."""
+    strict = Engine.load(
+        str(tiny_model_dir), device="cpu", resolution=RESOLUTION,
+        safety_checker_id=str(checker_dirs["all"]),
+    )  # fmt: skip
+    assert strict.checker is not None
+    strict.previews = setup_previews(strict.pipe, strict.checker, mode="approx", every_steps=1)
+    filtered = job(tmp_path, picture, "a", preview=True, steps=8)
+    allowed = job(tmp_path, picture, "bb", preview=True, steps=8, allow_nsfw=True)
+    rec, previews = run(strict, [filtered, allowed])
+    assert rec.finals() == {"a": "finished", "bb": "finished"}
+    assert rec.results["a"].withheld and rec.results["bb"].nsfw  # the final check as ever
+    shown = {j: [data for k, data in previews if k == j] for j in ("a", "bb")}
+    assert len(shown["a"]) == 3 and set(shown["a"]) == {HIDDEN}
+    assert len(shown["bb"]) == 3 and all(decoded(data) for data in shown["bb"])
