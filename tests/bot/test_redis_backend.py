@@ -22,7 +22,7 @@ from bot.jobs.backends.redis import RedisBackend
 from pipeline import stream_codec as codec
 from pipeline.prepare import fit_to_resolution
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
-from pipeline.worker_protocol import Finished, Started, WorkerDied, WorkerEvent
+from pipeline.worker_protocol import Finished, Progress, Started, WorkerDied, WorkerEvent
 from tests.valkey_server import Valkey, valkey, valkey_server  # noqa: F401  (fixtures)
 
 TTL_S = 0.6
@@ -163,6 +163,30 @@ async def test_a_result_is_written_where_the_bot_keeps_it(
     assert backend.running == ()
     asking.cancel()
     assert await r.xlen(K.events("a")) == 0  # the PNG does not stay on the server
+
+
+async def test_live_previews_ride_a_progress_event_per_job_and_leave_the_server(
+    backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    """Issue 29: a worker's progress entry carries preview bytes per job (the fields the
+    remote worker writes, `codec.preview_fields`); the bot gets them as the Progress map,
+    a hidden one (b"") included, another process's job's left out; the entry is deleted."""
+    await hello(r, "a")
+    await online(backend, 1)
+    backend.submit([request(tmp_path)])
+    await grant(r, "a")
+    await event(r, "a", "started", jobs=codec.dumps([["1", 1]]))
+    shown = codec.preview_fields({"1": b"\xff\xd8JPEG", "9": b"not ours"})
+    await event(r, "a", "progress", jobs=codec.dumps([["1", 1], ["9", 1]]), step=3, total=10,
+                **shown)  # fmt: skip
+    progress = await next_of(backend, Progress)
+    assert progress.job_ids == ("1",) and progress.previews == {"1": b"\xff\xd8JPEG"}
+    await event(r, "a", "progress", jobs=codec.dumps([["1", 1]]), step=5, total=10,
+                **codec.preview_fields({"1": b""}))  # fmt: skip
+    assert (await next_of(backend, Progress)).previews == {"1": b""}  # hidden
+    async with asyncio.timeout(5):
+        while await r.xlen(K.events("a")):  # no preview stays on the server
+            await asyncio.sleep(0.02)
 
 
 async def test_a_grant_carries_an_img2img_input_at_the_working_size_and_others_as_stored(
