@@ -253,3 +253,35 @@ async def test_a_variant_delivered_again_after_a_restart_is_found_not_posted_twi
     assert [m["id"] for m in env.fd.messages(env.channel) if m["attachments"]] == [posted[0]["id"]]
     row = await env.store.get_job(job.id)
     assert row is not None and row.result_message_id == posted[0]["id"]
+
+
+async def test_a_preview_after_expiry_rides_the_channel_edit_and_the_end_removes_it(
+    env: Env,
+) -> None:
+    """Issue 29: past the interaction window a live preview goes through the channel edit
+    of the bot's own status message (never a new message); a hidden one removes the
+    picture; a job's final text (here: cancelled) removes it at once."""
+    from bot.jobs.delivery import preview_files
+
+    job = await env.job()
+    jpeg = env.data_dir / "p.jpg"
+    Image.new("RGB", (64, 48), "orange").save(jpeg, format="JPEG")
+    mark = len(env.fd.calls)
+    await env.delivery.show_status(job, "🎨 step 1 of 4", True, preview=jpeg.read_bytes())
+    calls = env.calls_after(mark)
+    assert webhook_calls(calls) == [] and [c.method for c in calls] == ["PATCH"]
+    assert calls[0].path == f"/channels/{env.channel}/messages/{job.status_message_id}"
+    status = env.fd.message(job.status_message_id or 0)
+    assert status is not None
+    assert [a["filename"] for a in status["attachments"]] == [f"preview-{job.id}.jpg"]
+    assert (status["attachments"][0]["width"], status["attachments"][0]["height"]) == (64, 48)
+
+    await env.delivery.show_status(job, "🎨 step 2 of 4", True, preview=b"")  # hidden
+    assert preview_files(job.id, b"") == []
+    assert env.fd.message(job.status_message_id or 0)["attachments"] == []  # type: ignore[index]
+
+    await env.delivery.show_status(job, "🎨 step 3 of 4", True, preview=jpeg.read_bytes())
+    await env.delivery.deliver_cancelled(job)
+    ended = env.fd.message(job.status_message_id or 0)
+    assert ended is not None and "Cancelled" in ended["content"] and ended["attachments"] == []
+    assert len(env.fd.messages(env.channel)) == 1  # never a new message
