@@ -38,6 +38,9 @@ JPEG_QUALITY = 70
 BLUR_FRACTION = 1 / 24
 """Gaussian blur radius as a fraction of the preview's long side when no checker runs
 (about 11 px at 256): shapes and colours stay, details do not."""
+TRACKED = 1024
+"""Jobs whose last preview time is kept; past this (jobs that left without a last step:
+cancelled, failed) the record is cleared, costing at most one early preview each."""
 HIDDEN = b""
 """The preview bytes of a preview the safety checker flagged: the status says so instead."""
 
@@ -185,6 +188,8 @@ class Previewer:
         now = self.clock()
         if job_id in self.last and now - self.last[job_id] < self.interval_s:
             return False
+        if len(self.last) >= TRACKED:
+            self.last.clear()
         self.last[job_id] = now
         return True
 

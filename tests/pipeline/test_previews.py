@@ -105,6 +105,22 @@ def test_x0_from_the_model_output_matches_the_schedulers_own(engine: Engine, nam
     assert x0_prediction(scheduler, output, sample, eps, t) is output.pred_original_sample
 
 
+def test_a_preview_is_due_at_the_first_step_then_at_most_every_interval_never_at_the_end() -> None:
+    now = [100.0]
+    preview = Previewer("approx", interval_s=3.0, clock=lambda: now[0])
+    assert preview.due("a", 1, done=False)  # the first step: the first edit can carry it
+    now[0] += 2.9
+    assert not preview.due("a", 2, done=False)
+    assert preview.due("b", 1, done=False)  # per job
+    now[0] += 0.2
+    assert preview.due("a", 3, done=False)
+    now[0] += 10
+    assert not preview.due("a", 9, done=True)  # the result replaces it
+    assert "a" not in preview.last
+    steps = Previewer("approx", every_steps=5)  # the bench knob: by steps, not seconds
+    assert [s for s in range(1, 16) if steps.due("c", s, done=False)] == [1, 5, 10, 15]
+
+
 # -- decoders and the safety rule --------------------------------------------------------
 def test_the_tiny_taesd_loads_through_the_real_path_and_decodes(
     engine: Engine, tiny_model_dir: Path
