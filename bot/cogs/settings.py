@@ -108,7 +108,12 @@ class SettingsCog(
             f"• Gallery channel: {gallery}",
             f"• Age-restricted channels: {nsfw}",
             f"• Default model: {await self._model_line(interaction.guild_id)}",
-            f"• Live previews: {gs.previews}" + (" (default)" if gs.previews == "on" else ""),
+            "• Live previews: "
+            + (
+                "off for every server (the operator's PREVIEW=off)"
+                if s.preview == "off"
+                else gs.previews + (" (default)" if gs.previews == "on" else "")
+            ),
             f"• Withheld by the safety filter in the last 24 h: {plural(withheld, 'image')}",
             f"• Not checked by a safety filter in the last 24 h: {plural(unchecked, 'image')}",
             f"• Blocked words: {len(words)} of this server"
