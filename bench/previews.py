@@ -52,7 +52,7 @@ async def preview_section(
     }
     return out | {
         "every_steps": EVERY_STEPS,
-        "previews_shown": getattr(on.delivery, "previews", 0),
+        "previews_shown": on.delivery.previews,
         "ratio_preview": ratio(modes["taesd"].ips_wall, modes["off"].ips_wall),
         "ratio_preview_median": ratio(modes["taesd"].ips, modes["off"].ips),
     }

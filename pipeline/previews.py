@@ -172,7 +172,8 @@ class Previewer:
     checker: Any = None
     interval_s: float = 3.0
     every_steps: int = 0
-    """>0 (a bench and test knob): a preview every this many steps instead of by time."""
+    """>0 (a bench and test knob): a preview at every this many'th step instead of by
+    time (the first at step `every_steps`, not step 1)."""
     clock: Any = time.monotonic
     last: dict[str, float] = field(default_factory=dict)
     renders: int = 0
@@ -184,7 +185,7 @@ class Previewer:
             self.last.pop(job_id, None)
             return False
         if self.every_steps > 0:
-            return step % self.every_steps == 0 or step == 1
+            return step % self.every_steps == 0
         now = self.clock()
         if job_id in self.last and now - self.last[job_id] < self.interval_s:
             return False
