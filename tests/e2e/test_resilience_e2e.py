@@ -168,7 +168,8 @@ async def test_heartbeats_and_commands_keep_flowing_during_a_long_job(
 
     def still_running() -> bool:
         msg = status_message(fd, handle)
-        return msg is not None and not msg["attachments"] and "Cancelled" not in msg["content"]
+        # No result yet (a result has its embed; a live preview is an attachment too).
+        return msg is not None and not msg["embeds"] and "Cancelled" not in msg["content"]
 
     beats = len(fd.heartbeats)
     for _ in range(3):
