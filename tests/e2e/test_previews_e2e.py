@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.conftest import BotFactory, World, slash_img2img, status_message, wait_result
 from tests.e2e.test_gallery_e2e import browse
+from tests.e2e.test_resilience_e2e import wait_status
 from tests.e2e.test_safety_e2e import job_id_of
 from tests.fakediscord import FakeDiscord
 
@@ -74,3 +75,20 @@ async def test_a_running_job_shows_previews_that_the_result_replaces(
     running = [v for v in status["history"] if "Generating: step" in (v["content"] or "")]
     assert running, "no progress edit to carry a preview"  # so the next line means something
     assert not [v for v in status["history"] if preview_names(v)]
+
+
+async def test_with_a_checker_that_flags_everything_no_preview_image_is_ever_sent(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, checker_dirs: dict[str, Path]
+) -> None:
+    """An ordinary (filtered) channel: every preview is checked first; flagged, it is never
+    sent, the status says so, and the withheld job's message ends with no picture."""
+    from bot.jobs.status import PREVIEW_HIDDEN_TEXT
+
+    await make_bot(preview="approx", safety_checker_id=str(checker_dirs["all"]))
+    handle = await slash_img2img(fd, world.guild, world.channel, world.alice, **LONG)
+    status = await wait_status(fd, handle, "withheld by the safety filter")
+    versions = [*status["history"], status]
+    assert any(PREVIEW_HIDDEN_TEXT in (v["content"] or "") for v in versions)
+    assert not any(v["attachments"] for v in versions)  # no preview, no picture, ever
+    files = [f for c in fd.calls for f in c.files]
+    assert not [f for f in files if f["filename"].startswith("preview-")]
