@@ -11,21 +11,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
 
 from bot.jobs.events import JobEvents
 from bot.jobs.model_routes import ModelRoutes
-from bot.jobs.redelivery import SHARED_KINDS
+from bot.jobs.previews import previews_on, with_preview
 from bot.jobs.routing import Route
 from bot.jobs.scheduler import QueuedJob
 from bot.loras import LoraTags
 from bot.models import ModelChoice
 from bot.startup import engine_summary
 from bot.store.db import ACTIVE_STATES, Job
-from bot.upscale import FINAL_KIND, TILE_KIND
 from pipeline.prepare import target_size
 from pipeline.request import (
     TEXT_TO_IMAGE,
@@ -38,9 +36,6 @@ from pipeline.request import (
 from pipeline.worker import WorkerEvent, WorkerStartError
 
 log = logging.getLogger(__name__)
-
-NO_PREVIEW_KINDS = (*SHARED_KINDS, TILE_KIND, FINAL_KIND)
-"""Jobs shown on a message they share or on an upscale's: no live previews there."""
 
 DISPATCH_ATTEMPTS = 3
 """A job whose dispatch fails this many times fails (refunded) instead of waiting again."""
@@ -315,9 +310,10 @@ class JobDispatch(ModelRoutes, JobEvents):
                 job = await self._get(db, job_id)
                 if job.guild_id not in allowed:
                     allowed[job.guild_id] = await self._nsfw_allowed(db, job.guild_id)
-                    previews[job.guild_id] = await self._previews_on(db, job.guild_id)
+                    preview = self.settings.preview
+                    previews[job.guild_id] = await previews_on(db, preview, job.guild_id)
                 request = self._request(job, allow_nsfw=allowed[job.guild_id])
-                requests.append(self._with_preview(request, job, previews[job.guild_id]))
+                requests.append(with_preview(request, job, previews[job.guild_id]))
         for job_id in gone:
             log.warning("job %s is no longer queued; it is not run again", job_id)
             self.queue.finish(job_id)
@@ -386,26 +382,6 @@ class JobDispatch(ModelRoutes, JobEvents):
             )
         )
         return bool(rows) and rows[0][0] == "allow"
-
-    async def _previews_on(self, db: aiosqlite.Connection, guild_id: int) -> bool:
-        """PREVIEW is not off and the server did not turn previews off."""
-        if self.settings.preview == "off":
-            return False
-        rows = list(
-            await db.execute_fetchall(
-                "SELECT previews FROM guild_settings WHERE guild_id=?", (guild_id,)
-            )
-        )
-        return not rows or rows[0][0] != "off"
-
-    @staticmethod
-    def _with_preview(request: GenerationRequest, job: Job, on: bool) -> GenerationRequest:
-        """Live previews only for a job shown on a status message of its own (not an
-        album's or a comparison's shared message, not an upscale's tiles). Its message id
-        may not be stored yet when it starts at once, so it is not asked for here."""
-        if not on or job.kind in NO_PREVIEW_KINDS:
-            return request
-        return replace(request, preview=True)
 
     def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
         out = self.data_dir / "outputs" / f"{job.id}.png"
