@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cogs.models import model_autocomplete
-from bot.cogs.styles import style_autocomplete
+from bot.cogs.styles import STRUCTURE_CHOICES, style_autocomplete
 from bot.errors import UserError
 from bot.models import server_model
 from bot.styles import Composed, apply_style, structure_for, unknown_style_text
@@ -29,11 +29,6 @@ from pipeline.request import (
 if TYPE_CHECKING:
     from bot.app import ImgBot
 
-STRUCTURE_CHOICES = [
-    app_commands.Choice(name="off", value="off"),
-    app_commands.Choice(name="edges (photos, products, buildings)", value="edges"),
-    app_commands.Choice(name="lines (sketches, line art, floor plans)", value="lines"),
-]
 
 
 async def compose(

@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
 NAME_SHOWN = MAX_NAME_CHARS + 8  # a typed name is echoed at most this long
+STRUCTURE_CHOICES = [
+    app_commands.Choice(name="off", value="off"),
+    app_commands.Choice(name="edges (photos, products, buildings)", value="edges"),
+    app_commands.Choice(name="lines (sketches, line art, floor plans)", value="lines"),
+]
+"""`structure:` on /img2img, /series and /style save (`pipeline.structure`)."""
 
 
 def _can_manage(interaction: Interaction) -> bool:
@@ -115,8 +121,10 @@ class StylesCog(
         scope="Yours, or the whole server's (Manage Server)",
         loras="LoRAs it adds, e.g. pixel:0.8, ink (see /models); a picture's own tags win",
         model="The model it runs on (see /models); a picture's own model: wins",
+        structure="Keep the input's structure: edges (photos) or lines (sketches); yours wins",
     )
     @app_commands.autocomplete(model=model_autocomplete)
+    @app_commands.choices(structure=STRUCTURE_CHOICES)
     async def save(
         self,
         interaction: Interaction,
@@ -127,6 +135,7 @@ class StylesCog(
         scope: Literal["mine", "server"] = "mine",
         loras: app_commands.Range[str, 0, 200] | None = None,
         model: app_commands.Range[str, 1, 100] | None = None,
+        structure: str | None = None,
     ) -> None:
         assert interaction.guild_id is not None
         try:
@@ -144,6 +153,7 @@ class StylesCog(
                 scope=scope,
                 loras=self.bot.loras.style_tags(loras, chosen),
                 model=chosen,
+                structure="" if structure in (None, "off") else str(structure),
             )
             replaced = await self.styles.save(interaction.guild_id, interaction.user.id, style)
         except (UserError, InputError) as exc:

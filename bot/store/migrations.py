@@ -355,4 +355,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "live previews per server (/settings previews on|off)",
         ["ALTER TABLE guild_settings ADD COLUMN previews TEXT NOT NULL DEFAULT 'on'"],
     ),
+    (
+        "a saved style's structure kind",
+        ["ALTER TABLE styles ADD COLUMN structure TEXT NOT NULL DEFAULT ''"],
+    ),
 ]

@@ -32,6 +32,7 @@ def _style(row: sqlite3.Row) -> Style:
         scope="server" if row["owner_id"] == SERVER_OWNER else "mine",
         loras=row["loras"],
         model=row["model"],
+        structure=row["structure"],
     )
 
 
@@ -95,16 +96,17 @@ class StyleStore:
             await db.execute(
                 """
                 INSERT INTO styles (guild_id, owner_id, name, template, negative_prompt,
-                    strength, loras, model, created_by, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    strength, loras, model, structure, created_by, created_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (guild_id, owner_id, name) DO UPDATE SET
                     template=excluded.template, negative_prompt=excluded.negative_prompt,
                     strength=excluded.strength, loras=excluded.loras, model=excluded.model,
+                    structure=excluded.structure,
                     created_by=excluded.created_by, updated_at=excluded.updated_at
                 """,
                 (
                     guild_id, owner, style.name, style.template, style.negative_prompt,
-                    style.strength, style.loras, style.model, user_id, now, now,
+                    style.strength, style.loras, style.model, style.structure, user_id, now, now,
                 ),
             )  # fmt: skip
         log.info("style %s saved (guild %d, owner %d)", style.name, guild_id, owner)

@@ -42,6 +42,8 @@ def style_embed(style: Style) -> discord.Embed:
     embed.add_field(name="Strength", value=strength, inline=False)
     if style.model:
         embed.add_field(name="Model", value=style.model, inline=False)
+    if style.structure:
+        embed.add_field(name="Structure", value=style.structure, inline=False)
     if loras := shown(style.loras):
         embed.add_field(name="LoRA", value=clip(loras, FIELD_VALUE), inline=False)
     example = compose_prompt(style.template, EXAMPLE_PROMPT)

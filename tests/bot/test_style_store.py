@@ -129,3 +129,18 @@ async def test_styles_survive_reopening(tmp_path: Path) -> None:
         assert got is not None and got.loras == "<lora:ink:1>"
     finally:
         await second.close()
+
+
+async def test_a_style_keeps_its_model_loras_and_structure(store: Store) -> None:
+    from bot.styles import apply_style, structure_for
+
+    styles = StyleStore(store)
+    saved = mine("sketchy", loras="<lora:ink:0.5>", model="anime", structure="lines")
+    await styles.save(GUILD, ALICE, saved)
+    found = await styles.resolve(GUILD, ALICE, "sketchy")
+    assert found == saved
+    composed = apply_style(found, "a castle", None, None)
+    assert (composed.structure, composed.loras) == ("lines", "<lora:ink:0.5>")
+    assert structure_for(None, composed, ("lines",)) == "lines"
+    assert structure_for("off", composed, ("lines",)) == "off"  # the member's choice wins
+    assert structure_for(None, composed, ("edges",)) is None  # not served: runs without
