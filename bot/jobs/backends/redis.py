@@ -50,7 +50,7 @@ from bot.jobs.backends.redis_events import Events
 from bot.jobs.backends.redis_ledger import GrantLedger, Holder
 from bot.jobs.backends.redis_lock import SchedulerLock
 from bot.jobs.backends.redis_members import Grant, GrantFile, Remote
-from bot.jobs.routing import Route, WorkerResident
+from bot.jobs.backends.redis_routes import Routes
 from bot.store.db import Store
 from config.catalogue import DEFAULT_MODEL_NAME
 from pipeline import stream_codec as codec
@@ -59,8 +59,6 @@ from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker import WorkerStartError
 from pipeline.worker_protocol import (
     BatchDone,
-    ModelLoaded,
-    ModelLoading,
     WorkerDied,
     WorkerEvent,
 )
@@ -83,7 +81,7 @@ BACKOFF_MAX_S = 5.0
 NO_WORKERS_TEXT = "No image workers online right now; your job waits until one joins."
 
 
-class RedisBackend(Events):
+class RedisBackend(Routes, Events):
     """`WorkerBackend` over Valkey/Redis streams; use from one event loop."""
 
     def __init__(
@@ -285,36 +283,6 @@ class RedisBackend(Events):
                 async with asyncio.timeout(2.0):
                     await r.aclose()
         self._r = None
-
-    def on_model_loading(self, worker: Remote, event: ModelLoading) -> None:
-        """The job service tells those jobs' members (`JobEvents._loading`)."""
-        self._events.put_nowait(event)
-
-    def on_model_loaded(self, worker: Remote, event: ModelLoaded) -> None:
-        """Routing learns what the worker holds now."""
-        self._events.put_nowait(WorkerResident(worker.id, event.resident))
-
-    def routes(self) -> list[Route]:
-        """Each worker that takes jobs now, with the models it serves and has resident
-        (routing by model: `bot.jobs.routing`); none while this bot is not the scheduler."""
-        if not self.lock.held:
-            return []
-        return [route for w in self._workers.values() if (route := self._route(w)).free > 0]
-
-    def all_routes(self) -> list[Route]:
-        """Every worker online, busy or not."""
-        return [self._route(w) for w in self._workers.values()]
-
-    def models_served(self) -> frozenset[str]:
-        """The catalogue models some online worker serves."""
-        return frozenset(m for w in self._workers.values() for m in self._serves(w))
-
-    def _route(self, w: Remote) -> Route:
-        return Route(w.id, w.slots, frozenset(self._serves(w)), tuple(getattr(w, "resident", ())))
-
-    def _serves(self, w: Remote) -> tuple[str, ...]:
-        """A worker that names no models (one from before catalogues) serves the default."""
-        return tuple(getattr(w, "models", ())) or (self.default_model,)
 
     def submit(self, batch: Sequence[GenerationRequest], worker_id: str | None = None) -> None:
         """Grant the batch to `worker_id` (routing by model), else to the worker with the most
