@@ -24,8 +24,12 @@ def test_the_local_worker_gets_every_setting_a_remote_worker_reads(tmp_path: Pat
         mask_model_id="", batching="call", models_file=models, structure_lines_contrast=30,
         controlnet_edges_id="/cn/for-model-id-only",
     )  # fmt: skip
-    local = asdict(ImgBot(settings).worker_config())
-    remote = {k: v if v != "" else None for k, v in asdict(config_from_settings(settings)).items()}
+    def unset_as_none(config: object) -> dict[str, object]:
+        """'' and None both mean "not set" to the worker (MASK_MODEL_ID, PREVIEW_MODEL_ID)."""
+        return {k: v if v != "" else None for k, v in asdict(config).items()}  # type: ignore[call-overload]
+
+    local = unset_as_none(ImgBot(settings).worker_config())
+    remote = unset_as_none(config_from_settings(settings))
     assert local == remote
     assert local["max_loras_loaded"] == 3
     assert (local["model_id"], local["single_file_config"]) == (
