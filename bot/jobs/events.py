@@ -33,7 +33,7 @@ import aiosqlite
 
 from bot.errors import Undeliverable
 from bot.jobs.redelivery import JobRedelivery
-from bot.jobs.routing import Residency, WorkerResident
+from bot.jobs.routing import Residency, SwapRule, WorkerResident
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.jobs.status import StatusBoard
 from bot.models import ModelChoice
@@ -141,6 +141,7 @@ class JobEvents(JobRedelivery):
     _stopping: bool
     models: ModelChoice
     residency: Residency
+    swaps: SwapRule
     on_model_loading: list[Callable[[str, tuple[str, ...]], None]]
 
     if TYPE_CHECKING:  # provided by JobDispatch and JobService
@@ -281,6 +282,7 @@ class JobEvents(JobRedelivery):
         self._cancel_requested.discard(str(job_id))
         self.queue.finish(str(job_id))
         self.queue.remove(str(job_id))  # an ended job never waits to run again
+        self.swaps.forget(str(job_id))  # the swap rule's count of jobs that passed it
         if row is None:
             log.info("job %d had already ended; %s ignored", job_id, values.get("state"))
             return None
