@@ -189,7 +189,8 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     valkey: Valkey,  # noqa: F811
 ) -> None:
     port = free_port()
-    bot = await redis_bot(make_bot, valkey, metrics_port=port)
+    # Live previews (the approx projection, blurred: no checker) ride the progress entries.
+    bot = await redis_bot(make_bot, valkey, metrics_port=port, preview="approx")
     b = backend(bot)
     status, body = await get(port, "/healthz")
     assert status == 503 and json.loads(body)["checks"]["workers"] is False
@@ -209,7 +210,14 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     assert list(b.granted) == [] and b.workers_online == 0
 
     worker_port = free_port()
-    workers = {w.id: w for w in (start_worker("w1", metrics_port=worker_port), start_worker("w2"))}
+    previews = {"PREVIEW": "approx", "PREVIEW_INTERVAL_S": "0.5"}
+    workers = {
+        w.id: w
+        for w in (
+            start_worker("w1", metrics_port=worker_port, **previews),
+            start_worker("w2", **previews),
+        )
+    }
     for handle in handles:
         await wait_result(fd, handle)
     for job in jobs:
@@ -241,6 +249,13 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     long = await slash(fd, world.guild, world.channel, world.alice, **LONG)
     msg = await wait_status(fd, long, "step")
     job = job_id(fd, long)
+
+    def previewed() -> bool:  # a status edit through Valkey carried the running job's preview
+        status = status_message(fd, long)
+        versions = status["history"] if status is not None else []
+        return any(a["filename"].startswith("preview-") for v in versions for a in v["attachments"])
+
+    await until(previewed, JOB_TIMEOUT, "a preview on the status message")
     holder = workers[b._jobs[job].worker]
     click = await fd.click(msg["id"], button(msg, "Cancel")["custom_id"], world.alice)
     await click.wait_original()
@@ -249,6 +264,8 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
     row = await bot.store.get_job(int(job))
     assert row is not None and row.state == "cancelled"
     assert results_for(fd, job) == []
+    status = status_message(fd, long)
+    assert status is not None and not status["attachments"]  # the cancel removed the preview
     await until(lambda: b.workers_online == 2, 10, "both workers still online")
 
 
