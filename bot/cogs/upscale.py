@@ -98,6 +98,8 @@ class Ask:
     style: str | None = None
     fresh_source: bool = True  # stored for this upscale: removed again if it is refused
     model: str = ""  # the catalogue model the tiles run on ("" : the default)
+    structure: str | None = None  # each tile keeps its own edges/lines (the source's kind)
+    structure_weight: float = 1.0
 
 
 class UpscaleCog(UpscaleProgress, commands.Cog):
@@ -224,7 +226,7 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         ask = Ask(
             copied, width, height, DEFAULT_SCALE, DEFAULT_STRENGTH, parent.prompt,
             parent.negative_prompt, parent.seed, parent.steps, parent.id, parent.style,
-            model=model,
+            model=model, structure=parent.structure, structure_weight=parent.structure_weight,
         )  # fmt: skip
         await self._start(interaction, ask)
 
@@ -239,11 +241,14 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
         width, height = await asyncio.to_thread(picture_size, self.data_dir / up.source_path)
         await self.bot.actions.precheck(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
+        tile = next((t for t in await self.store.tiles(up.id) if t is not None), None)
         ask = Ask(
             up.source_path, width, height, up.scale,
             final.strength if strength is None else strength, final.prompt,
             final.negative_prompt, seed, final.steps, up.source_job_id, final.style,
             fresh_source=False, model=self.bot.jobs.models.kept(final.model),
+            structure=tile.structure if tile else None,
+            structure_weight=tile.structure_weight if tile else 1.0,
         )  # fmt: skip
         await self._start(interaction, ask)
 
@@ -346,6 +351,8 @@ class UpscaleCog(UpscaleProgress, commands.Cog):
                 channel_nsfw=nsfw,
                 counted=i < plan.units,
                 model=models.catalogue.model(ask.model).name,
+                structure=ask.structure,
+                structure_weight=ask.structure_weight,
             )
             for i, (path, (left, top, right, bottom)) in enumerate(
                 zip(paths, plan.boxes, strict=True)

@@ -81,6 +81,12 @@ async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refuse
     jobs = await bot.store.jobs_in_states(["queued", "running", "done"])
     assert all(job.user_id != world.carol for job in jobs)
 
+    # Upscale ×2 of it: each tile keeps the structure (its own lines, at the same weight)
+    up = await fd.click(result["id"], button(result, "Upscale")["custom_id"], world.bob)
+    await wait_result(fd, up)
+    tiles = [j for j in await bot.store.jobs_in_states(["done"]) if j.kind == "tile"]
+    assert tiles and {(j.structure, j.structure_weight) for j in tiles} == {("lines", 1.5)}
+
     # Delete takes the picture's map thumbnail (made from the member's input) with it
     thumb_file = bot.settings.data_dir / "outputs" / f"{job_id}.structure.png"
     assert thumb_file.is_file()
