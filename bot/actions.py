@@ -141,6 +141,7 @@ class Actions:
         model: str | None = None,
         structure: str | None = None,
         structure_weight: float = 1.0,
+        structure_skipped: str | None = None,
     ) -> None:
         """/img2img's intake, shared by every command taking an upload (/inpaint passes
         `on_stored`): check, store, queue, answer with the status message; acknowledged
@@ -198,6 +199,7 @@ class Actions:
                     model=entry.name,
                     structure=control.kind if control else None,
                     structure_weight=control.weight if control else 1.0,
+                    structure_skipped=structure_skipped,
                     **extra,
                 )
             )
@@ -488,6 +490,7 @@ class Actions:
             # structure holds an img2img job's input; an inpaint child repaints without it
             structure=parent.structure if parent.mode == "img2img" else None,
             structure_weight=parent.structure_weight,
+            structure_skipped=parent.structure_skipped if parent.mode == "img2img" else None,
         )
 
     async def delete(self, interaction: Interaction, job_id: int) -> None:

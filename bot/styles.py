@@ -208,6 +208,16 @@ def structure_for(
     return None
 
 
+def structure_skipped(
+    chosen: str | None, composed: Composed, served: tuple[str, ...] | None
+) -> str | None:
+    """The style's structure kind when `structure_for` leaves it out because the worker has
+    no ControlNet for it (the result then says it ran without); None otherwise."""
+    if chosen is None and composed.structure and served is not None:
+        return None if composed.structure in served else composed.structure
+    return None
+
+
 def resolve(name: str, mine: Iterable[Style], server: Iterable[Style]) -> Style | None:
     """Lookup order: the member's styles, then the server's, then the built-ins."""
     key = (name or "").strip().lower()

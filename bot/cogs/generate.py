@@ -13,7 +13,13 @@ from bot.cogs.models import model_autocomplete
 from bot.cogs.styles import STRUCTURE_CHOICES, style_autocomplete
 from bot.errors import UserError
 from bot.models import server_model
-from bot.styles import Composed, apply_style, structure_for, unknown_style_text
+from bot.styles import (
+    Composed,
+    apply_style,
+    structure_for,
+    structure_skipped,
+    unknown_style_text,
+)
 from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -124,6 +130,9 @@ class GenerateCog(commands.Cog):
             model=composed.model,
             structure=structure_for(structure, composed, served_structures(self.bot)),
             structure_weight=structure_weight,
+            structure_skipped=structure_skipped(
+                structure, composed, served_structures(self.bot)
+            ),
         )
 
 

@@ -44,7 +44,7 @@ from bot.store.db import Job
 from bot.store.picture_messages import Kind, PictureMessages
 from bot.store.quotas import QuotaStore
 from bot.store.series import SeriesStore
-from bot.styles import structure_for
+from bot.styles import structure_for, structure_skipped
 from bot.ui.buttons import result_view
 from bot.ui.pictures import picture_file, upload_limit
 from bot.ui.render import result_embed
@@ -172,7 +172,9 @@ class SeriesCog(commands.Cog):
             check_seed(seed)
             steps = check_steps(steps) or models.steps(entry)
             plan_steps(steps, composed.strength)
-            chosen = structure_for(structure, composed, served_structures(self.bot))
+            served = served_structures(self.bot)
+            chosen = structure_for(structure, composed, served)
+            skipped = structure_skipped(structure, composed, served)
             control = check_structure(chosen, structure_weight)
             self.bot.actions.check_structure_served(control)
             problems = []
@@ -227,6 +229,7 @@ class SeriesCog(commands.Cog):
                     model=entry.name,
                     structure=control.kind if control else None,
                     structure_weight=control.weight if control else 1.0,
+                    structure_skipped=skipped,
                 )
                 for _, _, rel, width, height in stored
             ]

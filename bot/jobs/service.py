@@ -84,6 +84,7 @@ class NewJob:
     model: str | None = None  # the catalogue's name (`bot.models`); None: the default
     structure: str | None = None  # edges | lines: the input's structure held (ControlNet)
     structure_weight: float = 1.0
+    structure_skipped: str | None = None  # the style's kind, not offered on its model
 
 
 ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
@@ -332,6 +333,7 @@ class JobService(JobDispatch):
             mask_source=new.mask_source, region=new.region, crop=new.crop,
             counted=int(new.counted), model=new.model or self.models.catalogue.default,
             structure=new.structure, structure_weight=new.structure_weight,
+            structure_skipped=new.structure_skipped,
         )  # fmt: skip
         return await self._get(db, job_id)
 

@@ -89,6 +89,9 @@ class Job:
     the job made no picture or ended before this was recorded."""
     structure: str | None = None  # edges | lines: a ControlNet holds the input's structure
     structure_weight: float = 1.0  # how strongly (0.1–2.0)
+    structure_skipped: str | None = None
+    """The kind its style asked for that its model has no ControlNet for (it ran without,
+    and the result says so)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -114,6 +117,7 @@ JOB_INSERT_FIELDS = (
     "application_id", "interaction_token", "token_expires_at", "reply_to_message_id",
     "created_at", "channel_public", "channel_nsfw", "style", "mode", "mask_path",
     "mask_source", "region", "crop", "counted", "model", "structure", "structure_weight",
+    "structure_skipped",
 )  # fmt: skip
 
 

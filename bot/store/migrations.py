@@ -359,4 +359,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "a saved style's structure kind",
         ["ALTER TABLE styles ADD COLUMN structure TEXT NOT NULL DEFAULT ''"],
     ),
+    (
+        "the structure kind a job's style asked for where its model has no such ControlNet",
+        ["ALTER TABLE jobs ADD COLUMN structure_skipped TEXT"],
+    ),
 ]

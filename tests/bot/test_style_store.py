@@ -144,3 +144,22 @@ async def test_a_style_keeps_its_model_loras_and_structure(store: Store) -> None
     assert structure_for(None, composed, ("lines",)) == "lines"
     assert structure_for("off", composed, ("lines",)) == "off"  # the member's choice wins
     assert structure_for(None, composed, ("edges",)) is None  # not served: runs without
+
+
+def test_a_style_structure_the_model_lacks_is_skipped_and_the_result_says_so() -> None:
+    from bot.store.db import Job
+    from bot.styles import apply_style, structure_skipped
+    from bot.ui.render import result_embed
+
+    composed = apply_style(BUILTINS["concept-art"], "a castle", None, None)
+    assert structure_skipped(None, composed, ("edges",)) == "lines"
+    assert structure_skipped(None, composed, ("lines",)) is None  # it runs with it
+    assert structure_skipped("off", composed, ()) is None  # the member chose
+    assert structure_skipped(None, composed, None) is None  # no worker ready yet
+    job = Job(
+        1, 2, 3, 4, "new", None, "a castle", None, 0.7, 5, 20, 7.5, "in.png", 64, 64,
+        "out.png", "done", 1, None, 20, 20, 1.0, "default", None, None, None, None, None,
+        None, None, 0.0, None, None, style="concept-art", structure_skipped="lines",
+    )  # fmt: skip
+    fields = {f.name: f.value for f in result_embed(job).fields}
+    assert fields["Structure"] == "none (no lines here)"
