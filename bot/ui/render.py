@@ -150,10 +150,10 @@ def result_embed(
         embed.add_field(name="Style", value=job.style, inline=False)
     if job.structure:
         embed.add_field(name="Structure", value=structure_text(job))
-    elif job.structure_skipped:  # the style's kind, not offered on this model
-        embed.add_field(name="Structure", value=f"none (no {job.structure_skipped} here)")
         if structure_thumbnail:
             embed.set_thumbnail(url=f"attachment://{structure_thumbnail}")
+    elif job.structure_skipped:  # the style's kind, not offered on this model
+        embed.add_field(name="Structure", value=f"none (no {job.structure_skipped} here)")
     if loras := shown(job.prompt):
         embed.add_field(name="LoRA", value=truncate(loras, 1024), inline=False)
     if job.negative_prompt:
