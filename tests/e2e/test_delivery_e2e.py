@@ -78,7 +78,9 @@ async def test_prompts_ping_nobody_and_an_expired_token_pings_only_the_requester
     assert not any(b.get("label") == "Cancel" for m in live for b in buttons(m))
 
     bodies = fd.message_bodies()
-    assert len(bodies) >= 6  # acks, statuses, progress edits, results
+    # two answers (the status messages) and two results at least; progress edits come on
+    # top as timing allows (a loaded machine may finish a job before its first edit is due)
+    assert len(bodies) >= 4
     pings = []
     for sent in bodies:
         mentions = sent["allowed_mentions"]
