@@ -20,6 +20,7 @@ from bot.styles import (
     structure_skipped,
     unknown_style_text,
 )
+from bot.ui.modals import STRUCTURE_TAG
 from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -35,6 +36,12 @@ from pipeline.request import (
 if TYPE_CHECKING:
     from bot.app import ImgBot
 
+
+
+SLASH_STRUCTURE_TAG = (
+    "`<structure:…>` tags are for the Edit, Refine and Img2img this forms. Here, use the "
+    "`structure` option (on /img2img and /series) and remove the tag from the prompt."
+)
 
 
 async def compose(
@@ -53,6 +60,8 @@ async def compose(
     Raises `InputError`/`UserError` with the member's message.
     Shared by the commands that take a prompt and a style (/img2img, /inpaint, /imagine,
     /series, the forms)."""
+    if STRUCTURE_TAG.search(prompt):  # the forms' syntax; here it would reach the model
+        raise UserError(SLASH_STRUCTURE_TAG)
     guild_id = interaction.guild_id or 0  # outside a server: built-ins only (then refused)
     found = None
     if style:

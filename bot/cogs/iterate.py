@@ -6,6 +6,9 @@ All three open the settings modal (`bot.ui.modals`); its submit is routed here b
 - Refine: the result becomes the new input (copied into `inputs/`, so the new job owns its
   input and deleting the parent breaks nothing), prefilled at strength 0.30.
 - Edit: the job's original input with its own settings, to change the prompt and run again.
+- Structure rides in each form's prompt as `<structure:KIND:WEIGHT>` (`bot.ui.modals`):
+  Edit and Refine show the job's, and the submitted tag (or a style's structure, or none)
+  is what the new job holds.
 - Img2img this: an image of any message (attachment, else an image embed; a choice in the
   modal when there are several). What the
   modal needs to find it again is stored in `meta` under the modal's key, because a message
@@ -34,12 +37,13 @@ from discord.ext import commands
 from PIL import Image
 
 from bot.actions import INPUT_GONE_TEXT
+from bot.cogs.generate import served_structures
 from bot.errors import UserError
 from bot.models import server_model
 from bot.store.db import Job
-from bot.styles import Composed, unknown_style_text
+from bot.styles import Composed, structure_for, structure_skipped, unknown_style_text
 from bot.ui import modals
-from pipeline.request import TEXT_TO_IMAGE, InputError
+from pipeline.request import TEXT_TO_IMAGE, InputError, check_structure
 
 if TYPE_CHECKING:
     from bot.app import ImgBot
@@ -64,6 +68,10 @@ OUTPUT_GONE_TEXT = (
 NO_IMAGE_TEXT = (
     "This message has no picture. Use **Apps → Img2img this** on a message with a PNG, "
     "JPEG or WebP image (an attachment or an image embed), or use /img2img."
+)
+NO_STRUCTURE_TEXT = (
+    "Structure holds an input picture's lines, so it works on /img2img pictures (and "
+    "Refine); remove the `<structure:…>` tag from the prompt."
 )
 TARGET_GONE_TEXT = (
     "The bot no longer knows which picture this was. Use **Apps → Img2img this** on the "
@@ -159,6 +167,9 @@ class IterateCog(commands.Cog):
                 negative_prompt=job.negative_prompt,
                 strength=strength,
                 seed=job.seed,
+                structure=job.structure,
+                structure_weight=job.structure_weight,
+                takes_structure=takes_structure(kind, job.mode),
             )
         )
 
@@ -178,7 +189,9 @@ class IterateCog(commands.Cog):
         await self.bot.store.set_meta(TARGET_KEY.format(key), json.dumps(target))
         names = [str(i.get("filename") or "picture") for i in images]
         await interaction.response.send_modal(
-            modals.build("this", key, strength=modals.THIS_STRENGTH, pictures=names)
+            modals.build(
+                "this", key, strength=modals.THIS_STRENGTH, pictures=names, takes_structure=True
+            )
         )
 
     # -- the submit ---------------------------------------------------------------------
@@ -215,7 +228,13 @@ class IterateCog(commands.Cog):
             return
         try:
             model = await self._form_model(interaction, kind, ref)
+            if kind != "this" and form.structure not in (None, "off"):
+                parent = await self.bot.actions.job_here(interaction, ref, deleted_ok=False)
+                if not takes_structure(kind, parent.mode):
+                    raise UserError(NO_STRUCTURE_TEXT)
             styled = await self._styled(interaction, form, model)
+            control = check_structure(styled.structure, styled.structure_weight)
+            self.bot.actions.check_structure_served(control)
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
@@ -233,6 +252,9 @@ class IterateCog(commands.Cog):
                 prompt=styled.prompt,
                 negative_prompt=styled.negative_prompt,
                 style=styled.style or (parent.style if prompt_kept else None),
+                structure=control.kind if control else None,
+                structure_weight=control.weight if control else 1.0,
+                structure_skipped=styled.structure_skipped,
             )
             if kind == "refine":
                 if not self.bot.actions.stored(parent.output_path):
@@ -281,6 +303,9 @@ class IterateCog(commands.Cog):
             None,
             style=form.style,
             model=model,
+            structure=form.structure,
+            structure_weight=form.structure_weight,
+            structure_skipped=form.structure_skipped,
         )
 
     async def _form_model(self, interaction: Interaction, kind: str, ref: int) -> str:
@@ -297,8 +322,9 @@ class IterateCog(commands.Cog):
         self, interaction: Interaction, form: modals.Form, model: str
     ) -> modals.Form:
         """The form with its Style applied to the prompt (the name as stored) and its
-        `<lora:…>` tags checked and kept after it. Raises `UserError` for an unknown style,
-        a tag that cannot be used, or a too long result."""
+        `<lora:…>` tags checked and kept after it; its structure: the tag's, else the
+        style's where the worker serves it (as `/img2img` decides). Raises `UserError` for
+        an unknown style, a tag that cannot be used, or a too long result."""
         text, loras = self.bot.loras.split(form.prompt, model)
         if form.style is None:
             plain = Composed(text, None, 0.0, None, model=model)
@@ -315,12 +341,15 @@ class IterateCog(commands.Cog):
         if composed is None:
             raise UserError(unknown_style_text(form.style.replace("`", "")))
         composed = self.bot.loras.styled(replace(composed, model=model), loras)
+        served = served_structures(self.bot)
         return replace(
             form,
             prompt=composed.prompt,
             negative_prompt=composed.negative_prompt,
             strength=composed.strength,
             style=composed.style,
+            structure=structure_for(form.structure, composed, served),
+            structure_skipped=structure_skipped(form.structure, composed, served),
         )
 
     # -- helpers ------------------------------------------------------------------------
@@ -364,6 +393,13 @@ class IterateCog(commands.Cog):
         if stale:
             async with self.bot.store.transaction() as db:
                 await db.executemany("DELETE FROM meta WHERE key=?", stale)
+
+
+def takes_structure(kind: str, mode: str) -> bool:
+    """Whether the form's new job has an input whose structure can be held: an /img2img
+    job's Edit or Refine, and Refine of an /imagine picture (its result becomes the input);
+    an inpaint job repaints its mask without one."""
+    return mode == "img2img" or (kind == "refine" and mode == TEXT_TO_IMAGE)
 
 
 async def setup_iterate(bot: ImgBot) -> None:

@@ -8,6 +8,11 @@ discord.py from storing it.
 
 Reading the values is pure (`submitted_values`, `read_form`) and checks them like the slash
 command, with `pipeline.request`'s own rules.
+
+Structure rides in the prompt as a tag (`<structure:lines:1.2>`), the way LoRAs do: Discord
+allows five components in a modal and Edit and Img2img this use all five, so the form cannot
+grow a Structure field. Edit and Refine show the job's structure as that tag after the
+prompt; removing it turns structure off, editing it changes the kind or weight.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from pipeline.request import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STRENGTH,
+    MAX_STRUCTURE_WEIGHT,
     MIN_STRENGTH,
+    MIN_STRUCTURE_WEIGHT,
     InputError,
     check_prompt,
     check_seed,
     check_strength,
+    check_structure,
 )
 
 PREFIX = "i2i:modal"
@@ -40,6 +48,9 @@ MAX_PICTURES = 25  # options in one select
 REFINE_STRENGTH = 0.30
 THIS_STRENGTH = 0.5
 TITLES = {"refine": "Refine #{ref}", "edit": "Edit #{ref}", "this": "Img2img this picture"}
+STRUCTURE_TAG = re.compile(r"\s*<structure:(?P<kind>[^:>]*)(?::(?P<weight>[^>]*))?>", re.I)
+MAX_TAG_CHARS = 32  # room in the Prompt field for the tag beside a prompt at its limit
+STRUCTURE_HINT = "Keep the input's structure: add <structure:lines:1> (sketches) or edges (photos)"
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,9 @@ class Form:
     strength: float
     seed: int | None  # None: a new random seed
     style: str | None = None  # a saved style's name to apply to the prompt
+    structure: str | None = None  # the tag's kind ("off" included); None: no tag
+    structure_weight: float = 1.0
+    structure_skipped: str | None = None  # a style's kind left out: no ControlNet for it
 
 
 def custom_id(kind: str, ref: int) -> str:
@@ -67,6 +81,36 @@ def strength_text(strength: float) -> str:
     return f"{strength:.2f}"
 
 
+def structure_tag(kind: str, weight: float) -> str:
+    return f"<structure:{kind}:{weight:g}>"
+
+
+def split_structure(text: str) -> tuple[str, str | None, float]:
+    """The prompt without its `<structure:KIND[:WEIGHT]>` tag, the tag's kind (`off`
+    included; None without a tag) and weight (1 when not given). Raises `InputError` for
+    two tags, a kind not offered or a weight that is not a number in range."""
+    tags = list(STRUCTURE_TAG.finditer(text))
+    if not tags:
+        return text, None, 1.0
+    if len(tags) > 1:
+        raise InputError(
+            "Use one `<structure:…>` tag, such as `<structure:lines:1>`; this prompt has "
+            f"{len(tags)}."
+        )
+    kind = tags[0]["kind"].strip().lower()
+    raw = (tags[0]["weight"] or "1").strip().replace(",", ".")
+    try:
+        weight = float(raw)
+    except ValueError:
+        raise InputError(
+            f"The weight in `<structure:{kind[:10]}:…>` must be a number from "
+            f"{MIN_STRUCTURE_WEIGHT:g} to {MAX_STRUCTURE_WEIGHT:g}, such as "
+            "`<structure:lines:1.2>`."
+        ) from None
+    check_structure(kind, weight)  # the slash command's own rules and messages
+    return STRUCTURE_TAG.sub("", text).strip(), kind, weight
+
+
 def build(
     kind: str,
     ref: int,
@@ -76,22 +120,30 @@ def build(
     strength: float,
     seed: int | None = None,
     pictures: list[str] | None = None,
+    structure: str | None = None,
+    structure_weight: float = 1.0,
+    takes_structure: bool = False,
 ) -> discord.ui.Modal:
     """The modal, prefilled; inputs in Label components labelled exactly `Prompt`,
     `Negative prompt`, `Strength`, `Seed` and, on Edit and Img2img this, `Style` (the README
     and the tests rely on them). With several `pictures` (file names), a `Picture` select
-    comes first, the first one chosen, and Seed gives way to it (five components at most)."""
+    comes first, the first one chosen, and Seed gives way to it (five components at most).
+    The job's `structure` follows the prompt as its tag; `takes_structure` (the new job will
+    have an input to hold) puts the tag's syntax under the Prompt label."""
     modal = discord.ui.Modal(
         title=TITLES[kind].format(ref=ref), custom_id=custom_id(kind, ref), timeout=None
     )
+    shown = prompt[:MAX_PROMPT_CHARS]
+    if structure:
+        shown = f"{shown} {structure_tag(structure, structure_weight)}".strip()
     inputs = [
         (
             "Prompt",
             discord.ui.TextInput(
                 custom_id=PROMPT,
                 style=discord.TextStyle.paragraph,
-                default=prompt[:MAX_PROMPT_CHARS] or None,
-                max_length=MAX_PROMPT_CHARS,
+                default=shown or None,
+                max_length=MAX_PROMPT_CHARS + MAX_TAG_CHARS,
                 placeholder="What the new picture should show",
             ),
         ),
@@ -145,7 +197,8 @@ def build(
         choice = discord.ui.Select[Any](custom_id=PICTURE, options=options)
         modal.add_item(discord.ui.Label(text="Picture", component=choice))
     for label, text_input in inputs:
-        modal.add_item(discord.ui.Label(text=label, component=text_input))
+        hint = STRUCTURE_HINT if label == "Prompt" and takes_structure else None
+        modal.add_item(discord.ui.Label(text=label, component=text_input, description=hint))
     modal.stop()  # never stored: the submit is routed by custom_id (see the module docstring)
     return modal
 
@@ -196,8 +249,10 @@ def read_seed(text: str) -> int | None:
 
 
 def read_form(values: dict[str, str]) -> Form:
-    """Check a submitted modal like `/img2img` checks its options; raises `InputError`."""
-    prompt = check_prompt(values.get(PROMPT))
+    """Check a submitted modal like `/img2img` checks its options; raises `InputError`.
+    The prompt's structure tag becomes the form's structure (the tag's own rules)."""
+    text, structure, weight = split_structure(values.get(PROMPT) or "")
+    prompt = check_prompt(text)
     negative = check_prompt(values.get(NEGATIVE), field="negative prompt", required=False)
     return Form(
         prompt=prompt,
@@ -205,4 +260,6 @@ def read_form(values: dict[str, str]) -> Form:
         strength=read_strength(values.get(STRENGTH, "")),
         seed=read_seed(values.get(SEED, "")),
         style=values.get(STYLE, "").strip() or None,
+        structure=structure,
+        structure_weight=weight,
     )

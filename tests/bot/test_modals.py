@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -144,3 +145,51 @@ def test_edit_and_this_have_a_style_field_within_five_components(
     form = modals.read_form({"prompt": "a fox", "strength": "0.5", "style": " oil-painting "})
     assert form.style == "oil-painting"
     assert modals.read_form({"prompt": "a fox", "strength": "0.5", "style": " "}).style is None
+
+
+def test_a_jobs_structure_is_shown_as_a_tag_after_its_prompt_and_read_back() -> None:
+    payload = modals.build(
+        "edit", 5, prompt="a house", strength=0.75, structure="lines", structure_weight=1.5,
+        takes_structure=True,
+    ).to_dict()  # fmt: skip
+    prompt = next(c for c in payload["components"] if c["label"] == "Prompt")
+    assert prompt["component"]["value"] == "a house <structure:lines:1.5>"
+    assert "<structure:lines:1>" in prompt["description"]
+    form = modals.read_form({"prompt": prompt["component"]["value"], "strength": "0.75"})
+    assert (form.prompt, form.structure, form.structure_weight) == ("a house", "lines", 1.5)
+    # a prompt at its limit still shows its tag whole
+    full = modals.build("edit", 5, prompt="x" * 1000, strength=0.5, structure="edges")
+    value = full.to_dict()["components"][0]["component"]
+    assert value["value"].endswith(" <structure:edges:1>")
+    assert len(value["value"]) <= value["max_length"]
+    # no structure, no hint: nothing added
+    plain = modals.build("edit", 5, prompt="a house", strength=0.5).to_dict()["components"][0]
+    assert plain["component"]["value"] == "a house" and "description" not in plain
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a house", ("a house", None, 1.0)),
+        ("a house <structure:edges>", ("a house", "edges", 1.0)),
+        ("<Structure:LINES:0,5> a house", ("a house", "lines", 0.5)),
+        ("a <structure:off:1> house", ("a house", "off", 1.0)),
+    ],
+)
+def test_split_structure_reads_the_tag(prompt: str, expected: tuple[Any, ...]) -> None:
+    assert modals.split_structure(prompt) == expected
+
+
+@pytest.mark.parametrize(
+    ("prompt", "needle"),
+    [
+        ("a <structure:lines> b <structure:edges>", "Use one `<structure:…>` tag"),
+        ("a <structure:depth>", "Structure 'depth' is not offered. Use off, edges or lines"),
+        ("a <structure:lines:strong>", "must be a number from 0.1 to 2"),
+        ("a <structure:lines:3>", "Structure weight 3 is out of range"),
+        ("<structure:lines>", "prompt is empty"),
+    ],
+)
+def test_a_bad_structure_tag_is_refused_saying_how_to_fix_it(prompt: str, needle: str) -> None:
+    with pytest.raises(InputError, match=re.escape(needle)):
+        modals.read_form({"prompt": prompt, "strength": "0.5"})

@@ -1,6 +1,7 @@
 """Keep the structure through the stand-in: `/img2img structure:lines` on a sketch gives the
 CLI's pixels, shows the `Structure` field and the map's thumbnail, a variant keeps it, and a
-kind the worker has no ControlNet for is refused privately (nothing queued, no quota)."""
+kind the worker has no ControlNet for is refused privately (nothing queued, no quota). The
+forms (Img2img this, Edit) carry it as a `<structure:…>` tag in the prompt."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.e2e.conftest import (
     status_message,
     wait_result,
 )
-from tests.fakediscord import FakeDiscord
+from tests.fakediscord import FakeDiscord, Upload
 
 
 def embed_footer_job(msg: dict[str, object]) -> str:
@@ -93,3 +94,60 @@ async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refuse
     click = await fd.click(result["id"], button(result, "Delete")["custom_id"], world.alice)
     await click.response()
     await fd.until(lambda: not thumb_file.exists(), what="the map thumbnail deleted")
+
+
+async def test_the_forms_carry_structure_as_a_tag_in_the_prompt(
+    fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    lines = controlnet_dir(tiny_model_dir, "lines")
+    bot = await make_bot(controlnet_lines_id=str(lines))
+    plan = sketch()
+    posted = fd.upload_message(
+        world.channel, world.carol, "my floor plan", [Upload("plan.png", plan, "image/png")]
+    )
+    menu = await fd.send_message_command(
+        world.guild, world.channel, world.bob, "Img2img this", posted["id"]
+    )
+    await menu.wait_modal()
+    prompt_label = next(c for c in menu.modal["components"] if c.get("label") == "Prompt")
+    assert "<structure:lines:1>" in prompt_label["description"]  # the syntax, where it is typed
+    submit = await fd.submit_modal(
+        menu, {"Prompt": "a modern house <structure:lines:1.5>", "Strength": "0.75", "Seed": "5"}
+    )
+    result = await wait_result(fd, submit)
+    fields = embed_fields(result)
+    assert (fields["Prompt"], fields["Structure"]) == ("a modern house", "lines ×1.5")
+    expected = await cli_pixels(
+        bot, "run", plan, tmp_path, "--prompt", "a modern house", "--strength", "0.75",
+        "--seed", "5", "--structure", "lines", "--structure-weight", "1.5",
+        "--controlnet", str(lines),
+    )  # fmt: skip
+    assert np.array_equal(pixels(fd.attachment_bytes(result)), expected)
+
+    # Edit shows the job's structure as its tag; removing the tag turns it off
+    click = await fd.click(result["id"], button(result, "Edit")["custom_id"], world.bob)
+    await click.wait_modal()
+    shown = click.modal_inputs()["Prompt"]["value"]
+    assert shown == "a modern house <structure:lines:1.5>"
+    edited = await wait_result(fd, await fd.submit_modal(click, {"Prompt": "a modern house"}))
+    assert "Structure" not in embed_fields(edited)
+    job = await bot.store.get_job(int(embed_footer_job(edited)))
+    assert job is not None and job.structure is None and job.prompt == "a modern house"
+
+    # a kind this model has no ControlNet for: refused privately, nothing queued
+    before = len(await bot.store.jobs_in_states(["queued", "running", "done"]))
+    click = await fd.click(result["id"], button(result, "Edit")["custom_id"], world.bob)
+    await click.wait_modal()
+    refused = await fd.submit_modal(click, {"Prompt": "a house <structure:edges>"})
+    msg = await refused.wait_original(lambda m: not m["loading"])
+    assert msg["ephemeral"]
+    assert "Structure 'edges' is not available on this model. Available: lines." in msg["content"]
+    assert len(await bot.store.jobs_in_states(["queued", "running", "done"])) == before
+
+    # in a slash command the tag would reach the model as words: refused, pointing at the option
+    typed = await slash_img2img(
+        fd, world.guild, world.channel, world.carol, "a house <structure:lines>", data=plan
+    )
+    msg = await typed.wait_original(lambda m: not m["loading"])
+    assert msg["ephemeral"] and "use the `structure` option" in msg["content"]
+    assert status_message(fd, typed) is None
