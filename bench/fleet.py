@@ -383,6 +383,7 @@ def measure(
 ) -> dict[str, Any]:  # fmt: skip
     """Start Valkey, the workers and the stand-in, run the bot side here, stop them all."""
     from bench.valkey import Valkey
+    from bot import event_loop
 
     work = work or Path(tempfile.mkdtemp(prefix="img2img-fleet-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -405,7 +406,7 @@ def measure(
                 raise RuntimeError("the Discord stand-in did not start")
             time.sleep(0.05)
         api = f"http://127.0.0.1:{port_file.read_text()}/api/v10"
-        return asyncio.run(
+        return event_loop.run(  # the bot's own loop (uvloop where installed)
             run_bot(valkey.url, api, work, workers=workers, max_batch=max_batch,
                     warmup=warmup, window=window, waiting=waiting)
         )  # fmt: skip

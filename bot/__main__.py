@@ -43,6 +43,7 @@ def main() -> int:
     import aiohttp
     import discord
 
+    from bot import event_loop
     from bot.app import ImgBot, configure_endpoints
     from bot.startup import cause, endpoint
     from bot.store.db import StoreError
@@ -71,7 +72,7 @@ def main() -> int:
     configure_endpoints(settings)
     bot = ImgBot(settings)
     try:
-        asyncio.run(run(bot, token))
+        event_loop.run(run(bot, token))
     except discord.LoginFailure:
         print(
             "error: Discord rejected DISCORD_TOKEN; check that it is the bot's current token.",

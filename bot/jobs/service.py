@@ -134,6 +134,7 @@ class JobService(JobDispatch):
             note=self._status_note,
             # a waiting job's model note exists only where there are models to choose
             job_note=self._model_note if len(settings.catalogue.models) > 1 else None,
+            run_grace=settings.progress_interval_s,  # a job done by then: no "Starting…"
         )
         self.resolution = settings.resolution or 512
         self.model_name = settings.model_id

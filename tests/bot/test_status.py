@@ -144,7 +144,33 @@ def test_the_service_uses_progress_interval_s(tmp_path: Path) -> None:
 
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval_s=3.5)  # type: ignore[call-arg]
     service = JobService(settings, None, None, None)  # type: ignore[arg-type]
-    assert service.status._interval == 3.5
+    assert service.status._interval == 3.5 and service.status._run_grace == 3.5
+
+
+async def test_a_running_jobs_first_edit_waits_the_grace_so_a_quick_job_skips_it() -> None:
+    """A job done within `run_grace` of being handed to a GPU goes from its place straight
+    to its picture (no "Starting…" edit); a longer one gets its first run edit then, showing
+    the newest step, and the run edits stay within the bound."""
+    clock = Clock()
+    rec = Recorder(clock)
+    board = StatusBoard(rec, INTERVAL, clock=clock, run_grace=2.0)
+    board.set(1, "Starting")
+    board.progress(1, 1, 4)
+    await tick(board, clock, 0.5)
+    await tick(board, clock, 1.5)
+    assert rec.texts(1) == []  # within the grace: nothing sent
+    board.release(1)  # its picture came: no edit was ever spent on its run
+
+    board.set(2, "Starting")
+    await tick(board, clock, 2.0)
+    assert rec.texts(2) == []  # its grace counts from its own start
+    board.progress(2, 3, 20)
+    await tick(board, clock, 4.0)
+    assert len(rec.texts(2)) == 1 and "step 3 of 20" in rec.texts(2)[0]
+    for step in range(4, 21):
+        board.progress(2, step, 20)
+        await tick(board, clock, clock.now + INTERVAL)
+    assert len(rec.texts(2)) <= RUN_EDITS
 
 
 # -- the bound per job --------------------------------------------------------------------

@@ -1,0 +1,26 @@
+"""The bot's event loop: uvloop where installed (it is, on Linux and macOS, from the lock)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from bot import event_loop
+
+
+async def _loop_module() -> str:
+    await asyncio.sleep(0)
+    return type(asyncio.get_running_loop()).__module__
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop is not installed on Windows")
+def test_the_bot_runs_on_uvloop_where_it_is_installed() -> None:
+    assert event_loop.run(_loop_module()).startswith("uvloop")
+
+
+def test_without_uvloop_it_runs_on_asyncios_own_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it is not installed
+    assert event_loop.loop_factory() is None
+    assert event_loop.run(_loop_module()).startswith("asyncio")
