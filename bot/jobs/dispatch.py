@@ -234,8 +234,9 @@ class JobDispatch(ModelRoutes, JobEvents):
         routes: list[Route | None] = []
         try:
             if len(self.models.catalogue.models) > 1:
+                everyone = self._all_routes()
                 for route in self._routes()[:BATCHES_PER_PASS]:
-                    batch = self._take_for(route)
+                    batch = self._take_for(route, everyone)
                     if batch:
                         batches.append(batch)
                         routes.append(route)

@@ -64,10 +64,12 @@ class ModelRoutes:
             for r in sorted(raw, key=lambda r: -r.free)
         ]
 
-    def _take_for(self, route: Route) -> list[QueuedJob]:
-        """`route`'s next batch by the swap rule (`bot.jobs.routing`), marked held."""
+    def _take_for(self, route: Route, everyone: list[Route]) -> list[QueuedJob]:
+        """`route`'s next batch by the swap rule (`bot.jobs.routing`), marked held.
+        `everyone`: `_all_routes()`, read once per dispatch pass (grants come after the
+        pass, so it holds for every route of it; once per route made a pass O(workers²))."""
         elsewhere = frozenset(
-            m for r in self._all_routes() if r.worker != route.worker for m in r.resident
+            m for r in everyone if r.worker != route.worker for m in r.resident
         )
         batch = self.swaps.pick(
             self.queue.waiting(),
