@@ -428,13 +428,9 @@ async def fleet_section(note: Callable[[str], None]) -> dict[str, Any]:
     measured is the bot side's alone); its last line is the result."""
     note(f"fleet: {WORKERS} fake workers, {SERVERS} servers, {WAITING} waiting, "
          f"{WARMUP_S + WINDOW_S:.0f} s")  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.fleet", stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"the fleet section failed (exit {proc.returncode})")
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    from bench.child import child_json
+
+    return await child_json("bench.fleet")
 
 
 def render_fleet(

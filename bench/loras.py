@@ -134,18 +134,10 @@ if __name__ == "__main__":
 
 async def loras_section(model: str, note: Any) -> dict[str, Any]:
     """Run `measure` in a child process (the bench process never imports torch)."""
-    import asyncio
+    from bench.child import child_json
 
     note(f"loras: {N_JOBS} jobs at {SIZE} px, four LoRA sets interleaved (engine process)")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.loras", model,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"bench.loras failed: {' | '.join(tail)}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    return await child_json("bench.loras", model)
 
 
 def render_loras(

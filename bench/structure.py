@@ -114,18 +114,10 @@ if __name__ == "__main__":
 
 async def structure_section(model: str, note: Any) -> dict[str, Any]:
     """Run `measure` in a child process (the bench process never imports torch)."""
-    import asyncio
+    from bench.child import child_json
 
     note(f"structure: {N_JOBS} jobs at {SIZE} px, half with lines, interleaved (engine process)")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.structure", model,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"bench.structure failed: {' | '.join(tail)}")
-    return json.loads(out.decode().strip().splitlines()[-1])
+    return await child_json("bench.structure", model)
 
 
 def render_structure(

@@ -121,13 +121,9 @@ async def measure(work: Path) -> dict[str, Any]:
 async def swaps_section(note: Any) -> dict[str, Any]:
     """`make bench`'s section, in its own process; its last line is the result."""
     note(f"swaps: {N_JOBS} jobs, two tiny models alternating, RESIDENT_MODELS=1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.swaps", stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"the swaps section failed (exit {proc.returncode})")
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    from bench.child import child_json
+
+    return await child_json("bench.swaps")
 
 
 def render_swaps(
