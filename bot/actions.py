@@ -10,27 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import errno
 import logging
-import os
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
 from bot.errors import UserError
-from bot.inpaint_masks import MASK_GONE_TEXT, copy_mask, mask_path_for, remove_with_input
+from bot.inpaint_masks import MASK_GONE_TEXT, copy_mask, mask_path_for
 from bot.jobs.service import NewJob
 from bot.store.db import Job
 from bot.ui.buttons import cancel_view
 from bot.ui.render import job_summary, queue_text
+from bot.uploads import DECODE_WAIT_S, Uploads
 from bot.variants import variant_strength
 from bot.visibility import channel_flags
-from config import Settings
-from pipeline.prepare import check_declared_size, load_input
+from pipeline.prepare import check_declared_size
 from pipeline.request import (
     UPSCALE,
     ControlRef,
@@ -51,21 +47,10 @@ log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction[Any]
 
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-DECODE_WAIT_S = 5.0  # how long an upload may wait for a free decode slot
 ACK_DEADLINE_S = 1.5
 """An upload read and queued within this is answered once, in its final form: the public
 status message, or a private refusal (one request). A slower one is acknowledged privately
 first, since Discord wants an answer within 3 s, which costs two requests more."""
-BUSY_TEXT = (
-    "The bot is busy reading other uploads right now. Nothing was queued and nothing "
-    "counted against your quota; please try again in a moment."
-)
-STORAGE_FULL_TEXT = (
-    "The bot's storage is full, so your image could not be saved. Nothing was queued and "
-    "nothing counted against your quota; please try again later (the bot's operator has "
-    "been told in the log)."
-)
 INPUT_GONE_TEXT = (
     "The original image of this picture is no longer stored (old uploads are removed to "
     "save space), so it cannot be re-run. Use /img2img with the image again."
@@ -89,16 +74,12 @@ def _role_ids(interaction: Interaction) -> tuple[int, ...]:
     return tuple(int(getattr(r, "id", r)) for r in roles)
 
 
-class Actions:
+class Actions(Uploads):
     def __init__(self, bot: ImgBot) -> None:
         self.bot = bot
         self._decodes = asyncio.Semaphore(bot.settings.max_decodes)
         self.decode_wait_s = DECODE_WAIT_S
         self.ack_deadline_s = ACK_DEADLINE_S
-
-    @property
-    def settings(self) -> Settings:
-        return self.bot.settings
 
     async def say(self, interaction: Interaction, text: str) -> None:
         """An ephemeral answer, whether or not the interaction was acknowledged."""
@@ -262,89 +243,6 @@ class Actions:
             message_id = message.id
         finally:
             await self.bot.jobs.attach_status_message(job.id, message_id)
-
-    async def decode_and_store(
-        self, image: discord.Attachment, *, wait: bool = False
-    ) -> tuple[str, int, int]:
-        """Download, decode and store one upload, at most MAX_DECODES at once: a burst of
-        10 MB uploads each decoding to 40 MP must not grow memory without bound. Returns
-        (path under DATA_DIR, width, height); raises `InputError` for a bad image and
-        `UserError` when busy (unless `wait`) or when the disk is full. Every command
-        taking uploads comes through here."""
-        _, stored, width, height = await self._read_and_store(image, wait=wait)
-        return stored, width, height
-
-    async def _read_and_store(
-        self, image: discord.Attachment, *, wait: bool = False
-    ) -> tuple[bytes, str, int, int]:
-        """`decode_and_store`, also returning the upload's own bytes."""
-        async with self.decode_slot(wait=wait):
-            data = await image.read()
-            return (data, *await asyncio.to_thread(self._store_input, data))
-
-    @asynccontextmanager
-    async def decode_slot(self, *, wait: bool = False) -> AsyncIterator[None]:
-        """One of the MAX_DECODES slots for reading an image; `UserError` when none is
-        free within `decode_wait_s`. `wait`: queue for a slot however long it takes (a
-        series, whose member was told its pictures are being read, is not refused)."""
-        try:
-            if wait:
-                await self._decodes.acquire()
-            else:
-                await asyncio.wait_for(self._decodes.acquire(), self.decode_wait_s)
-        except TimeoutError:
-            raise UserError(BUSY_TEXT) from None
-        try:
-            yield
-        finally:
-            self._decodes.release()
-
-    def _store_input(self, data: bytes) -> tuple[str, int, int]:
-        """Validate and normalize an upload, keep it as PNG under DATA_DIR (runs in a thread).
-
-        Written under a temporary name and renamed, so a failed write (a full disk) leaves
-        no partial file that a job could later read."""
-        image = load_input(
-            data,
-            max_bytes=self.settings.max_input_bytes,
-            min_side=self.settings.min_input_side,
-            max_side=self.settings.max_stored_side,
-        )
-        name = uuid.uuid4().hex
-        folder = self.settings.data_dir / "inputs"
-        tmp = folder / f".{name}.png.tmp"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            image.save(tmp, format="PNG")
-            os.replace(tmp, folder / f"{name}.png")
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                log.error("cannot store an upload: %s is full (%s)", folder, exc.strerror)
-                raise UserError(STORAGE_FULL_TEXT) from None
-            raise
-        return f"inputs/{name}.png", image.width, image.height
-
-    def discard(self, rel: str | None) -> None:
-        """Remove an upload (and its mask) stored for a job that was then not queued."""
-        if rel is not None:
-            (self.settings.data_dir / rel).unlink(missing_ok=True)
-            remove_with_input(self.settings.data_dir, rel)
-
-    async def discard_unused(self, rel: str | None) -> bool:
-        """Remove a stored input (and its mask) unless a job that is not deleted uses it:
-        an error after its job was queued must not take the job's input away. True if
-        removed."""
-        if rel is None:
-            return False
-        cursor = await self.bot.store.db.execute(
-            "SELECT 1 FROM jobs WHERE input_path=? AND state != 'deleted' LIMIT 1", (rel,)
-        )
-        if await cursor.fetchone() is not None:
-            log.info("kept %s: a job still uses it", rel)
-            return False
-        await asyncio.to_thread(self.discard, rel)
-        return True
 
     def _place(self, job: Job) -> str:
         """The first status line: its place in the queue, or that it already started."""

@@ -17,9 +17,10 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from bot.actions import BUSY_TEXT, INPUT_GONE_TEXT, STORAGE_FULL_TEXT, Actions
+from bot.actions import INPUT_GONE_TEXT, Actions
 from bot.jobs.service import TOKEN_LIFETIME_S, JobService
 from bot.store.db import Job, Store
+from bot.uploads import BUSY_TEXT, STORAGE_FULL_TEXT
 from config import Settings
 from pipeline.worker import WorkerClient, WorkerConfig
 

@@ -16,7 +16,7 @@ import discord
 import pytest
 from PIL import Image
 
-from bot import actions as actions_module
+from bot import uploads as uploads_module
 from bot.app import COMMANDS_HASH_KEY, RESTARTING_TEXT
 from pipeline.worker import Finished
 from tests.e2e.conftest import (
@@ -144,14 +144,14 @@ async def test_uploads_past_max_decodes_are_told_to_retry(
     bot = await make_bot(max_decodes=1)
     bot.actions.decode_wait_s = 0.2
     entered, release = threading.Event(), threading.Event()
-    real_load = actions_module.load_input
+    real_load = uploads_module.load_input
 
     def slow_load(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(30)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(actions_module, "load_input", slow_load)
+    monkeypatch.setattr(uploads_module, "load_input", slow_load)
     first = await slash_img2img(fd, world.guild, world.channel, world.alice)
     await asyncio.to_thread(entered.wait, 30)
     busy = await slash_img2img(fd, world.guild, world.channel, world.bob)

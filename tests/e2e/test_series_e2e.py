@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot import actions as actions_module
+from bot import uploads as uploads_module
 from bot.app import ImgBot
 from tests.e2e.conftest import (
     BotFactory,
@@ -239,7 +239,7 @@ async def test_a_series_burst_past_max_decodes_waits_for_slots_instead_of_refusi
     bot = await make_bot(max_decodes=1)
     bot.actions.decode_wait_s = 0.05  # a single upload would be refused as busy by now
     inside, most = [0], [0]
-    real_load = actions_module.load_input
+    real_load = uploads_module.load_input
 
     def counted_load(*args: Any, **kwargs: Any) -> Any:
         inside[0] += 1
@@ -250,7 +250,7 @@ async def test_a_series_burst_past_max_decodes_waits_for_slots_instead_of_refusi
         finally:
             inside[0] -= 1
 
-    monkeypatch.setattr(actions_module, "load_input", counted_load)
+    monkeypatch.setattr(uploads_module, "load_input", counted_load)
     with worker_paused(bot):
         handles = [
             await send_series(
