@@ -45,15 +45,12 @@ from pipeline.worker_protocol import (
     Stop,
     WorkerConfig,
 )
-from pipeline.worker_steps import StepServer, step_run
+from pipeline.worker_steps import PROGRESS_MIN_INTERVAL_S, StepServer, step_run
 
 log = logging.getLogger(__name__)
 
 ENGINE_REF = "pipeline.engine:Engine"
 """Where the worker finds the engine class (`module:attribute`)."""
-
-PROGRESS_MIN_INTERVAL_S = 0.2
-"""At most ~5 Progress messages a second; the first and the last step always go out."""
 
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 1
