@@ -21,9 +21,9 @@ stays running and its result is delivered once; any other waits again as its nex
 
 One reader task XREADs the hello stream and the events stream of every worker online (the
 set changes only when a worker joins, which the hello itself announces); one writer task
-sends grants in order, retrying while the server is away. After the server comes back,
-grants a worker has not acknowledged are sent again (a worker skips those it took).
-Membership (hello, heartbeats, drops, refusals, adoption) is in
+sends grants in order, retrying while the server is away (both in `redis_streams`). After
+the server comes back, grants a worker has not acknowledged are sent again (a worker skips
+those it took). Membership (hello, heartbeats, drops, refusals, adoption) is in
 `bot.jobs.backends.redis_members`, the meaning of each event in `redis_events`, the SQLite
 record of who holds what in `redis_ledger`; the worker side is `pipeline.remote_worker`.
 """
@@ -33,32 +33,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import logging
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from PIL import Image
 from redis.exceptions import RedisError
 
-from bot.jobs.backends.redis_events import Events
 from bot.jobs.backends.redis_ledger import GrantLedger, Holder
 from bot.jobs.backends.redis_lock import SchedulerLock
-from bot.jobs.backends.redis_members import Grant, GrantFile, Remote
+from bot.jobs.backends.redis_members import Grant, Remote
 from bot.jobs.backends.redis_routes import Routes
+from bot.jobs.backends.redis_streams import BLOCK_MS, Streams, _files_of
 from bot.store.db import Store
 from config.catalogue import DEFAULT_MODEL_NAME
 from pipeline import stream_codec as codec
-from pipeline.prepare import fit_to_resolution, target_size
 from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker import WorkerStartError
 from pipeline.worker_protocol import (
-    BatchDone,
     WorkerDied,
     WorkerEvent,
 )
@@ -67,21 +61,10 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
 """A job that started on this many workers that all died fails instead of running again."""
-BLOCK_MS = 1000
-READ_COUNT = 64
-WRITE_BATCH = 64
-"""Writes the writer takes at once: their grants are recorded in one transaction."""
-READ_GATHER_S = 0.02
-"""After a reply, the reader waits this long before reading again, so a hundred workers'
-events (a few milliseconds apart) come in a few replies instead of one each: every read
-names every worker's stream, and packing and parsing it costs more CPU than the event it
-brings. An event waits at most this much longer; a full reply is followed at once."""
-GRANTS_MAXLEN = 10_000
-BACKOFF_MAX_S = 5.0
 NO_WORKERS_TEXT = "No image workers online right now; your job waits until one joins."
 
 
-class RedisBackend(Routes, Events):
+class RedisBackend(Routes, Streams):
     """`WorkerBackend` over Valkey/Redis streams; use from one event loop."""
 
     def __init__(
@@ -340,190 +323,3 @@ class RedisBackend(Routes, Events):
         event = await self._events.get()
         self._handing(event)
         return event
-
-    # -- writing ----------------------------------------------------------------------
-    @staticmethod
-    def _cancel_entry(job_id: str, g: Grant) -> dict[bytes, bytes]:
-        return {
-            b"t": b"cancel",
-            b"job": job_id.encode(),
-            b"a": str(g.attempt).encode(),
-            b"p": g.nonce.encode(),
-        }
-
-    def _send(
-        self, key: str, entry: dict[bytes, bytes], files: list[tuple[bytes, str]] | None = None
-    ) -> None:
-        self._outbox.put_nowait(("xadd", key, entry, list(files or ())))
-
-    async def _write_loop(self) -> None:
-        """Write in order; retry while the server is away (a grant must not be lost). A
-        grant is recorded in SQLite before it is sent, so no worker answers an unknown one."""
-        while not self._closing:
-            ops = [await self._outbox.get()]
-            while not self._outbox.empty() and len(ops) < WRITE_BATCH:
-                ops.append(self._outbox.get_nowait())
-            await self._record_all(ops)
-            for op, key, entry, files in ops:
-                if op == "forget":
-                    continue
-                await self._write(op, key, entry, files[0] if op == "grant" else files)
-
-    async def _write(self, op: str, key: str, entry: dict[bytes, bytes], files: list[Any]) -> None:
-        """One write, retried until it is done or the backend closes."""
-        delay = 0.1
-        while not self._closing:
-            try:
-                assert self._r is not None
-                if op == "del":
-                    await self._r.delete(key)
-                elif op == "srem":
-                    await self._r.srem(key, *files)
-                else:
-                    full = dict(entry)
-                    for name, path, fit in files:
-                        data = await asyncio.to_thread(_read, path, fit)
-                        if data is not None:
-                            full[name] = data
-                    await self._r.xadd(key, full, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
-                break
-            except (RedisError, OSError) as exc:
-                log.warning("writing to %s failed (%s); retrying in %.1f s", key, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(BACKOFF_MAX_S, delay * 2)
-
-    async def _record_all(self, ops: list[tuple[str, str, dict[bytes, bytes], list[Any]]]) -> None:
-        """Record the grants among `ops` in one transaction (with the rows of jobs that
-        ended, `forget`), before any of them is sent. Forgetting never concerns a grant of
-        the same batch: a job ends only after its grant was sent and answered."""
-        if self._ledger is None:
-            return
-        grants = [record for op, _, _, values in ops if op == "grant" for record in values[1]]
-        try:
-            for op, _, _, values in ops:
-                if op == "forget":
-                    await self._ledger.forget(values)
-            if grants:
-                await self._ledger.record(grants)
-        except Exception:  # the grants still go out; only their adoption after a restart
-            log.exception("could not record the grants of %s in the database", grants)
-
-    # -- reading ----------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        delay, down = 0.1, False
-        while not self._closing:
-            try:
-                assert self._r is not None
-                if not self._hello_known:  # older hellos: their workers are found by key
-                    newest = await self._r.xrevrange(self.keys.hello, count=1)
-                    self._hello_id = newest[0][0] if newest else b"0-0"
-                    self._hello_known = True
-                streams: dict[Any, Any] = {self.keys.hello: self._hello_id}
-                for wid in self._workers:
-                    streams[self.keys.events(wid)] = self._last_ids.get(wid, b"0-0")
-                reading = set(self._workers)
-                reply = await self._r.xread(streams, count=READ_COUNT, block=BLOCK_MS)
-            except (RedisError, OSError) as exc:
-                if self._closing:
-                    return
-                if not down:
-                    log.warning("lost the server (%s); reconnecting", exc)
-                down, self.connected = True, False
-                await asyncio.sleep(delay)
-                delay = min(BACKOFF_MAX_S, delay * 2)
-                continue
-            if down:
-                log.info("server reachable again; re-sending unacknowledged grants")
-                self._after_outage()
-            down, delay, self.connected = False, 0.1, True
-            handled: dict[str, list[bytes]] = {}
-            full = False
-            for stream, entries in reply or ():
-                name = stream.decode() if isinstance(stream, bytes) else stream
-                if len(entries) >= READ_COUNT:
-                    reading.discard(name.rsplit(":", 1)[-1])  # more may wait there
-                    full = True
-                for entry_id, entry in entries:
-                    if name != self.keys.hello:
-                        handled.setdefault(name, []).append(entry_id)
-                    try:
-                        await self._on_entry(name, entry_id, entry)
-                    except Exception:
-                        log.exception("could not handle %s entry %r", name, entry_id)
-            if handled:
-                await self._delete_handled(handled)
-            self._drained |= reading & set(self._workers)  # read to the end once at least
-            if reply and not full:
-                await asyncio.sleep(READ_GATHER_S)
-
-    async def _on_entry(self, stream: str, entry_id: bytes, entry: codec.Fields) -> None:
-        if stream == self.keys.hello:
-            self._hello_id = entry_id
-            self._register(codec.loads(entry.get(b"hello")) or {})
-            return
-        wid = stream.rsplit(":", 1)[-1]
-        self._last_ids[wid] = entry_id
-        await self._on_event(wid, entry)
-
-    async def _delete_handled(self, handled: dict[str, list[bytes]]) -> None:
-        """Delete the events just handled, every stream's in one round trip (PNG bytes do
-        not stay on the server; the read position is kept here, so a failure costs only
-        space until the worker's stream is trimmed or deleted)."""
-        with contextlib.suppress(RedisError, OSError):
-            assert self._r is not None
-            pipe = self._r.pipeline(transaction=False)
-            for stream, ids in handled.items():
-                pipe.xdel(stream, *ids)
-            await pipe.execute()
-
-    def _after_outage(self) -> None:
-        now = time.monotonic()
-        for w in self._workers.values():
-            w.last_seen = w.last_event = now  # nobody could beat meanwhile
-            for seq in sorted(w.unacked):
-                entry, files, _ = w.unacked[seq]
-                self._send(self.keys.grants(w.id), entry, files)
-        self._events.put_nowait(BatchDone(()))
-
-
-def _files_of(request: GenerationRequest, resolution: int | None) -> list[GrantFile]:
-    """The request's input files (image, mask…) to send with the grant, each with the size
-    it travels at: an img2img input at the worker's working size (`resolution`: the worker
-    would scale it there itself, so its pixels are the same and the grant is a fraction of a
-    full-size upload); any other file (an inpainting's photo, its mask) as stored, since
-    those jobs work at full resolution."""
-    fits = request.mode == "img2img" and request.start is None
-    out = []
-    for f in fields(request):
-        value = getattr(request, f.name)
-        if f.name.endswith("_path") and f.name != "output_path" and value:
-            fit = resolution if fits and f.name == "image_path" else None
-            out.append((f"file:{request.job_id}:{f.name}".encode(), str(value), fit))
-    return out
-
-
-def _read(path: str, fit: int | None = None) -> bytes | None:
-    """The file's bytes; with `fit`, the picture at the working size (see `_fitted`)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        log.warning("input file of a grant is missing: %s", Path(path).name)
-        return None
-    if fit is None:
-        return data
-    try:
-        return _fitted(data, fit)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return data  # the worker finds it unreadable and says so, as for a local job
-
-
-def _fitted(data: bytes, resolution: int) -> bytes:
-    """The picture scaled as the worker scales it (`fit_to_resolution`), as a lossless PNG:
-    the worker's own scaling then leaves it as it is, so its pixels are the same."""
-    with Image.open(io.BytesIO(data)) as src:
-        if target_size(*src.size, resolution) == src.size:
-            return data  # the usual case: read from the header, nothing decoded
-        fitted = fit_to_resolution(src.convert("RGB"), resolution)
-    out = io.BytesIO()
-    fitted.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
