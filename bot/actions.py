@@ -88,13 +88,13 @@ class Actions(Uploads):
         else:
             await interaction.response.send_message(text, ephemeral=True)
 
-    def check_structure_served(self, control: ControlRef | None) -> None:
-        """Refuse a structure kind the ready worker(s) have no ControlNet for
-        (`EngineInfo.structures`), naming what is available; before a worker is ready
-        the job is taken (a worker without it fails it plainly, refunded)."""
-        info = self.bot.jobs.engine_info
-        if control is not None and info is not None and control.kind not in info.structures:
-            raise UserError(structure_missing(control.kind, info.structures))
+    def check_structure_served(self, control: ControlRef | None, model: str | None) -> None:
+        """Refuse a structure kind the job's model has no ControlNet for
+        (`JobService.structures_of`), naming what is available; not known yet (one model,
+        no worker ready): the job is taken (a worker without it fails it plainly, refunded)."""
+        served = self.bot.jobs.structures_of(model)
+        if control is not None and served is not None and control.kind not in served:
+            raise UserError(structure_missing(control.kind, served))
 
     async def precheck(self, interaction: Interaction) -> None:
         """Refusals that need no download: where it is used, queue caps, quotas."""
@@ -142,7 +142,7 @@ class Actions(Uploads):
             check_steps(steps)
             check_declared_size(image.size, max_bytes=self.settings.max_input_bytes)
             control = check_structure(structure, structure_weight)
-            self.check_structure_served(control)
+            self.check_structure_served(control, entry.name)
             await self.precheck(interaction)
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)

@@ -76,10 +76,10 @@ async def compose(
     return bot.loras.styled(composed, loras)
 
 
-def served_structures(bot: ImgBot) -> tuple[str, ...] | None:
-    """The structure kinds the ready worker serves; None before one is ready."""
-    info = bot.jobs.engine_info
-    return None if info is None else info.structures
+def served_structures(bot: ImgBot, model: str | None) -> tuple[str, ...] | None:
+    """The structure kinds the job's model offers (`JobService.structures_of`); None
+    before a worker is ready in a one-model set-up."""
+    return bot.jobs.structures_of(model)
 
 
 class GenerateCog(commands.Cog):
@@ -127,6 +127,7 @@ class GenerateCog(commands.Cog):
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}", ephemeral=True)
             return
+        served = served_structures(self.bot, composed.model)
         await self.bot.actions.img2img(
             interaction,
             image,
@@ -137,11 +138,9 @@ class GenerateCog(commands.Cog):
             steps,
             style=composed.style,
             model=composed.model,
-            structure=structure_for(structure, composed, served_structures(self.bot)),
+            structure=structure_for(structure, composed, served),
             structure_weight=structure_weight,
-            structure_skipped=structure_skipped(
-                structure, composed, served_structures(self.bot)
-            ),
+            structure_skipped=structure_skipped(structure, composed, served),
         )
 
 

@@ -234,7 +234,7 @@ class IterateCog(commands.Cog):
                     raise UserError(NO_STRUCTURE_TEXT)
             styled = await self._styled(interaction, form, model)
             control = check_structure(styled.structure, styled.structure_weight)
-            self.bot.actions.check_structure_served(control)
+            self.bot.actions.check_structure_served(control, model)
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
@@ -341,7 +341,7 @@ class IterateCog(commands.Cog):
         if composed is None:
             raise UserError(unknown_style_text(form.style.replace("`", "")))
         composed = self.bot.loras.styled(replace(composed, model=model), loras)
-        served = served_structures(self.bot)
+        served = served_structures(self.bot, model)
         return replace(
             form,
             prompt=composed.prompt,

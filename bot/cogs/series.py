@@ -172,11 +172,11 @@ class SeriesCog(commands.Cog):
             check_seed(seed)
             steps = check_steps(steps) or models.steps(entry)
             plan_steps(steps, composed.strength)
-            served = served_structures(self.bot)
+            served = served_structures(self.bot, composed.model)
             chosen = structure_for(structure, composed, served)
             skipped = structure_skipped(structure, composed, served)
             control = check_structure(chosen, structure_weight)
-            self.bot.actions.check_structure_served(control)
+            self.bot.actions.check_structure_served(control, composed.model)
             problems = []
             for pos, att in images:
                 try:

@@ -18,7 +18,7 @@ from bot.jobs.routing import Residency, Route, SwapRule
 from bot.jobs.scheduler import FairQueue, QueuedJob
 from bot.models import ModelChoice
 from config import Settings
-from pipeline.request import GenerationRequest
+from pipeline.request import EngineInfo, GenerationRequest
 from pipeline.worker_backend import WorkerBackend
 
 
@@ -35,6 +35,7 @@ class ModelRoutes:
     resolution: int
     ready: asyncio.Event
     fatal: str | None
+    engine_info: EngineInfo | None
     _online: frozenset[str]
     _online_at: float
 
@@ -49,6 +50,15 @@ class ModelRoutes:
         entry = self.models.catalogue.models.get(model or "")
         own = entry.resolution if entry is not None else None
         return own or self.settings.resolution_setting or self.resolution
+
+    def structures_of(self, model: str | None) -> tuple[str, ...] | None:
+        """The structure kinds `model` has a ControlNet for: with a catalogue file, its
+        entry's (`controlnet_edges`, `controlnet_lines`: each model its own); with one
+        model, the ready worker's (CONTROLNET_*_ID), None before one is ready."""
+        if self.settings.models_file is not None:
+            return self.models.catalogue.model(model).structures
+        info = self.engine_info
+        return None if info is None else info.structures
 
     def _routes(self) -> list[Route]:
         """Each worker that takes jobs now, with the models it serves and has resident

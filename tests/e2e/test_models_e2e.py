@@ -26,7 +26,7 @@ def catalogue(path: Path, model: Path, lora: str) -> Path:
     path.write_text(
         f'[models.tiny]\nsource = "{model}"\nlabel = "Tiny SD"\nsteps = 3\n'
         f'[loras.ink]\nsource = "{lora}"\nweight = 0.8\ntrigger = "ink drawing"\n'
-        '[models.other]\nsource = "some/other-model"\n'
+        '[models.other]\nsource = "some/other-model"\ncontrolnet_lines = "some/lines-cn"\n'
         '[loras.only-other]\nsource = "x.safetensors"\nmodels = ["other"]\n'
     )
     return path
@@ -57,6 +57,20 @@ async def test_models_lists_the_catalogue_and_a_lora_that_cannot_be_used_is_refu
         assert msg["ephemeral"] and says in msg["content"], msg["content"]
         assert status_message(fd, handle) is None
     assert await bot.store.jobs_in_states(["queued", "running", "done"]) == []
+
+    # structure is each model's own: the default has no ControlNet, `other` has lines
+    handle = await slash_img2img(
+        fd, world.guild, world.channel, world.alice, "a house", structure="lines"
+    )
+    msg = await handle.wait_original(lambda m: not m["loading"])
+    assert msg["ephemeral"] and "Structure 'lines' is not available on this model" in msg["content"]
+    handle = await slash_img2img(
+        fd, world.guild, world.channel, world.alice, "a house", structure="lines", model="other"
+    )
+    msg = await handle.wait_original(lambda m: not m["loading"])
+    assert not msg["ephemeral"], msg["content"]  # queued: it waits for a GPU with `other`
+    (job,) = await bot.store.jobs_in_states(["queued"])
+    assert (job.model, job.structure) == ("other", "lines")
 
 
 async def test_a_lora_in_the_prompt_gives_the_clis_pixels_and_variants_and_styles_keep_it(
