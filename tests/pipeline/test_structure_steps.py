@@ -18,10 +18,10 @@ from diffusers import StableDiffusionControlNetImg2ImgPipeline
 from PIL import Image, ImageDraw
 
 from pipeline.engine import Engine
-from pipeline.request import ControlRef, GenerationRequest, GenerationResult, InputError
-from pipeline.stepbatch import StepHooks
+from pipeline.request import ControlRef, GenerationRequest, InputError
 from pipeline.structure import structure_map
 from pipeline.tiny_controlnet import controlnet_dir
+from tests.pipeline.step_runs import Results, alone, png, run
 
 RESOLUTION = 64
 
@@ -62,35 +62,6 @@ def job(out: Path, image: str, name: str, **kw: Any) -> GenerationRequest:
     )  # fmt: skip
     fields.update(kw)
     return GenerationRequest(**fields)
-
-
-class Results:
-    def __init__(self) -> None:
-        self.done: dict[str, GenerationResult] = {}
-        self.failed: dict[str, str] = {}
-
-    def hooks(self) -> StepHooks:
-        return StepHooks(
-            on_finished=lambda r: self.done.__setitem__(r.job_id, r),
-            on_failed=lambda j, m: self.failed.__setitem__(j, m),
-        )
-
-
-def png(path: str) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB")).astype(np.int16)
-
-
-def run(engine: Engine, jobs: list[GenerationRequest]) -> Results:
-    results = Results()
-    engine.run_steps(jobs, results.hooks(), max_batch=4)
-    return results
-
-
-def alone(engine: Engine, req: GenerationRequest, tmp_path: Path) -> np.ndarray:
-    solo = GenerationRequest(**{**req.__dict__, "output_path": str(tmp_path / "solo.png")})
-    (result,) = run(engine, [solo]).done.values()
-    return png(result.output_path)
 
 
 def diffusers_solo(engine: Engine, req: GenerationRequest) -> np.ndarray:
