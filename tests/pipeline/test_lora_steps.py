@@ -183,3 +183,48 @@ def test_adapters_load_once_and_the_least_recently_used_goes(
     assert engine.loras.loads == 3  # x once (its second use found it loaded), y, z
     assert list(engine.loras.loaded) == ["x", "z"]  # y was least recently used
     assert engine.pipe.unet is unet  # the model was never reloaded
+
+
+def test_one_lora_layer_adds_each_rows_deltas_as_peft_does(
+    engine: Engine, lora_files: dict[str, str]
+) -> None:
+    """One attention projection under the per-row hook, against peft's own forward of a
+    copy of it with the row's adapters active at their weights (row by row): a row with no
+    LoRA, one LoRA, two at other weights, a padding row past the call's rows (never read,
+    left as the base layer gave it); then a layer whose base runs in bfloat16 under float32
+    LoRA weights, where peft's sum is widened and cast back."""
+    import copy
+
+    import torch
+
+    from pipeline.lora_rows import row_loras
+    from pipeline.loras import lora_layers
+
+    a = LoraRef("kohya", lora_files["kohya"], 0.8)
+    b = LoraRef("peft", lora_files["peft"], 1.0)
+    assert engine.loras.ensure([a, b]) is None
+    layer = next(m for m in lora_layers(engine.pipe.unet) if {"kohya", "peft"} <= set(m.lora_A))
+    rows = [(), (a,), (LoraRef("kohya", a.source, 0.3), b)]
+
+    def peft_row(module: Any, x: torch.Tensor, refs: tuple[LoraRef, ...]) -> torch.Tensor:
+        ref = copy.deepcopy(module)
+        ref.enable_adapters(bool(refs))
+        if refs:
+            ref.set_adapter([r.name for r in refs])
+            for r in refs:
+                ref.set_scale(r.name, r.weight)
+        return ref(x)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        module = copy.deepcopy(layer)
+        module.base_layer.to(dtype)
+        x = torch.randn(4, 16, module.in_features, generator=torch.Generator().manual_seed(3))
+        x = x.to(dtype)
+        with torch.no_grad(), row_loras(module, rows):  # 3 rows of the call, 1 padding
+            out = module(x)
+        with torch.no_grad():
+            base = module.base_layer(x)
+            for i, refs in enumerate(rows):
+                assert torch.equal(out[i : i + 1], peft_row(module, x[i : i + 1], refs)), (dtype, i)
+            assert torch.equal(out[3], base[3]) and out.dtype == dtype
+            assert not torch.equal(out[1], base[1]) and not torch.equal(out[1], out[2])
