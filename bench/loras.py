@@ -1,7 +1,9 @@
 """Section `loras` of `make bench`: jobs with different LoRA sets sharing UNet calls.
 
 Runs in a process of its own (`python -m bench.loras MODEL`, one JSON line out), so the
-bench process (the bot side) never imports torch. On the engine itself, the worker's code:
+bench process (the bot side) never imports torch. On the engine itself, the worker's code,
+in a process set up as a worker's (`keep_freed_memory`: without it the denoising loop's
+freed activations go back to the OS and come back as freshly zeroed pages each step):
 - ratio_lora_mixed: N jobs at SIZE px in fair order, four LoRA sets interleaved (none, A,
   B, A+B), MAX_BATCH jobs a set: the step path with mixed-LoRA rows (`Engine.run_steps`) ÷
   the call path grouped by LoRA set. The bot's call-path batch is a prefix of fair order
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loras", description=__doc__)
     p.add_argument("model", help="a diffusers folder (the tiny model)")
     args = p.parse_args(argv)
+    from pipeline.malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()  # as every worker process does at its start
     print(json.dumps(measure(args.model)))
     return 0
 
