@@ -176,10 +176,17 @@ def test_adapters_load_once_and_the_least_recently_used_goes(
 ) -> None:
     engine = Engine.load(str(tiny_model_dir), device="cpu", resolution=RESOLUTION,
                          safety_checker="off", max_loras_loaded=2)  # fmt: skip
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from pipeline.loras import lora_layers
+
     unet = engine.pipe.unet
+    assert lora_layers(unet) == []  # listed (and kept) before any LoRA was loaded
     refs = [LoraRef(name, lora_files["kohya"], 1.0) for name in ("x", "y", "z")]
     for i, ref in enumerate([refs[0], refs[1], refs[0], refs[2]]):
         run(engine, [job(tmp_path, picture, f"j{i}", ref, steps=1, strength=1.0)])
+    walked = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+    assert walked and lora_layers(unet) == walked  # the kept list followed the loads
     assert engine.loras.loads == 3  # x once (its second use found it loaded), y, z
     assert list(engine.loras.loaded) == ["x", "z"]  # y was least recently used
     assert engine.pipe.unet is unet  # the model was never reloaded
