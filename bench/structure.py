@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.structure", description=__doc__)
     p.add_argument("model", help="a diffusers folder (the tiny model, with its ControlNets)")
     args = p.parse_args(argv)
+    from pipeline.malloc_tuning import keep_freed_memory
+
+    keep_freed_memory()  # as every worker process does at its start (see bench.loras)
     print(json.dumps(measure(args.model)))
     return 0
 

@@ -19,9 +19,9 @@ from PIL import Image
 
 from pipeline.engine import Engine
 from pipeline.loras import lora_failed
-from pipeline.request import GenerationRequest, GenerationResult, LoraRef
-from pipeline.stepbatch import StepHooks
+from pipeline.request import GenerationRequest, LoraRef
 from pipeline.tiny_lora import make_tiny_lora
+from tests.pipeline.step_runs import alone, png, run
 
 RESOLUTION = 64
 
@@ -57,36 +57,6 @@ def job(out: Path, image: str, name: str, *loras: LoraRef, **kw: Any) -> Generat
     )  # fmt: skip
     fields.update(kw)
     return GenerationRequest(**fields)
-
-
-class Results:
-    def __init__(self) -> None:
-        self.done: dict[str, GenerationResult] = {}
-        self.failed: dict[str, str] = {}
-
-    def hooks(self) -> StepHooks:
-        return StepHooks(
-            on_finished=lambda r: self.done.__setitem__(r.job_id, r),
-            on_failed=lambda j, m: self.failed.__setitem__(j, m),
-        )
-
-
-def png(result: GenerationResult) -> np.ndarray:
-    with Image.open(result.output_path) as img:
-        return np.asarray(img.convert("RGB")).astype(np.int16)
-
-
-def run(engine: Engine, jobs: list[GenerationRequest], max_batch: int = 4) -> Results:
-    results = Results()
-    engine.run_steps(jobs, results.hooks(), max_batch=max_batch)
-    return results
-
-
-def alone(engine: Engine, req: GenerationRequest, tmp_path: Path) -> np.ndarray:
-    """The job on its own through the engine's step path (its own set of one)."""
-    solo = GenerationRequest(**{**req.__dict__, "output_path": str(tmp_path / "solo.png")})
-    (result,) = run(engine, [solo]).done.values()
-    return png(result)
 
 
 def test_a_tiny_lora_changes_the_picture_visibly(
