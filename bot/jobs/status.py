@@ -10,9 +10,8 @@ status message is edited only when there is something worth knowing:
 - running: "Starting…", the first step, and half-way: at most `RUN_EDITS` edits however long
   the job runs (the bar shows the newest step each time); the first of them comes `run_grace`
   (the service: the interval) after the job was handed to a GPU, showing what is newest by
-  then, so a job done sooner
-  (SD-Turbo on a fast GPU: about a second) goes from its place straight to its picture, one
-  request fewer and no "Starting…" flashing past;
+  then, so a job done sooner (SD-Turbo on a fast GPU: about a second) goes from its place
+  straight to its picture, one request fewer and no "Starting…" flashing past;
 - a live preview (issue 29) rides in the running job's next edit, never one of its own: the
   newest one received replaces an unsent one, and one older than `PREVIEW_MAX_AGE_S` when
   its edit goes out is dropped (never queued); a hidden one (the checker flagged it) removes
