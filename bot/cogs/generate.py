@@ -59,7 +59,8 @@ async def compose(
     the style's, else the server's, else the catalogue's (`bot.models`).
     Raises `InputError`/`UserError` with the member's message.
     Shared by the commands that take a prompt and a style (/img2img, /inpaint, /imagine,
-    /series, the forms)."""
+    /series; the forms compose theirs in `bot.cogs.iterate`, where a structure tag is theirs
+    to read)."""
     if STRUCTURE_TAG.search(prompt):  # the forms' syntax; here it would reach the model
         raise UserError(SLASH_STRUCTURE_TAG)
     guild_id = interaction.guild_id or 0  # outside a server: built-ins only (then refused)
