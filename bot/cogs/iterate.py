@@ -226,26 +226,27 @@ class IterateCog(commands.Cog):
         except InputError as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
+        parent: Job | None = None  # Edit and Refine: the job worked on, read once
         try:
-            model = await self._form_model(interaction, kind, ref)
-            if kind != "this" and form.structure not in (None, "off"):
+            if kind != "this":
                 parent = await self.bot.actions.job_here(interaction, ref, deleted_ok=False)
-                if not takes_structure(kind, parent.mode):
-                    raise UserError(NO_STRUCTURE_TEXT)
+            model = await self._form_model(interaction, parent)
+            tagged = form.structure not in (None, "off")
+            if parent is not None and tagged and not takes_structure(kind, parent.mode):
+                raise UserError(NO_STRUCTURE_TEXT)
             styled = await self._styled(interaction, form, model)
             control = check_structure(styled.structure, styled.structure_weight)
             self.bot.actions.check_structure_served(control, model)
         except (InputError, UserError) as exc:
             await interaction.response.send_message(f"❌ {exc}\n{RETRY[kind]}", ephemeral=True)
             return
-        if kind == "this":
+        if parent is None:  # Img2img this
             await self._submit_this(
                 interaction, target, styled, values.get(modals.PICTURE, "0"), model
             )
             return
         copied: str | None = None
         try:
-            parent = await self.bot.actions.job_here(interaction, ref, deleted_ok=False)
             prompt_kept = form.prompt == parent.prompt and form.style is None
             changed = replace(
                 parent,
@@ -308,12 +309,12 @@ class IterateCog(commands.Cog):
             structure_skipped=form.structure_skipped,
         )
 
-    async def _form_model(self, interaction: Interaction, kind: str, ref: int) -> str:
-        """The model a form's job runs on: Edit and Refine keep the job's; Img2img this
-        (a form cannot grow a model field) uses the server's default, else the catalogue's."""
+    async def _form_model(self, interaction: Interaction, parent: Job | None) -> str:
+        """The model a form's job runs on: Edit and Refine keep their job's (`parent`);
+        Img2img this (a form cannot grow a model field) uses the server's default, else the
+        catalogue's."""
         models = self.bot.jobs.models
-        if kind != "this":
-            parent = await self.bot.actions.job_here(interaction, ref, deleted_ok=False)
+        if parent is not None:
             return models.kept(parent.model)
         server = await server_model(self.bot.store.db, interaction.guild_id or 0)
         return models.pick(None, None, server).name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -43,6 +44,16 @@ def sketch() -> bytes:
     return out.getvalue()
 
 
+async def house_by_cli(bot: Any, plan: bytes, tmp_path: Path, lines: Path) -> np.ndarray:
+    """The CLI's pixels for both tests' job: "a modern house" from the sketch at strength
+    0.75, seed 5, lines ×1.5."""
+    return await cli_pixels(
+        bot, "run", plan, tmp_path, "--prompt", "a modern house", "--strength", "0.75",
+        "--seed", "5", "--structure", "lines", "--structure-weight", "1.5",
+        "--controlnet", str(lines),
+    )  # fmt: skip
+
+
 async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refused_where_missing(
     fd: FakeDiscord, world: World, make_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -61,11 +72,7 @@ async def test_structure_lines_gives_the_clis_pixels_shows_its_map_and_is_refuse
     assert thumb == result["attachments"][1]["url"]  # the map, small, beside the picture
     with Image.open(io.BytesIO(fd.attachment_bytes(result, 1))) as shown:
         assert max(shown.size) <= 160 and np.asarray(shown).max() == 255
-    expected = await cli_pixels(
-        bot, "run", plan, tmp_path, "--prompt", "a modern house", "--strength", "0.75",
-        "--seed", "5", "--structure", "lines", "--structure-weight", "1.5",
-        "--controlnet", str(lines),
-    )  # fmt: skip
+    expected = await house_by_cli(bot, plan, tmp_path, lines)
     assert np.array_equal(pixels(fd.attachment_bytes(result)), expected)
 
     click = await fd.click(result["id"], button(result, "+0.15")["custom_id"], world.bob)
@@ -117,11 +124,7 @@ async def test_the_forms_carry_structure_as_a_tag_in_the_prompt(
     result = await wait_result(fd, submit)
     fields = embed_fields(result)
     assert (fields["Prompt"], fields["Structure"]) == ("a modern house", "lines ×1.5")
-    expected = await cli_pixels(
-        bot, "run", plan, tmp_path, "--prompt", "a modern house", "--strength", "0.75",
-        "--seed", "5", "--structure", "lines", "--structure-weight", "1.5",
-        "--controlnet", str(lines),
-    )  # fmt: skip
+    expected = await house_by_cli(bot, plan, tmp_path, lines)
     assert np.array_equal(pixels(fd.attachment_bytes(result)), expected)
 
     # Edit shows the job's structure as its tag; removing the tag turns it off
