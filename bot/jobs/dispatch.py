@@ -295,29 +295,23 @@ class JobDispatch(ModelRoutes, JobEvents):
                 self.status.set(int(queued.job_id), "🎨 Starting…", cancellable=True)
 
     async def _mark_running(self, batch: list[QueuedJob]) -> list[GenerationRequest]:
-        """Mark the batch's jobs running (queued → running only) and build their requests.
-        A job that is no longer queued (it ended meanwhile) is left out, never run again."""
-        now = self.clock()
+        """Mark the batch's jobs running (queued → running only) and build their requests,
+        in one round trip to the database (`Store.start_jobs`). A job that is no longer
+        queued (it ended meanwhile) is left out, never run again."""
+        ids = [int(q.job_id) for q in batch]
+        jobs, servers = await self.store.start_jobs(ids, self.clock())
         requests: list[GenerationRequest] = []
-        allowed: dict[int, bool] = {}
-        previews: dict[int, bool] = {}
-        gone: list[str] = []
-        async with self.store.transaction() as db:
-            for queued in batch:
-                job_id = int(queued.job_id)
-                if not await self._move(db, job_id, ("queued",), state="running", started_at=now):
-                    gone.append(queued.job_id)
-                    continue
-                job = await self._get(db, job_id)
-                if job.guild_id not in allowed:
-                    allowed[job.guild_id] = await self._nsfw_allowed(db, job.guild_id)
-                    preview = self.settings.preview
-                    previews[job.guild_id] = await previews_on(db, preview, job.guild_id)
-                request = self._request(job, allow_nsfw=allowed[job.guild_id])
-                requests.append(with_preview(request, job, previews[job.guild_id]))
-        for job_id in gone:
-            log.warning("job %s is no longer queued; it is not run again", job_id)
-            self.queue.finish(job_id)
+        for job in jobs:
+            nsfw_channels, previews = servers.get(job.guild_id, ("filter", None))
+            # `/settings nsfw-channels allow`: unfiltered results in age-restricted channels
+            request = self._request(job, allow_nsfw=nsfw_channels == "allow")
+            on = previews_on(self.settings.preview, previews)
+            requests.append(with_preview(request, job, on))
+        started = {str(job.id) for job in jobs}
+        for queued in batch:
+            if queued.job_id not in started:
+                log.warning("job %s is no longer queued; it is not run again", queued.job_id)
+                self.queue.finish(queued.job_id)
         return requests
 
     async def _dispatch_failed(self, batch: list[QueuedJob]) -> None:
@@ -374,15 +368,6 @@ class JobDispatch(ModelRoutes, JobEvents):
             job = await self._end(int(q.job_id), state="cancelled", counted=0)
             if job is not None:
                 self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
-
-    async def _nsfw_allowed(self, db: aiosqlite.Connection, guild_id: int) -> bool:
-        """`/settings nsfw-channels allow`: unfiltered results in age-restricted channels."""
-        rows = list(
-            await db.execute_fetchall(
-                "SELECT nsfw_channels FROM guild_settings WHERE guild_id=?", (guild_id,)
-            )
-        )
-        return bool(rows) and rows[0][0] == "allow"
 
     def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
         out = self.data_dir / "outputs" / f"{job.id}.png"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import aiosqlite
-
 from bot.jobs.redelivery import SHARED_KINDS
 from bot.store.db import Job
 from bot.upscale import FINAL_KIND, TILE_KIND
@@ -21,16 +19,10 @@ NO_PREVIEW_KINDS = (*SHARED_KINDS, TILE_KIND, FINAL_KIND)
 """Jobs shown on a message they share or on an upscale's: no live previews there."""
 
 
-async def previews_on(db: aiosqlite.Connection, preview_setting: str, guild_id: int) -> bool:
-    """PREVIEW is not off and the server did not turn previews off."""
-    if preview_setting == "off":
-        return False
-    rows = list(
-        await db.execute_fetchall(
-            "SELECT previews FROM guild_settings WHERE guild_id=?", (guild_id,)
-        )
-    )
-    return not rows or rows[0][0] != "off"
+def previews_on(preview_setting: str, server_choice: str | None) -> bool:
+    """PREVIEW is not off and the server did not turn previews off (`server_choice`: its
+    `guild_settings.previews`, None where it has no settings row)."""
+    return preview_setting != "off" and server_choice != "off"
 
 
 def with_preview(request: GenerationRequest, job: Job, on: bool) -> GenerationRequest:

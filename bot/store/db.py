@@ -292,6 +292,33 @@ class Store:
 
         return await self.run_transaction(move_and_read)
 
+    async def start_jobs(
+        self, job_ids: list[int], started_at: float
+    ) -> tuple[list[Job], dict[int, tuple[str, str]]]:
+        """Move each of `job_ids` that is still queued to running, in one transaction run
+        whole in the database thread (a hundred free workers start a few batches a pass:
+        one round trip instead of four a job). Returns the started jobs' rows, in order,
+        and each of their servers' (nsfw_channels, previews) settings where it has any."""
+        values = {"state": "running", "started_at": started_at}
+        move = [_move_sql(i, ("queued",), values) for i in job_ids]
+
+        def start(conn: sqlite3.Connection) -> tuple[list[Job], dict[int, tuple[str, str]]]:
+            jobs = [
+                Job.from_row(conn.execute("SELECT * FROM jobs WHERE id=?", (i,)).fetchone())
+                for i, (sql, params) in zip(job_ids, move, strict=True)
+                if conn.execute(sql, params).rowcount == 1
+            ]
+            guilds = sorted({job.guild_id for job in jobs})
+            marks = ", ".join("?" for _ in guilds)
+            settings = conn.execute(
+                "SELECT guild_id, nsfw_channels, previews FROM guild_settings "
+                f"WHERE guild_id IN ({marks})",
+                guilds,
+            ).fetchall()
+            return jobs, {row[0]: (row[1], row[2]) for row in settings}
+
+        return await self.run_transaction(start)
+
     async def move_job_in(
         self, db: aiosqlite.Connection, job_id: int, states: tuple[str, ...], **values: Any
     ) -> bool:

@@ -224,15 +224,15 @@ async def test_a_dispatch_error_puts_the_job_back_and_the_loop_goes_on(
     if fault == "submit":
         h.worker.submit_errors.append(RuntimeError("worker is not running"))
     else:
-        real = h.service._move
+        real = h.service.store.start_jobs
         failures = [sqlite3.OperationalError("disk I/O error")]
 
-        async def flaky(db: Any, job_id: int, states: Any, **values: Any) -> bool:
-            if values.get("state") == "running" and failures:
+        async def flaky(job_ids: list[int], started_at: float) -> Any:
+            if failures:
                 raise failures.pop()
-            return await real(db, job_id, states, **values)
+            return await real(job_ids, started_at)
 
-        monkeypatch.setattr(h.service, "_move", flaky)
+        monkeypatch.setattr(h.service.store, "start_jobs", flaky)
     await h.start()
     job = await h.submit()
     await until(lambda: h.worker.batches, "the retried dispatch")
