@@ -112,6 +112,7 @@ class RemoteWorker(_Worker):
         self.nonce = secrets.token_hex(8)
         """Drawn once per process: a restart under the same id is a new holder to the bot."""
         self.status_v = 0
+        self._said: tuple[int, int, str] | None = None  # the last ask's (free, seen, epoch)
         self.last_step: float | None = None
         self.refused = False
         self.resident: tuple[str, ...] = ()
@@ -227,9 +228,16 @@ class RemoteWorker(_Worker):
             return [[j, self.held[j].attempt if j in self.held else 0] for j in job_ids]
 
     def _ask(self) -> None:
-        """Tell the bot how many jobs this worker takes now (after `seen` grants)."""
+        """Tell the bot how many jobs this worker takes now (after `seen` grants). The same
+        answer as the last one is not sent again: a batch's last job ends (an ask, so its
+        slot is known at once) just before its batch does (an ask that changed nothing),
+        and in a fleet every event costs the bot's one process CPU."""
         self._beat()
         status = self._status()
+        said = (status["free"], status["seen"], status["epoch"])
+        if said == self._said:
+            return
+        self._said = said
         self._event(
             "ask",
             free=str(status["free"]),

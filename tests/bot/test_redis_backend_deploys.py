@@ -425,3 +425,35 @@ async def test_a_failure_marked_run_again_crosses_the_stream(
         assert await next_of(backend, Failed) == Failed("1", "It failed; try again.", retry)
     finally:
         shutil.rmtree(worker.scratch, ignore_errors=True)
+
+
+async def test_a_worker_says_each_free_slot_once(
+    valkey: Valkey,  # noqa: F811
+    r: aioredis.Redis,
+) -> None:
+    """A job's end frees its slot (an ask, at once) just before its batch ends: that second
+    ask would say nothing new, so it is not sent (a fleet's bot reads every event); an ask
+    that says something new still is."""
+    from pipeline.remote_worker import _Held
+    from pipeline.worker_protocol import BatchDone
+
+    worker = RemoteWorker(
+        redis.Redis.from_url(valkey.url), WorkerConfig(MODEL), worker_id="w",
+        max_batch=1, heartbeat_s=TTL_S,
+    )  # fmt: skip
+
+    async def kinds() -> list[bytes]:
+        return [entry[b"t"] for _, entry in await r.xrange(K.events("w"))]
+
+    try:
+        worker.held["1"] = _Held(1, [])
+        await asyncio.to_thread(worker._send, Failed("1", "It failed."))
+        await asyncio.to_thread(worker._send, BatchDone(("1",)))
+        assert await kinds() == [b"failed", b"ask"]
+        worker.held["2"] = _Held(1, [])  # a grant taken: no slot free now, which is news
+        await asyncio.to_thread(worker._send, BatchDone(()))
+        await asyncio.to_thread(worker._send, Failed("2", "It failed."))
+        await asyncio.to_thread(worker._send, BatchDone(("2",)))
+        assert await kinds() == [b"failed", b"ask", b"ask", b"failed", b"ask"]
+    finally:
+        shutil.rmtree(worker.scratch, ignore_errors=True)
