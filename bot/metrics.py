@@ -76,9 +76,9 @@ class MeteredDelivery:
         extra = {} if preview is None else {"preview": preview}
         await self.inner.show_status(job, text, cancellable, **extra)
 
-    async def deliver_result(self, job: Job) -> None:
+    async def deliver_result(self, job: Job) -> int | None:
         self._ended(job, "done")
-        await self.inner.deliver_result(job)
+        return await self.inner.deliver_result(job)
 
     async def deliver_failure(self, job: Job, message: str) -> None:
         self._ended(job, "failed")

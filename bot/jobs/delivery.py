@@ -138,7 +138,8 @@ class DiscordDelivery:
         await status.edit(content=content, view=view, **extra)
 
     # -- the end of a job ---------------------------------------------------------------
-    async def deliver_result(self, job: Job) -> None:
+    async def deliver_result(self, job: Job) -> int | None:
+        """Post the picture; the id of its message (`JobEvents._deliver` records it)."""
         path = self.data_dir / (job.output_path or "")
         # The one rule for every posted picture (bot.ui.pictures): spoiler, format.
         limit = upload_limit(guild=self.client.get_guild(job.guild_id))
@@ -201,7 +202,7 @@ class DiscordDelivery:
                     await self._remove_status(job)  # no "Generating…" with a live Cancel
                     raise
             await self._remove_status(job)
-        await self.store.update_job(job.id, result_message_id=message_id)
+        return message_id
 
     async def _edit_posted(self, job: Job, payload: dict[str, Any]) -> int | None:
         """The result message an interrupted delivery already posted, brought up to date;

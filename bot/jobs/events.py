@@ -78,7 +78,10 @@ class Delivery(Protocol):
     async def show_status(
         self, job: Job, text: str, cancellable: bool, preview: bytes | None = None
     ) -> None: ...
-    async def deliver_result(self, job: Job) -> None: ...
+    async def deliver_result(self, job: Job) -> int | None:
+        """Post the picture; the id of the message that holds it, recorded with the
+        delivery in one write (None: the callee recorded its own, or there is none)."""
+
     async def deliver_failure(self, job: Job, message: str) -> None: ...
     async def deliver_cancelled(self, job: Job) -> None: ...
     async def deliver_withheld(self, job: Job) -> None: ...
@@ -104,8 +107,11 @@ class KindDelivery:
             extra = {} if preview is None else {"preview": preview}
             await self.inner.show_status(job, text, cancellable, **extra)
 
-    async def deliver_result(self, job: Job) -> None:
-        await (self.refresh(job) if job.kind == self.kind else self.inner.deliver_result(job))
+    async def deliver_result(self, job: Job) -> int | None:
+        if job.kind == self.kind:
+            await self.refresh(job)  # the shared message's owner records its own id
+            return None
+        return await self.inner.deliver_result(job)
 
     async def deliver_failure(self, job: Job, message: str) -> None:
         if job.kind == self.kind:
@@ -306,9 +312,7 @@ class JobEvents(JobRedelivery):
         ran["filtered"] = int(bool(getattr(r, "filtered", False)))  # the worker's answer
         if getattr(r, "withheld", False):
             # The GPU did the work, so the unit stays counted; no image exists to show.
-            job = await self._end(
-                job_id, state="withheld", nsfw=1, output_path=None, **ran
-            )
+            job = await self._end(job_id, state="withheld", nsfw=1, output_path=None, **ran)
             if job is not None:
                 await self._deliver(job, self.delivery.deliver_withheld)
             return
@@ -329,26 +333,35 @@ class JobEvents(JobRedelivery):
     async def _finish(self, job: Job) -> None:
         """Post a result, then tell the hooks (gallery) about it; a result that cannot be
         posted anywhere still reaches the gallery, then ends `undelivered`."""
-        delivered = await self._deliver(job, self.delivery.deliver_result)
-        fresh = await self.store.get_job(job.id)
+        delivered, job = await self._deliver_row(job, self.delivery.deliver_result)
         for hook in self.hooks.finished:
             try:
-                await hook(fresh or job)
+                await hook(job)
             except Exception:
                 log.exception("finished-hook failed for job %d", job.id)
         if delivered is None:
             await self._give_up(job)
 
     async def _deliver(
-        self, job: Job, fn: Callable[..., Awaitable[None]], *args: object
+        self, job: Job, fn: Callable[..., Awaitable[int | None]], *args: object
     ) -> bool | None:
         """Send a job's final message; True once Discord has it (marked in SQLite), False
         after an error a later start may get past, None if it can never be delivered."""
+        return (await self._deliver_row(job, fn, *args))[0]
+
+    async def _deliver_row(
+        self, job: Job, fn: Callable[..., Awaitable[int | None]], *args: object
+    ) -> tuple[bool | None, Job]:
+        """`_deliver`, and the job's row as it is after it (read once, before the message
+        goes: the status message attached meanwhile), for the finished-hooks."""
         job = await self._with_status_message(job)
         delivered: bool | None = False
+        values: dict[str, object] = {}
         async with self.status.lock(job.id):
             try:
-                await fn(job, *args)
+                message_id = await fn(job, *args)
+                if message_id is not None:
+                    job.result_message_id = values["result_message_id"] = message_id
                 delivered = True
             except Undeliverable as exc:
                 log.warning("job %d cannot be delivered: %s", job.id, exc)
@@ -358,10 +371,10 @@ class JobEvents(JobRedelivery):
         self.status.release(job.id)
         if delivered:
             try:
-                await self.store.update_job(job.id, delivered_at=self.clock())
+                await self.store.update_job(job.id, **values, delivered_at=self.clock())
             except Exception:
                 log.exception("recording the delivery of job %d failed", job.id)
-        return delivered
+        return delivered, job
 
     async def _with_status_message(self, job: Job) -> Job:
         """Wait (bounded) until the caller attached the status message or said there is

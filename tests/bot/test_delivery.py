@@ -99,7 +99,7 @@ def webhook_calls(calls: list[Call]) -> list[Call]:
 async def test_result_after_expiry_is_a_new_message_pinging_only_the_requester(env: Env) -> None:
     job = output(env, await env.job())
     mark = len(env.fd.calls)
-    await env.delivery.deliver_result(job)
+    message_id = await env.delivery.deliver_result(job)
 
     calls = env.calls_after(mark)
     assert webhook_calls(calls) == []  # the clock says the token is gone: not even tried
@@ -114,8 +114,7 @@ async def test_result_after_expiry_is_a_new_message_pinging_only_the_requester(e
     live = env.fd.messages(env.channel)
     assert len(live) == 1 and live[0]["attachments"]
     assert live[0]["content"] == f"<@{env.alice}> your image is ready."
-    row = await env.store.get_job(job.id)
-    assert row is not None and row.result_message_id == live[0]["id"]
+    assert message_id == live[0]["id"]  # what `JobEvents._deliver` records
 
 
 async def test_a_token_discord_refuses_is_learned_and_the_channel_used(env: Env) -> None:
@@ -247,12 +246,11 @@ async def test_a_variant_delivered_again_after_a_restart_is_found_not_posted_twi
     again.delivery_tries, again.result_message_id = 1, None  # the record was cut off
     again.token_expires_at = time.time() + 600  # and the token still lives
     mark = len(env.fd.calls)
-    await env.delivery.deliver_result(again)
+    message_id = await env.delivery.deliver_result(again)
     calls = env.calls_after(mark)
     assert not [c for c in calls if c.method == "POST" and c.path.endswith("/messages")]
     assert [m["id"] for m in env.fd.messages(env.channel) if m["attachments"]] == [posted[0]["id"]]
-    row = await env.store.get_job(job.id)
-    assert row is not None and row.result_message_id == posted[0]["id"]
+    assert message_id == posted[0]["id"]  # what `JobEvents._deliver` records
 
 
 async def test_a_preview_after_expiry_rides_the_channel_edit_and_the_end_removes_it(
