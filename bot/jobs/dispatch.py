@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 
-import aiosqlite
-
 from bot.jobs.events import JobEvents
 from bot.jobs.model_routes import ModelRoutes
 from bot.jobs.previews import previews_on, with_preview
@@ -71,11 +69,6 @@ class JobDispatch(ModelRoutes, JobEvents):
     @property
     def data_dir(self) -> Path:
         return self.settings.data_dir
-
-    async def _get(self, db: aiosqlite.Connection, job_id: int) -> Job:
-        rows = list(await db.execute_fetchall("SELECT * FROM jobs WHERE id=?", (job_id,)))
-        assert rows, job_id
-        return Job.from_row(rows[0])
 
     # -- the dispatch loop ------------------------------------------------------------
     async def _run(self) -> None:

@@ -380,13 +380,16 @@ class JobEvents(JobRedelivery):
         """Wait (bounded) until the caller attached the status message or said there is
         none, so the final message replaces it instead of leaving it stale."""
         gate = self._status_gates.get(job.id)
-        if gate is not None and not gate.is_set():
+        if gate is None or job.status_message_id:  # none to wait for, or already in the row
+            self._status_gates.pop(job.id, None)
+            return job
+        if not gate.is_set():
             try:
                 await asyncio.wait_for(gate.wait(), STATUS_ATTACH_WAIT_S)
             except TimeoutError:
                 log.warning("job %d: no status message after %.0f s", job.id, STATUS_ATTACH_WAIT_S)
         self._status_gates.pop(job.id, None)
-        return await self.store.get_job(job.id) or job
+        return await self.store.get_job(job.id) or job  # the message attached meanwhile
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -319,7 +319,7 @@ class JobService(JobDispatch):
             await hook(db, new, now)
         seed = new.seed if new.seed is not None else secrets.randbelow(MAX_SEED + 1)
         token_from = new.interaction_created_at if new.interaction_created_at is not None else now
-        job_id = await self.store.insert_job(
+        return await self.store.insert_job_row(
             db,
             guild_id=new.guild_id, channel_id=new.channel_id, user_id=new.user_id,
             kind=new.kind, parent_id=new.parent_id, prompt=new.prompt,
@@ -336,7 +336,6 @@ class JobService(JobDispatch):
             structure=new.structure, structure_weight=new.structure_weight,
             structure_skipped=new.structure_skipped,
         )  # fmt: skip
-        return await self._get(db, job_id)
 
     async def attach_status_message(self, job_id: int, message_id: int | None) -> None:
         """Remember the message that shows this job's place and progress; None: the caller

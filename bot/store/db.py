@@ -250,12 +250,16 @@ class Store:
     # -- jobs -------------------------------------------------------------------------
     async def insert_job(self, db: aiosqlite.Connection, **values: Any) -> int:
         """Insert a job inside a caller's transaction; returns its id."""
+        return (await self.insert_job_row(db, **values)).id
+
+    async def insert_job_row(self, db: aiosqlite.Connection, **values: Any) -> Job:
+        """Insert a job inside a caller's transaction; returns its row as stored (defaults
+        filled in), read by the insert itself: one round trip, not two."""
         values.setdefault("created_at", time.time())
         cols = [c for c in JOB_INSERT_FIELDS if c in values]
         sql = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        cursor = await db.execute(sql, [values[c] for c in cols])
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        rows = list(await db.execute_fetchall(f"{sql} RETURNING *", [values[c] for c in cols]))
+        return Job.from_row(rows[0])
 
     async def get_job(self, job_id: int) -> Job | None:
         """One round trip to the database thread (execute and fetch together)."""
