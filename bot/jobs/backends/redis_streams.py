@@ -38,6 +38,8 @@ events (a few milliseconds apart) come in a few replies instead of one each: eve
 names every worker's stream, and packing and parsing it costs more CPU than the event it
 brings. An event waits at most this much longer; a full reply is followed at once."""
 GRANTS_MAXLEN = 10_000
+Write = tuple[str, str, dict[bytes, bytes], list[Any]]
+"""(op, key, entry, files): "grant"/"xadd" an entry with its files, "del" a key, "srem"."""
 BACKOFF_MAX_S = 5.0
 
 
@@ -70,10 +72,32 @@ class Streams(Events):
             while not self._outbox.empty() and len(ops) < WRITE_BATCH:
                 ops.append(self._outbox.get_nowait())
             await self._record_all(ops)
-            for op, key, entry, files in ops:
-                if op == "forget":
-                    continue
-                await self._write(op, key, entry, files[0] if op == "grant" else files)
+            writes = [(op, key, entry, files[0] if op == "grant" else files)
+                      for op, key, entry, files in ops if op != "forget"]  # fmt: skip
+            if writes and not await self._write_all(writes):
+                for write in writes:
+                    await self._write(*write)
+
+    async def _write_all(self, writes: list[Write]) -> bool:
+        """The writes in one round trip, their files read in one thread hop (a hundred
+        workers' grants come a few a pass). False if the server failed it: `_write` then
+        sends each again until it is done (a grant sent twice is taken once: its number)."""
+        try:
+            assert self._r is not None
+            entries = await asyncio.to_thread(_with_files, writes)
+            pipe = self._r.pipeline(transaction=False)
+            for (op, key, _, files), entry in zip(writes, entries, strict=True):
+                if op == "del":
+                    pipe.delete(key)
+                elif op == "srem":
+                    pipe.srem(key, *files)
+                else:
+                    pipe.xadd(key, entry, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            await pipe.execute()
+            return True
+        except (RedisError, OSError) as exc:
+            log.warning("writing %d entries failed (%s); sending them one by one", len(writes), exc)
+            return False
 
     async def _write(self, op: str, key: str, entry: dict[bytes, bytes], files: list[Any]) -> None:
         """One write, retried until it is done or the backend closes."""
@@ -86,11 +110,7 @@ class Streams(Events):
                 elif op == "srem":
                     await self._r.srem(key, *files)
                 else:
-                    full = dict(entry)
-                    for name, path, fit in files:
-                        data = await asyncio.to_thread(_read, path, fit)
-                        if data is not None:
-                            full[name] = data
+                    (full,) = await asyncio.to_thread(_with_files, [(op, key, entry, files)])
                     await self._r.xadd(key, full, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
                 break
             except (RedisError, OSError) as exc:
@@ -98,7 +118,7 @@ class Streams(Events):
                 await asyncio.sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)
 
-    async def _record_all(self, ops: list[tuple[str, str, dict[bytes, bytes], list[Any]]]) -> None:
+    async def _record_all(self, ops: list[Write]) -> None:
         """Record the grants among `ops` in one transaction (with the rows of jobs that
         ended, `forget`), before any of them is sent. Forgetting never concerns a grant of
         the same batch: a job ends only after its grant was sent and answered."""
@@ -205,6 +225,19 @@ def _files_of(request: GenerationRequest, resolution: int | None) -> list[GrantF
         if f.name.endswith("_path") and f.name != "output_path" and value:
             fit = resolution if fits and f.name == "image_path" else None
             out.append((f"file:{request.job_id}:{f.name}".encode(), str(value), fit))
+    return out
+
+
+def _with_files(writes: list[Write]) -> list[dict[bytes, bytes]]:
+    """Each stream entry of `writes` with its files' bytes added (`_read`); blocking."""
+    out = []
+    for op, _, entry, files in writes:
+        full = dict(entry)
+        for name, path, fit in files if op not in ("del", "srem") else ():
+            data = _read(path, fit)
+            if data is not None:
+                full[name] = data
+        out.append(full)
     return out
 
 
