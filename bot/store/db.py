@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from bot.store.group_commit import GroupCommit
 from bot.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class Store:
         self.path = path
         self._write_lock = asyncio.Lock()
         self.transactions = 0  # write transactions begun (the fleet bench counts them)
+        self._group = GroupCommit(db, self._write_lock, self._begun)
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
@@ -205,13 +207,15 @@ class Store:
                 await db.execute(f"PRAGMA user_version={version}")
 
     async def run_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work(connection)` in one write transaction run whole in the database thread:
+        """`work(connection)` in a write transaction run whole in the database thread:
         one round trip instead of one per statement (BEGIN, each statement, COMMIT). For
-        the writes every job makes, on the one write lock. `work` is plain sqlite3 code
-        (it cannot await); an exception rolls it back."""
-        async with self._write_lock:
-            self.transactions += 1
-            return await self.db._execute(_whole, self.db._conn, work)  # type: ignore[no-any-return]
+        the writes every job makes, on the one write lock; those that wait meanwhile share
+        the next transaction (`bot.store.group_commit`). `work` is plain sqlite3 code (it
+        cannot await); an exception rolls back its writes and reaches its caller."""
+        return await self._group.run(work)
+
+    def _begun(self) -> None:
+        self.transactions += 1
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -344,21 +348,6 @@ def _move_sql(
     marks = ", ".join("?" for _ in states)
     sql = f"UPDATE jobs SET {sets} WHERE id=? AND state IN ({marks})"
     return sql, [*values.values(), job_id, *states]
-
-
-def _whole(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """`work` in one write transaction, in the database thread (aiosqlite runs it there
-    between the calls of other tasks, never inside them: the caller holds the write lock,
-    so no other transaction is open)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
 
 
 def _rollback_if_open(conn: sqlite3.Connection) -> None:

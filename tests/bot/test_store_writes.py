@@ -1,5 +1,6 @@
 """`Store.update_job` runs its transaction whole in the database thread (one round trip):
-it still commits or rolls back alone, and never lands inside another open transaction."""
+it still commits or rolls back alone, and never lands inside another open transaction;
+writes that wait meanwhile share the next transaction (group commit)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,40 @@ async def test_run_transaction_rolls_back_all_of_its_work(store: Store) -> None:
         await store.run_transaction(half)
     job = await store.get_job(job_id)
     assert job is not None and job.prompt == "p" and not store.db.in_transaction
+
+
+async def test_writes_that_wait_share_one_transaction_and_a_failing_one_fails_alone(
+    store: Store,
+) -> None:
+    """Group commit: writes queued while another transaction holds the write lock go in
+    one transaction together; one that fails rolls back its own writes, reaches its own
+    caller, and the others' writes are committed."""
+    jobs = [await new_job(store) for _ in range(3)]
+
+    def failing(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE jobs SET prompt='half' WHERE id=?", (jobs[1],))
+        raise ValueError("the second half failed")
+
+    before = store.transactions
+    async with store.transaction():  # holds the write lock while the three wait
+        writes = asyncio.gather(
+            store.update_job(jobs[0], status_message_id=10),
+            store.run_transaction(failing),
+            store.update_job(jobs[2], status_message_id=12),
+            return_exceptions=True,
+        )
+        for _ in range(5):
+            await asyncio.sleep(0)
+    first, second, third = await writes
+    assert (first, third) == (None, None) and isinstance(second, ValueError)
+    assert store.transactions == before + 2  # the open one, then the three together
+    rows = [await store.get_job(job_id) for job_id in jobs]
+    assert [(r.status_message_id, r.prompt) for r in rows if r] == [
+        (10, "p"),
+        (None, "p"),
+        (12, "p"),
+    ]
+    assert not store.db.in_transaction
 
 
 async def test_a_job_read_by_position_matches_its_columns_in_any_order(store: Store) -> None:
