@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from bot.store.group_commit import GroupCommit
+from bot.store.group_commit import GroupCommit, GroupRead
 from bot.store.migrations import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class Store:
         self._write_lock = asyncio.Lock()
         self.transactions = 0  # write transactions begun (the fleet bench counts them)
         self._group = GroupCommit(db, self._write_lock, self._begun)
+        self._reads = GroupRead(db)
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
@@ -266,9 +267,14 @@ class Store:
         return Job.from_row(rows[0])
 
     async def get_job(self, job_id: int) -> Job | None:
-        """One round trip to the database thread (execute and fetch together)."""
-        rows = list(await self.db.execute_fetchall("SELECT * FROM jobs WHERE id=?", (job_id,)))
-        return Job.from_row(rows[0]) if rows else None
+        """One round trip to the database thread (execute and fetch together), shared with
+        the reads that wait meanwhile (`GroupRead`)."""
+
+        def read(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            return conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()  # type: ignore[no-any-return]
+
+        row = await self._reads.run(read)
+        return None if row is None else Job.from_row(row)
 
     async def jobs_in_states(self, states: Iterable[str]) -> list[Job]:
         states = list(states)

@@ -9,6 +9,9 @@ takes all of them, in order, each in a savepoint of its own: a write that fails 
 back alone and its caller gets its exception, the others commit. A caller's await still
 returns once its own write is committed; a write with nothing else waiting is one
 transaction on its own, as before, without any added delay.
+
+Reads group the same way (`GroupRead`, no transaction): the status board starts the edits
+due at one tick together, and each reads its job's row first.
 """
 
 from __future__ import annotations
@@ -25,41 +28,38 @@ Work = Callable[[sqlite3.Connection], Any]
 Outcome = tuple[bool, Any]  # (True, its result) or (False, its exception)
 
 
-class GroupCommit:
-    """`run(work)` for `Store.run_transaction`; `lock` is the store's one write lock."""
+class GroupRead:
+    """`run(work)`: `work(connection)` in the database thread, with the other works that
+    wait meanwhile in the same round trip. Works only read."""
 
-    def __init__(
-        self, db: aiosqlite.Connection, lock: asyncio.Lock, begun: Callable[[], None]
-    ) -> None:
+    def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-        self._lock = lock
-        self._begun = begun  # counts a transaction (the fleet bench reports them)
         self._waiting: list[tuple[Work, asyncio.Future[Any]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiting.append((work, future))
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_waiting(), name="group-commit")
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run_waiting(), name="store-group")
         return await future
 
-    async def _commit_waiting(self) -> None:
+    async def _run_waiting(self) -> None:
         try:
             while self._waiting:
                 group = [(w, f) for w, f in self._waiting if not f.cancelled()]
                 self._waiting = []
                 if group:
-                    await self._commit(group)
+                    await self._run_group(group)
         finally:
-            self._committer = None
+            self._runner = None
 
-    async def _commit(self, group: list[tuple[Work, asyncio.Future[Any]]]) -> None:
+    async def _run(self, works: list[Work]) -> list[Outcome]:
+        return await self._db._execute(_each, self._db._conn, works)  # type: ignore[no-any-return]
+
+    async def _run_group(self, group: list[tuple[Work, asyncio.Future[Any]]]) -> None:
         try:
-            async with self._lock:
-                self._begun()
-                works = [work for work, _ in group]
-                outcomes = await self._db._execute(_in_savepoints, self._db._conn, works)
+            outcomes = await self._run([work for work, _ in group])
         except asyncio.CancelledError:  # a stop: nobody waits for these any more
             for _, future in group:
                 future.cancel()
@@ -69,6 +69,32 @@ class GroupCommit:
         for (_, future), (ok, value) in zip(group, outcomes, strict=True):
             if not future.done():
                 future.set_result(value) if ok else future.set_exception(value)
+
+
+class GroupCommit(GroupRead):
+    """`run(work)` for `Store.run_transaction`; `lock` is the store's one write lock."""
+
+    def __init__(
+        self, db: aiosqlite.Connection, lock: asyncio.Lock, begun: Callable[[], None]
+    ) -> None:
+        super().__init__(db)
+        self._lock = lock
+        self._begun = begun  # counts a transaction (the fleet bench reports them)
+
+    async def _run(self, works: list[Work]) -> list[Outcome]:
+        async with self._lock:
+            self._begun()
+            return await self._db._execute(_in_savepoints, self._db._conn, works)  # type: ignore[no-any-return]
+
+
+def _each(conn: sqlite3.Connection, works: list[Work]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for work in works:
+        try:
+            outcomes.append((True, work(conn)))
+        except Exception as exc:
+            outcomes.append((False, exc))
+    return outcomes
 
 
 def _in_savepoints(conn: sqlite3.Connection, works: list[Work]) -> list[Outcome]:

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,6 +151,25 @@ async def test_writes_that_wait_share_one_transaction_and_a_failing_one_fails_al
         (12, "p"),
     ]
     assert not store.db.in_transaction
+
+
+async def test_reads_that_wait_share_one_round_trip(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The status board starts a tick's edits together, each reading its job first: those
+    reads go to the database thread in one round trip (`GroupRead`)."""
+    jobs = [await new_job(store) for _ in range(3)]
+    trips = []
+    real = store.db._execute
+
+    async def counted(fn: Any, *args: Any) -> Any:
+        trips.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(store.db, "_execute", counted)
+    rows = await asyncio.gather(*(store.get_job(j) for j in [*jobs, jobs[-1] + 1]))
+    assert [r.id if r else None for r in rows] == [*jobs, None]
+    assert len(trips) == 1
 
 
 async def test_a_job_read_by_position_matches_its_columns_in_any_order(store: Store) -> None:
