@@ -48,11 +48,14 @@ def upload_limit(interaction: Any = None, guild: Any = None) -> int:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def png_size(path: Path) -> tuple[int, int] | None:
+def png_size(path: Path | bytes) -> tuple[int, int] | None:
     """A stored PNG's (width, height) from its header (24 bytes, no decoding); None if the
-    file is not a PNG."""
-    with path.open("rb") as f:
-        head = f.read(24)
+    file is not a PNG. `path` may be the file's bytes, read already."""
+    if isinstance(path, bytes):
+        head = path[:24]
+    else:
+        with path.open("rb") as f:
+            head = f.read(24)
     if len(head) < 24 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
         return None
     width, height = struct.unpack(">II", head[16:24])
@@ -75,6 +78,13 @@ def fit_upload(path: Path, limit: int) -> tuple[bytes | None, str]:
     return out.getvalue(), "JPEG"
 
 
+READ_AT_ONCE_MAX = 2 * 1024 * 1024
+"""A stored PNG up to this size (a 1024 px result) is read in the event loop when it is
+posted: it was written moments ago, so it comes from the page cache in well under a
+millisecond, and one read replaces the header read, the open and the thread hop aiohttp
+takes to read a file attachment. A larger one is read by aiohttp, in its thread."""
+
+
 class Picture:
     """A stored result made ready to post once (`prepare`); `file()` makes a fresh
     attachment each time a post is tried (discord.py closes a File once it was sent)."""
@@ -82,14 +92,18 @@ class Picture:
     def __init__(self, path: Path, filename: str, spoiler: bool, data: bytes | None, fmt: str):
         self.path, self.spoiler, self.data, self.format = path, spoiler, data, fmt
         self.filename = str(Path(filename).with_suffix(SUFFIXES[fmt]))
-        self.size = png_size(path)  # the stored picture's, whatever format it goes out as
+        # the stored picture's size, whatever format it goes out as
+        self.size = png_size(data if data is not None and fmt == "PNG" else path)
 
     @classmethod
     async def prepare(
         cls, path: Path, filename: str, *, spoiler: bool, limit: int = DEFAULT_UPLOAD_LIMIT
     ) -> Picture:
         """`spoiler`: `spoilered(job)` of the picture's job, the one spoiler rule."""
-        if path.stat().st_size <= limit:  # the usual case: no thread, no encoding
+        size = path.stat().st_size
+        if size <= min(limit, READ_AT_ONCE_MAX):  # the usual case: no thread, no encoding
+            return cls(path, filename, spoiler, path.read_bytes(), "PNG")
+        if size <= limit:
             return cls(path, filename, spoiler, None, "PNG")
         data, fmt = await asyncio.to_thread(fit_upload, path, limit)
         return cls(path, filename, spoiler, data, fmt)
