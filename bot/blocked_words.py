@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -77,6 +78,14 @@ def refusal_text(word: str) -> str:
     )
 
 
+def words_in(conn: sqlite3.Connection, guild_id: int) -> list[str]:
+    """The server's blocked words (in the database thread)."""
+    rows = conn.execute(
+        "SELECT word FROM blocked_words WHERE guild_id=? ORDER BY word", (guild_id,)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 class BlockedWords:
     """A server's blocked words in SQLite, and the reserve hook that refuses prompts."""
 
@@ -88,10 +97,7 @@ class BlockedWords:
         self.clock = clock
 
     async def list(self, guild_id: int, db: aiosqlite.Connection | None = None) -> list[str]:
-        cursor = await (db or self.store.db).execute(
-            "SELECT word FROM blocked_words WHERE guild_id=? ORDER BY word", (guild_id,)
-        )
-        return [str(r[0]) for r in await cursor.fetchall()]
+        return await self.store.in_thread(lambda conn: words_in(conn, guild_id), db)
 
     async def add(self, db: aiosqlite.Connection, guild_id: int, actor_id: int, text: str) -> str:
         """Add an entry inside the caller's (audited) transaction; returns it as stored."""
@@ -122,11 +128,15 @@ class BlockedWords:
         self, guild_id: int, prompt: str, db: aiosqlite.Connection | None = None
     ) -> None:
         """Raise `UserError` naming the word if `prompt` holds a blocked one."""
-        word = find_blocked(prompt, [*self.operator_words, *await self.list(guild_id, db)])
+        self._refuse(guild_id, prompt, await self.list(guild_id, db))
+
+    def _refuse(self, guild_id: int, prompt: str, words: list[str]) -> None:
+        word = find_blocked(prompt, [*self.operator_words, *words])
         if word is not None:
             log.info("refused a prompt with a blocked word in guild %d", guild_id)
             raise UserError(refusal_text(word))
 
-    async def reserve(self, db: aiosqlite.Connection, new: NewJob, now: float) -> None:
-        """`JobService.hooks.reserve`: the prompt only; negative prompts are not checked."""
-        await self.check(new.guild_id, new.prompt, db)
+    def reserve(self, conn: sqlite3.Connection, new: NewJob, now: float) -> None:
+        """`JobService.hooks.reserve` (in the database thread): the prompt only; negative
+        prompts are not checked."""
+        self._refuse(new.guild_id, new.prompt, words_in(conn, new.guild_id))

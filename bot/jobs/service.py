@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ from bot.jobs.scheduler import Caps, FairQueue, QueueFull
 from bot.jobs.status import StatusBoard
 from bot.loras import LORA_GONE, LoraTags
 from bot.models import MODEL_GONE, ModelChoice
-from bot.store.db import ACTIVE_STATES, Job, Store
+from bot.store.db import ACTIVE_STATES, Job, Store, insert_job_in
 from bot.ui.render import queue_text
 from config import Settings
 from config.lora_tags import LoraTagError
@@ -87,7 +88,9 @@ class NewJob:
     structure_skipped: str | None = None  # the style's kind, not offered on its model
 
 
-ReserveHook = Callable[[aiosqlite.Connection, NewJob, float], Awaitable[None]]
+ReserveHook = Callable[[sqlite3.Connection, NewJob, float], None]
+"""Plain sqlite3 code, run in the database thread inside the transaction that inserts the
+job (so a submit is one round trip, not one per statement of every hook)."""
 JobHook = Callable[[Job], Awaitable[None]]
 GroupHook = Callable[[aiosqlite.Connection, list[Job]], Awaitable[str]]
 NEW_GROUP = "\0new"
@@ -165,6 +168,7 @@ class JobService(JobDispatch):
         self._cancel_requested: set[str] = set()
         self._finals: set[str] = set()  # a final event came; its row is being written
         self._status_gates: dict[int, asyncio.Event] = {}
+        self._admitting = asyncio.Lock()  # one submit between its caps check and its push
         self._dispatch_errors: dict[str, int] = {}
         self._hold_until = 0.0  # monotonic time before which dispatch waits (after an error)
         self._stopping = False
@@ -291,7 +295,13 @@ class JobService(JobDispatch):
             plan_steps(new.steps, new.strength)  # raises InputError for an impossible strength
         now = self.clock()
         first = news[0]
-        async with self.store.transaction() as db:
+
+        def insert(conn: sqlite3.Connection) -> list[Job]:
+            return [self._insert(conn, new, now) for new in news]
+
+        # One admission at a time: the caps are read before the rows go in and the queue
+        # grows after, so no other submit may pass the same caps in between.
+        async with self._admitting:
             try:
                 if enforce_caps:
                     self.queue.check_caps(
@@ -302,8 +312,13 @@ class JobService(JobDispatch):
                     )
             except QueueFull as exc:
                 raise UserError(str(exc)) from None
-            jobs = [await self._insert(db, new, now) for new in news]
-            name = await group(db, jobs) if group is not None else None
+            name = None
+            if group is None:  # hooks and rows in one round trip, grouped with other writes
+                jobs = await self.store.run_transaction(insert)
+            else:  # the group writes its own rows, in the same transaction
+                async with self.store.transaction() as db:
+                    jobs = await self.store.in_thread(insert, db)
+                    name = await group(db, jobs)
             for job in jobs:
                 self.queue.push(replace(self._queued(job), group=name), enforce_caps=False)
         for new, job in zip(news, jobs, strict=True):
@@ -313,14 +328,15 @@ class JobService(JobDispatch):
         self._wake.set()
         return jobs
 
-    async def _insert(self, db: aiosqlite.Connection, new: NewJob, now: float) -> Job:
-        """Reserve (hooks may refuse with `UserError`) and insert one job row."""
+    def _insert(self, conn: sqlite3.Connection, new: NewJob, now: float) -> Job:
+        """Reserve (hooks may refuse with `UserError`) and insert one job row, in the
+        database thread."""
         for hook in self.hooks.reserve:
-            await hook(db, new, now)
+            hook(conn, new, now)
         seed = new.seed if new.seed is not None else secrets.randbelow(MAX_SEED + 1)
         token_from = new.interaction_created_at if new.interaction_created_at is not None else now
-        return await self.store.insert_job_row(
-            db,
+        return insert_job_in(
+            conn,
             guild_id=new.guild_id, channel_id=new.channel_id, user_id=new.user_id,
             kind=new.kind, parent_id=new.parent_id, prompt=new.prompt,
             negative_prompt=new.negative_prompt, strength=new.strength, seed=seed,

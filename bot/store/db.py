@@ -218,6 +218,16 @@ class Store:
     def _begun(self) -> None:
         self.transactions += 1
 
+    async def in_thread(
+        self, work: Callable[[sqlite3.Connection], T], db: aiosqlite.Connection | None = None
+    ) -> T:
+        """`work(connection)` (plain sqlite3 code) in the database thread, one round trip:
+        with `db`, inside that caller's open transaction; without, among the reads that
+        wait meanwhile (`GroupRead`), so `work` only reads then."""
+        if db is None:
+            return await self._reads.run(work)
+        return await db._execute(work, db._conn)  # type: ignore[no-any-return]
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction at a time (BEGIN IMMEDIATE), committed or rolled back.
@@ -260,11 +270,7 @@ class Store:
     async def insert_job_row(self, db: aiosqlite.Connection, **values: Any) -> Job:
         """Insert a job inside a caller's transaction; returns its row as stored (defaults
         filled in), read by the insert itself: one round trip, not two."""
-        values.setdefault("created_at", time.time())
-        cols = [c for c in JOB_INSERT_FIELDS if c in values]
-        sql = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        rows = list(await db.execute_fetchall(f"{sql} RETURNING *", [values[c] for c in cols]))
-        return Job.from_row(rows[0])
+        return await self.in_thread(lambda conn: insert_job_in(conn, **values), db)
 
     async def get_job(self, job_id: int) -> Job | None:
         """One round trip to the database thread (execute and fetch together), shared with
@@ -340,6 +346,16 @@ class Store:
         a state from going back); False: it was not, and nothing changed."""
         cursor = await db.execute(*_move_sql(job_id, states, values))
         return cursor.rowcount == 1
+
+
+def insert_job_in(conn: sqlite3.Connection, **values: Any) -> Job:
+    """Insert a job in the open transaction of `conn` (in the database thread); its row as
+    stored (defaults filled in), read by the insert itself."""
+    values.setdefault("created_at", time.time())
+    cols = [c for c in JOB_INSERT_FIELDS if c in values]
+    sql = f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+    rows = conn.execute(f"{sql} RETURNING *", [values[c] for c in cols]).fetchall()
+    return Job.from_row(rows[0])
 
 
 def _update_sql(job_id: int, values: dict[str, Any]) -> tuple[str, list[Any]]:

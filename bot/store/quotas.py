@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -72,6 +73,37 @@ def _channels(raw: str | None) -> tuple[int, ...] | None:
         return None
 
 
+def guild_settings_in(conn: sqlite3.Connection, guild_id: int) -> GuildSettings:
+    row = conn.execute("SELECT * FROM guild_settings WHERE guild_id=?", (guild_id,)).fetchone()
+    if row is None:
+        return GuildSettings(guild_id)
+    return GuildSettings(
+        guild_id=guild_id,
+        user_daily=row["user_daily"],
+        guild_daily=row["guild_daily"],
+        allowed_channels=_channels(row["allowed_channels"]),
+        gallery_channel_id=row["gallery_channel_id"],
+        updated_at=row["updated_at"],
+        nsfw_channels=row["nsfw_channels"] or "filter",
+        previews=row["previews"] or "on",
+    )
+
+
+def role_limits_in(conn: sqlite3.Connection, guild_id: int) -> list[RoleLimit]:
+    rows = conn.execute(
+        "SELECT role_id, user_daily, exempt FROM role_limits WHERE guild_id=? ORDER BY role_id",
+        (guild_id,),
+    ).fetchall()
+    return [RoleLimit(r["role_id"], r["user_daily"], bool(r["exempt"])) for r in rows]
+
+
+def reset_at_in(conn: sqlite3.Connection, guild_id: int, user_id: int) -> float | None:
+    row = conn.execute(
+        "SELECT at FROM usage_resets WHERE guild_id=? AND user_id=?", (guild_id, user_id)
+    ).fetchone()
+    return row["at"] if row else None
+
+
 class QuotaStore:
     """Reads and changes quotas and server settings. Changes are audited in their own
     transaction; reads outside a transaction use the store's connection."""
@@ -84,40 +116,17 @@ class QuotaStore:
         self.clock = clock
 
     # -- reads ------------------------------------------------------------------------
+    # Each read is plain sqlite3 code (`*_in`, run in the database thread: one round trip,
+    # inside a caller's transaction when `db` is given) so that `reserve` can run whole
+    # inside the transaction that inserts a job.
     async def guild_settings(self, guild_id: int, db: Conn | None = None) -> GuildSettings:
-        cursor = await (db or self.store.db).execute(
-            "SELECT * FROM guild_settings WHERE guild_id=?", (guild_id,)
-        )
-        row = await cursor.fetchone()
-        if row is None:
-            return GuildSettings(guild_id)
-        return GuildSettings(
-            guild_id=guild_id,
-            user_daily=row["user_daily"],
-            guild_daily=row["guild_daily"],
-            allowed_channels=_channels(row["allowed_channels"]),
-            gallery_channel_id=row["gallery_channel_id"],
-            updated_at=row["updated_at"],
-            nsfw_channels=row["nsfw_channels"] or "filter",
-            previews=row["previews"] or "on",
-        )
+        return await self.store.in_thread(lambda conn: guild_settings_in(conn, guild_id), db)
 
     async def role_limits(self, guild_id: int, db: Conn | None = None) -> list[RoleLimit]:
-        cursor = await (db or self.store.db).execute(
-            "SELECT role_id, user_daily, exempt FROM role_limits WHERE guild_id=? ORDER BY role_id",
-            (guild_id,),
-        )
-        return [
-            RoleLimit(r["role_id"], r["user_daily"], bool(r["exempt"]))
-            for r in await cursor.fetchall()
-        ]
+        return await self.store.in_thread(lambda conn: role_limits_in(conn, guild_id), db)
 
     async def reset_at(self, guild_id: int, user_id: int, db: Conn | None = None) -> float | None:
-        cursor = await (db or self.store.db).execute(
-            "SELECT at FROM usage_resets WHERE guild_id=? AND user_id=?", (guild_id, user_id)
-        )
-        row = await cursor.fetchone()
-        return row["at"] if row else None
+        return await self.store.in_thread(lambda conn: reset_at_in(conn, guild_id, user_id), db)
 
     def limits(self, gs: GuildSettings) -> tuple[int, int]:
         """(per-user, per-server) limits: the server's own, never above the operator's
@@ -144,35 +153,48 @@ class QuotaStore:
         db: Conn | None = None,
     ) -> QuotaState:
         """The member's and the server's usage and limits at `now`."""
-        conn = db or self.store.db
-        gs = await self.guild_settings(guild_id, conn)
+        roles = tuple(role_ids)
+        return await self.store.in_thread(
+            lambda conn: self.state_in(conn, guild_id, user_id, roles, now), db
+        )
+
+    def state_in(
+        self,
+        conn: sqlite3.Connection,
+        guild_id: int,
+        user_id: int,
+        role_ids: Iterable[int],
+        now: float,
+    ) -> QuotaState:
+        """`state`, in the database thread."""
+        gs = guild_settings_in(conn, guild_id)
         base_user, guild_limit = self.limits(gs)
         ceiling = self.settings.quota_user_ceiling
         role_limits = [
             RoleLimit(
                 r.role_id, None if r.user_daily is None else min(r.user_daily, ceiling), r.exempt
             )
-            for r in await self.role_limits(guild_id, conn)
+            for r in role_limits_in(conn, guild_id)
         ]
         # @everyone's role id is the guild id; Discord does not list it among a member's roles.
         user_limit = effective_user_limit(base_user, role_limits, {*role_ids, guild_id})
-        user_cutoff = window_cutoff(now, await self.reset_at(guild_id, user_id, conn))
+        user_cutoff = window_cutoff(now, reset_at_in(conn, guild_id, user_id))
         # usage_kept: units of jobs whose rows /gallery forget-me deleted still count.
-        cursor = await conn.execute(
+        rows = conn.execute(
             "SELECT created_at FROM jobs WHERE guild_id=? AND user_id=? AND counted=1 "
             "AND created_at>? UNION ALL SELECT created_at FROM usage_kept WHERE guild_id=? "
             "AND user_id=? AND counted=1 AND created_at>? ORDER BY created_at",
             (guild_id, user_id, user_cutoff) * 2,
-        )
-        user_times = tuple(r[0] for r in await cursor.fetchall())
+        ).fetchall()
+        user_times = tuple(r[0] for r in rows)
         guild_cutoff = window_cutoff(now)
-        cursor = await conn.execute(
+        rows = conn.execute(
             "SELECT created_at FROM jobs WHERE guild_id=? AND counted=1 AND created_at>? "
             "UNION ALL SELECT created_at FROM usage_kept WHERE guild_id=? AND counted=1 "
             "AND created_at>? ORDER BY created_at",
             (guild_id, guild_cutoff) * 2,
-        )
-        guild_times = tuple(r[0] for r in await cursor.fetchall())
+        ).fetchall()
+        guild_times = tuple(r[0] for r in rows)
         return QuotaState(Usage(user_limit, user_times), Usage(guild_limit, guild_times))
 
     async def withheld_count(self, guild_id: int, since: float) -> int:
@@ -204,13 +226,14 @@ class QuotaStore:
         return [AuditEntry(*tuple(r)) for r in await cursor.fetchall()]
 
     # -- the guards -------------------------------------------------------------------
-    async def reserve(self, db: Conn, new: NewJob, now: float) -> None:
-        """`JobService.hooks.reserve`: refuse the job (nothing is inserted) if it would go
-        over a limit. The job row the service then inserts is the reserved unit; a job
-        that uses none (`counted` False: most of an upscale's tiles) is not refused."""
+    def reserve(self, conn: sqlite3.Connection, new: NewJob, now: float) -> None:
+        """`JobService.hooks.reserve` (in the database thread): refuse the job (nothing is
+        inserted) if it would go over a limit. The job row the service then inserts is the
+        reserved unit; a job that uses none (`counted` False: most of an upscale's tiles)
+        is not refused."""
         if not new.counted:
             return
-        state = await self.state(new.guild_id, new.user_id, new.role_ids, now, db)
+        state = self.state_in(conn, new.guild_id, new.user_id, new.role_ids, now)
         if not state.allowed:
             log.info(
                 "quota refused job for user %d in guild %d (%s)",

@@ -115,7 +115,7 @@ async def test_reserve_refuses_inside_the_transaction(store: Store) -> None:
     async def submit(new: NewJob) -> None:
         """What JobService.submit does: hooks, then the insert, in one transaction."""
         async with store.transaction() as db:
-            await words.reserve(db, new, 0.0)
+            await store.in_thread(lambda conn: words.reserve(conn, new, 0.0), db)
             await store.insert_job(
                 db, guild_id=new.guild_id, channel_id=1, user_id=5, prompt=new.prompt,
                 strength=0.5, seed=1, steps=4, guidance=7.5, input_path="inputs/x.png",

@@ -587,7 +587,7 @@ async def test_a_set_is_queued_whole_as_one_entry_or_not_at_all(
 
     calls = 0
 
-    async def third_is_refused(db: Any, new: NewJob, now: float) -> None:
+    def third_is_refused(conn: Any, new: NewJob, now: float) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
