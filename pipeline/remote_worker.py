@@ -217,11 +217,12 @@ class RemoteWorker(_Worker):
         if self.metrics:  # counted before the bot can hear of it
             self.metrics.jobs.labels(kind).inc()
             self.metrics.held.set(len(self.held))
-        self._event(kind, job=job_id, a=str(attempt), **extra)
+        # The final event says the slot it freed too (the ask it would need after it):
+        # one event fewer a job for the bot to read.
+        self._event(kind, job=job_id, a=str(attempt), **extra, **self._slots())
         if held:
             for path in held.scratch:
                 path.unlink(missing_ok=True)
-        self._ask()
 
     def _tagged(self, job_ids: tuple[str, ...]) -> list[list[Any]]:
         with self.held_lock:
@@ -229,22 +230,28 @@ class RemoteWorker(_Worker):
 
     def _ask(self) -> None:
         """Tell the bot how many jobs this worker takes now (after `seen` grants). The same
-        answer as the last one is not sent again: a batch's last job ends (an ask, so its
-        slot is known at once) just before its batch does (an ask that changed nothing),
-        and in a fleet every event costs the bot's one process CPU."""
+        answer as the last one is not sent again: a batch's last job ends (its final event
+        says its slot, so it is known at once) just before its batch does (an ask that
+        changed nothing), and in a fleet every event costs the bot's one process CPU."""
+        said = self._slots()
+        if said:
+            self._event("ask", **said)
+
+    def _slots(self) -> dict[str, str]:
+        """An ask's fields (free slots, grants seen, the bot's epoch, the status version),
+        after a heartbeat saying the same; none if the bot was told just that last."""
         self._beat()
         status = self._status()
         said = (status["free"], status["seen"], status["epoch"])
         if said == self._said:
-            return
+            return {}
         self._said = said
-        self._event(
-            "ask",
-            free=str(status["free"]),
-            seen=str(status["seen"]),
-            e=status["epoch"],
-            v=str(status["v"]),
-        )
+        return {
+            "free": str(status["free"]),
+            "seen": str(status["seen"]),
+            "e": status["epoch"],
+            "v": str(status["v"]),
+        }
 
     def _event(self, kind: str, **values: str | bytes) -> None:
         entry = {b"t": kind.encode(), b"w": self.worker_id.encode(), b"p": self.nonce.encode()}

@@ -62,9 +62,7 @@ class Events(Members):
             w.last_seen = w.last_event = time.monotonic()
         if kind == "ask":
             if w is not None:
-                status = {k: codec.text(entry, k) for k in ("v", "free", "seen")}
-                self._apply_status(w, {**status, "epoch": codec.text(entry, "e")})
-                self._events.put_nowait(BatchDone(()))  # a slot may be free: dispatch
+                self._on_ask(w, entry)
         elif kind in ("started", "progress"):
             pairs = codec.loads(entry.get(b"jobs")) or []
             live = tuple(str(j) for j, a in pairs if self._current(wid, nonce, str(j), int(a)))
@@ -84,11 +82,19 @@ class Events(Members):
                 self._on_model_event(w, wid, nonce, kind, entry)
         elif kind in ("finished", "failed", "cancelled", "released"):
             await self._on_final(wid, nonce, kind, entry)
+            if w is not None and b"free" in entry:  # the slot it freed, said in the same event
+                self._on_ask(w, entry)
         elif kind == "bye":
             if w is not None:
                 self._drop(w, "it stopped", graceful=True)
         else:
             log.warning("ignoring unknown event %r from worker %s", kind, wid)
+
+    def _on_ask(self, w: Remote, entry: codec.Fields) -> None:
+        """The worker's free slots and grants seen, as it said them at one moment."""
+        status = {k: codec.text(entry, k) for k in ("v", "free", "seen")}
+        self._apply_status(w, {**status, "epoch": codec.text(entry, "e")})
+        self._events.put_nowait(BatchDone(()))  # a slot may be free: dispatch
 
     def _on_model_event(
         self, w: Remote, wid: str, nonce: str, kind: str, entry: codec.Fields
