@@ -406,6 +406,7 @@ def measure(
                 raise RuntimeError("the Discord stand-in did not start")
             time.sleep(0.05)
         api = f"http://127.0.0.1:{port_file.read_text()}/api/v10"
+        event_loop.tune_gc()  # as `python -m bot` does
         return event_loop.run(  # the bot's own loop (uvloop where installed)
             run_bot(valkey.url, api, work, workers=workers, max_batch=max_batch,
                     warmup=warmup, window=window, waiting=waiting)

@@ -71,6 +71,7 @@ def main() -> int:
         return 2
     configure_endpoints(settings)
     bot = ImgBot(settings)
+    event_loop.tune_gc()
     try:
         event_loop.run(run(bot, token))
     except discord.LoginFailure:
