@@ -265,12 +265,7 @@ class Store:
     # -- jobs -------------------------------------------------------------------------
     async def insert_job(self, db: aiosqlite.Connection, **values: Any) -> int:
         """Insert a job inside a caller's transaction; returns its id."""
-        return (await self.insert_job_row(db, **values)).id
-
-    async def insert_job_row(self, db: aiosqlite.Connection, **values: Any) -> Job:
-        """Insert a job inside a caller's transaction; returns its row as stored (defaults
-        filled in), read by the insert itself: one round trip, not two."""
-        return await self.in_thread(lambda conn: insert_job_in(conn, **values), db)
+        return await self.in_thread(lambda conn: insert_job_in(conn, **values).id, db)
 
     async def get_job(self, job_id: int) -> Job | None:
         """One round trip to the database thread (execute and fetch together), shared with

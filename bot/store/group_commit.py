@@ -64,7 +64,7 @@ class GroupRead:
             for _, future in group:
                 future.cancel()
             raise
-        except Exception as exc:  # BEGIN or COMMIT failed (or one write alone): none written
+        except Exception as exc:  # the round trip failed (a write alone, BEGIN, COMMIT)
             outcomes = [(False, exc)] * len(group)
         for (_, future), (ok, value) in zip(group, outcomes, strict=True):
             if not future.done():
