@@ -97,15 +97,15 @@ async def test_an_sqlite_error_while_dispatching_delays_the_job_only(
     fd: FakeDiscord, world: World, make_bot: BotFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     bot = await make_bot()
-    real = bot.store.move_job_in
+    real = bot.store.start_jobs  # the move to running, for a dispatch's batch
     failures = [sqlite3.OperationalError("disk I/O error")]
 
-    async def failing_once(db: Any, job_id: int, states: Any, **values: Any) -> bool:
-        if values.get("state") == "running" and failures:
+    async def failing_once(job_ids: list[int], started_at: float) -> Any:
+        if failures:
             raise failures.pop()
-        return await real(db, job_id, states, **values)
+        return await real(job_ids, started_at)
 
-    bot.store.move_job_in = failing_once  # type: ignore[method-assign]
+    bot.store.start_jobs = failing_once  # type: ignore[method-assign]
     first = await slash_img2img(fd, world.guild, world.channel, world.alice)
     result = await wait_result(fd, first)
     assert failures == [] and "dispatching jobs 1 failed" in caplog.text
