@@ -351,6 +351,16 @@ async def test_pruned_files_are_flagged_and_variants_say_so(
     fd: FakeDiscord, world: World, make_bot: BotFactory
 ) -> None:
     bot = await make_bot(storage_max_gb=0.000001)  # 1 kB: anything old goes
+    pruner = gallery_cog(bot).pruner
+    passes: list[object] = []
+    real_run = pruner.run
+
+    async def counted_run() -> Any:
+        result = await real_run()
+        passes.append(result)
+        return result
+
+    pruner.run = counted_run  # type: ignore[method-assign]
     handle = await slash_img2img(fd, world.guild, world.channel, world.alice, "a pruned fox")
     result = await wait_result(fd, handle)
     job_id = int(result["embeds"][0]["footer"]["text"].rsplit("#", 1)[-1])
@@ -360,7 +370,11 @@ async def test_pruned_files_are_flagged_and_variants_say_so(
     async def in_gallery() -> bool:  # the finished hook runs just after the result is posted
         return await gallery_cog(bot).entries.get(world.guild, job_id) is not None
 
+    async def hook_pruned() -> int:  # and then its own pass, which must not see old files
+        return len(passes)
+
     await eventually(in_gallery, True)
+    await eventually(hook_pruned, 1)
     data = bot.settings.data_dir
     # just made: too young to prune even over the cap
     assert (data / job.output_path).exists() and (data / job.input_path).exists()
@@ -368,7 +382,7 @@ async def test_pruned_files_are_flagged_and_variants_say_so(
     hour_ago = time.time() - 3600
     for rel in (job.input_path, job.output_path):
         os.utime(data / rel, (hour_ago, hour_ago))
-    pruned = await gallery_cog(bot).pruner.run()
+    pruned = await real_run()
     assert pruned is not None and set(pruned.removed) == {job.input_path, job.output_path}
 
     _, msg = await browse(fd, world.guild, world.channel, world.bob)
