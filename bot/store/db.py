@@ -274,7 +274,7 @@ class Store:
         def read(conn: sqlite3.Connection) -> sqlite3.Row | None:
             return conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()  # type: ignore[no-any-return]
 
-        row = await self._reads.run(read)
+        row = await self.in_thread(read)
         return None if row is None else Job.from_row(row)
 
     async def jobs_in_states(self, states: Iterable[str]) -> list[Job]:
