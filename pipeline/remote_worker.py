@@ -281,7 +281,8 @@ class RemoteWorker(_Worker):
     # -- status and heartbeat -----------------------------------------------------------
     def _status(self) -> dict[str, Any]:
         with self.held_lock:  # one moment's free slots, grants seen and jobs held
-            free = 0 if self.stopping.is_set() else max(0, self.max_batch - len(self.held))
+            done = self.stopping.is_set() or self.device_broken  # the exit is near
+            free = 0 if done else max(0, self.max_batch - len(self.held))
             seen, epoch = self.seen, self.epoch
             held = [[job_id, h.attempt] for job_id, h in self.held.items()]
             self.status_v += 1  # orders statuses: the bot keeps the newest it read

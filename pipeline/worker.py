@@ -46,6 +46,7 @@ from pipeline.worker_protocol import (
     Cancel,
     Cancelled,
     EngineInfo,
+    Exiting,
     Failed,
     Finished,
     LoadFailed,
@@ -308,7 +309,7 @@ class WorkerClient:
             self._ready.cancel()
         self._proc = self._conn = self._reader = None
         self._alive = False
-        self._busy = False
+        self._busy = self._exiting = False
         log.info("worker stopped (exit code %s)", proc.exitcode)
 
     async def _wait_exit(self, timeout: float) -> bool:
@@ -421,27 +422,24 @@ class WorkerClient:
                 self._ready.set_exception(WorkerStartError(message.message))
         elif isinstance(message, (Finished, Failed, Cancelled, Recalled)):
             self._pending.pop(message.job_id, None)
+            self._started.discard(message.job_id)
             self._recalling.discard(message.job_id)
             self._events.put_nowait(message)
+        elif isinstance(message, Exiting):
+            self._exit_announced(generation)
         elif isinstance(message, BatchDone) and self.step_slots:
-            for job_id in message.job_ids:  # one Run of several in flight is done
-                self._pending.pop(job_id, None)
-                self._started.discard(job_id)
-            if message.worker_exiting and not self._exiting:
-                self._exiting = True
-                log.warning("worker pid %s exits after this batch", self.pid)
-                asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._kill_if_alive, generation)
+            # One Run of several in flight is done. Its jobs' final events came first and
+            # ended them here; a job of it sent back to run again may be pending anew.
+            if message.worker_exiting:
+                self._exit_announced(generation)
             self._busy = bool(self._pending) or self._exiting
             self._events.put_nowait(message)
         elif isinstance(message, BatchDone):
             self._pending = {}
             self._started = set()
             if message.worker_exiting:
-                # Stay busy until the exit, so nothing is submitted into a dying worker.
-                log.warning("worker pid %s exits after this batch", self.pid)
-                asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._kill_if_alive, generation)
-            else:
-                self._busy = False
+                self._exit_announced(generation)
+            self._busy = self._exiting
             self._events.put_nowait(message)
         elif isinstance(message, Started):
             self._started.update(message.job_ids)
@@ -455,6 +453,15 @@ class WorkerClient:
             self._events.put_nowait(message)
         else:
             log.warning("ignoring unknown message from worker: %r", message)
+
+    def _exit_announced(self, generation: int) -> None:
+        """The device broke and the worker exits: busy until then, so nothing is
+        submitted into it, and killed if it lingers."""
+        if self._exiting:
+            return
+        self._exiting = self._busy = True
+        log.warning("worker pid %s exits after this batch", self.pid)
+        asyncio.get_running_loop().call_later(EXIT_GRACE_S, self._kill_if_alive, generation)
 
     def _kill_if_alive(self, generation: int) -> None:
         """The worker announced its exit long ago but lives on: end it."""

@@ -33,6 +33,7 @@ from pipeline.worker_protocol import (
     BatchDone,
     Cancel,
     Cancelled,
+    Exiting,
     Failed,
     Finished,
     LoadFailed,
@@ -282,7 +283,7 @@ class _Worker:
 
     def _failure_message(self, exc: BaseException) -> str:
         """Plain words for the user (the details are in the log); frees memory after an
-        OOM and spots a broken device."""
+        OOM, and spots a broken device and says so (`Exiting`) before any job's end."""
         text = str(exc)
         if (
             isinstance(exc, MemoryError)
@@ -295,7 +296,9 @@ class _Worker:
                 "Try a smaller image or fewer images at once."
             )
         if any(s in text for s in ("CUDA error", "device-side assert", "CUBLAS_STATUS")):
-            self.device_broken = True
+            if not self.device_broken:
+                self.device_broken = True
+                self._send(Exiting())
             return DEVICE_BROKEN_MESSAGE
         if isinstance(exc, InputError):  # ours, written for the user
             return _describe(exc)

@@ -180,6 +180,14 @@ class BatchDone:
 
 
 @dataclass(frozen=True)
+class Exiting:
+    """The device broke: the worker sends its jobs' final events, then exits. Sent before
+    those events, so the client takes no job from then on: a job sent back to run again
+    would otherwise be handed straight into the dying worker, and its Run's `BatchDone`
+    would take it for one of its own."""
+
+
+@dataclass(frozen=True)
 class ModelLoading:
     """The worker starts loading a served model that is not resident (`pipeline.models`):
     these jobs wait for it (their status can say "loading model X")."""
@@ -219,7 +227,7 @@ WorkerEvent = (
 )
 WorkerMessage = (
     Ready | LoadFailed | Started | Progress | Finished | Failed | Cancelled | Recalled | BatchDone
-    | ModelLoading | ModelLoaded
+    | Exiting | ModelLoading | ModelLoaded
 )
 
 __all__ = [
@@ -227,6 +235,7 @@ __all__ = [
     "Cancel",
     "Cancelled",
     "EngineInfo",
+    "Exiting",
     "Failed",
     "Finished",
     "LoadFailed",

@@ -459,3 +459,26 @@ async def test_a_worker_says_each_free_slot_once(
         assert await kinds() == [b"failed", b"ask", b"failed"]
     finally:
         shutil.rmtree(worker.scratch, ignore_errors=True)
+
+
+async def test_a_worker_whose_device_broke_frees_no_slot(
+    valkey: Valkey,  # noqa: F811
+    r: aioredis.Redis,
+) -> None:
+    """A broken device sends its jobs back and the worker exits: the final events say no
+    slot is free, so the bot grants nothing into the dying worker (it would hold the job
+    until the worker's heartbeat ran out)."""
+    from pipeline.remote_worker import _Held
+
+    worker = RemoteWorker(
+        redis.Redis.from_url(valkey.url), WorkerConfig(MODEL), worker_id="w",
+        max_batch=1, heartbeat_s=TTL_S,
+    )  # fmt: skip
+    try:
+        worker.held["1"] = _Held(1, [])
+        message = worker._failure_message(RuntimeError("CUDA error: device-side assert"))
+        await asyncio.to_thread(worker._send, Failed("1", message, retry=True))
+        ((_, failed),) = await r.xrange(K.events("w"))
+        assert (failed[b"t"], failed[b"retry"], failed[b"free"]) == (b"failed", b"1", b"0")
+    finally:
+        shutil.rmtree(worker.scratch, ignore_errors=True)

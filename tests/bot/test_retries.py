@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.store.db import Store
-from pipeline.worker import BatchDone, Failed
+from pipeline.worker import BatchDone, Failed, Progress, Started
 from tests.bot.test_jobs import Harness, until
 
 OOM = "Out of memory on cuda while generating. Try a smaller image or fewer images at once."
@@ -64,3 +64,21 @@ async def test_a_job_that_failed_by_itself_is_not_run_again(h: Harness) -> None:
     row = await h.job(job.id)
     assert (row.state, row.counted, row.error) == ("failed", 0, OOM)
     assert len(h.worker.batches) == 1 and await retries(h.store, job.id) == 0
+
+
+async def test_the_old_runs_end_read_after_the_job_runs_again_leaves_it_running(
+    h: Harness,
+) -> None:
+    """A step worker has free slots while a Run ends, so the job it sent back may be
+    handed out again before that Run's BatchDone is read. That BatchDone is the old run's
+    (it comes before the new run's Started): the new run goes on, its progress shown."""
+    await h.start()
+    job = await h.submit()
+    job_id = str(job.id)
+    await until(lambda: h.worker.batches, "the first dispatch")
+    h.worker.busy = False  # slots free while the Run is in flight, as on a step worker
+    h.worker.emit(Failed(job_id, OOM, retry=True))
+    await until(lambda: len(h.worker.batches) == 2, "the second attempt")
+    h.worker.emit(BatchDone((job_id,)), Started((job_id,)), Progress((job_id,), 1, 3))
+    await until(lambda: h.service._progress.get(job.id) == (1, 3), "the new run's progress")
+    assert h.service.queue.is_running(job_id)

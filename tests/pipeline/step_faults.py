@@ -4,8 +4,9 @@ The worker imports it by reference (`WorkerClient._engine_ref`), so it imports n
 pytest nor the tests. The faults are raised by the real call they stand for, during
 `run_steps` only (in the worker process): a prompt holding `DECODE_OOM` makes the VAE
 decode of that job raise the out-of-memory error CUDA gives; a prompt holding `UNET_ERROR`
-makes the UNet call of the set it runs in raise it (a set too big). Every other prompt
-runs the real engine on the tiny model.
+makes the UNet call of the set it runs in raise it (a set too big); one holding
+`DEVICE_ASSERT` makes that call raise the error a broken device gives (the worker exits).
+Every other prompt runs the real engine on the tiny model.
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ from pipeline.stepbatch import StepLoop
 
 DECODE_OOM = "[oom in decode]"
 UNET_ERROR = "[unet call fails]"
+DEVICE_ASSERT = "[device breaks]"
 ENGINE_REF = f"{__name__}:FaultyStepEngine"
 
-__all__ = ["DECODE_OOM", "ENGINE_REF", "UNET_ERROR", "FaultyStepEngine", "JobCancelled"]
+__all__ = [
+    "DECODE_OOM",
+    "DEVICE_ASSERT",
+    "ENGINE_REF",
+    "UNET_ERROR",
+    "FaultyStepEngine",
+    "JobCancelled",
+]
 
 
 @contextlib.contextmanager
@@ -53,10 +62,14 @@ class FaultyStepEngine(Engine):
                 return finish(loop, job)
 
         def faulty_unet(loop: StepLoop, jobs: list[Any]) -> Any:
-            if not any(UNET_ERROR in job.req.prompt for job in jobs):
+            prompts = " ".join(job.req.prompt for job in jobs)
+            if DEVICE_ASSERT in prompts:
+                error: BaseException = RuntimeError("CUDA error: device-side assert triggered")
+            elif UNET_ERROR in prompts:
+                error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+            else:
                 return unet(loop, jobs)
-            oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
-            with _raising(loop.pipe.unet, "forward", oom):
+            with _raising(loop.pipe.unet, "forward", error):
                 return unet(loop, jobs)
 
         StepLoop._finish, StepLoop._unet = faulty_finish, faulty_unet  # type: ignore[method-assign]

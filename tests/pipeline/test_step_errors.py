@@ -3,12 +3,15 @@ in a real worker process (BATCHING=step): an out-of-memory in one job's decode, 
 that cannot be written, fails that job alone while the rest of its set finishes; a failed
 UNet call sends that set's jobs back (`Failed.retry`) while the other set finishes. Faults
 are raised by the real calls (tests/pipeline/step_faults.py); that the bot runs a job sent
-back once more, and fails it for good the second time, is in tests/bot/test_retries.py."""
+back once more, and fails it for good the second time, is in tests/bot/test_retries.py.
+A job sent back may be handed to the worker again at once: the client keeps it apart from
+its old Run, and takes nothing once the worker said its device broke."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +20,17 @@ from PIL import Image
 
 from pipeline.request import GenerationRequest
 from pipeline.worker import (
+    EXIT_DEVICE_BROKEN,
     FAILED_MESSAGE,
     BatchDone,
     Failed,
     Finished,
     WorkerClient,
     WorkerConfig,
+    WorkerDied,
     WorkerEvent,
 )
-from tests.pipeline.step_faults import DECODE_OOM, ENGINE_REF, UNET_ERROR
+from tests.pipeline.step_faults import DECODE_OOM, DEVICE_ASSERT, ENGINE_REF, UNET_ERROR
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 EVENT_TIMEOUT_S = 60.0
@@ -124,3 +129,57 @@ async def test_a_failed_unet_call_sends_its_set_back_and_the_other_set_finishes(
     # the worker is whole: the same jobs without the fault run at once
     again = [request(tmp_path, "p3", size=(60, 80))]
     assert isinstance(finals(await run(client, again))["p3"], Finished)
+
+
+@contextlib.contextmanager
+def sent_again_at_once(client: WorkerClient, tmp: Path) -> Iterator[list[str]]:
+    """Hand each job sent back (`Failed.retry`) to the worker again the moment the client
+    reads it, before it reads anything after (the bot's fastest reaction), where a slot
+    is free; yields the job ids handed again."""
+    again: list[str] = []
+    read = client._on_message
+
+    def on_message(generation: int, message: object) -> None:
+        read(generation, message)
+        if isinstance(message, Failed) and message.retry and client.free_slots:
+            again.append(message.job_id)
+            client.submit([request(tmp, message.job_id)])  # the fault's prompt left out
+
+    client._on_message = on_message  # type: ignore[method-assign]
+    try:
+        yield again
+    finally:
+        del client._on_message
+
+
+@module_loop
+async def test_a_job_sent_back_and_handed_again_at_once_runs_to_its_end(
+    client: WorkerClient, tmp_path: Path
+) -> None:
+    with sent_again_at_once(client, tmp_path) as again:
+        events = await run(client, [request(tmp_path, "s1", f"a fox {UNET_ERROR}")])
+        assert again == ["s1"] and client.running == ("s1",)  # its old Run's end left it
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            while sum(isinstance(e, BatchDone) for e in events) < 2:  # the new run's too
+                events.append(await client.next_event())
+    ends = [e for e in events if isinstance(e, (Finished, Failed))]
+    assert isinstance(ends[0], Failed) and ends[0].retry
+    assert isinstance(ends[1], Finished) and ends[1].result.job_id == "s1"
+    assert client.running == ()
+
+
+@module_loop
+async def test_a_worker_whose_device_broke_takes_no_job_sent_back(
+    client: WorkerClient, tmp_path: Path
+) -> None:
+    """The worker says it exits before it sends its jobs back, so none of them is handed
+    into it (it would be lost with it): they wait for the restarted worker."""
+    with sent_again_at_once(client, tmp_path) as again:
+        events = await run(client, [request(tmp_path, "d1", f"a fox {DEVICE_ASSERT}")])
+        sent_back = finals(events)["d1"]
+        assert isinstance(sent_back, Failed) and sent_back.retry
+        assert again == [] and client.free_slots == 0
+        died = await asyncio.wait_for(client.next_event(), EVENT_TIMEOUT_S)
+    assert died == WorkerDied(EXIT_DEVICE_BROKEN, (), ())
+    await client.restart()
+    assert isinstance(finals(await run(client, [request(tmp_path, "d2")]))["d2"], Finished)

@@ -47,7 +47,7 @@ from pipeline.worker import (
     WorkerEvent,
     WorkerStartError,
 )
-from pipeline.worker_protocol import ModelSpec
+from pipeline.worker_protocol import Exiting, ModelSpec
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -362,6 +362,7 @@ def test_messages_are_picklable(tmp_path: Path) -> None:
         Cancelled("p"),
         BatchDone(("p",)),
         BatchDone(("p",), worker_exiting=True),
+        Exiting(),
         WorkerDied(-9, ("p",)),
         WorkerDied(70, (), unstarted=("q",)),
         Run((req,)),
