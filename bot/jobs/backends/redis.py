@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -116,6 +117,8 @@ class RedisBackend(Routes, Streams):
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: dict[str, Remote] = {}
+        self._takers: dict[str, Remote] = {}  # those with a free slot (`_slots_changed`)
+        self._ranks = itertools.count()
         self._refused: set[tuple[str, str]] = set()  # (worker id, process nonce)
         self.refusals: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         """Worker id → why it was refused (a few words for /queue, the details for /healthz
@@ -166,7 +169,7 @@ class RedisBackend(Routes, Streams):
         this bot is not the namespace's scheduler."""
         if not self.lock.held:
             return 0
-        return max((w.slots for w in self._workers.values()), default=0)
+        return max((w.slots for w in self._takers.values()), default=0)
 
     def free_batches(self) -> list[int]:
         """The free slots of each worker that takes jobs now, most first. The job service
@@ -175,7 +178,7 @@ class RedisBackend(Routes, Streams):
         so batch and worker match as listed here."""
         if not self.lock.held:
             return []
-        return sorted((n for w in self._workers.values() if (n := w.slots) > 0), reverse=True)
+        return sorted((w.slots for w in self._takers.values()), reverse=True)
 
     @property
     def running(self) -> tuple[str, ...]:
@@ -278,7 +281,7 @@ class RedisBackend(Routes, Streams):
         if worker_id is not None:
             worker = self._workers.get(worker_id)
         else:
-            worker = max(self._workers.values(), key=lambda w: w.slots, default=None)
+            worker = max(self._by_rank(), key=lambda w: w.slots, default=None)
         if worker is None or worker.slots < 1:
             log.warning("no worker takes jobs %s now; they wait again", ids)
             self._events.put_nowait(WorkerDied(None, (), unstarted=ids))

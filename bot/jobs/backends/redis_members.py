@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 GrantFile = tuple[bytes, str, int | None]
 """A file a grant carries: its field name, its stored path, and the working size it is
 scaled to on the way (None: sent as stored)."""
+
+
+_SLOT_FIELDS = frozenset({"free", "pending"})
 
 
 @dataclass
@@ -74,6 +79,16 @@ class Remote:
     """The catalogue models it serves (WORKER_MODELS), its default first."""
     resident: tuple[str, ...] = ()
     """Those loaded now, least recently used first (heartbeat, and each `ModelLoaded`)."""
+    rank: int = 0
+    """Its place among the workers online (first registered first): ties go to the first."""
+    watcher: Callable[[Remote], None] | None = field(default=None, repr=False, compare=False)
+    """Told whenever `free` or `pending` changes (the backend's index of workers with free
+    slots, which every dispatch pass reads: a hundred workers cost 50 µs a scan)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _SLOT_FIELDS and (watcher := self.__dict__.get("watcher")) is not None:
+            watcher(self)
 
     @property
     def slots(self) -> int:
@@ -131,6 +146,8 @@ class Members:
     _events: asyncio.Queue[WorkerEvent]
     _outbox: asyncio.Queue[tuple[str, str, dict[bytes, bytes], list[Any]]]
     _workers: dict[str, Remote]
+    _takers: dict[str, Remote]
+    _ranks: itertools.count[int]
     _refused: set[tuple[str, str]]
     _last_ids: dict[str, bytes]
     _seq: dict[str, int]
@@ -237,8 +254,11 @@ class Members:
         self.refusals.pop(wid, None)
         w = Remote(wid, str(data.get("model")), info, int(data.get("max_batch") or 1), 0, 0)
         w.nonce, w.host = nonce, str(data.get("host") or "")
+        w.rank = next(self._ranks)
         self._apply_status(w, data)
         self._workers[wid] = w
+        w.watcher = self._slots_changed
+        self._slots_changed(w)
         if info is not None:
             self._info = info
         log.info(
@@ -246,6 +266,17 @@ class Members:
             wid, w.host or "?", w.max_batch, len(self._workers),
         )  # fmt: skip
         self._events.put_nowait(BatchDone(()))  # wakes dispatch; statuses show the change
+
+    def _slots_changed(self, w: Remote) -> None:
+        """Keep `_takers`, the workers online with a free slot, in step with `w`."""
+        if w.slots > 0 and self._workers.get(w.id) is w:
+            self._takers[w.id] = w
+        else:
+            self._takers.pop(w.id, None)
+
+    def _by_rank(self) -> list[Remote]:
+        """The workers with a free slot, in the order they came online."""
+        return sorted(self._takers.values(), key=lambda w: w.rank)
 
     def _apply_status(self, w: Remote, data: dict[str, Any]) -> None:
         """Free slots, grants seen and jobs held, as the worker said them at one moment;
@@ -282,6 +313,8 @@ class Members:
         last attempt); its grants not taken yet are deleted so it never runs them late,
         and so are its other keys (unless the same id already runs again)."""
         self._workers.pop(w.id, None)
+        w.watcher = None
+        self._takers.pop(w.id, None)
         self._drained.discard(w.id)
         retry, fail = [], []
         for job_id, g in list(self._jobs.items()):

@@ -9,7 +9,7 @@ A mixin, split from `bot.jobs.backends.redis`; membership (where `Remote.models`
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.jobs.backends.redis_lock import SchedulerLock
 from bot.jobs.backends.redis_members import Remote
@@ -25,6 +25,10 @@ class Routes:
     lock: SchedulerLock
     default_model: str
 
+    if TYPE_CHECKING:  # provided by `Members`
+
+        def _by_rank(self) -> list[Remote]: ...
+
     def on_model_loading(self, worker: Remote, event: ModelLoading) -> None:
         """The job service tells those jobs' members (`JobEvents._loading`)."""
         self._events.put_nowait(event)
@@ -38,7 +42,7 @@ class Routes:
         (routing by model: `bot.jobs.routing`); none while this bot is not the scheduler."""
         if not self.lock.held:
             return []
-        return [route for w in self._workers.values() if (route := self._route(w)).free > 0]
+        return [self._route(w) for w in self._by_rank()]
 
     def all_routes(self) -> list[Route]:
         """Every worker online, busy or not."""
