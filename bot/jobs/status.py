@@ -6,7 +6,10 @@ status message is edited only when there is something worth knowing:
 
 - waiting: when its place in its server's queue first reaches a milestone
   (`PLACE_MILESTONES`: 20th, 5th, 1st), so at most `WAIT_EDITS` edits at any depth, plus one
-  whenever the backend's note (e.g. "no image workers online") appears or goes;
+  whenever the backend's note (e.g. "no image workers online") appears or goes; such an edit
+  goes out `place_grace` (the service: the interval) after it became due, showing the newest
+  place by then, so a job that starts meanwhile (a fleet serves its 20 places in well under
+  a second) goes from the place it was posted with straight to its run, one request fewer;
 - running: "Starting…", the first step, and half-way: at most `RUN_EDITS` edits however long
   the job runs (the bar shows the newest step each time); the first of them comes `run_grace`
   (the service: the interval) after the job was handed to a GPU, showing what is newest by
@@ -83,6 +86,7 @@ class _Entry:
     note: str | None = None  # the backend's note its message shows
     stage: int = -1  # the run stage its text shows; -1 while waiting
     run_from: float | None = None  # when it was handed to a GPU; None while waiting
+    due_from: float | None = None  # when its pending waiting text became due
     edits: int = 0  # edits sent (for tests and the fleet bench)
     preview: bytes | None = None  # the newest live preview not sent yet
     preview_at: float = 0.0  # when it arrived
@@ -104,10 +108,12 @@ class StatusBoard:
         note: Callable[[], str | None] = lambda: None,
         job_note: Callable[[int], str | None] | None = None,
         run_grace: float = 0.0,
+        place_grace: float = 0.0,
     ) -> None:
         self._send = send
         self._interval = interval
         self._run_grace = run_grace
+        self._place_grace = place_grace
         self._tick = tick
         self._clock = clock
         self._places = places
@@ -190,6 +196,7 @@ class StatusBoard:
         if self._places is None or self._place_text is None:
             return
         common = self._note()
+        now = self._clock()
         for job_id, place, before in self._places():
             note = common or (self._job_note(job_id) if self._job_note else None)
             entry = self._entries.get(job_id)
@@ -202,6 +209,8 @@ class StatusBoard:
                 or (entry.text is not None and entry.text != entry.sent_text)
             ):
                 continue
+            if entry.text is None or entry.text == entry.sent_text:  # newly due
+                entry.due_from = now
             entry.place, entry.note, entry.stage, entry.run_from = place, note, -1, None
             entry.text = self._place_text(place, before, note)
 
@@ -220,6 +229,12 @@ class StatusBoard:
                 continue
             if entry.run_from is not None and now - entry.run_from < self._run_grace:
                 continue  # a running job's first edit waits (the module docstring)
+            if (
+                entry.place is not None
+                and entry.due_from is not None
+                and now - entry.due_from < self._place_grace
+            ):
+                continue  # so does a waiting job's, for a job that starts meanwhile
             # The text counts as sent from now on, so a newer one is a new edit, never a
             # refresh of this one; a failed edit puts the old mark back (retried later).
             before, entry.sent_text = entry.sent_text, entry.text

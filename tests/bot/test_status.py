@@ -145,6 +145,22 @@ def test_the_service_uses_progress_interval_s(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path, progress_interval_s=3.5)  # type: ignore[call-arg]
     service = JobService(settings, None, None, None)  # type: ignore[arg-type]
     assert service.status._interval == 3.5 and service.status._run_grace == 3.5
+    assert service.status._place_grace == 3.5
+
+
+def test_the_wait_shown_counts_every_worker_online(tmp_path: Path) -> None:
+    """250 jobs ahead are 250 images' time for one GPU, two and a half for a hundred."""
+    from bot.jobs.service import JobService
+    from bot.ui.render import queue_text
+
+    class Fleet:
+        workers_online = 100
+
+    settings = Settings(_env_file=None, data_dir=tmp_path, max_batch=1)  # type: ignore[call-arg]
+    for worker, seconds in ((Fleet(), 3.0), (object(), 251.0)):
+        service = JobService(settings, None, worker, None)  # type: ignore[arg-type]
+        service.seconds_per_image = 1.0
+        assert service._place_text(3, 250, None) == queue_text(3, seconds)
 
 
 async def test_a_running_jobs_first_edit_waits_the_grace_so_a_quick_job_skips_it() -> None:
@@ -233,6 +249,32 @@ async def test_a_milestone_edit_waiting_for_the_interval_shows_the_newest_place(
     assert rec.texts(30) == ["place 20"]
     await tick(board, clock, 2.0)
     assert rec.texts(30) == ["place 20", "place 3"]  # the 5th was passed: one edit, newest
+
+
+async def test_a_milestone_edit_waits_the_grace_so_a_job_that_starts_skips_it() -> None:
+    """With a fleet, a job serves its last 20 places in well under a second: its milestone
+    edit waits `place_grace`, and a job that starts meanwhile never spends it (its run shows
+    next). One still waiting then gets one edit, with its newest place."""
+    clock, queue = Clock(), Queue(30)
+    rec = Recorder(clock)
+    board = StatusBoard(
+        rec, INTERVAL, clock=clock, places=queue, place_grace=2.0, run_grace=2.0,
+        place_text=lambda place, before, n: f"place {place}",
+    )  # fmt: skip
+    board.places_changed()
+    await tick(board, clock, 0.0)
+    del queue.jobs[:12]  # jobs 29 and 30 reach the 20th place and beyond...
+    board.places_changed()
+    await tick(board, clock, 0.5)
+    del queue.jobs[:17]  # ...job 29 reaches the 1st and job 30 the 2nd...
+    board.places_changed()
+    await tick(board, clock, 1.5)
+    assert rec.sent == []  # within the grace
+    board.set(29, "Starting")  # ...and job 29 starts: its place edit is never sent
+    del queue.jobs[0]
+    board.places_changed()
+    await tick(board, clock, 2.5)
+    assert rec.texts(29) == [] and rec.texts(30) == ["place 1"]  # the newest place
 
 
 async def test_the_backend_note_appearing_is_worth_an_edit() -> None:
