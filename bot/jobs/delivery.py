@@ -40,7 +40,8 @@ from bot.jobs.notices import (
     withheld_notice,
 )
 from bot.store.db import Job, Store
-from bot.ui.buttons import cancel_view, result_view
+from bot.ui.button_rows import result_rows
+from bot.ui.buttons import cancel_view
 from bot.ui.pictures import Picture, spoilered, upload_limit
 from bot.ui.render import job_summary, result_embed
 from bot.upscale import fits_again
@@ -163,7 +164,7 @@ class DiscordDelivery:
                 file_format=picture.format,
                 catalogue=self.catalogue,
             ),
-            "view": result_view(job.id, job.strength, mode=job.mode, upscale=upscale),
+            "view": result_rows(job.id, job.strength, mode=job.mode, upscale=upscale),
         }
 
         def files() -> list[discord.File]:
