@@ -24,7 +24,7 @@ from pipeline import stream_codec as codec
 from pipeline.remote_worker import RemoteWorker
 from pipeline.request import EngineInfo, GenerationRequest, GenerationResult
 from pipeline.worker import WorkerStartError
-from pipeline.worker_protocol import Failed, Finished, WorkerConfig, WorkerDied
+from pipeline.worker_protocol import BatchDone, Failed, Finished, Started, WorkerConfig, WorkerDied
 from tests.bot.test_redis_backend import MODEL, TTL_S, K, event, grant, next_of, online
 from tests.valkey_server import Valkey, valkey, valkey_server  # noqa: F401  (fixtures)
 
@@ -435,7 +435,6 @@ async def test_a_worker_says_each_free_slot_once(
     batch ends: an ask then would say nothing new, so it is not sent (a fleet's bot reads
     every event); an ask that says something new still is."""
     from pipeline.remote_worker import _Held
-    from pipeline.worker_protocol import BatchDone
 
     worker = RemoteWorker(
         redis.Redis.from_url(valkey.url), WorkerConfig(MODEL), worker_id="w",
@@ -517,3 +516,27 @@ async def test_the_workers_with_a_free_slot_follow_grants_asks_and_departures(
     await b.event("bye")
     await read([1])
     assert backend.free_batches() == [1] and backend.workers == ("a",)
+
+
+async def test_a_final_event_that_frees_the_slot_wakes_dispatch_once(
+    backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The final event says the slot it freed and ends its batch: one `BatchDone` wakes
+    dispatch with the slot already counted (a fleet's bot handles every event it makes)."""
+    w = FakeWorker(r, "w", "n1")
+    await w.hello(free=1)
+    await online(backend, 1)
+    backend.submit([request(tmp_path)])
+    await grant(r, "w")
+    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    await next_of(backend, Started)
+    result = GenerationResult("1", "/scratch/x.png", 42, 5, 10, 64, 64, 0.1)
+    await w.event(
+        "finished", job="1", a=1, result=codec.encode_result(result), png=b"PNG",
+        free=1, seen=1, e=backend.epoch, v=w.v + 1,
+    )  # fmt: skip
+    assert isinstance(await next_of(backend, Finished), Finished)
+    done = await next_of(backend, BatchDone)
+    assert done == BatchDone(("1",)) and backend.free_slots == 1
+    with pytest.raises(TimeoutError):  # no second wake-up for the same slot
+        await next_of(backend, BatchDone, timeout=0.5)

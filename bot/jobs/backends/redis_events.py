@@ -81,20 +81,22 @@ class Events(Members):
             if w is not None:
                 self._on_model_event(w, wid, nonce, kind, entry)
         elif kind in ("finished", "failed", "cancelled", "released"):
-            await self._on_final(wid, nonce, kind, entry)
+            batch_done = await self._on_final(wid, nonce, kind, entry)
             if w is not None and b"free" in entry:  # the slot it freed, said in the same event
-                self._on_ask(w, entry)
+                self._on_ask(w, entry, wake=not batch_done)  # its BatchDone wakes dispatch
         elif kind == "bye":
             if w is not None:
                 self._drop(w, "it stopped", graceful=True)
         else:
             log.warning("ignoring unknown event %r from worker %s", kind, wid)
 
-    def _on_ask(self, w: Remote, entry: codec.Fields) -> None:
-        """The worker's free slots and grants seen, as it said them at one moment."""
+    def _on_ask(self, w: Remote, entry: codec.Fields, *, wake: bool = True) -> None:
+        """The worker's free slots and grants seen, as it said them at one moment; unless
+        `wake` is False (an event queued just before wakes it), dispatch looks at them."""
         status = {k: codec.text(entry, k) for k in ("v", "free", "seen")}
         self._apply_status(w, {**status, "epoch": codec.text(entry, "e")})
-        self._events.put_nowait(BatchDone(()))  # a slot may be free: dispatch
+        if wake:
+            self._events.put_nowait(BatchDone(()))  # a slot may be free: dispatch
 
     def _on_model_event(
         self, w: Remote, wid: str, nonce: str, kind: str, entry: codec.Fields
@@ -118,7 +120,8 @@ class Events(Members):
         """Hook: a load on `worker` ended; `event.resident` is what it holds now (already
         on `worker.resident`). Nothing by default."""
 
-    async def _on_final(self, wid: str, nonce: str, kind: str, entry: codec.Fields) -> None:
+    async def _on_final(self, wid: str, nonce: str, kind: str, entry: codec.Fields) -> bool:
+        """Queue the job's final event; True if its batch's `BatchDone` followed it."""
         job_id, attempt = codec.text(entry, "job"), codec.number(entry, "a")
         g = self._current(wid, nonce, job_id, attempt)
         if g is None:
@@ -127,7 +130,7 @@ class Events(Members):
                 "discarded a late %s of job %s attempt %d from worker %s: no longer its job",
                 kind, job_id, attempt, wid,
             )  # fmt: skip
-            return
+            return False
         event: WorkerEvent
         if kind == "finished":
             event = await self._result(wid, job_id, g, entry)
@@ -151,6 +154,8 @@ class Events(Members):
             if not left:
                 del self._batches[key]
                 self._events.put_nowait(BatchDone(self._batch_ids.pop(key, ())))
+                return True
+        return False
 
     async def _result(self, wid: str, job_id: str, g: Grant, entry: codec.Fields) -> WorkerEvent:
         """Write the PNG where the bot keeps it: `Finished`, or `Failed` (refunded) when it
