@@ -321,7 +321,7 @@ async def run_bot(
             need = waiting - len(service.queue) - arriving["n"]
             for _ in range(max(0, need)):
                 guild = server()
-                depth = len(service.queue.guild_waiting(guild))
+                depth = service.queue.guild_depth(guild)
                 arriving["n"] += 1
                 task = asyncio.create_task(arrive(next(seq), guild, depth, len(started)))
                 posts.add(task)

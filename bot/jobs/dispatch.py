@@ -8,6 +8,7 @@ is logged with its traceback, and the supervisor runs the loop again if it ever 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -69,6 +70,12 @@ class JobDispatch(ModelRoutes, JobEvents):
     @property
     def data_dir(self) -> Path:
         return self.settings.data_dir
+
+    @functools.cached_property
+    def _outputs(self) -> Path:
+        """Where workers write results, resolved once: a realpath per job costs a stat per
+        folder of the path."""
+        return (self.data_dir / "outputs").resolve()
 
     # -- the dispatch loop ------------------------------------------------------------
     async def _run(self) -> None:
@@ -363,7 +370,6 @@ class JobDispatch(ModelRoutes, JobEvents):
                 self._spawn(self._deliver(job, self.delivery.deliver_cancelled))
 
     def _request(self, job: Job, *, allow_nsfw: bool = False) -> GenerationRequest:
-        out = self.data_dir / "outputs" / f"{job.id}.png"
         text = job.mode == TEXT_TO_IMAGE  # no input: noise of the size its batch key holds
         model = self.models.for_worker(job.model)
         size = target_size(job.input_width, job.input_height, self.resolution_of(model))
@@ -380,7 +386,7 @@ class JobDispatch(ModelRoutes, JobEvents):
             seed=job.seed,
             steps=job.steps,
             guidance=job.guidance,
-            output_path=str(out.resolve()),
+            output_path=str(self._outputs / f"{job.id}.png"),
             allow_nsfw=bool(job.channel_nsfw) and allow_nsfw,
             mode="img2img" if text else job.mode,
             mask_path=str((self.data_dir / job.mask_path).resolve()) if job.mask_path else None,

@@ -150,6 +150,14 @@ class FairQueue:
         """A user's waiting + running entries: a job each, a series (group) once."""
         return self._counts[("loose", user_id)] + len(self._groups.get(user_id, ()))
 
+    def guild_depth(self, guild_id: int) -> int:
+        """How many of a guild's jobs wait (held ones not), without putting them in order."""
+        members = self._queues.get(guild_id)
+        if not members:
+            return 0
+        held = sum(1 for j in self._held.values() if j.guild_id == guild_id)
+        return sum(len(q) for q in members.values()) - held
+
     def guild_waiting(self, guild_id: int, *, held: bool = False) -> list[QueuedJob]:
         """A guild's waiting jobs in the order its turns will serve them (with `held`: and
         the held ones, which keep their places)."""

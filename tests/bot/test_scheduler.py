@@ -342,6 +342,7 @@ def test_kept_counts_agree_with_the_jobs_after_any_sequence_of_changes() -> None
         assert all(j.job_id in q for j in q.order()) and not any(j.job_id in q for j in q.held)
         for guild in range(1, 5):
             assert q.count(guild_id=guild) == sum(j.guild_id == guild for j in active)
+            assert q.guild_depth(guild) == len(q.guild_waiting(guild))
             for user in (guild * 10 + u for u in range(1, 4)):
                 mine = [j for j in active if j.user_id == user]
                 assert q.count(user_id=user) == len(mine)
