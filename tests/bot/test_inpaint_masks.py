@@ -217,7 +217,7 @@ def test_inpaint_jobs_reach_the_worker_with_their_mask_and_never_share_a_call(
 
     service = SimpleNamespace(
         data_dir=tmp_path, settings=SimpleNamespace(mask_blur=5, resolution_setting=None),
-        resolution=128,
+        _outputs=(tmp_path / "outputs").resolve(), resolution=128,
         engine_info=None, loras=LoraTags(one_model("tiny"), 4),
         models=ModelChoice(one_model("tiny"), 20, 7.5),
     )  # fmt: skip
