@@ -74,47 +74,41 @@ class Streams(Events):
             await self._record_all(ops)
             writes = [(op, key, entry, files[0] if op == "grant" else files)
                       for op, key, entry, files in ops if op != "forget"]  # fmt: skip
-            if writes and not await self._write_all(writes):
+            if not writes:
+                continue
+            try:
+                await self._write_all(writes)
+            except (RedisError, OSError) as exc:
+                log.warning("writing %d entries failed (%s); sending them one by one",
+                            len(writes), exc)  # fmt: skip
                 for write in writes:
-                    await self._write(*write)
+                    await self._write(write)
 
-    async def _write_all(self, writes: list[Write]) -> bool:
+    async def _write_all(self, writes: list[Write]) -> None:
         """The writes in one round trip, their files read in one thread hop (a hundred
-        workers' grants come a few a pass). False if the server failed it: `_write` then
-        sends each again until it is done (a grant sent twice is taken once: its number)."""
-        try:
-            assert self._r is not None
-            entries = await asyncio.to_thread(_with_files, writes)
-            pipe = self._r.pipeline(transaction=False)
-            for (op, key, _, files), entry in zip(writes, entries, strict=True):
-                if op == "del":
-                    pipe.delete(key)
-                elif op == "srem":
-                    pipe.srem(key, *files)
-                else:
-                    pipe.xadd(key, entry, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            await pipe.execute()
-            return True
-        except (RedisError, OSError) as exc:
-            log.warning("writing %d entries failed (%s); sending them one by one", len(writes), exc)
-            return False
+        workers' grants come a few a pass); raises what the server said."""
+        assert self._r is not None
+        entries = await asyncio.to_thread(_with_files, writes)
+        pipe = self._r.pipeline(transaction=False)
+        for (op, key, _, files), entry in zip(writes, entries, strict=True):
+            if op == "del":
+                pipe.delete(key)
+            elif op == "srem":
+                pipe.srem(key, *files)
+            else:
+                pipe.xadd(key, entry, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        await pipe.execute()
 
-    async def _write(self, op: str, key: str, entry: dict[bytes, bytes], files: list[Any]) -> None:
-        """One write, retried until it is done or the backend closes."""
+    async def _write(self, write: Write) -> None:
+        """One write, retried until it is done or the backend closes (a grant sent twice
+        is taken once: its number)."""
         delay = 0.1
         while not self._closing:
             try:
-                assert self._r is not None
-                if op == "del":
-                    await self._r.delete(key)
-                elif op == "srem":
-                    await self._r.srem(key, *files)
-                else:
-                    (full,) = await asyncio.to_thread(_with_files, [(op, key, entry, files)])
-                    await self._r.xadd(key, full, maxlen=GRANTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+                await self._write_all([write])
                 break
             except (RedisError, OSError) as exc:
-                log.warning("writing to %s failed (%s); retrying in %.1f s", key, exc, delay)
+                log.warning("writing to %s failed (%s); retrying in %.1f s", write[1], exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)
 
