@@ -86,11 +86,24 @@ class FakeWorker:
     async def event(self, kind: str, **fields: Any) -> None:
         await event(self.r, self.id, kind, p=self.nonce, **fields)
 
-    async def finished(self, job: str, attempt: int) -> None:
+    async def finished(self, job: str, attempt: int, **fields: Any) -> None:
+        """The job's result, with `fields` (e.g. the slot it freed) in the same event."""
         result = GenerationResult(job, "/scratch/x.png", 42, 5, 10, 64, 64, 0.1)
         await self.event(
-            "finished", job=job, a=attempt, result=codec.encode_result(result), png=b"PNG"
-        )
+            "finished", job=job, a=attempt, result=codec.encode_result(result), png=b"PNG",
+            **fields,
+        )  # fmt: skip
+
+
+async def running(backend: RedisBackend, r: aioredis.Redis, req: GenerationRequest) -> FakeWorker:
+    """Worker "w" online with one slot, granted job "1" (`req`), and started on it."""
+    w = FakeWorker(r, "w", "n1")
+    await w.hello(free=1)
+    await online(backend, 1)
+    backend.submit([req])
+    await grant(r, "w")
+    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    return w
 
 
 def request(tmp_path: Path, job: str = "1", out: Path | None = None) -> GenerationRequest:
@@ -151,13 +164,7 @@ async def test_a_result_that_cannot_be_written_fails_the_job_plainly(
 ) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the outputs folder should be")
-    req = request(tmp_path, out=blocker / "1.png")  # writing raises an OSError
-    w = FakeWorker(r, "w", "n1")
-    await w.hello(free=1)
-    await online(backend, 1)
-    backend.submit([req])
-    await grant(r, "w")
-    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    w = await running(backend, r, request(tmp_path, out=blocker / "1.png"))  # writes fail
     await w.finished("1", 1)
     failed = await next_of(backend, Failed)
     assert failed == Failed("1", WRITE_FAILED_MESSAGE)
@@ -171,12 +178,7 @@ async def test_a_structure_results_map_thumbnail_crosses_the_stream(
     backend: RedisBackend, r: aioredis.Redis, tmp_path: Path
 ) -> None:
     req = request(tmp_path)
-    w = FakeWorker(r, "w", "n1")
-    await w.hello(free=1)
-    await online(backend, 1)
-    backend.submit([req])
-    await grant(r, "w")
-    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    w = await running(backend, r, req)
     result = GenerationResult(
         "1", "/scratch/x.png", 42, 5, 10, 64, 64, 0.1, structure_map="/scratch/x.structure.png"
     )
@@ -408,12 +410,7 @@ async def test_a_failure_marked_run_again_crosses_the_stream(
     job did nothing wrong); the bot must read the mark, as it does from the local worker."""
     from pipeline.remote_worker import _Held
 
-    w = FakeWorker(r, "w", "n1")
-    await w.hello(free=1)
-    await online(backend, 1)
-    backend.submit([request(tmp_path)])
-    await grant(r, "w")
-    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    await running(backend, r, request(tmp_path))
     worker = RemoteWorker(
         redis.Redis.from_url(valkey.url), WorkerConfig(MODEL), worker_id="w",
         max_batch=1, heartbeat_s=TTL_S,
@@ -523,18 +520,9 @@ async def test_a_final_event_that_frees_the_slot_wakes_dispatch_once(
 ) -> None:
     """The final event says the slot it freed and ends its batch: one `BatchDone` wakes
     dispatch with the slot already counted (a fleet's bot handles every event it makes)."""
-    w = FakeWorker(r, "w", "n1")
-    await w.hello(free=1)
-    await online(backend, 1)
-    backend.submit([request(tmp_path)])
-    await grant(r, "w")
-    await w.event("started", jobs=codec.dumps([["1", 1]]))
+    w = await running(backend, r, request(tmp_path))
     await next_of(backend, Started)
-    result = GenerationResult("1", "/scratch/x.png", 42, 5, 10, 64, 64, 0.1)
-    await w.event(
-        "finished", job="1", a=1, result=codec.encode_result(result), png=b"PNG",
-        free=1, seen=1, e=backend.epoch, v=w.v + 1,
-    )  # fmt: skip
+    await w.finished("1", 1, free=1, seen=1, e=backend.epoch, v=w.v + 1)
     assert isinstance(await next_of(backend, Finished), Finished)
     done = await next_of(backend, BatchDone)
     assert done == BatchDone(("1",)) and backend.free_slots == 1
