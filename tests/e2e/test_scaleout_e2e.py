@@ -33,6 +33,7 @@ from tests.e2e.conftest import (
     World,
     _jobs_of,
     button,
+    eventually,
     status_message,
     wait_result,
 )
@@ -211,13 +212,15 @@ async def test_two_workers_serve_the_fair_queue_in_round_robin_order(
 
     worker_port = free_port()
     previews = {"PREVIEW": "approx", "PREVIEW_INTERVAL_S": "0.5"}
-    workers = {
-        w.id: w
-        for w in (
-            start_worker("w1", metrics_port=worker_port, **previews),
-            start_worker("w2", **previews),
-        )
-    }
+    w1 = start_worker("w1", metrics_port=worker_port, **previews)
+
+    async def first_started() -> bool:  # the turns move when a job starts
+        return len(bot.jobs.queue.running) - len(bot.jobs.queue.held) == 1
+
+    # The second worker comes once the first runs its job: started together, either one's
+    # first job could start first, and the turns would follow that order instead.
+    await eventually(first_started, timeout=WORKER_START_S)
+    workers = {w.id: w for w in (w1, start_worker("w2", **previews))}
     for handle in handles:
         await wait_result(fd, handle)
     for job in jobs:
